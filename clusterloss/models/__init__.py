@@ -1,0 +1,5 @@
+"""Models that train embeddings with plain `fit(x, y)`."""
+
+from clusterloss.models.cluster_model import ClusterModel
+
+__all__ = ["ClusterModel"]
