@@ -29,6 +29,8 @@ def concrete(x: Any) -> np.ndarray | None:
 
 def check_labels(labels: Any, num_classes: int | None = None, name: str = "labels"):
     """Validate integer class ids of shape `(batch,)` or `(batch, 1)`; return int32 `(batch,)`."""
+    if isinstance(labels, (list, tuple, int)):
+        labels = np.asarray(labels)
     shape = tuple(ops.shape(labels))
     if len(shape) == 2 and shape[1] == 1:
         labels = ops.reshape(labels, (-1,))
@@ -47,7 +49,7 @@ def check_labels(labels: Any, num_classes: int | None = None, name: str = "label
         if values.dtype.kind == "f" and not np.all(np.floor(values) == values):
             bad = values[np.floor(values) != values][0]
             raise ValueError(
-                f"`{name}` must be integer class ids; got float values such as {bad!r}."
+                f"`{name}` must be integer class ids; got float values such as {float(bad)!r}."
             )
         if values.dtype.kind not in "iuf":
             raise ValueError(

@@ -141,6 +141,8 @@ class CenterLoss(keras.layers.Layer):
     def eq4_update(self, centers, x, labels):
         """Eq. 4: `c_j - alpha * (n_j c_j - sum_{y_i=j} x_i) / (1 + n_j)` for every class j."""
         n = self.num_classes
+        centers, x = ops.convert_to_tensor(centers, "float32"), ops.convert_to_tensor(x, "float32")
+        labels = ops.convert_to_tensor(labels, "int32")
         counts = ops.segment_sum(ops.ones_like(labels, dtype=x.dtype), labels, num_segments=n)
         sums = ops.segment_sum(x, labels, num_segments=n)
         delta = (counts[:, None] * centers - sums) / (1.0 + counts[:, None])

@@ -13,3 +13,32 @@ __all__ = [
     "sparse_categorical_focal_crossentropy",
     "sparse_label_smoothing_crossentropy",
 ]
+
+from clusterloss.losses.contrastive import ContrastiveLoss, contrastive_loss
+from clusterloss.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
+from clusterloss.losses.ntxent import NTXentLoss, SupConLoss, ntxent_loss, supcon_loss
+from clusterloss.losses.proxy_anchor import ProxyAnchorHead, ProxyAnchorLoss, proxy_anchor_loss
+from clusterloss.losses.triplet import (
+    ExplicitTripletLoss,
+    TripletMarginLoss,
+    explicit_triplet_loss,
+    triplet_margin_loss,
+)
+
+__all__ += [
+    "ContrastiveLoss",
+    "ExplicitTripletLoss",
+    "MultiSimilarityLoss",
+    "NTXentLoss",
+    "ProxyAnchorHead",
+    "ProxyAnchorLoss",
+    "SupConLoss",
+    "TripletMarginLoss",
+    "contrastive_loss",
+    "explicit_triplet_loss",
+    "multi_similarity_loss",
+    "ntxent_loss",
+    "proxy_anchor_loss",
+    "supcon_loss",
+    "triplet_margin_loss",
+]

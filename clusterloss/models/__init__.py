@@ -3,3 +3,6 @@
 from clusterloss.models.cluster_model import ClusterModel
 
 __all__ = ["ClusterModel"]
+from clusterloss.models.backbones import make_backbone
+
+__all__ += ["make_backbone"]

@@ -1,0 +1,5 @@
+import sys
+
+from clusterloss.cli.main import main
+
+sys.exit(main())

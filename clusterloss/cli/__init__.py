@@ -1,0 +1,1 @@
+"""The `clusterloss` command line: one module per subcommand."""

@@ -1,0 +1,35 @@
+"""Evaluation of extracted embeddings (NumPy arrays): retrieval metrics with PML's
+definitions, verification (ROC, EER, TAR@FAR), open-set recognition, and cluster statistics."""
+
+from clusterloss.evaluation.embedding_stats import intra_inter_ratio, knn_accuracy
+from clusterloss.evaluation.open_set import class_centers, open_set_metrics, open_set_scores
+from clusterloss.evaluation.retrieval import METRIC_NAMES, cluster_labels, retrieval_metrics
+from clusterloss.evaluation.verification import (
+    make_pairs,
+    pair_scores,
+    roc_curve,
+    roc_metrics,
+    save_roc_plot,
+    threshold_at_far,
+    verification_metrics,
+    verification_scores,
+)
+
+__all__ = [
+    "METRIC_NAMES",
+    "class_centers",
+    "cluster_labels",
+    "intra_inter_ratio",
+    "knn_accuracy",
+    "make_pairs",
+    "open_set_metrics",
+    "open_set_scores",
+    "pair_scores",
+    "retrieval_metrics",
+    "roc_curve",
+    "roc_metrics",
+    "save_roc_plot",
+    "threshold_at_far",
+    "verification_metrics",
+    "verification_scores",
+]

@@ -1,0 +1,587 @@
+"""`Index`: nearest-neighbour search over labelled embeddings, backed by FAISS or NumPy.
+
+FAISS is optional (`pip install clusterloss[faiss]`) and imported lazily, here only. Without
+it, exact search runs on NumPy (chunked matrix products + `argpartition`, bounded memory): the
+same results, slower; a warning says so once per process.
+
+Conventions (both backends):
+
+- `metric="cosine"`: vectors are L2-normalised when added and queried; scores are cosine
+  similarities, sorted in decreasing order. `metric="euclidean"`: scores are Euclidean
+  distances (not squared), sorted in increasing order.
+- Exact search (`kind="flat"`) breaks exact ties by the lower position (insertion order),
+  the convention of FAISS's `IndexFlatL2` and therefore of PML's `AccuracyCalculator`.
+- `indices` are positions (0-based, in insertion order); `index.labels[indices]` and
+  `index.ids[indices]` give the labels and ids. Where fewer than `k` neighbours exist
+  (`k > len(index)`, or an approximate index that found fewer), the row is padded with index
+  -1 and score -inf (cosine) or +inf (euclidean).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+from clusterloss._validation import check_choice
+from clusterloss.index._checks import (
+    as_embeddings,
+    as_labels,
+    check_metric,
+    check_positive_int,
+    normalize_rows,
+)
+
+KINDS = ("flat", "hnsw", "ivf")
+BACKENDS = ("auto", "faiss", "numpy")
+FORMAT_VERSION = 1
+
+# Elements of one (queries x references) score block in the NumPy path: 2**23 float32 =
+# 32 MiB, a few such temporaries at a time, whatever the collection size.
+_BLOCK_ELEMENTS = 2**23
+# Elements of one (queries x k) result block: bounds memory when k is very large.
+_RESULT_ELEMENTS = 2**24
+
+_faiss_module: Any = None
+_faiss_checked = False
+_warned_numpy = False
+
+
+def _load_faiss():
+    """The `faiss` module, or None if it cannot be imported (checked once per process).
+
+    `CLUSTERLOSS_DISABLE_FAISS=1` in the environment forces the NumPy path.
+    """
+    global _faiss_module, _faiss_checked
+    if not _faiss_checked:
+        _faiss_checked = True
+        if os.environ.get("CLUSTERLOSS_DISABLE_FAISS", "") not in ("", "0"):
+            _faiss_module = None
+        else:
+            try:
+                import faiss  # noqa: PLC0415 - optional dependency, imported lazily
+
+                _faiss_module = faiss
+            except ImportError:
+                _faiss_module = None
+    return _faiss_module
+
+
+def faiss_available() -> bool:
+    """Whether FAISS can be imported (the `clusterloss[faiss]` extra)."""
+    return _load_faiss() is not None
+
+
+def _warn_numpy_once(reason: str):
+    global _warned_numpy
+    if not _warned_numpy:
+        _warned_numpy = True
+        warnings.warn(
+            f"clusterloss.index: {reason}; using exact NumPy search (same results, slower). "
+            "Install FAISS for speed and approximate indexes: pip install 'clusterloss[faiss]'.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _progbar(target: int, unit: str):
+    from keras.utils import Progbar  # noqa: PLC0415 - keras is already imported by clusterloss
+
+    return Progbar(target, unit_name=unit)
+
+
+# ----------------------------------------------------------------------------- NumPy top-k
+
+
+def _smallest_k(key: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the `k` smallest values of `key` and their columns, sorted by (value, column).
+
+    Ties are broken by the lower column, also at the k-th place (argpartition alone would
+    pick an arbitrary subset of the tied values there).
+    """
+    rows, m = key.shape
+    k = min(k, m)
+    if k >= m or k * 8 >= m:
+        cols = np.argsort(key, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(key, cols, axis=1), cols
+    cols = np.argpartition(key, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(key, cols, axis=1)
+    kth = vals.max(axis=1, keepdims=True)
+    cut_ties = np.nonzero(np.count_nonzero(key == kth, axis=1) > np.count_nonzero(vals == kth, axis=1))[0]
+    for r in cut_ties:  # rare: exact ties straddle the k-th place
+        cols[r] = np.argsort(key[r], kind="stable")[:k]
+        vals[r] = key[r, cols[r]]
+    order = np.lexsort((cols, vals), axis=1)
+    return np.take_along_axis(vals, order, axis=1), np.take_along_axis(cols, order, axis=1)
+
+
+def _merge(vals_a, idx_a, vals_b, idx_b, k):
+    """The k smallest of two candidate lists. Every index in `idx_a` is below every index in
+    `idx_b` and each list is sorted by (value, index), so column order is index order among
+    equal values and a stable sort keeps the lower-position rule."""
+    vals = np.concatenate([vals_a, vals_b], axis=1)
+    idx = np.concatenate([idx_a, idx_b], axis=1)
+    order = np.argsort(vals, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(vals, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+
+def _exact_search(q: np.ndarray, xb: np.ndarray, sqnorms: np.ndarray | None, k: int):
+    """Exact k smallest keys of `q` against `xb`: key = -<q, x> (inner product, `sqnorms` is
+    None) or |q|^2 + |x|^2 - 2<q, x> clamped at 0 (squared L2).
+
+    Blocks of at most `_BLOCK_ELEMENTS` scores: a few queries at a time when k is large,
+    and reference chunks of at least 16 k rows, so merging candidate lists stays cheap."""
+    n = len(xb)
+    k = min(k, n)
+    rows = max(1, _BLOCK_ELEMENTS // max(16 * k, 256))
+    if len(q) > rows:
+        parts = [_exact_search(q[s : s + rows], xb, sqnorms, k) for s in range(0, len(q), rows)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    chunk = max(16 * k, _BLOCK_ELEMENTS // max(len(q), 1))
+    q_sq = np.einsum("ij,ij->i", q, q)[:, None] if sqnorms is not None else None
+    best_vals = best_idx = None
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        key = q @ xb[start:stop].T
+        if sqnorms is None:
+            np.negative(key, out=key)
+        else:
+            key *= -2.0
+            key += q_sq
+            key += sqnorms[None, start:stop]
+            np.maximum(key, 0.0, out=key)
+        vals, idx = _smallest_k(key, k)
+        idx = idx.astype(np.int64) + start
+        if best_vals is None:
+            best_vals, best_idx = vals, idx
+        else:
+            best_vals, best_idx = _merge(best_vals, best_idx, vals, idx, k)
+    return best_vals, best_idx
+
+
+def _flat_search(faiss, index, q: np.ndarray, k: int):
+    """FAISS flat search with a larger database block for its BLAS path (1024 rows by
+    default; 16384 measured 2-2.5x faster on 2 cores, at most 64 MiB per 1024 queries).
+    FAISS's global setting is restored afterwards."""
+    cvar = faiss.cvar
+    previous = cvar.distance_compute_blas_database_bs
+    cvar.distance_compute_blas_database_bs = max(previous, 16384)
+    try:
+        return index.search(q, k)
+    finally:
+        cvar.distance_compute_blas_database_bs = previous
+
+
+# ----------------------------------------------------------------------------- Index
+
+
+class Index:
+    """Nearest-neighbour index of embeddings with optional integer labels and ids.
+
+    Args:
+        dim: embedding dimension.
+        metric: `"cosine"` (vectors normalised, inner product; scores are similarities) or
+            `"euclidean"` (scores are distances).
+        kind: `"flat"` (exact: FAISS `IndexFlatIP`/`IndexFlatL2` or NumPy), `"hnsw"`
+            (FAISS `IndexHNSWFlat`) or `"ivf"` (FAISS `IndexIVFFlat`, trained on the first
+            `add`, or on `train(x)` if called first). Approximate kinds need FAISS.
+        backend: `"auto"` (FAISS if importable, else NumPy with a one-time warning; an
+            approximate kind then runs exact), `"faiss"` (error without FAISS) or `"numpy"`
+            (exact only).
+        hnsw_m, ef_construction, ef_search: HNSW graph degree and beam widths
+            (`ef_search` is raised to `k` when smaller).
+        nlist, nprobe: IVF lists (default: round(sqrt(n)) of the training set, at most
+            n // 39) and lists visited per query (default: max(8, nlist // 16), at most nlist).
+        batch_size: queries per search batch and vectors per add batch (x 64).
+        verbose: show a `keras.utils.Progbar` for long adds and searches.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        metric: str = "cosine",
+        kind: str = "flat",
+        backend: str = "auto",
+        *,
+        hnsw_m: int = 32,
+        ef_construction: int = 64,
+        ef_search: int = 64,
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        batch_size: int = 1024,
+        verbose: bool = False,
+    ):
+        self.dim = check_positive_int(dim, "dim")
+        self.metric = check_metric(metric)
+        self.kind = check_choice(kind, "kind", KINDS)
+        check_choice(backend, "backend", BACKENDS)
+        self.hnsw_m = check_positive_int(hnsw_m, "hnsw_m")
+        self.ef_construction = check_positive_int(ef_construction, "ef_construction")
+        self.ef_search = check_positive_int(ef_search, "ef_search")
+        self.nlist = None if nlist is None else check_positive_int(nlist, "nlist")
+        self.nprobe = None if nprobe is None else check_positive_int(nprobe, "nprobe")
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.verbose = bool(verbose)
+
+        faiss = _load_faiss() if backend != "numpy" else None
+        if backend == "faiss" and faiss is None:
+            raise ImportError(
+                "`backend='faiss'` needs FAISS, which cannot be imported: "
+                "pip install 'clusterloss[faiss]' (or faiss-cpu)."
+            )
+        if backend == "numpy" and self.kind != "flat":
+            raise ValueError(
+                f"`kind={self.kind!r}` is an approximate FAISS index; `backend='numpy'` supports "
+                "only kind='flat'."
+            )
+        if faiss is None and backend == "auto":
+            reason = "FAISS is not installed" + (
+                f" (kind={self.kind!r} runs as exact search)" if self.kind != "flat" else ""
+            )
+            _warn_numpy_once(reason)
+        self.backend = "faiss" if faiss is not None else "numpy"
+        self._faiss = faiss
+
+        self._n = 0
+        self._faiss_index = None
+        self._xb = np.empty((0, self.dim), np.float32)  # NumPy backend: growable buffer
+        self._sqnorms = np.empty((0,), np.float32)
+        self._label_parts: list[np.ndarray] = []
+        self._id_parts: list[np.ndarray] = []
+        self._has_labels: bool | None = None
+        self._has_ids: bool | None = None
+        self._labels_cache: np.ndarray | None = None
+        self._ids_cache: np.ndarray | None = None
+        if self.backend == "faiss" and self.kind != "ivf":
+            self._faiss_index = self._new_faiss_index()
+
+    # ------------------------------------------------------------------ properties
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def ntotal(self) -> int:
+        return self._n
+
+    @property
+    def is_exact(self) -> bool:
+        return self.kind == "flat" or self.backend == "numpy"
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """Labels of the stored vectors in insertion order (int64), or None if none given."""
+        if not self._has_labels:
+            return None
+        if self._labels_cache is None or len(self._labels_cache) != self._n:
+            self._labels_cache = np.concatenate(self._label_parts) if self._label_parts else np.empty(0, np.int64)
+            self._label_parts = [self._labels_cache]
+        return self._labels_cache
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Ids of the stored vectors (int64); positions 0..n-1 where none were given."""
+        if not self._has_ids:
+            return np.arange(self._n, dtype=np.int64)
+        if self._ids_cache is None or len(self._ids_cache) != self._n:
+            self._ids_cache = np.concatenate(self._id_parts)
+            self._id_parts = [self._ids_cache]
+        return self._ids_cache
+
+    def __repr__(self) -> str:
+        return (
+            f"Index(dim={self.dim}, metric={self.metric!r}, kind={self.kind!r}, "
+            f"backend={self.backend!r}, ntotal={self._n})"
+        )
+
+    # ------------------------------------------------------------------ building
+
+    def _faiss_metric(self):
+        faiss = self._faiss
+        return faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
+
+    def _new_faiss_index(self, nlist: int | None = None):
+        faiss = self._faiss
+        if self.kind == "flat":
+            return faiss.IndexFlatIP(self.dim) if self.metric == "cosine" else faiss.IndexFlatL2(self.dim)
+        if self.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, self._faiss_metric())
+            index.hnsw.efConstruction = self.ef_construction
+            index.hnsw.efSearch = self.ef_search
+            return index
+        quantizer = faiss.IndexFlatIP(self.dim) if self.metric == "cosine" else faiss.IndexFlatL2(self.dim)
+        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, self._faiss_metric())
+        return index
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        return normalize_rows(x) if self.metric == "cosine" else x
+
+    def train(self, x) -> "Index":
+        """Train an IVF index on `x` (a representative sample); a no-op for other kinds."""
+        x = as_embeddings(x, "x", dim=self.dim)
+        if self.kind != "ivf" or self.backend != "faiss":
+            return self
+        if self._faiss_index is not None and self._faiss_index.is_trained:
+            raise ValueError("this IVF index is already trained; create a new Index to retrain.")
+        n = len(x)
+        nlist = self.nlist or max(1, min(int(round(math.sqrt(n))), n // 39))
+        if nlist > n:
+            raise ValueError(f"`nlist` must be <= the number of training vectors ({n}); got {nlist}.")
+        self.nlist = nlist
+        if self.nprobe is None:
+            self.nprobe = min(nlist, max(8, nlist // 16))
+        index = self._new_faiss_index(nlist)
+        index.train(self._prepare(x))
+        index.nprobe = self.nprobe
+        self._faiss_index = index
+        return self
+
+    def add(self, embeddings, labels=None, ids=None, *, batch_size: int | None = None,
+            verbose: bool | None = None) -> "Index":
+        """Append vectors (and their labels / ids). Labels and ids must be given on every
+        call or on none."""
+        x = as_embeddings(embeddings, "embeddings", dim=self.dim, allow_empty=True)
+        has_labels = labels is not None
+        has_ids = ids is not None
+        if has_labels:
+            labels = as_labels(labels, "labels", length=len(x))
+        if has_ids:
+            ids = as_labels(ids, "ids", length=len(x))
+        for flag, attr, name in ((has_labels, "_has_labels", "labels"), (has_ids, "_has_ids", "ids")):
+            current = getattr(self, attr)
+            if self._n and current is not None and current != flag:
+                raise ValueError(
+                    f"`{name}` must be given on every `add` or on none; "
+                    f"this index was built {'with' if current else 'without'} {name}."
+                )
+            setattr(self, attr, flag)
+        if len(x) == 0:
+            return self
+        if self.backend == "faiss" and self.kind == "ivf" and self._faiss_index is None:
+            self.train(x)
+        self._add_prepared(x, prepared=False, batch_size=batch_size, verbose=verbose)
+        if has_labels:
+            self._label_parts.append(labels)
+        if has_ids:
+            self._id_parts.append(ids)
+        return self
+
+    def _add_prepared(self, x: np.ndarray, prepared: bool, batch_size=None, verbose=None):
+        step = (batch_size or self.batch_size) * 64
+        verbose = self.verbose if verbose is None else verbose
+        bar = _progbar(len(x), "vector") if verbose and len(x) > step else None
+        if self.backend == "numpy":
+            self._reserve(self._n + len(x))
+        for start in range(0, len(x), step):
+            chunk = x[start : start + step]
+            if not prepared:
+                chunk = self._prepare(chunk)
+            if self.backend == "faiss":
+                self._faiss_index.add(np.ascontiguousarray(chunk, dtype=np.float32))
+            else:
+                stop = self._n + len(chunk)
+                self._xb[self._n : stop] = chunk
+                if self.metric == "euclidean":
+                    self._sqnorms[self._n : stop] = np.einsum("ij,ij->i", chunk, chunk)
+            self._n += len(chunk)
+            if bar is not None:
+                bar.update(min(start + step, len(x)))
+
+    def _reserve(self, size: int):
+        if size <= len(self._xb):
+            return
+        capacity = max(size, int(len(self._xb) * 1.5), 1024)
+        xb = np.empty((capacity, self.dim), np.float32)
+        xb[: self._n] = self._xb[: self._n]
+        self._xb = xb
+        if self.metric == "euclidean":
+            sq = np.empty((capacity,), np.float32)
+            sq[: self._n] = self._sqnorms[: self._n]
+            self._sqnorms = sq
+
+    def _stored_vectors(self) -> np.ndarray:
+        """A read-only view (no copy) of the stored (prepared) vectors of an exact index."""
+        if self.backend == "numpy":
+            view = self._xb[: self._n]
+        else:
+            faiss = self._faiss
+            if self._n == 0:
+                return np.empty((0, self.dim), np.float32)
+            view = faiss.rev_swig_ptr(self._faiss_index.get_xb(), self._n * self.dim).reshape(self._n, self.dim)
+        view = view.view()
+        view.flags.writeable = False
+        return view
+
+    # ------------------------------------------------------------------ search
+
+    def search(self, queries, k: int, *, batch_size: int | None = None,
+               verbose: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` nearest stored vectors of each query.
+
+        Returns `(scores, indices)`, both `(n_queries, k)`: cosine similarities (decreasing)
+        or Euclidean distances (increasing), and positions into the index (-1 padding).
+        Queries run in batches of `batch_size` (fewer when `k` is large, to bound memory).
+        """
+        q = as_embeddings(queries, "queries", dim=self.dim, allow_empty=True)
+        k = check_positive_int(k, "k")
+        if self._n == 0:
+            raise ValueError("the index is empty: `add` embeddings before `search`.")
+        keys, idx = self._search_keys(q, k, batch_size, verbose)
+        return self._scores_from_keys(keys, idx), idx
+
+    def _search_keys(self, q, k, batch_size=None, verbose=None, prepared=False):
+        """Keys (smaller is nearer: -similarity or squared distance) and positions, padded
+        to `k` columns with (+inf, -1)."""
+        nq = len(q)
+        k_found = min(k, self._n)
+        batch = batch_size or self.batch_size
+        batch = max(1, min(batch, _RESULT_ELEMENTS // (k_found + 1)))
+        verbose = self.verbose if verbose is None else verbose
+        bar = _progbar(nq, "query") if verbose and nq > batch else None
+        keys = np.full((nq, k), np.inf, np.float32)
+        idx = np.full((nq, k), -1, np.int64)
+        for start in range(0, nq, batch):
+            chunk = q[start : start + batch]
+            if not prepared:
+                chunk = self._prepare(chunk)
+            kk, ii = self._search_batch(chunk, k_found)
+            keys[start : start + len(chunk), :k_found] = kk
+            idx[start : start + len(chunk), :k_found] = ii
+            if bar is not None:
+                bar.update(min(start + batch, nq))
+        return keys, idx
+
+    def _search_batch(self, q: np.ndarray, k: int):
+        if self.backend == "numpy":
+            return _exact_search(q, self._xb[: self._n], self._sqnorms[: self._n] if self.metric == "euclidean" else None, k)
+        index = self._faiss_index
+        exact = self.kind == "flat"
+        if self.kind == "hnsw":
+            index.hnsw.efSearch = max(self.ef_search, k)
+        elif self.kind == "ivf":
+            index.nprobe = self.nprobe
+        k_search = min(k + 1, self._n) if exact else k
+        if exact:
+            dist, idx = _flat_search(self._faiss, index, np.ascontiguousarray(q), k_search)
+        else:
+            dist, idx = index.search(np.ascontiguousarray(q), k_search)
+        idx = idx.astype(np.int64, copy=False)
+        keys = -dist if self.metric == "cosine" else dist
+        keys[idx < 0] = np.inf
+        if exact and k_search > k:
+            # FAISS picks an arbitrary subset of exact ties at the k-th place (IndexFlatIP
+            # does); recompute those rare rows on NumPy to keep the lower-position rule.
+            tied = np.nonzero(keys[:, k - 1] == keys[:, k])[0]
+            if len(tied):
+                tk, ti = _exact_search(q[tied], self._stored_vectors(), self._faiss_sqnorms(), k)
+                keys[tied, :k] = tk
+                idx[tied, :k] = ti
+            keys, idx = keys[:, :k], idx[:, :k]
+        order = np.lexsort((np.where(idx < 0, np.iinfo(np.int64).max, idx), keys), axis=1)
+        return np.take_along_axis(keys, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+    def _faiss_sqnorms(self):
+        if self.metric != "euclidean":
+            return None
+        xb = self._stored_vectors()
+        return np.einsum("ij,ij->i", xb, xb)
+
+    def _scores_from_keys(self, keys: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        missing = idx < 0
+        if self.metric == "cosine":
+            scores = -keys
+            scores[missing] = -np.inf
+        else:
+            scores = np.sqrt(np.maximum(keys, 0.0))
+            scores[missing] = np.inf
+        return scores
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path) -> None:
+        """Save to one `.npz`-format file at `path` (exactly that name): configuration,
+        labels, ids, and the vectors (exact index) or the serialised FAISS index."""
+        config = {
+            "format_version": FORMAT_VERSION,
+            "dim": self.dim,
+            "metric": self.metric,
+            "kind": self.kind,
+            "hnsw_m": self.hnsw_m,
+            "ef_construction": self.ef_construction,
+            "ef_search": self.ef_search,
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+            "batch_size": self.batch_size,
+            "ntotal": self._n,
+            "has_labels": bool(self._has_labels),
+            "has_ids": bool(self._has_ids),
+        }
+        arrays = {"config": np.frombuffer(json.dumps(config).encode("utf-8"), dtype=np.uint8)}
+        if self.is_exact:
+            arrays["vectors"] = self._stored_vectors()
+        elif self._faiss_index is not None:
+            arrays["faiss_index"] = self._faiss.serialize_index(self._faiss_index)
+        if self._has_labels:
+            arrays["labels"] = self.labels
+        if self._has_ids:
+            arrays["ids"] = self.ids
+        with open(os.fspath(path), "wb") as handle:
+            np.savez(handle, **arrays)
+
+    @classmethod
+    def load(cls, path, backend: str = "auto", verbose: bool = False) -> "Index":
+        """Load an index written by `save`. An exact index loads on either backend; an
+        approximate one needs FAISS."""
+        with open(os.fspath(path), "rb") as handle:
+            data = np.load(io.BytesIO(handle.read()), allow_pickle=False)
+        if "config" not in data.files:
+            raise ValueError(f"{os.fspath(path)!r} is not a clusterloss Index file (no config).")
+        config = json.loads(bytes(data["config"]).decode("utf-8"))
+        if config.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(
+                f"{os.fspath(path)!r} was written by a newer clusterloss (format "
+                f"{config['format_version']} > {FORMAT_VERSION})."
+            )
+        kind = config["kind"]
+        index = cls(
+            config["dim"],
+            metric=config["metric"],
+            kind=kind,
+            backend=backend,
+            hnsw_m=config["hnsw_m"],
+            ef_construction=config["ef_construction"],
+            ef_search=config["ef_search"],
+            nlist=config["nlist"],
+            nprobe=config["nprobe"],
+            batch_size=config["batch_size"],
+            verbose=verbose,
+        )
+        if "faiss_index" in data.files:
+            if index.backend != "faiss":
+                raise ImportError(
+                    f"{os.fspath(path)!r} holds an approximate FAISS index (kind={kind!r}); "
+                    "loading it needs FAISS: pip install 'clusterloss[faiss]'."
+                )
+            index._faiss_index = index._faiss.deserialize_index(data["faiss_index"])
+            index._n = int(index._faiss_index.ntotal)
+        elif "vectors" in data.files:
+            vectors = np.ascontiguousarray(data["vectors"], dtype=np.float32)
+            if index.backend == "faiss" and kind == "ivf":
+                index.train(vectors)  # an IVF index saved before FAISS was available
+            index._add_prepared(vectors, prepared=True)
+        index._has_labels = bool(config["has_labels"])
+        index._has_ids = bool(config["has_ids"])
+        if index._has_labels:
+            index._label_parts = [data["labels"].astype(np.int64)]
+        if index._has_ids:
+            index._id_parts = [data["ids"].astype(np.int64)]
+        if index._n != config["ntotal"]:
+            raise ValueError(
+                f"{os.fspath(path)!r} is inconsistent: {index._n} vectors, config says {config['ntotal']}."
+            )
+        return index

@@ -1,0 +1,378 @@
+"""Cosine-softmax heads with angular margins: ArcFace, CosFace, SphereFace (A-Softmax), NormFace.
+
+Every head owns its class weight matrix `kernel` of shape `(dim, num_classes)` and computes
+the cosine between each L2-normalised embedding and each L2-normalised kernel column
+(`CosineHead.cosine`). Called without labels, a head returns the inference logits (scaled
+cosines, no margin), which `predict` and `metrics=["accuracy"]` use. Called with integer
+labels, it returns the training logits, where only the target class of each sample gets the
+margin; apply `keras.losses.SparseCategoricalCrossentropy(from_logits=True)` to them.
+`ClusterModel(backbone, head=ArcFace(num_classes=...))` does both for you.
+
+Units: the angular margins of `ArcFace` are in **radians**, as in insightface and the
+ArcFace paper (`m = 0.5`). pytorch-metric-learning's `ArcFaceLoss(margin=...)` takes
+**degrees** (its default 28.6 is 0.5 rad): `ArcFace(margin=math.radians(pml_margin))`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+from keras import ops
+
+from clusterloss._registry import register
+from clusterloss._validation import (
+    check_embeddings,
+    check_labels,
+    check_range,
+    check_same_batch,
+    upcast,
+)
+
+HALF = ("float16", "bfloat16")
+
+
+def _known(dim) -> bool:
+    return isinstance(dim, int)
+
+
+def _safe_sqrt(x):
+    """`sqrt(max(x, 0))` with a zero (not infinite or NaN) gradient where `x <= 0`."""
+    positive = x > 0
+    return ops.sqrt(ops.where(positive, x, ops.ones_like(x))) * ops.cast(positive, x.dtype)
+
+
+def l2_normalize(x, axis: int = -1):
+    """Return `(x / ||x||, ||x||)` along `axis`, finite for zero vectors and huge values.
+
+    `x` is first divided by its largest absolute entry (held constant for the gradient, which
+    is exact because `x / ||x||` does not depend on that factor), so the sum of squares cannot
+    overflow even for bfloat16 values near 1e38 upcast to float32. A zero vector gives a zero
+    direction and a zero norm, with finite gradients.
+    """
+    peak = ops.stop_gradient(ops.max(ops.abs(x), axis=axis, keepdims=True))
+    peak = ops.where(peak > 0, peak, ops.ones_like(peak))
+    scaled = x / peak
+    squares = ops.sum(ops.square(scaled), axis=axis, keepdims=True)
+    nonzero = squares > 0
+    length = ops.sqrt(ops.where(nonzero, squares, ops.ones_like(squares)))
+    norm = ops.where(nonzero, peak * length, ops.zeros_like(length))
+    return scaled / length, ops.squeeze(norm, axis=axis)
+
+
+class CosineHead(keras.layers.Layer):
+    """Base class of the margin heads: owns `kernel` and computes the cosine logits.
+
+    A subclass defines `target_logit(cos_target, training)`, the margin applied to the cosine
+    of each sample's own class (a `(batch,)` tensor), and may override `scale_logits` (the
+    factor from cosines to logits, `scale` here).
+
+    `call(embeddings, labels=None, training=False)`:
+      - no labels: inference logits `scale_logits(cos)`, shape `(batch, num_classes)`;
+      - labels: the same, with the target class of each row replaced by its margin logit.
+    Logits are float32 whatever the input dtype (float16/bfloat16 are upcast); under a
+    mixed-precision policy the head defaults to `dtype="float32"`, so its kernel and its
+    logits stay in float32 like a softmax layer should.
+    """
+
+    uses_labels = True
+
+    def __init__(
+        self,
+        num_classes: int,
+        scale: float = 64.0,
+        kernel_initializer: Any = "glorot_uniform",
+        kernel_regularizer: Any = None,
+        **kwargs: Any,
+    ):
+        if kwargs.get("dtype") is None:
+            policy = keras.config.dtype_policy()
+            if policy.compute_dtype in HALF or policy.variable_dtype in HALF:
+                kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"`num_classes` must be an int >= 2; got {num_classes!r}.")
+        check_range(scale, "scale", 0.0, low_open=True)
+        self.num_classes = num_classes
+        self.scale = float(scale)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+
+    def build(self, embedding_shape):
+        check_embeddings(keras.KerasTensor(embedding_shape), "embeddings")
+        if embedding_shape[-1] is None:
+            raise ValueError(
+                f"The embedding dimension must be known to build {type(self).__name__}; "
+                f"got shape {tuple(embedding_shape)}."
+            )
+        self.kernel = self.add_weight(
+            shape=(embedding_shape[-1], self.num_classes),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            trainable=True,
+            name="kernel",
+        )
+
+    def cosine(self, embeddings):
+        """`(cos, norms)`: `cos[i, j]` between embedding i and kernel column j, in float32
+        (float64 stays float64), and the embedding norms `||x_i||`, shape `(batch,)`."""
+        x, norms = l2_normalize(upcast(embeddings), axis=-1)
+        w, _ = l2_normalize(ops.cast(self.kernel, x.dtype), axis=0)
+        return ops.matmul(x, w), norms
+
+    def scale_logits(self, values, norms):
+        """From cosines (or margin cosines) to logits: `scale * values`."""
+        return self.scale * values
+
+    def target_logit(self, cos_target, training: bool = False):
+        """The margin function applied to the target cosines, before `scale_logits`."""
+        raise NotImplementedError
+
+    def call(self, embeddings, labels=None, training: bool = False):
+        check_embeddings(embeddings)
+        cos, norms = self.cosine(embeddings)
+        if labels is None:
+            return self.scale_logits(cos, norms[:, None])
+        labels = ops.convert_to_tensor(labels)
+        if _known(labels.shape[0]) and _known(embeddings.shape[0]):
+            # (`check_same_batch` reads `ops.shape`, a tensor for a None dim in TF graphs.)
+            check_same_batch(labels, embeddings)
+        labels = check_labels(labels, self.num_classes)
+        is_target = ops.one_hot(labels, self.num_classes, dtype=cos.dtype) > 0
+        cos_target = ops.sum(ops.where(is_target, cos, ops.zeros_like(cos)), axis=-1)
+        margin_cos = self.target_logit(cos_target, training=training)
+        values = ops.where(is_target, margin_cos[:, None], cos)
+        return self.scale_logits(values, norms[:, None])
+
+    def compute_output_shape(self, embedding_shape, labels_shape=None):
+        return (embedding_shape[0], self.num_classes)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "scale": self.scale,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+        }
+
+
+def _check_radians(margin: float, name: str = "margin", high: float = math.pi) -> float:
+    value = float(margin)
+    if math.isfinite(value) and value > high:
+        raise ValueError(
+            f"`{name}` is in radians and must be in [0, {high:.4g}]; got {margin!r}. "
+            f"If that is degrees (pytorch-metric-learning's convention), pass "
+            f"math.radians({margin!r}) = {math.radians(value):.4g}."
+        )
+    check_range(margin, name, 0.0, high)
+    return value
+
+
+@register
+class ArcFace(CosineHead):
+    """Additive angular margin (ArcFace): Deng et al., "ArcFace: Additive Angular Margin Loss
+    for Deep Face Recognition", CVPR 2019.
+
+    With `cos_j` the cosine between the normalised embedding and class j's normalised
+    weight, and `theta_y` the angle to the target class:
+
+        logit_y = s * cos(theta_y + m)        if theta_y + m < pi   (cos_y > cos(pi - m))
+        logit_y = s * (cos_y - m * sin(m))    otherwise (insightface's easy_margin=False rule,
+                                              which keeps the logit decreasing in theta)
+        logit_j = s * cos_j                   for j != y, and for every class at inference.
+
+    `cos(theta + m)` is computed as `cos * cos(m) - sin(theta) * sin(m)` with
+    `sin(theta) = sqrt(max(1 - cos^2, 0))` and a zero-gradient guard at `cos = +-1`, so there
+    is no `acos`, and gradients stay finite where pytorch-metric-learning's `acos` gives NaN.
+
+    Args:
+        num_classes: number of classes (columns of `kernel`, shape `(dim, num_classes)`).
+        scale: s, default 64 (paper and insightface).
+        margin: m in **radians**, default 0.5 (paper and insightface). pytorch-metric-learning
+            `ArcFaceLoss(margin=...)` is in degrees: its 28.6 is 0.5 rad; pass
+            `margin=math.radians(pml_margin)`.
+        kernel_initializer, kernel_regularizer: for the class weights.
+    """
+
+    def __init__(self, num_classes: int, scale: float = 64.0, margin: float = 0.5, **kwargs):
+        super().__init__(num_classes, scale=scale, **kwargs)
+        self.margin = _check_radians(margin, "margin", math.pi / 2)
+
+    def target_logit(self, cos_target, training: bool = False):
+        m = self.margin
+        sin_target = _safe_sqrt(1.0 - ops.square(cos_target))
+        phi = cos_target * math.cos(m) - sin_target * math.sin(m)
+        fallback = cos_target - math.sin(math.pi - m) * m
+        return ops.where(cos_target > math.cos(math.pi - m), phi, fallback)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "margin": self.margin}
+
+
+@register
+class CosFace(CosineHead):
+    """Additive cosine margin (CosFace / AM-Softmax): Wang et al., "CosFace: Large Margin
+    Cosine Loss for Deep Face Recognition", CVPR 2018.
+
+        logit_y = s * (cos_y - m),    logit_j = s * cos_j  (j != y, and at inference).
+
+    Args:
+        num_classes: number of classes.
+        scale: s, default 64 (paper).
+        margin: m, a cosine margin (no unit), default 0.35 (paper); pytorch-metric-learning's
+            `CosFaceLoss(margin=0.35, scale=64)` takes the same values.
+        kernel_initializer, kernel_regularizer: for the class weights.
+    """
+
+    def __init__(self, num_classes: int, scale: float = 64.0, margin: float = 0.35, **kwargs):
+        super().__init__(num_classes, scale=scale, **kwargs)
+        check_range(margin, "margin", 0.0, 2.0)
+        self.margin = float(margin)
+
+    def target_logit(self, cos_target, training: bool = False):
+        return cos_target - self.margin
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "margin": self.margin}
+
+
+@register
+class NormFace(CosineHead):
+    """Normalised softmax (NormFace): Wang et al., "NormFace: L2 Hypersphere Embedding for
+    Face Verification", ACM MM 2017.
+
+        logit_j = s * cos_j    for every class, in training and at inference (no margin).
+
+    Args:
+        num_classes: number of classes.
+        scale: s, default 20, which is pytorch-metric-learning's `NormalizedSoftmaxLoss`
+            default `temperature=0.05` (`s = 1 / temperature`). The paper shows that `s` must
+            be large enough for the loss to go down (it learns `s` or fixes it); with n
+            classes the loss cannot go below `log(1 + (n - 1) exp(-s n / (n - 1)))`.
+        kernel_initializer, kernel_regularizer: for the class weights.
+    """
+
+    def __init__(self, num_classes: int, scale: float = 20.0, **kwargs):
+        super().__init__(num_classes, scale=scale, **kwargs)
+
+    def target_logit(self, cos_target, training: bool = False):
+        return cos_target
+
+
+@register
+class SphereFace(CosineHead):
+    """Multiplicative angular margin (SphereFace / A-Softmax): Liu et al., "SphereFace: Deep
+    Hypersphere Embedding for Face Recognition", CVPR 2017.
+
+    Class weights are normalised, embeddings are not: logits scale with `||x||` (so, unlike
+    the other heads, huge embeddings give huge logits, which a float32 softmax cannot use).
+
+        psi(theta) = (-1)^k cos(m theta) - 2k,   theta in [k pi / m, (k + 1) pi / m],
+        logit_y = s * ||x|| * (lambda * cos_y + psi(theta_y)) / (1 + lambda),
+        logit_j = s * ||x|| * cos_j   for j != y, and for every class at inference.
+
+    `cos(m theta)` is the Chebyshev polynomial `T_m(cos)` (the paper's multiple-angle formula)
+    and k comes from comparing `cos` with `cos(j pi / m)`: no `acos`, smooth gradients.
+
+    lambda anneals as in the authors' Caffe code (`MarginInnerProduct` layer): on each training
+    call with labels, the non-trainable `iteration` counter goes up by one and
+
+        lambda = max(lambda_min, base * (1 + gamma * iteration) ** (-power)).
+
+    Defaults are the paper's code (sphereface_model.prototxt): m = 4, base 1000, gamma 0.12,
+    power 1, lambda_min 5. The counter is saved with the model, so training resumes where the
+    schedule was. `base=0, lambda_min=0` gives the plain A-Softmax of the paper's Eq. with no
+    annealing, which is what pytorch-metric-learning's `SphereFaceLoss(margin=m, scale=s)`
+    computes.
+
+    Args:
+        num_classes: number of classes.
+        margin: m, an integer >= 1 (an angle multiplier, no unit), default 4.
+        scale: s, an extra factor on all logits, default 1 (none, as in the paper; the same as
+            pytorch-metric-learning's `scale`).
+        base, gamma, power, lambda_min: the lambda schedule above.
+        kernel_initializer, kernel_regularizer: for the class weights.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        margin: int = 4,
+        scale: float = 1.0,
+        base: float = 1000.0,
+        gamma: float = 0.12,
+        power: float = 1.0,
+        lambda_min: float = 5.0,
+        **kwargs: Any,
+    ):
+        super().__init__(num_classes, scale=scale, **kwargs)
+        if isinstance(margin, bool) or int(margin) != margin or margin < 1:
+            raise ValueError(f"`margin` must be an integer >= 1 (m of A-Softmax); got {margin!r}.")
+        for value, name in ((base, "base"), (gamma, "gamma"), (power, "power")):
+            check_range(value, name, 0.0)
+        check_range(lambda_min, "lambda_min", 0.0)
+        self.margin = int(margin)
+        self.base = float(base)
+        self.gamma = float(gamma)
+        self.power = float(power)
+        self.lambda_min = float(lambda_min)
+
+    def build(self, embedding_shape):
+        super().build(embedding_shape)
+        self.iteration = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            dtype="int32",
+            aggregation="only_first_replica",
+            name="iteration",
+        )
+
+    def lambda_at(self, iteration):
+        """lambda for a given iteration count (a tensor or a number)."""
+        it = ops.cast(iteration, "float32")
+        value = self.base * ops.power(1.0 + self.gamma * it, -self.power)
+        return ops.maximum(value, self.lambda_min)
+
+    @property
+    def current_lambda(self) -> float:
+        """lambda that a non-training call with labels uses now (the last training step's)."""
+        iteration = self.iteration if self.built else 0
+        return float(ops.convert_to_numpy(self.lambda_at(iteration)))
+
+    def psi(self, cos):
+        """`(-1)^k cos(m theta) - 2k` of the paper, from `cos = cos(theta)`."""
+        m = self.margin
+        c = cos
+        t_prev, t_m = ops.ones_like(c), c  # Chebyshev T_0, T_1; T_{n+1} = 2c T_n - T_{n-1}
+        for _ in range(m - 1):
+            t_prev, t_m = t_m, 2.0 * c * t_m - t_prev
+        k = ops.zeros_like(c)
+        for j in range(1, m):
+            k = k + ops.cast(c <= math.cos(j * math.pi / m), c.dtype)
+        sign = 1.0 - 2.0 * ops.mod(k, 2.0)
+        return sign * t_m - 2.0 * k
+
+    def target_logit(self, cos_target, training: bool = False):
+        if training:
+            step = self.iteration + 1
+            self.iteration.assign(step)
+        else:
+            step = self.iteration
+        lam = ops.cast(self.lambda_at(step), cos_target.dtype)
+        return (lam * cos_target + self.psi(cos_target)) / (1.0 + lam)
+
+    def scale_logits(self, values, norms):
+        return self.scale * norms * values
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "margin": self.margin,
+            "base": self.base,
+            "gamma": self.gamma,
+            "power": self.power,
+            "lambda_min": self.lambda_min,
+        }

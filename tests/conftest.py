@@ -1,0 +1,58 @@
+"""Shared test fixtures. The suite runs once per backend: `KERAS_BACKEND=jax|tensorflow|torch`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BACKEND = keras.backend.backend()
+
+
+def to_np(x) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def grad(fn, *args):
+    """Gradient of the scalar `fn(*args)` with respect to each NumPy array in `args`."""
+    if BACKEND == "jax":
+        import jax
+
+        return [np.asarray(g) for g in jax.grad(fn, argnums=tuple(range(len(args))))(*args)]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [tf.Variable(a) for a in args]
+        with tf.GradientTape() as tape:
+            value = fn(*tensors)
+        return [g.numpy() for g in tape.gradient(value, tensors)]
+    import torch
+
+    tensors = [torch.tensor(a, requires_grad=True) for a in args]
+    fn(*tensors).backward()
+    return [t.grad.numpy() for t in tensors]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (needs ../shared/data beside the repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def data_env(shared_data, tmp_path_factory) -> dict[str, str]:
+    """Environment for a subprocess whose loaders read copies of ../shared/data, offline."""
+    home = tmp_path_factory.mktemp("data")
+    shutil.copytree(shared_data / "keras", home / "keras")
+    shutil.copytree(shared_data / "scikit_learn_data", home / "scikit_learn_data")
+    return {
+        **os.environ,
+        "KERAS_HOME": str(home / "keras"),
+        "SCIKIT_LEARN_DATA": str(home / "scikit_learn_data"),
+    }

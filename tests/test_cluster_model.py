@@ -1,0 +1,174 @@
+"""ClusterModel: fit(x, y) on plain labels, loss parts, lambda schedule, save/load, backends."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, to_np
+
+import clusterloss as cl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def digits(n=512):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return (data.data[:n] / 16.0).astype("float32"), data.target[:n].astype("int32")
+
+
+def make_model(weight=0.1, update="paper", center=True, seed=0):
+    keras.utils.set_random_seed(seed)
+    backbone = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(2)],
+        name="backbone",
+    )
+    layer = cl.CenterLoss(weight=weight, update=update, name="center_loss") if center else None
+    return cl.ClusterModel(backbone, num_classes=10, center_loss=layer)
+
+
+def compile_model(model, optimizer=None, **kwargs):
+    model.compile(
+        optimizer=optimizer or keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        **kwargs,
+    )
+    return model
+
+
+def test_fit_on_plain_labels_logs_every_part():
+    x, y = digits()
+    model = compile_model(make_model())
+    history = model.fit(x, y, epochs=3, batch_size=64, verbose=0).history
+    assert set(history) == {"loss", "classification_loss", "center_loss", "accuracy"}
+    total = np.array(history["classification_loss"]) + np.array(history["center_loss"])
+    np.testing.assert_allclose(history["loss"], total, rtol=1e-4)
+    assert history["accuracy"][-1] > history["accuracy"][0]
+    outputs = model.predict(x[:5], verbose=0)
+    assert outputs["logits"].shape == (5, 10) and outputs["embeddings"].shape == (5, 2)
+    np.testing.assert_allclose(model.embed(x[:5]), outputs["embeddings"], rtol=1e-5, atol=1e-6)
+
+
+def test_lambda_zero_trains_like_plain_softmax():
+    x, y = digits(256)
+    preds = []
+    for center in (True, False):
+        model = compile_model(make_model(weight=0.0, center=center))
+        model.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+        preds.append(model.predict(x, verbose=0)["logits"])
+    np.testing.assert_allclose(preds[0], preds[1], rtol=1e-4, atol=1e-5)
+
+
+def test_scheduler_changes_lambda_mid_training():
+    x, y = digits(256)
+    model = compile_model(make_model(weight=0.5))
+    schedule = cl.CenterLossScheduler(cl.warmup(0.2, ramp_epochs=2, start_epoch=2))
+    history = model.fit(x, y, epochs=5, batch_size=64, verbose=0, callbacks=[schedule]).history
+    np.testing.assert_allclose(history["center_weight"], [0, 0, 0.1, 0.2, 0.2], rtol=1e-6)
+    assert history["center_loss"][0] == 0 and history["center_loss"][1] == 0
+    assert history["center_loss"][2] > 0 and history["center_loss"][4] > 0
+    assert model.center_loss.weight == pytest.approx(0.2)
+
+
+def test_jit_compile_moves_paper_centers():
+    if BACKEND == "torch" and os.environ.get("CLUSTERLOSS_FAST_TESTS"):
+        pytest.skip("torch.compile takes about a minute; CLUSTERLOSS_FAST_TESTS is set")
+    x, y = digits(256)
+    model = compile_model(make_model(), jit_compile=True)
+    model.fit(x[:64], y[:64], epochs=1, batch_size=64, verbose=0)  # builds, moves centers once
+    before = to_np(model.center_loss.centers)
+    features = model.embed(x[:64])
+    model.fit(x[:64], y[:64], epochs=1, batch_size=64, shuffle=False, verbose=0)
+    expected = model.center_loss.eq4_update(before, features, y[:64])
+    np.testing.assert_allclose(to_np(model.center_loss.centers), to_np(expected), rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_centers_take_their_own_sgd_step():
+    x, y = digits(64)
+    model = make_model(weight=0.3, update="gradient")
+    compile_model(model, optimizer=cl.center_optimizer(keras.optimizers.Adam(1e-3), centers=0.5))
+    model.build((None, 64))
+    before = to_np(model.center_loss.centers)
+    features = model.embed(x)
+    model.train_on_batch(x, y)
+    grad_c = np.zeros_like(before)
+    for i, j in enumerate(y):
+        grad_c[j] -= (features[i] - before[j]) / len(x)
+    np.testing.assert_allclose(
+        to_np(model.center_loss.centers), before - 0.5 * grad_c, rtol=1e-4, atol=1e-6
+    )
+
+
+def test_fit_rejects_bad_labels_and_backbones():
+    x, y = digits(32)
+    model = compile_model(make_model())
+    with pytest.raises(ValueError, match=r"`y` must be < num_classes=10; got a label 10"):
+        model.fit(x, np.where(y == 0, 10, y), verbose=0)
+    with pytest.raises(ValueError, match=r"`y` must be integer class ids; got float values"):
+        model.fit(x, y + 0.5, verbose=0)
+    flat = keras.Sequential([keras.Input((64,)), keras.layers.Reshape((8, 8))])
+    bad = cl.ClusterModel(flat, num_classes=10)
+    with pytest.raises(ValueError, match=r"`backbone` must output embeddings of shape \(batch, dim\)"):
+        bad.build((None, 64))
+    with pytest.raises(ValueError, match=r"`num_classes` must be an int >= 2; got 1"):
+        cl.ClusterModel(flat, num_classes=1)
+
+
+def _save_trained(tmp_path):
+    x, y = digits(128)
+    model = compile_model(make_model())
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    np.save(tmp_path / "x.npy", x)
+    return model, x, y, path
+
+
+LOAD_SCRIPT = """
+import sys, json, numpy as np, keras, clusterloss
+model = keras.saving.load_model(sys.argv[1])
+x = np.load(sys.argv[2]); y = np.arange(len(x)) % 10
+out = model.predict(x, verbose=0)
+center = keras.ops.convert_to_numpy(model.center_loss(out["embeddings"], y))
+np.savez(sys.argv[3], logits=out["logits"], embeddings=out["embeddings"], center=center,
+         centers=keras.ops.convert_to_numpy(model.center_loss.centers))
+"""
+
+
+def _load_in_fresh_process(path, x_path, out, backend):
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT, str(path), str(x_path), str(out)],
+        check=True, env=env, cwd=ROOT, capture_output=True,
+    )  # fmt: skip
+    return np.load(out)
+
+
+def test_save_and_load_in_a_fresh_process_without_custom_objects(tmp_path):
+    model, x, _, path = _save_trained(tmp_path)
+    got = _load_in_fresh_process(path, tmp_path / "x.npy", tmp_path / "out.npz", BACKEND)
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_allclose(got["logits"], expected["logits"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got["centers"], to_np(model.center_loss.centers))
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="runs once, from the JAX pass, for all three")
+def test_same_values_on_every_backend_for_the_same_weights(tmp_path):
+    model, x, _, path = _save_trained(tmp_path)
+    outputs = model.predict(x, verbose=0)
+    expected = {
+        **outputs,
+        "center": to_np(model.center_loss(outputs["embeddings"], np.arange(len(x)) % 10)),
+        "centers": to_np(model.center_loss.centers),
+    }
+    for b in ("tensorflow", "torch"):
+        got = _load_in_fresh_process(path, tmp_path / "x.npy", tmp_path / f"{b}.npz", b)
+        for key in ("logits", "embeddings", "center", "centers"):
+            np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,208 @@
+"""Index (FAISS and the NumPy fallback) and KNNClassifier."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import clusterloss.index.index as index_module
+from clusterloss.index import Index, KNNClassifier, faiss_available
+
+needs_faiss = pytest.mark.skipif(not faiss_available(), reason="FAISS not installed")
+BACKENDS = ["numpy", pytest.param("faiss", marks=needs_faiss)]
+
+
+def _clustered(rng, n, dim=16, classes=20, spread=0.5):
+    centers = np.random.default_rng(99).normal(size=(classes, dim))
+    y = rng.integers(0, classes, n)
+    return (centers[y] + spread * rng.normal(size=(n, dim))).astype("float32"), y
+
+
+def _brute(q, x, k, metric):
+    q, x = q.astype("float64"), x.astype("float64")
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        scores = q @ x.T
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    else:
+        scores = np.sqrt(((q[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+        order = np.argsort(scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_exact_search_equals_brute_force(backend, metric):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(700, 12)).astype("float32")
+    q = rng.normal(size=(50, 12)).astype("float32")
+    index = Index(12, metric=metric, backend=backend)
+    index.add(x[:300])
+    index.add(x[300:])  # incremental
+    assert len(index) == 700
+    for k in (1, 10, 700):
+        scores, idx = index.search(q, k, batch_size=16)
+        want_scores, want_idx = _brute(q, x, k, metric)
+        np.testing.assert_array_equal(idx[:, :10], want_idx[:, :10])
+        np.testing.assert_allclose(scores, want_scores, atol=2e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_ties_go_to_the_lower_position(backend, metric):
+    # Every stored vector is one of two points, so scores tie in big groups.
+    x = np.zeros((60, 3), "float32")
+    x[::2] = [1.0, 0.0, 0.0]
+    x[1::2] = [0.0, 1.0, 0.0]
+    q = np.tile(np.array([[1.0, 0.2, 0.0]], "float32"), (25, 1))  # nearer the even rows
+    index = Index(3, metric=metric, backend=backend)
+    index.add(x)
+    for k in (3, 30, 35, 60):
+        _, idx = index.search(q, k, batch_size=7)
+        want = np.concatenate([np.arange(0, 60, 2), np.arange(1, 60, 2)])[:k]
+        np.testing.assert_array_equal(idx, np.tile(want, (25, 1)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_k_larger_than_index_pads(backend):
+    index = Index(2, metric="euclidean", backend=backend)
+    index.add(np.array([[0.0, 0.0], [1.0, 0.0]]))
+    scores, idx = index.search(np.array([[0.1, 0.0]]), 4)
+    np.testing.assert_array_equal(idx, [[0, 1, -1, -1]])
+    np.testing.assert_allclose(scores[0, :2], [0.1, 0.9], atol=1e-6)
+    assert np.isinf(scores[0, 2:]).all()
+
+
+@needs_faiss
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_numpy_fallback_equals_faiss(monkeypatch, metric):
+    rng = np.random.default_rng(1)
+    x, _ = _clustered(rng, 3000)
+    q, _ = _clustered(rng, 200)
+    with_faiss = Index(16, metric=metric)
+    with_faiss.add(x)
+    assert with_faiss.backend == "faiss"
+    monkeypatch.setattr(index_module, "_load_faiss", lambda: None)
+    monkeypatch.setattr(index_module, "_warned_numpy", False)
+    with pytest.warns(RuntimeWarning, match="FAISS is not installed"):
+        fallback = Index(16, metric=metric)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per process only
+        Index(16, metric=metric)
+    assert fallback.backend == "numpy"
+    fallback.add(x)
+    s1, i1 = with_faiss.search(q, 10)
+    s2, i2 = fallback.search(q, 10)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(s1, s2, atol=1e-5)
+
+
+def test_env_var_forces_numpy(monkeypatch):
+    monkeypatch.setenv("CLUSTERLOSS_DISABLE_FAISS", "1")
+    monkeypatch.setattr(index_module, "_faiss_checked", False)
+    monkeypatch.setattr(index_module, "_faiss_module", None)
+    monkeypatch.setattr(index_module, "_warned_numpy", True)
+    assert not faiss_available()
+    assert Index(4).backend == "numpy"
+    monkeypatch.setattr(index_module, "_faiss_checked", False)  # re-checked after the test
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_save_load_round_trip(tmp_path, backend):
+    rng = np.random.default_rng(2)
+    x, y = _clustered(rng, 500)
+    ids = rng.permutation(10_000)[:500]
+    index = Index(16, metric="euclidean", backend=backend)
+    index.add(x[:200], y[:200], ids[:200])
+    index.add(x[200:], y[200:], ids[200:])
+    path = tmp_path / "refs.index"
+    index.save(path)
+    assert path.exists()
+    loaded = Index.load(path, backend=backend)
+    assert (loaded.dim, loaded.metric, loaded.kind, len(loaded)) == (16, "euclidean", "flat", 500)
+    np.testing.assert_array_equal(loaded.labels, y)
+    np.testing.assert_array_equal(loaded.ids, ids)
+    q = x[:40] + 0.01
+    for a, b in zip(index.search(q, 5), loaded.search(q, 5)):
+        np.testing.assert_array_equal(a, b)
+    numpy_loaded = Index.load(path, backend="numpy")  # an exact index loads on either backend
+    np.testing.assert_array_equal(numpy_loaded.search(q, 5)[1], index.search(q, 5)[1])
+
+
+@needs_faiss
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_recall_and_round_trip(tmp_path, kind):
+    rng = np.random.default_rng(3)
+    x, y = _clustered(rng, 4000, dim=24, classes=40, spread=0.3)
+    q, _ = _clustered(rng, 200, dim=24, classes=40, spread=0.3)
+    exact = Index(24)
+    exact.add(x)
+    approx = Index(24, kind=kind)
+    approx.add(x, y)
+    _, truth = exact.search(q, 10)
+    _, found = approx.search(q, 10)
+    recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(found, truth)])
+    assert recall > 0.9
+    approx.save(tmp_path / "approx.index")
+    loaded = Index.load(tmp_path / "approx.index")
+    assert loaded.kind == kind and len(loaded) == 4000
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], found)
+    np.testing.assert_array_equal(loaded.labels, y)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+def test_knn_classifier_matches_sklearn(metric, weights):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(4)
+    x, y = _clustered(rng, 600, dim=8, classes=6, spread=1.5)
+    q, yq = _clustered(rng, 150, dim=8, classes=6, spread=1.5)
+    y, yq = y * 3 + 1, yq * 3 + 1  # non-contiguous class ids
+    ours = KNNClassifier(k=7, weights=weights, metric=metric).fit(x, y)
+    theirs = KNeighborsClassifier(n_neighbors=7, weights=weights, metric=metric).fit(x, y)
+    np.testing.assert_array_equal(ours.classes_, theirs.classes_)
+    np.testing.assert_allclose(ours.predict_proba(q), theirs.predict_proba(q), atol=1e-5)
+    np.testing.assert_array_equal(ours.predict(q), theirs.predict(q))
+    assert ours.score(q, yq) == pytest.approx(theirs.score(q, yq))
+    distances, idx = ours.kneighbors(q[:5])
+    want_d, want_i = theirs.kneighbors(q[:5])
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_allclose(distances, want_d, atol=1e-5)
+
+
+def test_knn_classifier_exact_duplicate_takes_all_weight():
+    x = np.array([[0.0], [1.0], [1.1]], "float32")
+    clf = KNNClassifier(k=3, weights="distance").fit(x, [5, 7, 7])
+    np.testing.assert_allclose(clf.predict_proba([[0.0]]), [[1.0, 0.0]])
+    assert clf.predict([[0.0]])[0] == 5
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: Index(0), "`dim`"),
+        (lambda: Index(4, metric="dot"), "`metric`"),
+        (lambda: Index(4, kind="lsh"), "`kind`"),
+        (lambda: Index(4, backend="gpu"), "`backend`"),
+        (lambda: Index(4, kind="hnsw", backend="numpy"), "approximate"),
+        (lambda: Index(4).add(np.zeros((3, 5))), "4 columns"),
+        (lambda: Index(4).add(np.zeros(4)), "shape"),
+        (lambda: Index(4).add(np.zeros((3, 4)), labels=[0, 1]), "same length"),
+        (lambda: Index(4).search(np.zeros((1, 4)), 1), "empty"),
+        (lambda: Index(4).add(np.zeros((3, 4))).search(np.zeros((1, 4)), 0), "`k`"),
+        (lambda: Index(4).add(np.zeros((3, 4)), [0, 1, 2]).add(np.zeros((1, 4))), "every `add`"),
+        (lambda: KNNClassifier(k=0), "`k`"),
+        (lambda: KNNClassifier(weights="rank"), "`weights`"),
+        (lambda: KNNClassifier(k=5).fit(np.zeros((3, 2)), [0, 1, 2]), "`k`"),
+        (lambda: KNNClassifier(k=1).fit(np.zeros((3, 2)), [0, 1]), "same length"),
+        (lambda: KNNClassifier(k=1).predict(np.zeros((3, 2))), "not fitted"),
+        (lambda: KNNClassifier(k=1).fit(np.zeros((3, 2)), [0, 1, 2]).predict(np.zeros((1, 3))), "2 columns"),
+    ],
+)
+def test_bad_input(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
