@@ -4,10 +4,14 @@ PyTorch, and the tools to use those features (kNN, retrieval metrics, index, rep
 The public API is re-exported here from one subpackage per concept.
 """
 
-from clusterloss.callbacks import CenterLossScheduler, warmup
-from clusterloss.layers import *  # noqa: F401,F403
-from clusterloss.losses import *  # noqa: F401,F403
-from clusterloss.models import ClusterModel
-from clusterloss.optimizers import center_optimizer
+from clusterloss._backend import choose_default_backend
+
+choose_default_backend()
+
+from clusterloss.callbacks import CenterLossScheduler, warmup  # noqa: E402
+from clusterloss.layers import *  # noqa: E402,F401,F403
+from clusterloss.losses import *  # noqa: E402,F401,F403
+from clusterloss.models import ClusterModel  # noqa: E402
+from clusterloss.optimizers import center_optimizer  # noqa: E402
 
 __version__ = "0.1.0"

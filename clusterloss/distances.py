@@ -53,9 +53,17 @@ def safe_sqrt(d):
 
 
 def pairwise_squared_euclidean(x, y=None):
-    """`(n, m)` matrix of `||x_i - y_j||^2` by one matrix product, clamped at 0."""
+    """`(n, m)` matrix of `||x_i - y_j||^2` by one matrix product, clamped at 0.
+
+    Within one batch (`y is None`) the squared norms are the diagonal of the same Gram
+    matrix, so that two identical embeddings get a distance of exactly 0 (not the ~1e-7
+    rounding of `|a|^2 + |b|^2 - 2ab` computed by different reductions)."""
     x = upcast(x)
-    y = x if y is None else upcast(y)
+    if y is None:
+        gram = ops.matmul(x, ops.transpose(x))
+        sq = ops.diagonal(gram)
+        return ops.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
+    y = upcast(y)
     xx = ops.sum(ops.square(x), axis=-1)[:, None]
     yy = ops.sum(ops.square(y), axis=-1)[None, :]
     return ops.maximum(xx + yy - 2.0 * ops.matmul(x, ops.transpose(y)), 0.0)
@@ -97,10 +105,10 @@ class Distance:
         """`(n, m)` matrix between the rows of `x` `(n, dim)` and `y` `(m, dim)` (default `x`)."""
         check_embeddings(x, "embeddings")
         x = self._prepare(x)
-        y = x if y is None else self._prepare(check_embeddings(y, "ref_embeddings"))
+        y_ = None if y is None else self._prepare(check_embeddings(y, "ref_embeddings"))
         if self.larger_is_closer:
-            return ops.matmul(x, ops.transpose(y))
-        squared = pairwise_squared_euclidean(x, y)
+            return ops.matmul(x, ops.transpose(x if y_ is None else y_))
+        squared = pairwise_squared_euclidean(x, y_)
         return squared if self.name == "squared_euclidean" else safe_sqrt(squared)
 
     def paired(self, x, y):

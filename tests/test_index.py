@@ -107,7 +107,6 @@ def test_env_var_forces_numpy(monkeypatch):
     monkeypatch.setattr(index_module, "_warned_numpy", True)
     assert not faiss_available()
     assert Index(4).backend == "numpy"
-    monkeypatch.setattr(index_module, "_faiss_checked", False)  # re-checked after the test
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -206,3 +205,16 @@ def test_knn_classifier_exact_duplicate_takes_all_weight():
 def test_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_progress_bar_when_verbose(capsys, backend):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, 4)).astype("float32")
+    index = Index(4, backend=backend, batch_size=2, verbose=True)  # adds in steps of 2 * 64
+    index.add(x)
+    index.search(x[:50], 3, batch_size=8)
+    out = capsys.readouterr().out
+    assert "300/300" in out and "50/50" in out
+    index.search(x[:50], 3, batch_size=8, verbose=False)
+    assert capsys.readouterr().out == ""

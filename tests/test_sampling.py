@@ -67,7 +67,7 @@ def test_seeds_are_reproducible_and_epochs_differ():
     np.testing.assert_array_equal(a.indices, b.indices)
     assert not np.array_equal(a.indices, first)
     assert MPerClassSampler(x, y, m=4, batch_size=16, steps_per_epoch=5, seed=1).indices.shape == (5, 16)
-    assert isinstance(MPerClassSampler(x, y, seed=None).seed, int)
+    assert isinstance(MPerClassSampler(x, y, batch_size=16, seed=None).seed, int)
 
 
 def test_replace_fills_small_classes():

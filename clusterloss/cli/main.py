@@ -1,34 +1,22 @@
 """`clusterloss` / `python -m clusterloss`: pick the Keras backend, then run a subcommand.
 
-Subcommand modules import Keras only inside `run`, so `--backend` can still choose it.
+Importing the package imports Keras, which fixes the backend; so `--backend X` that differs
+from the loaded one re-runs the command in a fresh interpreter with `KERAS_BACKEND=X`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 
+import keras
+
+from clusterloss._backend import BACKENDS
+
 # Each module in clusterloss.cli named here provides `add_parser(subparsers)` and `run(args)`.
 SUBCOMMANDS = ("train",)
-BACKENDS = ("jax", "tensorflow", "torch")
-
-
-def select_backend(requested: str | None) -> str:
-    """Set KERAS_BACKEND: the flag, else the environment, else the first installed backend."""
-    if requested:
-        os.environ["KERAS_BACKEND"] = requested
-    elif not os.environ.get("KERAS_BACKEND"):
-        installed = [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
-        if not installed:
-            raise SystemExit(
-                "clusterloss: no Keras backend is installed; "
-                "pip install 'clusterloss[jax]' (or [tensorflow], [torch])."
-            )
-        os.environ["KERAS_BACKEND"] = installed[0]
-    return os.environ["KERAS_BACKEND"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
-        help="Keras backend (default: $KERAS_BACKEND, else the first installed of "
-        + ", ".join(BACKENDS)
-        + ")",
+        help="Keras backend (default: $KERAS_BACKEND or keras.json, else the first installed)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
@@ -50,12 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    select_backend(args.backend)
+    if args.backend and args.backend != keras.backend.backend():
+        env = {**os.environ, "KERAS_BACKEND": args.backend}
+        os.execve(sys.executable, [sys.executable, "-m", "clusterloss", *argv], env)
     return int(args.run(args) or 0)
 
 

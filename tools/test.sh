@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up .venv (first run) and run the whole test suite on the JAX, TensorFlow and PyTorch
+# backends, one after the other. Extra arguments go to pytest (e.g. -x, -k center).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# The CPU builds of the three backends, pinned (constraints.txt) so that no CUDA build is pulled.
+.venv/bin/python -m pip install -q -c constraints.txt torch tensorflow-cpu "jax[cpu]" -e ".[test]"
+status=0
+for backend in jax tensorflow torch; do
+  echo "=== KERAS_BACKEND=$backend"
+  KERAS_BACKEND=$backend .venv/bin/python -m pytest -p no:cacheprovider "$@" || status=$?
+done
+exit $status
