@@ -63,31 +63,42 @@ def make(head, w):
 
 
 def head_grads(head, x, w, y, dtype=None):
-    """Loss and gradients (wrt embeddings, kernel) of mean sparse CE on the margin logits;
-    with `dtype`, the embeddings are cast to it inside (gradients through the cast)."""
+    """Mean sparse CE on the margin logits: `(value, [d/d embeddings, d/d kernel], logits)`.
+    With `dtype`, the embeddings are cast to it inside (gradients go through the cast)."""
     others = [v.value for v in head.non_trainable_variables]
 
-    def loss(xx, ww):
+    def logits_of(xx, ww):
         if dtype is not None:
             xx = keras.ops.cast(xx, dtype)
-        logits, _ = head.stateless_call([ww], others, xx, labels=y)
-        return SCE(y, logits)
+        return head.stateless_call([ww], others, xx, labels=y)[0]
 
-    if BACKEND == "jax":  # one compiled function instead of op-by-op dispatch: much faster
+    def loss(xx, ww):
+        return SCE(y, logits_of(xx, ww))
+
+    if BACKEND == "jax":  # one compiled function, not op-by-op dispatch: much faster
         import jax
 
-        value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
-        return float(value), [np.asarray(g) for g in grads]
-    return float(to_np(loss(x, w))), grad(loss, x, w)
+        def with_logits(xx, ww):
+            logits = logits_of(xx, ww)
+            return SCE(y, logits), logits
+
+        fn = jax.jit(jax.value_and_grad(with_logits, argnums=(0, 1), has_aux=True))
+        (value, logits), grads = fn(x, w)
+        return float(value), [np.asarray(g) for g in grads], np.asarray(logits)
+    return float(to_np(loss(x, w))), grad(loss, x, w), to_np(logits_of(x, w))
 
 
-def logits_of(head, x, labels=None):
-    """`head(x, labels=labels)` (inference logits without labels), compiled on JAX."""
+def forward(head, x, labels):
+    """`(head(x, labels=labels), head(x))`: training and inference logits (jit on JAX)."""
+
+    def both(xx):
+        return head(xx, labels=labels), head(xx)
+
     if BACKEND == "jax":
         import jax
 
-        return np.asarray(jax.jit(lambda xx: head(xx, labels=labels))(x))
-    return to_np(head(x, labels=labels))
+        both = jax.jit(both)
+    return tuple(to_np(out) for out in both(x))
 
 
 def data(batch=16, dim=8, classes=6, seed=0, scale=3.0):
@@ -141,14 +152,12 @@ def kind_of(name):
 def test_logits_match_numpy_formula(name):
     factory, params, _ = CASES[name]
     x, w, y = data()
-    head = make(factory(w.shape[1]), w)
-    np.testing.assert_allclose(
-        logits_of(head, x, y), np_logits(kind_of(name), x, w, y, **params), rtol=1e-5, atol=1e-5
-    )
+    train, infer = forward(make(factory(w.shape[1]), w), x, y)
+    want = np_logits(kind_of(name), x, w, y, **params)
+    np.testing.assert_allclose(train, want, rtol=1e-5, atol=1e-5)
     # No labels (predict, accuracy): scaled cosines with no margin.
-    np.testing.assert_allclose(
-        logits_of(head, x), np_logits(kind_of(name), x, w, **params), rtol=1e-5, atol=1e-5
-    )
+    want = np_logits(kind_of(name), x, w, **params)
+    np.testing.assert_allclose(infer, want, rtol=1e-5, atol=1e-5)
 
 
 def at_angles(thetas, dim=4, classes=3):
@@ -165,13 +174,13 @@ def test_target_angles_near_zero_and_pi():
     thetas = np.array([1e-3, 0.01, 0.3, np.pi - 0.6, np.pi - 0.51, np.pi - 0.49, np.pi - 0.2,
                        np.pi - 0.01, np.pi - 1e-3])
     x, w, y = at_angles(thetas)
-    got = logits_of(make(ArcFace(3, scale=1.0, margin=m), w), x, y)[:, 0]
+    got = forward(make(ArcFace(3, scale=1.0, margin=m), w), x, y)[0][:, 0]
     want = np.where(thetas < np.pi - m, np.cos(thetas + m), np.cos(thetas) - m * np.sin(m))
     np.testing.assert_allclose(got, want, atol=1e-4)  # float32 cosine: theta to ~1e-4 at 1e-3
     # Where cos(theta + m) would wrap around past pi, the fallback keeps the logit decreasing.
     assert np.all(np.diff(got) < 0)
 
-    got = logits_of(make(SphereFace(3, base=0.0, lambda_min=0.0), w), x, y)[:, 0]
+    got = forward(make(SphereFace(3, base=0.0, lambda_min=0.0), w), x, y)[0][:, 0]
     np.testing.assert_allclose(got, 2.5 * np_psi(np.cos(thetas), 4), atol=1e-4)
     assert np.all(np.diff(got) < 0)  # psi is monotonic on [0, pi]
 
@@ -191,7 +200,7 @@ def test_value_and_gradients_match_pytorch_metric_learning(name):
     expected = pml(tx, torch.tensor(y))
     expected.backward()
 
-    value, (gx, gw) = head_grads(make(factory(w.shape[1]), w), x, w, y)
+    value, (gx, gw), _ = head_grads(make(factory(w.shape[1]), w), x, w, y)
     np.testing.assert_allclose(value, expected.item(), rtol=1e-5)
     for ours, theirs in ((gx, tx.grad.numpy()), (gw, pml.W.grad.numpy())):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
@@ -206,27 +215,25 @@ def test_finite_where_cos_is_plus_or_minus_one(name):
     x = np.stack([w[:, 0], -w[:, 1], 3 * w[:, 2], np.zeros_like(w[:, 0])]).astype("float32")
     y = np.array([0, 1, 2, 3])
     head = make(factory(4), w)
-    value, grads = head_grads(head, x, w, y)
-    assert np.isfinite(value)
+    value, grads, logits = head_grads(head, x, w, y)
+    assert np.isfinite(value) and np.all(np.isfinite(logits))
     for g in grads:
         assert np.all(np.isfinite(g))
-    assert np.all(np.isfinite(logits_of(head, x, y)))
 
 
 @pytest.mark.parametrize("name", ["arcface", "cosface", "sphereface", "normface"])
 @pytest.mark.parametrize("dtype,size", [("float16", 3e4), ("bfloat16", 1e30)])
 def test_half_precision_and_large_values(name, dtype, size):
-    factory = CASES[name][0]
+    factory, params, _ = CASES[name]
     if name == "sphereface":  # its logits grow with ||x||: a softmax over 1e30 logits is noise
         size = min(size, 1e4)
     x, w, y = data(scale=1.0)
     half = keras.ops.convert_to_tensor(size * x / np.abs(x).max(), dtype=dtype)  # up to `size`
-    exact = to_np(keras.ops.cast(half, "float32"))
+    exact = to_np(keras.ops.cast(half, "float32"))  # the half values, exactly, in float32
     head = make(factory(w.shape[1]), w)
-    logits = logits_of(head, half, y)
-    assert logits.dtype == np.float32 and np.all(np.isfinite(logits))
-    np.testing.assert_allclose(logits, logits_of(head, exact, y), rtol=1e-6)
-    value, (gx, gw) = head_grads(head, exact, w, y, dtype=dtype)
+    value, (gx, gw), logits = head_grads(head, exact, w, y, dtype=dtype)  # head sees `dtype`
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits, np_logits(name, exact, w, y, **params), rtol=1e-5, atol=1e-5)
     assert np.isfinite(value) and np.all(np.isfinite(gx)) and np.all(np.isfinite(gw))
 
 
@@ -239,7 +246,7 @@ def test_mixed_precision_policy_keeps_the_head_in_float32():
     finally:
         keras.config.set_dtype_policy(previous)
     assert head.compute_dtype == "float32" and head.kernel.dtype == "float32"
-    assert logits_of(head, np.ones((2, 8), "float16"), np.array([0, 1])).dtype == np.float32
+    assert forward(head, np.ones((2, 8), "float16"), np.array([0, 1]))[0].dtype == np.float32
 
 
 def test_bad_inputs_raise_clear_errors():
