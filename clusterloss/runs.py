@@ -1,6 +1,7 @@
 """One training run: data, model, fit, evaluation, and the files of a run directory.
 
 A run directory holds `model.keras`, `metrics.json` (the settings and every number),
+`embeddings.npz` (train, test and unknown-class embeddings with labels, and the centers),
 `features.png` and `history.png`. `train()` makes one; `load_run()` reads it back.
 """
 
@@ -91,7 +92,16 @@ def summarize(model: ClusterModel, data: Dataset) -> tuple[dict[str, Any], dict[
         centers = keras.ops.convert_to_numpy(model.center_loss.centers)
     else:
         centers = class_means(train_emb, data.y_train, data.num_classes)
-    return metrics, {"train": train_emb, "test": test_emb, "centers": centers}
+    embeddings = {
+        "train": train_emb,
+        "train_labels": data.y_train,
+        "test": test_emb,
+        "test_labels": data.y_test,
+        "unknown": model.embed(data.x_unknown) if len(data.x_unknown) else np.zeros((0, 0)),
+        "unknown_labels": data.y_unknown,
+        "centers": centers,
+    }
+    return metrics, embeddings
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -145,6 +155,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         emb["test"], data.y_test, out / "features.png", emb["centers"], data.class_names, title
     )
     plot_history(history.history, out / "history.png", title)
+    np.savez_compressed(out / "embeddings.npz", **emb)
     write_metrics(out, metrics)
     return metrics
 
@@ -153,6 +164,12 @@ def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     path = Path(run_dir) / "metrics.json"
     path.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     return path
+
+
+def load_embeddings(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """The arrays `train()` saved in `embeddings.npz`."""
+    with np.load(Path(run_dir) / "embeddings.npz") as saved:
+        return dict(saved)
 
 
 def load_run(run_dir: str | Path) -> tuple[ClusterModel, Dataset, dict[str, Any]]:

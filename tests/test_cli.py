@@ -101,3 +101,33 @@ def test_fashion_mnist_through_the_keras_loader(data_env, tmp_path):
     )  # fmt: skip
     metrics = check_run_dir(out, "softmax", "fashion-mnist")
     assert metrics["num_train"] == 256 and metrics["num_test"] == 128
+
+
+def test_compare_tiny_budget_writes_tables_and_figures(tmp_path):
+    out = tmp_path / "cmp"
+    cli(
+        "compare", "softmax", "center:center_weight=0.05", "--seeds", "0,1", "--epochs", "1",
+        "--train-limit", "300", "--verbose", "0", "--out", str(out),
+    )  # fmt: skip
+    table = (out / "results.md").read_text()
+    assert "| softmax |" in table and "| center:center_weight=0.05 |" in table
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("setting,seeds,test_accuracy,test_accuracy_std")
+    assert len(rows) == 3 and rows[1].split(",")[1] == "2"
+    for name in ("comparison.png", "features.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    run = json.loads((out / "runs" / "center_center_weight_0.05-s1" / "metrics.json").read_text())
+    assert run["config"]["options"]["center_weight"] == 0.05 and run["seed"] == 1
+
+
+def test_compare_rejects_bad_settings():
+    from clusterloss.compare import parse_setting
+
+    assert parse_setting("center:center_weight=0.1,center_update=gradient").options == (
+        ("center_weight", 0.1),
+        ("center_update", "gradient"),
+    )
+    with pytest.raises(ValueError, match=r"`loss` must be one of .*; got 'nope' in 'nope:x=1'"):
+        parse_setting("nope:x=1")
+    with pytest.raises(ValueError, match=r"expected NAME=VALUE after ':' in 'center:0.1'"):
+        parse_setting("center:0.1")

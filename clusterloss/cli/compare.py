@@ -1,0 +1,38 @@
+"""`clusterloss compare`: train several settings with one budget and seeds, tabulate."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from clusterloss.cli.train import add_training_arguments, config_from_args, parse_classes
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="train several losses with the same backbone, budget and seeds; write a table",
+        description="Train every SETTING (LOSS or LOSS:name=value,...) for every seed with the "
+        "same backbone, optimizer and budget; write DIR/results.md, results.csv, "
+        "comparison.png, features.png and one run directory per (setting, seed) in DIR/runs/.",
+    )
+    parser.add_argument("settings", nargs="+", metavar="SETTING",
+                        help="e.g. softmax center:center_weight=0.1 triplet")  # fmt: skip
+    parser.add_argument("--seeds", type=parse_classes, default=[0], help="e.g. 0-2 or 0,1,2")
+    parser.add_argument("--out", default="runs/compare", help="output directory")
+    add_training_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clusterloss.compare import parse_setting, run_comparison
+
+    try:
+        settings = [parse_setting(spec) for spec in args.settings]
+    except ValueError as error:
+        raise SystemExit(f"clusterloss compare: error: {error}")
+    base = config_from_args(args, settings[0].loss, args.seeds[0], "")
+    run_comparison(settings, args.seeds, base, args.out)
+    print(Path(args.out, "results.md").read_text())
+    print(f"wrote {args.out}/: results.md, results.csv, comparison.png, features.png, runs/")
+    return 0

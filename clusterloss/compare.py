@@ -1,0 +1,165 @@
+"""A fair comparison: the same backbone, optimizer, budget and seeds for every setting.
+
+A setting is a loss name with optional hyperparameters, written `LOSS[:name=value,...]`, e.g.
+`softmax`, `center:center_weight=0.1`, `center:center_weight=0.1,center_update=gradient`.
+Each (setting, seed) is one ordinary `train()` run; the table aggregates their metrics.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clusterloss.recipes import RECIPES
+from clusterloss.report.plots import _pyplot, plot_features
+from clusterloss.runs import TrainConfig, load_embeddings, train
+
+# Metrics shown in the table when the runs have them, in this order.
+METRICS = (
+    "test_accuracy", "knn_accuracy", "intra_inter_ratio", "precision_at_1", "r_precision",
+    "map_at_r", "nmi", "roc_auc", "eer", "tar_at_far_1e-2", "open_set_auroc", "train_seconds",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One column of the comparison: a loss and the options that differ from the defaults."""
+
+    loss: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.options:
+            return self.loss
+        return self.loss + ":" + ",".join(f"{k}={v}" for k, v in self.options)
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.label)
+
+
+def _parse_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_setting(spec: str) -> Setting:
+    """`'center:center_weight=0.1'` -> Setting('center', (('center_weight', 0.1),))."""
+    loss, _, rest = spec.partition(":")
+    if loss not in RECIPES:
+        raise ValueError(f"`loss` must be one of {sorted(RECIPES)}; got {loss!r} in {spec!r}.")
+    options = []
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected NAME=VALUE after ':' in {spec!r}; got {item!r}.")
+        options.append((key.strip().replace("-", "_"), _parse_value(value.strip())))
+    return Setting(loss, tuple(options))
+
+
+def run_comparison(
+    settings: list[Setting], seeds: list[int], base: TrainConfig, out: str | Path
+) -> list[dict[str, Any]]:
+    """Train every (setting, seed) into `out/runs/`, write `results.md`, `results.csv`,
+    `comparison.png` and `features.png` (a panel per setting, first seed); return the rows."""
+    out = Path(out)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for setting in settings:
+        for seed in seeds:
+            config = copy.deepcopy(base)
+            config.loss, config.seed = setting.loss, seed
+            config.options = {**base.options, **dict(setting.options)}
+            config.out = str(out / "runs" / f"{setting.slug}-s{seed}")
+            print(f"[compare] {setting.label}, seed {seed} -> {config.out}", flush=True)
+            results.setdefault(setting.label, []).append(train(config))
+    rows = summarize(results)
+    write_tables(rows, out, base, seeds)
+    plot_comparison(rows, out / "comparison.png")
+    plot_feature_panels(settings, seeds[0], out)
+    return rows
+
+
+def summarize(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per setting: mean and std (over seeds) of every metric present."""
+    rows = []
+    for label, runs in results.items():
+        row: dict[str, Any] = {"setting": label, "seeds": len(runs)}
+        for name in METRICS:
+            values = [r[name] for r in runs if isinstance(r.get(name), (int, float))]
+            values = [v for v in values if not math.isnan(v)]
+            if values:
+                row[name] = float(np.mean(values))
+                row[name + "_std"] = float(np.std(values))
+        rows.append(row)
+    return rows
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path, base: TrainConfig, seeds) -> None:
+    names = [m for m in METRICS if any(m in r for r in rows)]
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["setting", "seeds"] + [x for m in names for x in (m, m + "_std")])
+        for r in rows:
+            writer.writerow(
+                [r["setting"], r["seeds"]] + [r.get(x, "") for m in names for x in (m, m + "_std")]
+            )
+    header = "| setting | " + " | ".join(names) + " |"
+    lines = [
+        f"dataset {base.dataset}, {base.embedding_dim}-D embeddings, {base.epochs} epochs, "
+        f"seeds {', '.join(map(str, seeds))}; mean ± std over seeds.",
+        "",
+        header,
+        "|" + "---|" * (len(names) + 1),
+    ]
+    for r in rows:
+        cells = [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" if m in r else "" for m in names]
+        lines.append(f"| {r['setting']} | " + " | ".join(cells) + " |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
+    """Bars of the retrieval/accuracy metrics per setting, with the std over seeds."""
+    plt = _pyplot()
+    names = [m for m in METRICS if m not in ("train_seconds", "eer") and any(m in r for r in rows)]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) * len(names) / 3), 4.5), dpi=110)
+    width = 0.8 / max(len(rows), 1)
+    x = np.arange(len(names))
+    for i, r in enumerate(rows):
+        means = [r.get(m, np.nan) for m in names]
+        stds = [r.get(m + "_std", 0.0) for m in names]
+        ax.bar(x + i * width, means, width, yerr=stds, label=r["setting"], capsize=2)
+    ax.set_xticks(x + width * (len(rows) - 1) / 2, names, rotation=20, fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_feature_panels(settings: list[Setting], seed: int, out: Path) -> None:
+    """`features.png`: the test features of each setting's first-seed run, side by side."""
+    plt = _pyplot()
+    cols = min(len(settings), 4)
+    rows = math.ceil(len(settings) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), dpi=100, squeeze=False)
+    for ax, setting in zip(axes.flat, settings):
+        emb = load_embeddings(out / "runs" / f"{setting.slug}-s{seed}")
+        plot_features(
+            emb["test"], emb["test_labels"], "", emb["centers"], title=setting.label, ax=ax
+        )
+    for ax in list(axes.flat)[len(settings) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "features.png")
+    plt.close(fig)
