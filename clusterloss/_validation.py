@@ -75,9 +75,9 @@ def check_embeddings(x: Any, name: str = "embeddings", rank: int = 2):
 
 
 def check_same_batch(labels: Any, x: Any, names: tuple[str, str] = ("labels", "embeddings")):
-    """Raise if the static batch sizes of `labels` and `x` differ."""
-    a, b = ops.shape(labels)[0], ops.shape(x)[0]
-    if a is not None and b is not None and a != b:
+    """Raise if the static batch sizes of `labels` and `x` differ (unknown sizes pass)."""
+    a, b = np.shape(labels)[0] if isinstance(labels, (list, tuple)) else labels.shape[0], x.shape[0]
+    if isinstance(a, int) and isinstance(b, int) and a != b:
         raise ValueError(
             f"`{names[0]}` and `{names[1]}` must have the same batch size; got {a} and {b}."
         )

@@ -285,7 +285,8 @@ def test_sphereface_lambda_annealing():
     for step in (1, 2, 3):
         got = to_np(head(x, labels=y, training=True))
         lam = max(5.0, 1000.0 / (1 + 0.12 * step))
-        np.testing.assert_allclose(got, np_logits("sphereface", x, w, y, m=4, lam=lam), rtol=1e-5, atol=1e-5)
+        want = np_logits("sphereface", x, w, y, m=4, lam=lam)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     head(x, labels=y, training=False)  # evaluation: no step
     head(x, training=True)  # forward pass without labels: no step
     assert int(to_np(head.iteration)) == 3
@@ -311,6 +312,7 @@ def knn_accuracy(model, x_train, y_train, x_test, y_test):
     return knn.score(unit(model.embed(x_test)), y_test)
 
 
+@pytest.mark.slow
 def test_arcface_cluster_model_on_digits_improves_knn_and_round_trips(tmp_path):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -376,6 +378,7 @@ SHARDING_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.ModelParallel: JAX backend")
 def test_arcface_kernel_sharded_over_four_devices():
     env = {

@@ -115,6 +115,21 @@ def test_hand_computed_same_source_with_tie_and_single_member_class():
     _assert_matches_pml(retrieval_metrics(x, y, metric="euclidean"), _pml("max_bin_count").get_accuracy(x, y))
 
 
+@pytest.mark.parametrize("k", [2, "max_bin_count", None])
+def test_exact_duplicates_same_source_match_pml(k):
+    """Duplicates ranked before a query's own row: PML drops the last neighbour instead."""
+    x = np.zeros((10, 2), "float32")
+    x[6:] = [[3.0, 0.0], [3.0, 1.0], [0.0, 4.0], [0.5, 0.0]]
+    y = np.array([0, 1, 0, 1, 1, 0, 1, 0, 1, 0])
+    for metric, data in (("euclidean", x), ("cosine", x + [1.0, 1.0])):
+        pml_data = data / np.linalg.norm(data, axis=1, keepdims=True) if metric == "cosine" else data
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = _pml(k).get_accuracy(pml_data, y)
+            ours = retrieval_metrics(data, y, k=k, metric=metric)
+        _assert_matches_pml(ours, theirs)
+
+
 def test_hand_computed_separate_sets_with_query_of_unknown_class():
     reference = np.array([[0.0], [2.0], [2.5], [10.0]], "float32")
     reference_labels = np.array([0, 1, 0, 1])

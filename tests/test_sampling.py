@@ -34,7 +34,8 @@ def test_every_batch_holds_m_samples_of_each_class(m, batch_size):
             classes, counts = np.unique(yb, return_counts=True)
             assert len(classes) == batch_size // m and np.all(counts == m)
         rows = sampler.indices.ravel()
-        np.testing.assert_array_equal(y[rows], np.concatenate([yb for _, yb in all_batches(sampler)]))
+        served = np.concatenate([yb for _, yb in all_batches(sampler)])
+        np.testing.assert_array_equal(y[rows], served)
         # About one pass: most samples are seen in an epoch.
         assert len(np.unique(rows)) > 0.7 * len(rows)
         sampler.on_epoch_end()
@@ -66,7 +67,8 @@ def test_seeds_are_reproducible_and_epochs_differ():
     b.on_epoch_end()
     np.testing.assert_array_equal(a.indices, b.indices)
     assert not np.array_equal(a.indices, first)
-    assert MPerClassSampler(x, y, m=4, batch_size=16, steps_per_epoch=5, seed=1).indices.shape == (5, 16)
+    short = MPerClassSampler(x, y, m=4, batch_size=16, steps_per_epoch=5, seed=1)
+    assert short.indices.shape == (5, 16) and len(short) == 5
     assert isinstance(MPerClassSampler(x, y, batch_size=16, seed=None).seed, int)
 
 

@@ -43,15 +43,24 @@ def open_set_scores(reference, reference_labels, queries, *, metric: str = "cosi
     """`(scores, predicted_labels)` of each query: cosine similarity to (or Euclidean distance
     from) the nearest known reference or class center, and that reference's or center's
     label."""
+    index = _known_index(reference, reference_labels, metric, method, backend, batch_size)
+    q = as_embeddings(queries, "queries", dim=index.dim, allow_empty=True)
+    return _nearest(index, q)
+
+
+def _known_index(reference, reference_labels, metric, method, backend, batch_size) -> Index:
     metric = check_metric(metric)
     method = check_choice(method, "method", ("nearest", "center"))
     x = as_embeddings(reference, "reference")
     y = as_labels(reference_labels, "reference_labels", length=len(x), length_name="reference")
-    q = as_embeddings(queries, "queries", dim=x.shape[1], allow_empty=True)
     if method == "center":
         x, y = class_centers(x, y, metric=metric)
     index = Index(x.shape[1], metric=metric, backend=backend, batch_size=batch_size)
     index.add(x, y)
+    return index
+
+
+def _nearest(index: Index, q: np.ndarray):
     scores, idx = index.search(q, 1)
     return scores[:, 0].astype(np.float64), index.labels[idx[:, 0]]
 
@@ -85,14 +94,13 @@ def open_set_metrics(reference, reference_labels, known_queries, known_query_lab
 
     metric = check_metric(metric)
     check_range(keep_known, "keep_known", low=0.0, high=1.0, low_open=True)
-    known = as_embeddings(known_queries, "known_queries")
+    index = _known_index(reference, reference_labels, metric, method, backend, batch_size)
+    known = as_embeddings(known_queries, "known_queries", dim=index.dim)
     known_labels = as_labels(known_query_labels, "known_query_labels", length=len(known),
                              length_name="known_queries")
-    unknown = as_embeddings(unknown_queries, "unknown_queries", dim=known.shape[1])
-    known_scores, predicted = open_set_scores(reference, reference_labels, known, metric=metric,
-                                              method=method, backend=backend, batch_size=batch_size)
-    unknown_scores, _ = open_set_scores(reference, reference_labels, unknown, metric=metric,
-                                        method=method, backend=backend, batch_size=batch_size)
+    unknown = as_embeddings(unknown_queries, "unknown_queries", dim=index.dim)
+    known_scores, predicted = _nearest(index, known)
+    unknown_scores, _ = _nearest(index, unknown)
     # Work on "known-ness" (higher = more known): similarity, or negative distance.
     sign = 1.0 if metric == "cosine" else -1.0
     known_k, unknown_k = sign * known_scores, sign * unknown_scores

@@ -21,7 +21,6 @@ import warnings
 
 import numpy as np
 
-from clusterloss._validation import check_choice
 from clusterloss.index._checks import (
     as_embeddings,
     as_labels,

@@ -474,22 +474,27 @@ class Index:
         keys = -dist if self.metric == "cosine" else dist
         keys[idx < 0] = np.inf
         if exact and k_search > k:
-            # FAISS picks an arbitrary subset of exact ties at the k-th place (IndexFlatIP
-            # does); recompute those rare rows on NumPy to keep the lower-position rule.
+            # FAISS returns an arbitrary subset of exact ties at the k-th place (IndexFlatIP
+            # does). For those rare rows, search deeper until the whole tie group is in the
+            # list, so the sort below keeps the lower positions.
             tied = np.nonzero(keys[:, k - 1] == keys[:, k])[0]
             if len(tied):
-                tk, ti = _exact_search(q[tied], self._stored_vectors(), self._faiss_sqnorms(), k)
+                tk, ti = self._search_past_ties(q[tied], k, keys[tied, k - 1], k_search)
                 keys[tied, :k] = tk
                 idx[tied, :k] = ti
             keys, idx = keys[:, :k], idx[:, :k]
         order = np.lexsort((np.where(idx < 0, np.iinfo(np.int64).max, idx), keys), axis=1)
         return np.take_along_axis(keys, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
-    def _faiss_sqnorms(self):
-        if self.metric != "euclidean":
-            return None
-        xb = self._stored_vectors()
-        return np.einsum("ij,ij->i", xb, xb)
+    def _search_past_ties(self, q: np.ndarray, k: int, boundary: np.ndarray, depth: int):
+        while True:
+            depth = min(depth * 2, self._n)
+            dist, idx = _flat_search(self._faiss, self._faiss_index, q, depth)
+            keys = -dist if self.metric == "cosine" else dist
+            if depth == self._n or not np.any(keys[:, -1] == boundary):
+                break
+        order = np.lexsort((idx, keys), axis=1)[:, :k]
+        return np.take_along_axis(keys, order, axis=1), np.take_along_axis(idx.astype(np.int64), order, axis=1)
 
     def _scores_from_keys(self, keys: np.ndarray, idx: np.ndarray) -> np.ndarray:
         missing = idx < 0

@@ -29,11 +29,18 @@ from clusterloss.losses.base import LossFunctionWrapper
 _BIG = 3.0e38  # stands in for +-inf inside masked reductions (finite, so no NaN gradients)
 
 
+def same_batch(labels, x, names: tuple[str, str]) -> None:
+    """`check_same_batch` where both batch sizes are static (a TF graph with a partial last
+    batch has `None` there, and comparing tensors would need a Python `bool`)."""
+    if isinstance(labels.shape[0], int) and isinstance(x.shape[0], int):
+        check_same_batch(labels, x, names)
+
+
 def prepare(y_true, y_pred, names: tuple[str, str] = ("y_true", "y_pred")):
     """Validated `(labels int32 (batch,), embeddings float32 (batch, dim))`."""
     check_embeddings(y_pred, names[1])
     labels = check_labels(y_true, name=names[0])
-    check_same_batch(labels, y_pred, names)
+    same_batch(labels, y_pred, names)
     return labels, upcast(y_pred)
 
 
