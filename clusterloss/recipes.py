@@ -8,8 +8,10 @@ from typing import Any, Callable
 
 import keras
 
-from clusterloss.layers import CenterLoss
-from clusterloss.losses import SparseCategoricalFocalCrossentropy, SparseLabelSmoothingCrossentropy
+from clusterloss import losses as L
+from clusterloss import miners
+from clusterloss.layers import ArcFace, CenterLoss, CosFace, NormFace, SphereFace
+from clusterloss.losses.proxy_anchor import ProxyAnchorHead
 from clusterloss.models import ClusterModel
 
 Options = dict[str, Any]
@@ -17,6 +19,22 @@ Options = dict[str, Any]
 
 def _crossentropy(options: Options) -> keras.losses.Loss:
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _head(cls):
+    """A margin head with `--scale`/`--margin` when given, else the class defaults."""
+
+    def make(num_classes: int, options: Options) -> keras.layers.Layer:
+        kwargs = {k: options[k] for k in ("scale", "margin") if options.get(k) is not None}
+        if cls is NormFace:
+            kwargs.pop("margin", None)
+        return cls(num_classes, **kwargs)
+
+    return make
+
+
+def _margin(options: Options, default: float) -> float:
+    return default if options.get("margin") is None else options["margin"]
 
 
 @dataclass(frozen=True)
@@ -37,16 +55,54 @@ RECIPES: dict[str, Recipe] = {
         _crossentropy, center=True, description="crossentropy + center loss (Wen et al. 2016)"
     ),
     "focal": Recipe(
-        lambda o: SparseCategoricalFocalCrossentropy(
+        lambda o: L.SparseCategoricalFocalCrossentropy(
             gamma=o.get("focal_gamma", 2.0), alpha=o.get("focal_alpha", 0.25), from_logits=True
         ),
         description="sparse focal crossentropy (Lin et al. 2017)",
     ),
     "label-smoothing": Recipe(
-        lambda o: SparseLabelSmoothingCrossentropy(o.get("label_smoothing", 0.1), from_logits=True),
+        lambda o: L.SparseLabelSmoothingCrossentropy(o.get("label_smoothing", 0.1), from_logits=True),
         description="crossentropy with label smoothing toward uniform",
     ),
-}
+    "arcface": Recipe(_crossentropy, head=_head(ArcFace), description="ArcFace head"),
+    "cosface": Recipe(_crossentropy, head=_head(CosFace), description="CosFace head"),
+    "sphereface": Recipe(_crossentropy, head=_head(SphereFace), description="A-Softmax head"),
+    "normface": Recipe(_crossentropy, head=_head(NormFace), description="normalised softmax"),
+    "proxy-anchor": Recipe(
+        lambda o: L.ProxyAnchorLoss(margin=_margin(o, 0.1)),
+        head=lambda n, o: ProxyAnchorHead(n),
+        description="proxy-anchor loss on learned proxies",
+    ),
+    "triplet": Recipe(
+        lambda o: L.TripletMarginLoss(
+            margin=_margin(o, 0.2),
+            miner=miners.TripletMarginMiner(margin=_margin(o, 0.2), type_of_triplets="semihard"),
+        ),
+        classifier=False,
+        pairs=True,
+        description="triplet margin loss, FaceNet semi-hard mining",
+    ),
+    "contrastive": Recipe(
+        lambda o: L.ContrastiveLoss(), classifier=False, pairs=True,
+        description="contrastive loss (pos margin 0, neg margin 1)",
+    ),
+    "multi-similarity": Recipe(
+        lambda o: L.MultiSimilarityLoss(miner=miners.MultiSimilarityMiner()),
+        classifier=False, pairs=True, description="multi-similarity loss and miner",
+    ),
+    "supcon": Recipe(
+        lambda o: L.SupConLoss(), classifier=False, pairs=True,
+        description="supervised contrastive loss",
+    ),
+    "ntxent": Recipe(
+        lambda o: L.NTXentLoss(), classifier=False, pairs=True,
+        description="NT-Xent with same-class positives",
+    ),
+    "circle": Recipe(
+        lambda o: keras.losses.Circle(), classifier=False, pairs=True,
+        description="keras.losses.Circle",
+    ),
+}  # fmt: skip
 
 
 def build_model(

@@ -66,12 +66,11 @@ def _training_data(config: TrainConfig, data: Dataset, pairs: bool) -> dict[str,
         return {"x": data.x_train, "y": data.y_train, "batch_size": config.batch_size}
     from clusterloss.sampling import MPerClassSampler
 
+    # M per class, with as many classes per batch as fit (at most all of them).
+    classes = max(2, min(config.batch_size // config.options.get("m_per_class", 4), data.num_classes))
+    m = config.batch_size // classes
     sampler = MPerClassSampler(
-        data.x_train,
-        data.y_train,
-        m=config.options.get("m_per_class", 4),
-        batch_size=config.batch_size,
-        seed=config.seed,
+        data.x_train, data.y_train, m=m, batch_size=m * classes, seed=config.seed
     )
     return {"x": sampler}
 

@@ -50,11 +50,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--focal-gamma", type=float, default=2.0)
     group.add_argument("--label-smoothing", type=float, default=0.1)
     group.add_argument("--m-per-class", type=int, default=4, help="samples per class per batch")
+    group.add_argument("--scale", type=float, help="margin heads' scale s (default: the head's)")
+    group.add_argument("--margin", type=float, help="margin (radians for ArcFace; default: the loss's)")
 
 
 OPTION_NAMES = (
     "center_weight", "center_alpha", "center_update", "center_lr",
-    "focal_gamma", "label_smoothing", "m_per_class",
+    "focal_gamma", "label_smoothing", "m_per_class", "scale", "margin",
 )  # fmt: skip
 
 
