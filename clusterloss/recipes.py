@@ -46,6 +46,7 @@ class Recipe:
     classifier: bool = True  # False: the loss applies to the embeddings, no head
     center: bool = False
     pairs: bool = False  # batches from the M-per-class sampler
+    unit_norm: bool = False  # end the backbone with UnitNormalization (the loss expects it)
     description: str = ""
 
 
@@ -99,8 +100,8 @@ RECIPES: dict[str, Recipe] = {
         description="NT-Xent with same-class positives",
     ),
     "circle": Recipe(
-        lambda o: keras.losses.Circle(), classifier=False, pairs=True,
-        description="keras.losses.Circle",
+        lambda o: keras.losses.Circle(), classifier=False, pairs=True, unit_norm=True,
+        description="keras.losses.Circle on unit-normalised embeddings",
     ),
 }  # fmt: skip
 
@@ -113,6 +114,10 @@ def build_model(
         raise ValueError(f"`loss` must be one of {sorted(RECIPES)}; got {name!r}.")
     options = options or {}
     recipe = RECIPES[name]
+    if recipe.unit_norm:
+        backbone = keras.Sequential(
+            [backbone, keras.layers.UnitNormalization()], name=f"{backbone.name}_unit"
+        )
     center = None
     if recipe.center:
         center = CenterLoss(
