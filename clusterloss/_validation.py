@@ -4,6 +4,11 @@ Static checks (rank, shape) run at trace time, so they also fire under `jit_comp
 Value checks (label range, integral labels) run only where the values are concrete: NumPy
 arrays, Python lists and eager tensors. Inside a compiled train step they are skipped; the
 models check `y` once in `fit`/`evaluate` instead.
+
+The NumPy-side checks at the end (`as_embeddings`, `as_labels`, `check_metric`,
+`check_positive_int`) are for extracted embeddings (the index and the evaluation functions):
+they take anything `np.asarray` accepts and return NumPy arrays. Both sides share the label
+rules and messages: the argument's name, what was expected, what was given.
 """
 
 from __future__ import annotations
@@ -27,6 +32,31 @@ def concrete(x: Any) -> np.ndarray | None:
         return None
 
 
+def _labels_shape_message(name: str, shape, rows: str, hint: str | None = "") -> str:
+    """`hint`: None for no hint, else appended to the one-hot hint shown for rank-2 labels."""
+    if len(shape) == 2 and hint is not None:
+        suffix = f" (one-hot labels? pass integer class ids{hint})"
+    else:
+        suffix = ""
+    return (
+        f"`{name}` must be integer class ids of shape ({rows},) or ({rows}, 1); "
+        f"got shape {shape}{suffix}."
+    )
+
+
+def _check_label_values(values: np.ndarray, name: str, allow_bool: bool = True) -> None:
+    """Integer (or bool) dtype, or floats holding finite integral values."""
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values) | (np.floor(values) != values)
+        if bad.any():
+            raise ValueError(
+                f"`{name}` must be integer class ids; got float values such as "
+                f"{float(values[bad].flat[0])!r}."
+            )
+    elif values.dtype.kind not in ("iub" if allow_bool else "iu"):
+        raise ValueError(f"`{name}` must be integer class ids; got dtype {values.dtype}.")
+
+
 def check_labels(labels: Any, num_classes: int | None = None, name: str = "labels"):
     """Validate integer class ids of shape `(batch,)` or `(batch, 1)`; return int32 `(batch,)`."""
     if isinstance(labels, (list, tuple, int)):
@@ -35,26 +65,11 @@ def check_labels(labels: Any, num_classes: int | None = None, name: str = "label
     if len(shape) == 2 and shape[1] == 1:
         labels = ops.reshape(labels, (-1,))
     elif len(shape) != 1:
-        hint = (
-            " (one-hot labels? pass integer class ids, or use the categorical Keras loss)"
-            if len(shape) == 2
-            else ""
-        )
-        raise ValueError(
-            f"`{name}` must be integer class ids of shape (batch,) or (batch, 1); "
-            f"got shape {shape}{hint}."
-        )
+        hint = ", or use the categorical Keras loss" if len(shape) == 2 else None
+        raise ValueError(_labels_shape_message(name, shape, "batch", hint))
     values = concrete(labels)
     if values is not None and values.size:
-        if values.dtype.kind == "f" and not np.all(np.floor(values) == values):
-            bad = values[np.floor(values) != values][0]
-            raise ValueError(
-                f"`{name}` must be integer class ids; got float values such as {float(bad)!r}."
-            )
-        if values.dtype.kind not in "iuf":
-            raise ValueError(
-                f"`{name}` must be integer class ids; got dtype {values.dtype}."
-            )
+        _check_label_values(values, name, allow_bool=False)
         low, high = values.min(), values.max()
         if low < 0:
             raise ValueError(f"`{name}` must be >= 0; got a label {int(low)}.")
@@ -119,3 +134,80 @@ def upcast(x: Any):
     if not keras.backend.is_float_dtype(x.dtype):
         return ops.cast(x, keras.backend.floatx())
     return x
+
+
+# ----------------------------------------------------------------------------- NumPy side
+
+METRICS = ("cosine", "euclidean")  # metrics of the index and the evaluation functions
+
+
+def as_embeddings(x: Any, name: str = "embeddings", dim: int | None = None,
+                  allow_empty: bool = False) -> np.ndarray:
+    """`x` as a C-contiguous float32 NumPy array of shape `(n, dim)`, finite."""
+    if x is None:
+        raise ValueError(f"`{name}` must be an array of shape (n, dim); got None.")
+    try:
+        array = np.asarray(x)
+    except Exception as error:  # ragged lists and the like
+        raise ValueError(f"`{name}` must be an array of shape (n, dim); got {type(x).__name__}.") from error
+    if array.ndim != 2:
+        raise ValueError(f"`{name}` must have shape (n, dim); got shape {array.shape}.")
+    if array.dtype.kind not in "fiub":
+        raise ValueError(f"`{name}` must hold numbers; got dtype {array.dtype}.")
+    if dim is not None and array.shape[1] != dim:
+        raise ValueError(
+            f"`{name}` must have {dim} columns (the embedding dimension); got shape {array.shape}."
+        )
+    if array.shape[1] < 1:
+        raise ValueError(f"`{name}` must have at least one column; got shape {array.shape}.")
+    if not allow_empty and array.shape[0] < 1:
+        raise ValueError(f"`{name}` must have at least one row; got shape {array.shape}.")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"`{name}` must be finite; got NaN or inf values.")
+    return array
+
+
+def as_labels(labels: Any, name: str = "labels", length: int | None = None,
+              length_name: str = "embeddings") -> np.ndarray:
+    """Integer class ids of shape `(n,)` or `(n, 1)` as an int64 NumPy array `(n,)`.
+
+    The rules of `check_labels` without its range check: any integer is allowed (negative
+    ids too: evaluation labels are only compared for equality), float labels must be
+    integral, bool passes. Kept as int64: PML's AccuracyCalculator casts labels to float32,
+    which merges distinct ids above 2**24.
+    """
+    if labels is None:
+        raise ValueError(f"`{name}` must be integer class ids of shape (n,); got None.")
+    array = np.asarray(labels)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array.reshape(-1)
+    if array.ndim != 1:
+        raise ValueError(_labels_shape_message(name, array.shape, "n"))
+    if array.size:
+        _check_label_values(array, name, allow_bool=True)
+    array = array.astype(np.int64)
+    if length is not None and len(array) != length:
+        raise ValueError(
+            f"`{name}` and `{length_name}` must have the same length; got {len(array)} and {length}."
+        )
+    return array
+
+
+def check_metric(metric: str, name: str = "metric") -> str:
+    """One of `METRICS` ("cosine", "euclidean")."""
+    return check_choice(metric, name, METRICS)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """A Python or NumPy integer >= 1 (not a bool), as `int`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1; got {value!r}.")
+    return int(value)
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of a NumPy array scaled to unit L2 norm (a zero row stays zero), float32."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)).astype(np.float32)
+    norms[norms == 0] = 1.0
+    return x / norms[:, None]

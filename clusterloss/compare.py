@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +70,17 @@ def parse_setting(spec: str) -> Setting:
 
 
 def run_comparison(
-    settings: list[Setting], seeds: list[int], base: TrainConfig, out: str | Path
+    settings: list[Setting],
+    seeds: list[int],
+    base: TrainConfig,
+    out: str | Path,
+    reuse: bool = False,
 ) -> list[dict[str, Any]]:
     """Train every (setting, seed) into `out/runs/`, write `results.md`, `results.csv`,
-    `comparison.png` and `features.png` (a panel per setting, first seed); return the rows."""
+    `comparison.png` and `features.png` (a panel per setting, first seed); return the rows.
+
+    With `reuse`, a run whose `metrics.json` exists is read instead of trained again (to
+    resume, or to re-tabulate after `clusterloss evaluate`)."""
     out = Path(out)
     results: dict[str, list[dict[str, Any]]] = {}
     for setting in settings:
@@ -81,6 +89,10 @@ def run_comparison(
             config.loss, config.seed = setting.loss, seed
             config.options = {**base.options, **dict(setting.options)}
             config.out = str(out / "runs" / f"{setting.slug}-s{seed}")
+            done = Path(config.out, "metrics.json")
+            if reuse and done.is_file():
+                results.setdefault(setting.label, []).append(json.loads(done.read_text()))
+                continue
             print(f"[compare] {setting.label}, seed {seed} -> {config.out}", flush=True)
             results.setdefault(setting.label, []).append(train(config))
     rows = summarize(results)

@@ -20,6 +20,10 @@ def add_parser(subparsers) -> None:
                         help="e.g. softmax center:center_weight=0.1 triplet")  # fmt: skip
     parser.add_argument("--seeds", type=parse_classes, default=[0], help="e.g. 0-2 or 0,1,2")
     parser.add_argument("--out", default="runs/compare", help="output directory")
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="read runs whose metrics.json exists instead of training them again",
+    )  # fmt: skip
     add_training_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -32,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise SystemExit(f"clusterloss compare: error: {error}")
     base = config_from_args(args, settings[0].loss, args.seeds[0], "")
-    run_comparison(settings, args.seeds, base, args.out)
+    run_comparison(settings, args.seeds, base, args.out, reuse=args.reuse)
     print(Path(args.out, "results.md").read_text())
     print(f"wrote {args.out}/: results.md, results.csv, comparison.png, features.png, runs/")
     return 0

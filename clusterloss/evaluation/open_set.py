@@ -17,8 +17,14 @@ import math
 
 import numpy as np
 
-from clusterloss._validation import check_choice, check_range
-from clusterloss.index._checks import as_embeddings, as_labels, check_metric, normalize_rows
+from clusterloss._validation import (
+    as_embeddings,
+    as_labels,
+    check_choice,
+    check_metric,
+    check_range,
+    normalize_rows,
+)
 from clusterloss.index.index import Index
 
 

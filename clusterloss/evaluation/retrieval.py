@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from clusterloss.index._checks import (
+from clusterloss._validation import (
     as_embeddings,
     as_labels,
     check_metric,

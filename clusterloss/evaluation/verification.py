@@ -22,14 +22,14 @@ import os
 
 import numpy as np
 
-from clusterloss.index._checks import (
+from clusterloss._validation import (
     as_embeddings,
     as_labels,
     check_metric,
     check_positive_int,
+    check_range,
     normalize_rows,
 )
-from clusterloss._validation import check_range
 
 DEFAULT_FAR_TARGETS = (1e-1, 1e-2, 1e-3)
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from clusterloss._validation import check_choice
-from clusterloss.index._checks import (
+from clusterloss._validation import (
     as_embeddings,
     as_labels,
+    check_choice,
     check_metric,
     check_positive_int,
     normalize_rows,

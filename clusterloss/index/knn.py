@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clusterloss._validation import check_choice
-from clusterloss.index._checks import as_embeddings, as_labels, check_positive_int
+from clusterloss._validation import as_embeddings, as_labels, check_choice, check_positive_int
 from clusterloss.index.index import Index
 
 

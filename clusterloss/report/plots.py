@@ -92,3 +92,67 @@ def plot_history(history: Mapping[str, Sequence[float]], path: str | Path, title
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_neighbors(
+    path: str | Path,
+    queries: np.ndarray,
+    query_labels: Sequence[int],
+    neighbors: np.ndarray,
+    neighbor_labels: np.ndarray,
+    scores: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+    title: str = "",
+) -> None:
+    """A grid of query images (first column, blue frame) and their nearest neighbours, nearest
+    first: a green frame when the neighbour has the query's label, red otherwise.
+
+    Args:
+        queries: `(q, h, w)` or `(q, h, w, channels)` images in [0, 1].
+        neighbors: `(q, k, ...)` images of each query's k neighbours; `neighbor_labels` and
+            `scores` (e.g. cosine similarities, shown under each neighbour) are `(q, k)`.
+        class_names: names of the labels (a label is shown as `class_names[label]`).
+    """
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    queries, neighbors = np.asarray(queries), np.asarray(neighbors)
+    query_labels = np.asarray(query_labels).reshape(-1)
+    neighbor_labels = np.asarray(neighbor_labels)
+    n, k = neighbor_labels.shape
+    name = lambda c: (  # noqa: E731
+        class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
+    )
+    cell = 1.35
+    fig, axes = plt.subplots(
+        n, k + 1, figsize=(cell * (k + 1), cell * n + 0.5), dpi=110, squeeze=False
+    )
+
+    def show(ax, image, frame, text, bold=False):
+        image = np.asarray(image, "float32")
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False,
+                               edgecolor=frame, linewidth=4, clip_on=False))  # fmt: skip
+        ax.set_xlabel(text, fontsize=7, fontweight="bold" if bold else "normal", labelpad=2)
+
+    for i in range(n):
+        show(axes[i, 0], queries[i], "#1f5fbf", f"query: {name(int(query_labels[i]))}", bold=True)
+        for j in range(k):
+            right = neighbor_labels[i, j] == query_labels[i]
+            text = name(int(neighbor_labels[i, j]))
+            if scores is not None:
+                text += f"\n{float(scores[i, j]):.3f}"
+            show(axes[i, j + 1], neighbors[i, j], "#1a9c3c" if right else "#d62728", text)
+    for j in range(1, k + 1):
+        axes[0, j].set_title(f"#{j}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
