@@ -4,6 +4,8 @@ pytorch-metric-learning 2.9.0 on the same inputs, in one run.
 Each Keras backend runs in its own subprocess (the backend is fixed at import): JAX and
 TensorFlow time a compiled `value_and_grad` (XLA; compilation excluded and reported apart),
 torch times eager forward + `backward()`, like PML. PML runs in this process, eager, float32.
+Everything runs on `--threads` CPU threads (default 1: on a shared machine, torch's
+multi-threaded elementwise ops slow down 5-20x when the cores are busy).
 
     python benchmarks/bench_losses.py                          # batch 256, dim 128
     python benchmarks/bench_losses.py --batch 128 --repeats 5 --backends jax torch
@@ -145,8 +147,12 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
     parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(run_backend(args)))
         return
@@ -156,14 +162,20 @@ def main(argv=None) -> None:
         command = [sys.executable, os.path.abspath(__file__), "--worker",
                    "--batch", str(args.batch), "--dim", str(args.dim),
                    "--classes", str(args.classes), "--repeats", str(args.repeats),
-                   "--cases", *args.cases]
-        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": ROOT}
+                   "--threads", str(args.threads), "--cases", *args.cases]
+        threads = str(args.threads)
+        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": ROOT,
+               "OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads,
+               "TF_NUM_INTEROP_THREADS": threads,
+               "XLA_FLAGS": ("--xla_cpu_multi_thread_eigen=false "
+                             f"intra_op_parallelism_threads={threads}")}
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
         results[backend] = json.loads(done.stdout.strip().splitlines()[-1])
     reference = run_pml(args)
 
     print(f"batch {args.batch}, dim {args.dim}, {args.classes} classes; forward + backward, "
-          f"median of {args.repeats}; ratio = PML time / ours (> 1: ours faster)")
+          f"median of {args.repeats}, {args.threads} CPU thread(s); "
+          "ratio = PML time / ours (> 1: ours faster)")
     header = f"| loss | PML (torch) |" + "".join(
         f" {b} | ratio | {'compile' if b != 'torch' else 'first call'} |" for b in args.backends)
     print(header)

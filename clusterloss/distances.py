@@ -39,11 +39,25 @@ DISTANCES = ("euclidean", "squared_euclidean", "cosine", "dot")
 _SIMILARITIES = ("cosine", "dot")
 
 
-def l2_normalize(x, axis: int = -1):
-    """`x / max(||x||, 1e-12)` with finite gradients at `x = 0`."""
+def l2_normalize(x, axis: int = -1, return_norm: bool = False):
+    """`x / ||x||` along `axis` (and `||x||` with `return_norm=True`), finite everywhere.
+
+    `x` is first divided by its largest absolute entry (held constant for the gradient, which
+    is exact because `x / ||x||` does not depend on that factor), so the sum of squares cannot
+    overflow even for bfloat16 values near 1e38 upcast to float32. A zero vector gives a zero
+    direction and a zero norm, with finite gradients.
+    """
     x = upcast(x)
-    squared = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(squared, 1e-24))
+    peak = ops.stop_gradient(ops.max(ops.abs(x), axis=axis, keepdims=True))
+    peak = ops.where(peak > 0, peak, ops.ones_like(peak))
+    scaled = x / peak
+    squares = ops.sum(ops.square(scaled), axis=axis, keepdims=True)
+    nonzero = squares > 0
+    length = ops.sqrt(ops.where(nonzero, squares, ops.ones_like(squares)))
+    if not return_norm:
+        return scaled / length
+    norm = ops.where(nonzero, peak * length, ops.zeros_like(length))
+    return scaled / length, ops.squeeze(norm, axis=axis)
 
 
 def safe_sqrt(d):

@@ -20,7 +20,7 @@ from clusterloss.miners import (
 )
 
 
-def _batch(batch, classes, seed, dim=6):
+def _batch(batch, classes, seed, dim=8):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(batch, dim)).astype("float32")
     y = rng.integers(0, classes, size=batch).astype("int32")
@@ -55,7 +55,7 @@ def _as_mask(shape, index_lists):
 
 # (batch, classes, seed); the last: few positives. Few distinct shapes: JAX compiles each op
 # once per shape in eager mode.
-SIZES = [(16, 3, 0), (16, 5, 1), (12, 12, 2)]
+SIZES = [(16, 3, 0), (16, 5, 1), (16, 14, 2)]
 
 
 @pytest.mark.parametrize("batch,classes,seed", SIZES)
@@ -176,7 +176,7 @@ def test_miners_select_what_pml_selects(ours, theirs):
 
 
 def test_duplicate_embeddings_do_not_double_pick():
-    x, y = _batch(12, 2, 3)
+    x, y = _batch(16, 2, 3)
     x[1] = x[0]
     x[2] = x[0]
     mined = to_np(BatchHardMiner()(x, y))
@@ -187,7 +187,7 @@ def test_duplicate_embeddings_do_not_double_pick():
     "miner", [TripletMarginMiner(), BatchHardMiner(), BatchSemiHardMiner(), MultiSimilarityMiner()]
 )
 def test_a_batch_that_cannot_hold_triplets_is_a_clear_error(miner):
-    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
     with pytest.raises(ValueError, match="at least 2 classes.*got 1 class"):
         miner(x, np.zeros(4, "int32"))
     with pytest.raises(ValueError, match="class with at least 2 samples"):

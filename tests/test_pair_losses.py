@@ -91,6 +91,8 @@ PML_CASES = [
      lambda: pl.TripletMarginLoss(0.1), lambda: pm.TripletMarginMiner(0.1, "hard")),
     ("triplet+batchhard", lambda: TripletMarginLoss(0.2, miner=BatchHardMiner()),
      lambda: pl.TripletMarginLoss(0.2), pm.BatchHardMiner),
+    ("triplet+batchhard-swap", lambda: TripletMarginLoss(0.3, swap=True, miner=BatchHardMiner()),
+     lambda: pl.TripletMarginLoss(0.3, swap=True), pm.BatchHardMiner),
     ("triplet+pairmargin", lambda: TripletMarginLoss(miner=PairMarginMiner(1.1, 1.3)),
      pl.TripletMarginLoss, lambda: pm.PairMarginMiner(1.1, 1.3)),
     ("contrastive", ContrastiveLoss, pl.ContrastiveLoss, None),
@@ -100,6 +102,8 @@ PML_CASES = [
      lambda: pl.ContrastiveLoss(0.5, 1.2, reducer=pr.MeanReducer()), None),
     ("contrastive+semihard", lambda: ContrastiveLoss(miner=TripletMarginMiner(0.3, "semihard")),
      pl.ContrastiveLoss, lambda: pm.TripletMarginMiner(0.3, "semihard")),
+    ("contrastive+batchhard", lambda: ContrastiveLoss(miner=BatchHardMiner("cosine")),
+     pl.ContrastiveLoss, lambda: pm.BatchHardMiner(distance=pd.CosineSimilarity())),
     ("contrastive+pairmargin", lambda: ContrastiveLoss(0.2, 1.4, miner=PairMarginMiner(1.1, 1.3)),
      lambda: pl.ContrastiveLoss(0.2, 1.4), lambda: pm.PairMarginMiner(1.1, 1.3)),
     ("ms", MultiSimilarityLoss, pl.MultiSimilarityLoss, None),
@@ -142,11 +146,19 @@ DEFAULTS = [c for c in PML_CASES if c[0] in ("triplet", "contrastive", "ms", "nt
 
 
 @pytest.mark.parametrize("case", DEFAULTS, ids=[c[0] for c in DEFAULTS])
-@pytest.mark.parametrize("batch,classes,seed", [(40, 10, 3)])
+@pytest.mark.parametrize("batch,classes,seed", [(9, 2, 2), (40, 10, 3)])
 def test_other_batch_sizes_match_pml(case, batch, classes, seed):
     _, ours, theirs, _ = case
     x, y = _batch(batch, classes, seed)
-    _assert_same(_ours(ours(), x, y), _pml(theirs(), x, y))
+    loss = ours()
+    if BACKEND == "jax":  # also under jit (and one compilation beats eager ops at a new shape)
+        import jax
+
+        value, g = jax.jit(jax.value_and_grad(lambda t: loss(y, t)))(x)
+        result = (float(value), np.asarray(g))
+    else:
+        result = _ours(loss, x, y)
+    _assert_same(result, _pml(theirs(), x, y))
 
 
 @pytest.mark.parametrize("margin,alpha,classes", [(0.1, 32.0, 7), (0.25, 16.0, 7)])
@@ -223,6 +235,31 @@ def test_tfa_semihard_and_hard_triplet_losses_are_reproduced(seed):
     np.testing.assert_allclose(float(to_np(semihard(y, x))), _tfa_semihard(y, x, 1.0), rtol=1e-5)
     hard = TripletMarginLoss(1.0, RAW, miner=BatchHardMiner(RAW), average="all")
     np.testing.assert_allclose(float(to_np(hard(y, x))), _tfa_hard(y, x, 1.0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [
+    lambda **k: TripletMarginLoss(miner=TripletMarginMiner(0.2, "all"), **k),
+    lambda **k: TripletMarginLoss(miner=BatchHardMiner(), **k),
+    lambda **k: ContrastiveLoss(**k),
+    lambda **k: MultiSimilarityLoss(**k),
+    lambda **k: NTXentLoss(**k),
+    lambda **k: SupConLoss(**k),
+])
+def test_one_value_per_anchor_whose_mean_is_the_loss_and_sample_weights(make):
+    x, y = _batch(16, 3, 12)
+    per_anchor = to_np(make(reduction=None)(y, x))
+    assert per_anchor.shape == (16,) and np.any(per_anchor != per_anchor[0])
+    np.testing.assert_allclose(per_anchor.mean(), float(to_np(make()(y, x))), rtol=1e-6)
+    weights = np.linspace(0.0, 2.0, 16).astype("float32")
+    weighted = float(to_np(make()(y, x, sample_weight=weights)))
+    np.testing.assert_allclose(weighted, (weights * per_anchor).mean(), rtol=1e-5)
+
+
+def test_keras_circle_is_pml_circle_on_unit_norm_embeddings_as_documented():
+    x, y = _batch(16, 3, 8)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    expected, _ = _pml(pl.CircleLoss(), x, y)
+    np.testing.assert_allclose(float(to_np(keras.losses.Circle()(y, x))), expected, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,29 +409,29 @@ def test_config_round_trip_keeps_distance_and_miner(loss):
 
 
 def test_saved_model_with_loss_and_miner_loads_with_the_same_loss(tmp_path):
-    x, y = _batch(32, 4, 9)
+    x, y = _batch(16, 4, 9)
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     model.compile("adam", loss=TripletMarginLoss(0.2, miner=TripletMarginMiner(0.2, "all")))
-    before = model.evaluate(x, y, batch_size=32, verbose=0)
+    before = model.evaluate(x, y, batch_size=16, verbose=0)
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     assert loaded.loss.get_config() == model.loss.get_config()
     assert before > 0
-    np.testing.assert_allclose(loaded.evaluate(x, y, batch_size=32, verbose=0), before, rtol=1e-6)
+    np.testing.assert_allclose(loaded.evaluate(x, y, batch_size=16, verbose=0), before, rtol=1e-6)
 
 
 def test_saved_proxy_anchor_model_keeps_its_proxies(tmp_path):
-    x, y = _batch(32, 4, 10)
+    x, y = _batch(16, 4, 10)
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6), ProxyAnchorHead(4)])
     model.compile("adam", loss=ProxyAnchorLoss())
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    before = model.evaluate(x, y, batch_size=32, verbose=0)
+    before = model.evaluate(x, y, batch_size=16, verbose=0)
     model.save(tmp_path / "proxy.keras")
     loaded = keras.saving.load_model(tmp_path / "proxy.keras")
     np.testing.assert_array_equal(to_np(loaded.layers[-1].kernel), to_np(model.layers[-1].kernel))
-    np.testing.assert_allclose(loaded.evaluate(x, y, batch_size=32, verbose=0), before, rtol=1e-6)
+    np.testing.assert_allclose(loaded.evaluate(x, y, batch_size=16, verbose=0), before, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

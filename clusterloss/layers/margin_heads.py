@@ -27,38 +27,10 @@ from clusterloss._validation import (
     check_labels,
     check_range,
     check_same_batch,
-    upcast,
 )
+from clusterloss.distances import l2_normalize, safe_sqrt
 
 HALF = ("float16", "bfloat16")
-
-
-def _known(dim) -> bool:
-    return isinstance(dim, int)
-
-
-def _safe_sqrt(x):
-    """`sqrt(max(x, 0))` with a zero (not infinite or NaN) gradient where `x <= 0`."""
-    positive = x > 0
-    return ops.sqrt(ops.where(positive, x, ops.ones_like(x))) * ops.cast(positive, x.dtype)
-
-
-def l2_normalize(x, axis: int = -1):
-    """Return `(x / ||x||, ||x||)` along `axis`, finite for zero vectors and huge values.
-
-    `x` is first divided by its largest absolute entry (held constant for the gradient, which
-    is exact because `x / ||x||` does not depend on that factor), so the sum of squares cannot
-    overflow even for bfloat16 values near 1e38 upcast to float32. A zero vector gives a zero
-    direction and a zero norm, with finite gradients.
-    """
-    peak = ops.stop_gradient(ops.max(ops.abs(x), axis=axis, keepdims=True))
-    peak = ops.where(peak > 0, peak, ops.ones_like(peak))
-    scaled = x / peak
-    squares = ops.sum(ops.square(scaled), axis=axis, keepdims=True)
-    nonzero = squares > 0
-    length = ops.sqrt(ops.where(nonzero, squares, ops.ones_like(squares)))
-    norm = ops.where(nonzero, peak * length, ops.zeros_like(length))
-    return scaled / length, ops.squeeze(norm, axis=axis)
 
 
 class CosineHead(keras.layers.Layer):
@@ -117,8 +89,8 @@ class CosineHead(keras.layers.Layer):
     def cosine(self, embeddings):
         """`(cos, norms)`: `cos[i, j]` between embedding i and kernel column j, in float32
         (float64 stays float64), and the embedding norms `||x_i||`, shape `(batch,)`."""
-        x, norms = l2_normalize(upcast(embeddings), axis=-1)
-        w, _ = l2_normalize(ops.cast(self.kernel, x.dtype), axis=0)
+        x, norms = l2_normalize(embeddings, axis=-1, return_norm=True)
+        w = l2_normalize(ops.cast(self.kernel, x.dtype), axis=0)
         return ops.matmul(x, w), norms
 
     def scale_logits(self, values, norms):
@@ -135,9 +107,7 @@ class CosineHead(keras.layers.Layer):
         if labels is None:
             return self.scale_logits(cos, norms[:, None])
         labels = ops.convert_to_tensor(labels)
-        if _known(labels.shape[0]) and _known(embeddings.shape[0]):
-            # (`check_same_batch` reads `ops.shape`, a tensor for a None dim in TF graphs.)
-            check_same_batch(labels, embeddings)
+        check_same_batch(labels, embeddings)
         labels = check_labels(labels, self.num_classes)
         is_target = ops.one_hot(labels, self.num_classes, dtype=cos.dtype) > 0
         cos_target = ops.sum(ops.where(is_target, cos, ops.zeros_like(cos)), axis=-1)
@@ -202,7 +172,7 @@ class ArcFace(CosineHead):
 
     def target_logit(self, cos_target, training: bool = False):
         m = self.margin
-        sin_target = _safe_sqrt(1.0 - ops.square(cos_target))
+        sin_target = safe_sqrt(1.0 - ops.square(cos_target))
         phi = cos_target * math.cos(m) - sin_target * math.sin(m)
         fallback = cos_target - math.sin(math.pi - m) * m
         return ops.where(cos_target > math.cos(math.pi - m), phi, fallback)

@@ -29,18 +29,11 @@ from clusterloss.losses.base import LossFunctionWrapper
 _BIG = 3.0e38  # stands in for +-inf inside masked reductions (finite, so no NaN gradients)
 
 
-def same_batch(labels, x, names: tuple[str, str]) -> None:
-    """`check_same_batch` where both batch sizes are static (a TF graph with a partial last
-    batch has `None` there, and comparing tensors would need a Python `bool`)."""
-    if isinstance(labels.shape[0], int) and isinstance(x.shape[0], int):
-        check_same_batch(labels, x, names)
-
-
 def prepare(y_true, y_pred, names: tuple[str, str] = ("y_true", "y_pred")):
     """Validated `(labels int32 (batch,), embeddings float32 (batch, dim))`."""
     check_embeddings(y_pred, names[1])
     labels = check_labels(y_true, name=names[0])
-    same_batch(labels, y_pred, names)
+    check_same_batch(labels, y_pred, names)
     return labels, upcast(y_pred)
 
 
@@ -117,9 +110,9 @@ def per_anchor_mean(losses, weights, nonzero: bool):
     `AvgNonZeroReducer`). `losses`, `weights`: `(batch, ...)`."""
     weights = ops.cast(weights, losses.dtype)
     axes = tuple(range(1, len(losses.shape)))
-    weighted = ops.where(weights > 0, losses * weights, ops.zeros_like(losses))
+    weighted = losses * weights  # the losses are finite everywhere, so 0 * l = 0
     per_anchor = ops.sum(weighted, axis=axes) if axes else weighted
-    counted = weights * ops.cast(losses > 0, losses.dtype) if nonzero else weights
+    counted = ops.where(losses > 0, weights, ops.zeros_like(weights)) if nonzero else weights
     count = ops.stop_gradient(ops.sum(counted))
     return batch_size(losses) * safe_divide(per_anchor, count)
 
@@ -161,6 +154,13 @@ def mined_triplets(miner, embeddings, labels, pos, neg):
     return pos_w[:, :, None] * neg_w[:, None, :]
 
 
+def compact_triplets(miner, embeddings, labels, pos, neg):
+    """`(neg_index, weights)` from a `compact` triplet miner, or `None` for any other miner."""
+    if miner is None or not getattr(miner, "compact", False):
+        return None
+    return miner.mine_compact(embeddings, labels, pos, neg)
+
+
 def mined_pairs(miner, embeddings, labels, pos, neg):
     """Float `(pos_weights, neg_weights)`, each `(batch, batch)`: all pairs without a miner,
     the mined pairs with a pair miner, and with a triplet miner the number of mined triplets
@@ -168,6 +168,11 @@ def mined_pairs(miner, embeddings, labels, pos, neg):
     keeping one copy per triplet)."""
     if miner is None:
         return ops.cast(pos, "float32"), ops.cast(neg, "float32")
+    compact = compact_triplets(miner, embeddings, labels, pos, neg)
+    if compact is not None:
+        neg_index, weights = compact
+        chosen = ops.equal(neg_index[:, :, None], ops.arange(ops.shape(weights)[1]))
+        return weights, ops.sum(ops.cast(chosen, "float32") * weights[:, :, None], axis=1)
     mined = miner.mine(embeddings, labels, pos, neg)
     if miner.kind == "pair":
         return mined

@@ -9,9 +9,15 @@ import keras
 from keras import ops
 
 from clusterloss._registry import register
-from clusterloss._validation import check_embeddings, check_labels, check_range, upcast
+from clusterloss._validation import (
+    check_embeddings,
+    check_labels,
+    check_range,
+    check_same_batch,
+    upcast,
+)
 from clusterloss.distances import l2_normalize
-from clusterloss.losses._pairs import MetricLoss, masked_logsumexp, safe_divide, same_batch
+from clusterloss.losses._pairs import MetricLoss, masked_logsumexp, safe_divide
 
 
 @register
@@ -96,7 +102,7 @@ def proxy_anchor_loss(y_true, y_pred, margin: float = 0.1, alpha: float = 32.0):
     check_embeddings(y_pred, "y_pred")
     num_classes = y_pred.shape[-1]
     labels = check_labels(y_true, num_classes=num_classes, name="y_true")
-    same_batch(labels, y_pred, ("y_true", "y_pred"))
+    check_same_batch(labels, y_pred, ("y_true", "y_pred"))
     cos = upcast(y_pred)
     pos = ops.equal(labels[:, None], ops.arange(num_classes)[None, :])
     neg = ops.logical_not(pos)

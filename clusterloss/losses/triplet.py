@@ -13,6 +13,7 @@ from clusterloss.distances import get_distance
 from clusterloss.losses._pairs import (
     MetricLoss,
     check_average,
+    compact_triplets,
     get_miner,
     label_masks,
     mined_triplets,
@@ -61,11 +62,19 @@ def triplet_margin_loss(
     labels, x = prepare(y_true, y_pred)
     mat = distance.pairwise(x)
     pos, neg = label_masks(labels)
-    weights = mined_triplets(miner, x, labels, pos, neg)
-    ap = mat[:, :, None]
-    an = mat[:, None, :]
-    if swap:
+    compact = compact_triplets(miner, x, labels, pos, neg)
+    if compact is not None:  # one negative per (a, p): (batch, batch) terms
+        neg_index, weights = compact
+        ap = mat
+        an = ops.take_along_axis(mat, neg_index, axis=1)  # d(a, n_ap)
+        # d(p, n_ap): row p of mat at column neg_index[a, p].
+        pn = ops.transpose(ops.take_along_axis(mat, ops.transpose(neg_index), axis=1))
+    else:  # (batch, batch, batch) terms
+        weights = mined_triplets(miner, x, labels, pos, neg)
+        ap = mat[:, :, None]
+        an = mat[:, None, :]
         pn = mat[None, :, :]
+    if swap:
         an = ops.maximum(an, pn) if distance.larger_is_closer else ops.minimum(an, pn)
     violation = distance.margin(ap, an) + margin
     losses = ops.softplus(violation) if smooth_loss else ops.relu(violation)

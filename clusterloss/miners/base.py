@@ -36,6 +36,9 @@ class Miner:
     kind = "triplet"
     default_distance = "euclidean"
     needs_positive_pair = True
+    # True for triplet miners that pick at most one negative per positive pair: they also
+    # offer `mine_compact`, which a triplet loss uses to stay O(batch^2).
+    compact = False
 
     def __init__(self, distance: Any = None):
         self.distance = get_distance(self.default_distance if distance is None else distance)
@@ -70,7 +73,23 @@ class Miner:
         mat = ops.stop_gradient(self.distance.pairwise(x))
         return self._mine(mat, pos, neg)
 
+    def mine_compact(self, embeddings, labels, pos=None, neg=None):
+        """For a `compact` miner: `(neg_index, weights)`, each `(batch, batch)`: the triplet
+        `(a, p, neg_index[a, p])` is mined where `weights[a, p] = 1`. Same triplets as `mine`,
+        without the `(batch, batch, batch)` mask."""
+        if pos is None:
+            pos, neg = label_masks(labels)
+        mat = ops.stop_gradient(self.distance.pairwise(ops.stop_gradient(embeddings)))
+        return self._mine_compact(mat, pos, neg)
+
     def _mine(self, mat, pos, neg):
+        if self.compact:  # the dense mask from the compact form
+            neg_index, weights = self._mine_compact(mat, pos, neg)
+            chosen = ops.equal(neg_index[:, :, None], ops.arange(ops.shape(mat)[1]))
+            return ops.cast(chosen, "float32") * weights[:, :, None]
+        raise NotImplementedError
+
+    def _mine_compact(self, mat, pos, neg):
         raise NotImplementedError
 
     def farness(self, mat):

@@ -69,15 +69,16 @@ class BatchHardMiner(Miner):
     index.
     """
 
-    def _mine(self, mat, pos, neg):
+    compact = True
+
+    def _mine_compact(self, mat, pos, neg):
         far = self.farness(mat)
         hardest_pos = ops.argmax(ops.where(pos, far, ops.full_like(far, -_BIG)), axis=1)
         hardest_neg = ops.argmin(ops.where(neg, far, ops.full_like(far, _BIG)), axis=1)
         has = ops.logical_and(ops.any(pos, axis=1), ops.any(neg, axis=1))
-        chosen = ops.logical_and(
-            one_hot_index(hardest_pos, far)[:, :, None], one_hot_index(hardest_neg, far)[:, None, :]
-        )
-        return ops.cast(ops.logical_and(chosen, has[:, None, None]), "float32")
+        weights = ops.logical_and(one_hot_index(hardest_pos, far), has[:, None])
+        neg_index = ops.broadcast_to(hardest_neg[:, None], ops.shape(far))
+        return ops.cast(neg_index, "int32"), ops.cast(weights, "float32")
 
 
 @register
@@ -90,19 +91,18 @@ class BatchSemiHardMiner(Miner):
     average="all")` this gives the value of `tfa.losses.TripletSemiHardLoss()`.
     """
 
-    def _mine(self, mat, pos, neg):
+    compact = True
+
+    def _mine_compact(self, mat, pos, neg):
         far = self.farness(mat)
         ap = far[:, :, None]
         an = far[:, None, :]
         outside = ops.logical_and(neg[:, None, :], an > ap)  # (a, p, n)
         closest_outside = ops.argmin(ops.where(outside, an, _BIG), axis=2)  # (a, p)
         farthest = ops.argmax(ops.where(neg, far, ops.full_like(far, -_BIG)), axis=1)  # (a,)
-        chosen = ops.where(ops.any(outside, axis=2), closest_outside, farthest[:, None])
-        has_neg = ops.any(neg, axis=1)
-        keep = ops.logical_and(pos, has_neg[:, None])
-        return ops.cast(
-            ops.logical_and(one_hot_index(chosen, far), keep[:, :, None]), "float32"
-        )
+        neg_index = ops.where(ops.any(outside, axis=2), closest_outside, farthest[:, None])
+        weights = ops.logical_and(pos, ops.any(neg, axis=1)[:, None])
+        return ops.cast(neg_index, "int32"), ops.cast(weights, "float32")
 
 
 __all__ = ["BatchHardMiner", "BatchSemiHardMiner", "TripletMarginMiner", "TRIPLET_TYPES"]
