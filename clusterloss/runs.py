@@ -2,7 +2,9 @@
 
 A run directory holds `model.keras`, `metrics.json` (the settings and every number),
 `embeddings.npz` (train, test and unknown-class embeddings with labels, and the centers),
-`features.png` and `history.png`. `train()` makes one; `load_run()` reads it back.
+`features.png` and `history.png`; unless `evaluate=False`, also the retrieval, verification
+and open-set metrics, `roc.png`, `neighbors.png` and `report.html`
+(`clusterloss.evaluation.run_eval`). `train()` makes one; `load_run()` reads it back.
 """
 
 from __future__ import annotations
@@ -156,6 +158,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     plot_history(history.history, out / "history.png", title)
     np.savez_compressed(out / "embeddings.npz", **emb)
     write_metrics(out, metrics)
+    if config.evaluate:  # retrieval, verification, open set, roc.png, report.html
+        from clusterloss.evaluation.run_eval import evaluate_run
+
+        metrics = evaluate_run(out, model, data, metrics, embeddings=emb, verbose=config.verbose)
     return metrics
 
 

@@ -97,7 +97,7 @@ def test_fashion_mnist_through_the_keras_loader(data_env, tmp_path):
     cli(
         "train", "--dataset", "fashion-mnist", "--loss", "softmax", "--epochs", "1",
         "--train-limit", "256", "--test-limit", "128", "--embedding-dim", "8",
-        "--verbose", "0", "--out", str(out), env=data_env,
+        "--verbose", "0", "--no-evaluate", "--out", str(out), env=data_env,
     )  # fmt: skip
     metrics = check_run_dir(out, "softmax", "fashion-mnist")
     assert metrics["num_train"] == 256 and metrics["num_test"] == 128
@@ -107,7 +107,7 @@ def test_compare_tiny_budget_writes_tables_and_figures(tmp_path):
     out = tmp_path / "cmp"
     cli(
         "compare", "softmax", "center:center_weight=0.05", "--seeds", "0,1", "--epochs", "1",
-        "--train-limit", "300", "--verbose", "0", "--out", str(out),
+        "--train-limit", "300", "--verbose", "0", "--no-evaluate", "--out", str(out),
     )  # fmt: skip
     table = (out / "results.md").read_text()
     assert "| softmax |" in table and "| center:center_weight=0.05 |" in table

@@ -16,7 +16,7 @@ import keras
 from clusterloss._backend import BACKENDS
 
 # Each module in clusterloss.cli named here provides `add_parser(subparsers)` and `run(args)`.
-SUBCOMMANDS = ("train", "compare")
+SUBCOMMANDS = ("train", "evaluate", "index", "search", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--verbose", default="auto", choices=("auto", "0", "1", "2"),
         help="Keras progress: 1 bar, 2 one line per epoch, 0 silent",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-evaluate", dest="evaluate", action="store_false",
+        help="skip the evaluation after training (retrieval, verification, open set, "
+        "roc.png, report.html); `clusterloss evaluate RUN_DIR` does it later",
+    )  # fmt: skip
     group = parser.add_argument_group("loss hyperparameters")
     group.add_argument("--center-weight", type=float, default=0.1, help="lambda (center loss)")
     group.add_argument("--center-alpha", type=float, default=0.5, help="Eq. 4 center step")
@@ -77,6 +82,7 @@ def config_from_args(args: argparse.Namespace, loss: str, seed: int, out: str):
         train_limit=args.train_limit,
         test_limit=args.test_limit,
         options={name: getattr(args, name) for name in OPTION_NAMES},
+        evaluate=args.evaluate,
         verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
     )
 
@@ -86,9 +92,11 @@ def add_parser(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "train",
-        help="train a model and write model.keras, metrics.json and plots",
+        help="train a model and write model.keras, metrics.json, plots and report.html",
         description="Train on a data set with one loss; write RUN_DIR/model.keras, "
-        "metrics.json, features.png and history.png.",
+        "metrics.json, embeddings.npz, features.png and history.png, then evaluate it "
+        "(retrieval, verification, open set: metrics.json, roc.png, neighbors.png, "
+        "report.html) unless --no-evaluate.",
     )
     parser.add_argument("--loss", default="center", choices=sorted(RECIPES))
     parser.add_argument("--seed", type=int, default=0)
@@ -103,7 +111,11 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args, args.loss, args.seed, args.out)
     metrics = train(config)
     out = config.run_dir()
-    shown = ("test_accuracy", "knn_accuracy", "intra_inter_ratio", "train_seconds")
-    print(json.dumps({k: metrics[k] for k in shown}, indent=2))
+    shown = (
+        "test_accuracy", "knn_accuracy", "intra_inter_ratio", "precision_at_1", "map_at_r",
+        "unseen_map_at_r", "verification_set", "roc_auc", "eer", "open_set_auroc",
+        "train_seconds", "evaluate_seconds",
+    )  # fmt: skip
+    print(json.dumps({k: metrics[k] for k in shown if k in metrics}, indent=2))
     print(f"wrote {out}/: " + ", ".join(sorted(p.name for p in out.iterdir())))
     return 0

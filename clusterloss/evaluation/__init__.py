@@ -1,9 +1,11 @@
 """Evaluation of extracted embeddings (NumPy arrays): retrieval metrics with PML's
-definitions, verification (ROC, EER, TAR@FAR), open-set recognition, and cluster statistics."""
+definitions, verification (ROC, EER, TAR@FAR), open-set recognition, and cluster statistics;
+`evaluate_run` computes them all for a run directory (metrics.json, roc.png, report.html)."""
 
 from clusterloss.evaluation.embedding_stats import intra_inter_ratio, knn_accuracy
 from clusterloss.evaluation.open_set import class_centers, open_set_metrics, open_set_scores
 from clusterloss.evaluation.retrieval import METRIC_NAMES, cluster_labels, retrieval_metrics
+from clusterloss.evaluation.run_eval import evaluate_run, far_key
 from clusterloss.evaluation.verification import (
     make_pairs,
     pair_scores,
@@ -19,6 +21,8 @@ __all__ = [
     "METRIC_NAMES",
     "class_centers",
     "cluster_labels",
+    "evaluate_run",
+    "far_key",
     "intra_inter_ratio",
     "knn_accuracy",
     "make_pairs",

@@ -112,47 +112,68 @@ def plot_neighbors(
         neighbors: `(q, k, ...)` images of each query's k neighbours; `neighbor_labels` and
             `scores` (e.g. cosine similarities, shown under each neighbour) are `(q, k)`.
         class_names: names of the labels (a label is shown as `class_names[label]`).
+
+    The cells are composed into one image (one `imshow`, fast for large grids).
     """
     plt = _pyplot()
-    from matplotlib.patches import Rectangle
-
-    queries, neighbors = np.asarray(queries), np.asarray(neighbors)
+    queries, neighbors = np.asarray(queries, "float32"), np.asarray(neighbors, "float32")
     query_labels = np.asarray(query_labels).reshape(-1)
     neighbor_labels = np.asarray(neighbor_labels)
     n, k = neighbor_labels.shape
     name = lambda c: (  # noqa: E731
         class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
     )
-    cell = 1.35
-    fig, axes = plt.subplots(
-        n, k + 1, figsize=(cell * (k + 1), cell * n + 0.5), dpi=110, squeeze=False
-    )
 
-    def show(ax, image, frame, text, bold=False):
-        image = np.asarray(image, "float32")
+    def rgb(image):
+        image = np.clip(image, 0.0, 1.0)
         if image.ndim == 3 and image.shape[-1] == 1:
             image = image[..., 0]
-        ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-        ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False,
-                               edgecolor=frame, linewidth=4, clip_on=False))  # fmt: skip
-        ax.set_xlabel(text, fontsize=7, fontweight="bold" if bold else "normal", labelpad=2)
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        return image[..., :3]
+
+    h, w = rgb(queries[0]).shape[:2]
+    zoom = max(1, int(round(64 / max(h, w))))  # tiny images (8x8 digits) drawn larger
+    ch, cw = h * zoom, w * zoom
+    border = max(2, round(max(ch, cw) / 22))
+    cell_h, cell_w = ch + 2 * border, cw + 2 * border
+    gap_x, text_h, head_h = max(6, cell_w // 6), int(cell_h * 0.42), int(cell_h * 0.25)
+    width = (k + 1) * cell_w + k * gap_x + gap_x  # a wider gap after the query column
+    height = head_h + n * (cell_h + text_h)
+    canvas = np.ones((height, width, 3), "float32")
+    colors = {"query": (0.12, 0.37, 0.75), True: (0.10, 0.61, 0.24), False: (0.84, 0.15, 0.16)}
+    texts = []
+
+    def put(row, col, image, color, label):
+        top = head_h + row * (cell_h + text_h)
+        left = col * (cell_w + gap_x) + (gap_x if col else 0)
+        canvas[top : top + cell_h, left : left + cell_w] = color
+        big = np.kron(rgb(image), np.ones((zoom, zoom, 1), "float32"))
+        canvas[top + border : top + border + ch, left + border : left + border + cw] = big
+        texts.append((left + cell_w / 2, top + cell_h + 3, label, col == 0))
+        return left
 
     for i in range(n):
-        show(axes[i, 0], queries[i], "#1f5fbf", f"query: {name(int(query_labels[i]))}", bold=True)
+        put(i, 0, queries[i], colors["query"], f"query: {name(int(query_labels[i]))}")
         for j in range(k):
-            right = neighbor_labels[i, j] == query_labels[i]
-            text = name(int(neighbor_labels[i, j]))
+            label = name(int(neighbor_labels[i, j]))
             if scores is not None:
-                text += f"\n{float(scores[i, j]):.3f}"
-            show(axes[i, j + 1], neighbors[i, j], "#1a9c3c" if right else "#d62728", text)
-    for j in range(1, k + 1):
-        axes[0, j].set_title(f"#{j}", fontsize=8)
+                label += f"\n{float(scores[i, j]):.3f}"
+            same = bool(neighbor_labels[i, j] == query_labels[i])
+            left = put(i, j + 1, neighbors[i, j], colors[same], label)
+            if i == 0:
+                texts.append((left + cell_w / 2, head_h - 3, f"#{j + 1}", None))
+
+    px = 1.25 * 110 / cell_w  # about 1.25 inches per cell at 110 dpi
+    title_h = 0.35 if title else 0.05
+    fig = plt.figure(figsize=(width * px / 110, height * px / 110 + title_h), dpi=110)
+    ax = fig.add_axes([0, 0, 1, 1 - title_h / (height * px / 110 + title_h)])
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+    for x, y, label, is_query in texts:
+        ax.text(x, y, label, ha="center", va="bottom" if is_query is None else "top",
+                fontsize=7, fontweight="bold" if is_query else "normal")  # fmt: skip
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=10, y=1 - 0.1 / (height * px / 110 + title_h))
     fig.savefig(path)
     plt.close(fig)

@@ -1,0 +1,302 @@
+"""Every metric of a run directory, from its model: `evaluate_run(run_dir)`.
+
+What the numbers mean (all with cosine similarity, recorded as `"metric": "cosine"`):
+
+- Retrieval, known classes (top-level keys `precision_at_1`, `r_precision`, `map_at_r`,
+  `mean_average_precision`, `mean_reciprocal_rank`, `recall_at_<n>`, `nmi`, `ami`): the test
+  images are the queries, the training images the references (gallery); NMI/AMI cluster the
+  test embeddings. `k` is `"max_bin_count"`, so R-precision and MAP@R are exact.
+- Retrieval, unseen classes (`unseen_*`, same names): where the data set holds classes never
+  seen in training (Olivetti's people 30-39; `--known-classes` otherwise), each of those
+  images is a query against all the others (leave-one-out). Class-disjoint from training:
+  the numbers that say whether the embedding generalises.
+- Verification (`roc_auc`, `eer`, `eer_threshold`, `tar_at_far_1e-1`, `tar_at_far_1e-2`,
+  `tar_at_far_1e-3`, their `threshold_at_far_*`, `num_genuine_pairs`, `num_impostor_pairs`):
+  every pair of images of the set named by `verification_set`: `"unseen"` (the unseen-class
+  images) where the data set has at least two unseen classes, else `"test"`. With unseen
+  classes the same numbers on the test set are also given as `known_roc_auc`, `known_eer`,
+  ... A TAR at a FAR below 1/(impostor pairs) cannot be measured: null in metrics.json.
+- Open set (`open_set_auroc`, `open_set_threshold`, `open_set_known_accept_rate`,
+  `open_set_unknown_reject_rate`, `open_set_known_accuracy`, `open_set_accuracy`): the
+  training images are the references, the test images known queries and the unseen-class
+  images unknown queries; a query's score is the similarity of its nearest reference. The
+  threshold keeps 95% of the known queries.
+
+Values that cannot be computed (NaN) are written as null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clusterloss.evaluation.open_set import open_set_metrics
+from clusterloss.evaluation.retrieval import retrieval_metrics
+from clusterloss.evaluation.verification import (
+    DEFAULT_FAR_TARGETS,
+    roc_metrics,
+    save_roc_plot,
+    verification_scores,
+)
+
+METRIC = "cosine"
+GRID_QUERIES = 8  # queries (rows) in the nearest-neighbour grids of the report
+GRID_NEIGHBORS = 6
+KEEP_KNOWN = 0.95  # open-set threshold: accept this share of the known queries
+
+# retrieval_metrics' (PML's) key -> metrics.json key
+_RETRIEVAL_KEYS = {
+    "precision_at_1": "precision_at_1",
+    "r_precision": "r_precision",
+    "mean_average_precision_at_r": "map_at_r",
+    "mean_average_precision": "mean_average_precision",
+    "mean_reciprocal_rank": "mean_reciprocal_rank",
+    "NMI": "nmi",
+    "AMI": "ami",
+}
+_OPEN_SET_KEYS = {
+    "auroc": "open_set_auroc",
+    "threshold": "open_set_threshold",
+    "known_accept_rate": "open_set_known_accept_rate",
+    "unknown_reject_rate": "open_set_unknown_reject_rate",
+    "known_accuracy": "open_set_known_accuracy",
+    "open_set_accuracy": "open_set_accuracy",
+}
+
+
+# keys computed only when the data set has unseen classes
+_CONDITIONAL = ("unseen_", "known_", "open_set_", "num_unknown")
+
+
+def far_key(far: float) -> str:
+    """0.01 -> '1e-2' (as in `tar_at_far_1e-2`); 0.05 -> '5e-2'."""
+    mantissa, exponent = f"{far:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def _progress(verbose: Any):
+    """A keras Progbar over the evaluation steps (None when silent)."""
+    if verbose in (0, "0", False, None):
+        return None
+    from keras.utils import Progbar
+
+    print("evaluation: embeddings, retrieval, unseen classes, verification, open set, plots, "
+          "report", flush=True)  # fmt: skip
+    return Progbar(7, verbose=2 if verbose in (2, "2") else 1, unit_name="step")
+
+
+def _clean(value: Any) -> Any:
+    """NaN/inf -> None (valid JSON), NumPy scalars -> Python."""
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _retrieval(query, query_labels, reference=None, reference_labels=None, prefix="", seed=0):
+    found = retrieval_metrics(
+        query, query_labels, reference, reference_labels, metric=METRIC, seed=seed
+    )
+    out = {}
+    for key, value in found.items():
+        out[prefix + _RETRIEVAL_KEYS.get(key, key)] = value
+    return out
+
+
+def _verification(scores, is_genuine, prefix=""):
+    found = roc_metrics(scores, is_genuine, far_targets=DEFAULT_FAR_TARGETS)
+    out = {
+        prefix + "roc_auc": found["roc_auc"],
+        prefix + "eer": found["eer"],
+        prefix + "eer_threshold": found["eer_threshold"],
+    }
+    for far in DEFAULT_FAR_TARGETS:
+        out[f"{prefix}tar_at_far_{far_key(far)}"] = found[f"tar_at_far_{far:g}"]
+        out[f"{prefix}threshold_at_far_{far_key(far)}"] = found[f"threshold_at_far_{far:g}"]
+    out[prefix + "num_genuine_pairs"] = int(found["n_genuine"])
+    out[prefix + "num_impostor_pairs"] = int(found["n_impostor"])
+    return out
+
+
+def _has_pairs(labels: np.ndarray) -> bool:
+    """At least one genuine and one impostor pair."""
+    _, counts = np.unique(labels, return_counts=True)
+    return len(counts) >= 2 and counts.max() >= 2
+
+
+def _grid_rows(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Up to `n` query positions, one per class first (seeded), then more of the same."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    _, first = np.unique(labels[order], return_index=True)
+    chosen = list(order[np.sort(first)][:n])
+    taken = set(chosen)
+    rest = [i for i in order[: n + len(chosen)] if i not in taken]
+    return np.array(chosen + rest[: n - len(chosen)], dtype=np.int64)
+
+
+def _neighbor_grid(path, q_images, q_labels, q_emb, r_images, r_labels, r_emb,
+                   class_names, title, same_source: bool, seed: int) -> None:
+    """Nearest references of a few queries, drawn by `plot_neighbors`."""
+    from clusterloss.index import Index
+    from clusterloss.report.plots import plot_neighbors
+
+    rows = _grid_rows(q_labels, GRID_QUERIES, seed)
+    k = min(GRID_NEIGHBORS, len(r_emb) - (1 if same_source else 0))
+    if len(rows) == 0 or k < 1:
+        return
+    index = Index(r_emb.shape[1], metric=METRIC)
+    index.add(r_emb, r_labels)
+    scores, found = index.search(q_emb[rows], k + (1 if same_source else 0))
+    if same_source:  # drop each query's own row (or the last one if it is not among them)
+        keep = found != rows[:, None]
+        keep[keep.all(axis=1), -1] = False
+        scores = scores[keep].reshape(len(rows), k)
+        found = found[keep].reshape(len(rows), k)
+    plot_neighbors(
+        path, q_images[rows], q_labels[rows], r_images[found], r_labels[found], scores,
+        class_names, title,
+    )  # fmt: skip
+
+
+def run_title(metrics: dict[str, Any]) -> str:
+    """`'digits / center / 2-D / seed 0'`, the title of a run's plots."""
+    return (
+        f"{metrics.get('dataset')} / {metrics.get('loss')} / "
+        f"{metrics.get('embedding_dim')}-D / seed {metrics.get('seed')}"
+    )
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    model=None,
+    data=None,
+    metrics: dict[str, Any] | None = None,
+    *,
+    embeddings: dict[str, np.ndarray] | None = None,
+    report: bool = True,
+    verbose: Any = 0,
+) -> dict[str, Any]:
+    """Compute every metric of a run, merge them into `RUN_DIR/metrics.json`, write
+    `roc.png`, `neighbors.png` (`neighbors_unseen.png` with unseen classes) and `report.html`.
+
+    Args:
+        run_dir: a directory written by `clusterloss.runs.train`.
+        model, data, metrics: the run's model, `Dataset` and metrics.json contents; loaded
+            from `run_dir` when None (`clusterloss.runs.load_run`).
+        embeddings: embeddings already computed with this model (`train()` passes its own:
+            keys train, test, unknown). None: recompute them from the model, refresh
+            the classifier / 1-NN statistics, `embeddings.npz`, `features.png` and
+            `history.png`.
+        report: also write `report.html`.
+        verbose: show a `keras.utils.Progbar` over the evaluation steps (Keras' values:
+            0 silent, 1 or "auto" a bar, 2 one line at the end).
+
+    Returns:
+        The merged metrics (what metrics.json now holds). See the module docstring for
+        the keys.
+    """
+    from clusterloss.runs import load_run, summarize, write_metrics
+
+    run_dir = Path(run_dir)
+    if model is None or data is None or metrics is None:
+        loaded_model, loaded_data, loaded_metrics = load_run(run_dir)
+        model = loaded_model if model is None else model
+        data = loaded_data if data is None else data
+        metrics = loaded_metrics if metrics is None else metrics
+    metrics = dict(metrics)
+    seed = int(metrics.get("seed", 0))
+    title = run_title(metrics)
+    bar = _progress(verbose)
+    step = lambda: bar.add(1) if bar is not None else None  # noqa: E731
+    start = time.perf_counter()
+
+    # 1. embeddings (recomputed from the model unless train() just did)
+    if embeddings is None:
+        from clusterloss.report.plots import plot_features, plot_history
+
+        stats, embeddings = summarize(model, data)
+        metrics.update(stats)
+        np.savez_compressed(run_dir / "embeddings.npz", **embeddings)
+        plot_features(embeddings["test"], data.y_test, run_dir / "features.png",
+                      embeddings["centers"], data.class_names, title)  # fmt: skip
+        if metrics.get("history"):
+            plot_history(metrics["history"], run_dir / "history.png", title)
+    train_emb, test_emb = embeddings["train"], embeddings["test"]
+    unknown_emb = embeddings["unknown"] if len(data.x_unknown) else None
+    y_train, y_test, y_unknown = data.y_train, data.y_test, data.y_unknown
+    step()
+
+    # 2. retrieval: test queries against the training gallery
+    found: dict[str, Any] = {"metric": METRIC}
+    found.update(_retrieval(test_emb, y_test, train_emb, y_train, seed=seed))
+    step()
+
+    # 3. retrieval among the unseen classes (leave-one-out)
+    unseen = unknown_emb is not None and _has_pairs(y_unknown)
+    if unseen:
+        found.update(_retrieval(unknown_emb, y_unknown, prefix="unseen_", seed=seed))
+    step()
+
+    # 4. verification: unseen classes when there are, else the test set
+    curves = {}
+    test_scores = verification_scores(test_emb, y_test, metric=METRIC, seed=seed)
+    if unseen:
+        scores = verification_scores(unknown_emb, y_unknown, metric=METRIC, seed=seed)
+        found["verification_set"] = "unseen"
+        found.update(_verification(*scores))
+        found.update(_verification(*test_scores, prefix="known_"))
+        curves[f"unseen classes ({len(np.unique(y_unknown))})"] = scores
+        curves[f"known classes, test set ({data.num_classes})"] = test_scores
+    else:
+        found["verification_set"] = "test"
+        found.update(_verification(*test_scores))
+        curves[f"test set ({data.num_classes} classes)"] = test_scores
+    step()
+
+    # 5. open set: known test queries vs unseen-class queries, against the training gallery
+    if unknown_emb is not None and len(unknown_emb):
+        open_set = open_set_metrics(
+            train_emb, y_train, test_emb, y_test, unknown_emb,
+            metric=METRIC, keep_known=KEEP_KNOWN,
+        )  # fmt: skip
+        found.update({new: open_set[old] for old, new in _OPEN_SET_KEYS.items()})
+        found["num_unknown"] = int(len(unknown_emb))
+        found["num_unknown_classes"] = int(len(np.unique(y_unknown)))
+    step()
+
+    # 6. plots: ROC and nearest-neighbour grids
+    save_roc_plot(run_dir / "roc.png", curves, title=f"Verification ROC ({METRIC}): {title}")
+    names = list(data.class_names) + list(data.unknown_class_names)
+    _neighbor_grid(
+        run_dir / "neighbors.png", data.x_test, y_test, test_emb, data.x_train, y_train,
+        train_emb, names, "test queries: nearest training images (cosine)", False, seed,
+    )  # fmt: skip
+    if unseen:
+        _neighbor_grid(
+            run_dir / "neighbors_unseen.png", data.x_unknown, y_unknown, unknown_emb,
+            data.x_unknown, y_unknown, unknown_emb, names,
+            "unseen classes: nearest other unseen images (cosine)", True, seed,
+        )  # fmt: skip
+    step()
+
+    found["evaluate_seconds"] = round(time.perf_counter() - start, 3)
+    # Merge: keep what metrics.json and `metrics` hold, except the keys of this evaluation
+    # that no longer apply (e.g. unseen-class numbers of an earlier, different split).
+    path = run_dir / "metrics.json"
+    metrics = {**(json.loads(path.read_text()) if path.is_file() else {}), **metrics}
+    metrics = {k: v for k, v in metrics.items() if not k.startswith(_CONDITIONAL)}
+    metrics.update({key: _clean(value) for key, value in found.items()})
+    write_metrics(run_dir, metrics)
+    if report:
+        from clusterloss.report.html import write_report
+
+        write_report(run_dir, metrics)
+    step()
+    return metrics
