@@ -176,7 +176,7 @@ def main(argv=None) -> None:
     print(f"batch {args.batch}, dim {args.dim}, {args.classes} classes; forward + backward, "
           f"median of {args.repeats}, {args.threads} CPU thread(s); "
           "ratio = PML time / ours (> 1: ours faster)")
-    header = f"| loss | PML (torch) |" + "".join(
+    header = "| loss | PML (torch) |" + "".join(
         f" {b} | ratio | {'compile' if b != 'torch' else 'first call'} |" for b in args.backends)
     print(header)
     print("|" + " --- |" * (2 + 3 * len(args.backends)))

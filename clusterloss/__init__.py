@@ -8,21 +8,21 @@ from clusterloss._backend import choose_default_backend
 
 choose_default_backend()
 
-from clusterloss import evaluation, index, miners  # noqa: E402
-from clusterloss.callbacks import CenterLossScheduler, warmup  # noqa: E402
-from clusterloss.data import load_dataset  # noqa: E402
-from clusterloss.distances import Distance, get_distance  # noqa: E402
-from clusterloss.evaluation import (  # noqa: E402
+from clusterloss import evaluation, index, miners  # noqa: E402,F401
+from clusterloss.callbacks import CenterLossScheduler, warmup  # noqa: E402,F401
+from clusterloss.data import load_dataset  # noqa: E402,F401
+from clusterloss.distances import Distance, get_distance  # noqa: E402,F401
+from clusterloss.evaluation import (  # noqa: E402,F401
     open_set_metrics,
     retrieval_metrics,
     verification_metrics,
 )
-from clusterloss.index import Index, KNNClassifier  # noqa: E402
+from clusterloss.index import Index, KNNClassifier  # noqa: E402,F401
 from clusterloss.layers import *  # noqa: E402,F401,F403
 from clusterloss.losses import *  # noqa: E402,F401,F403
 from clusterloss.miners import *  # noqa: E402,F401,F403
-from clusterloss.models import ClusterModel, make_backbone  # noqa: E402
-from clusterloss.optimizers import center_optimizer  # noqa: E402
-from clusterloss.sampling import MPerClassSampler  # noqa: E402
+from clusterloss.models import ClusterModel, make_backbone  # noqa: E402,F401
+from clusterloss.optimizers import center_optimizer  # noqa: E402,F401
+from clusterloss.sampling import MPerClassSampler  # noqa: E402,F401
 
 __version__ = "0.1.0"

@@ -10,8 +10,7 @@ import keras
 
 from clusterloss import losses as L
 from clusterloss import miners
-from clusterloss.layers import ArcFace, CenterLoss, CosFace, NormFace, SphereFace
-from clusterloss.losses.proxy_anchor import ProxyAnchorHead
+from clusterloss.layers import ArcFace, CenterLoss, CosFace, NormFace, ProxyAnchorHead, SphereFace
 from clusterloss.models import ClusterModel
 
 Options = dict[str, Any]

@@ -1,6 +1,5 @@
 """ClusterModel: fit(x, y) on plain labels, loss parts, lambda schedule, save/load, backends."""
 
-import json
 import os
 import subprocess
 import sys

@@ -20,7 +20,7 @@ from clusterloss.losses import (
     ExplicitTripletLoss,
     MultiSimilarityLoss,
     NTXentLoss,
-    ProxyAnchorHead,
+
     ProxyAnchorLoss,
     SupConLoss,
     TripletMarginLoss,
@@ -37,6 +37,7 @@ from clusterloss.miners import (
     PairMarginMiner,
     TripletMarginMiner,
 )
+from clusterloss.layers import ProxyAnchorHead
 from clusterloss.models import ClusterModel
 
 RAW = Distance("euclidean", normalize=False)

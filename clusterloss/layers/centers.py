@@ -148,8 +148,8 @@ class CenterLoss(keras.layers.Layer):
         delta = (counts[:, None] * centers - sums) / (1.0 + counts[:, None])
         return centers - self.alpha * delta
 
-    def compute_output_shape(self, embedding_shape, labels_shape=None):
-        return (embedding_shape[0],)
+    def compute_output_shape(self, embeddings_shape, labels_shape=None):
+        return (embeddings_shape[0],)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -115,8 +115,8 @@ class CosineHead(keras.layers.Layer):
         values = ops.where(is_target, margin_cos[:, None], cos)
         return self.scale_logits(values, norms[:, None])
 
-    def compute_output_shape(self, embedding_shape, labels_shape=None):
-        return (embedding_shape[0], self.num_classes)
+    def compute_output_shape(self, embeddings_shape, labels_shape=None):
+        return (embeddings_shape[0], self.num_classes)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -346,3 +346,48 @@ class SphereFace(CosineHead):
             "power": self.power,
             "lambda_min": self.lambda_min,
         }
+
+
+@register
+class ProxyAnchorHead(CosineHead):
+    """One trainable proxy per class for `ProxyAnchorLoss` (Kim et al., "Proxy Anchor Loss for
+    Deep Metric Learning", CVPR 2020): `call(embeddings)` returns the cosine similarities
+    `(batch, num_classes)` between the embeddings and the proxies, with no scale and no margin
+    (the loss applies its own `alpha` and `margin`), so it needs no labels.
+
+    The proxies are the columns of `kernel` `(dim, num_classes)`, as in every `CosineHead`.
+    A `keras.losses.Loss` cannot own them on every backend (see DESIGN-NOTES), hence a layer:
+
+        model = ClusterModel(backbone, head=ProxyAnchorHead(num_classes, name="proxies"))
+        model.compile(keras.optimizers.AdamW(1e-4), loss=ProxyAnchorLoss())
+
+    The paper trains the proxies with a 100x larger learning rate: give them their own
+    optimizer with `keras.optimizers.MultiOptimizer` keyed on `".*proxies/kernel"`. The
+    similarities are also class scores (argmax = nearest proxy), so `metrics=["accuracy"]`
+    works.
+
+    Args:
+        num_classes: number of classes (proxies).
+        proxy_initializer: initializer of the proxies (their scale does not matter: they are
+            normalised). Default `"he_normal"`, close to PML's Kaiming normal.
+    """
+
+    uses_labels = False
+
+    def __init__(self, num_classes: int, proxy_initializer: Any = "he_normal", **kwargs: Any):
+        super().__init__(num_classes, scale=1.0, kernel_initializer=proxy_initializer, **kwargs)
+
+    @property
+    def proxies(self):
+        """The proxies, `(num_classes, dim)`."""
+        return ops.transpose(self.kernel)
+
+    def call(self, embeddings, labels=None, training: bool = False):
+        check_embeddings(embeddings)
+        return self.cosine(embeddings)[0]
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        del config["scale"]
+        config["proxy_initializer"] = config.pop("kernel_initializer")
+        return config

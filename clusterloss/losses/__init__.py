@@ -17,7 +17,7 @@ __all__ = [
 from clusterloss.losses.contrastive import ContrastiveLoss, contrastive_loss
 from clusterloss.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
 from clusterloss.losses.ntxent import NTXentLoss, SupConLoss, ntxent_loss, supcon_loss
-from clusterloss.losses.proxy_anchor import ProxyAnchorHead, ProxyAnchorLoss, proxy_anchor_loss
+from clusterloss.losses.proxy_anchor import ProxyAnchorLoss, proxy_anchor_loss
 from clusterloss.losses.triplet import (
     ExplicitTripletLoss,
     TripletMarginLoss,
@@ -30,7 +30,6 @@ __all__ += [
     "ExplicitTripletLoss",
     "MultiSimilarityLoss",
     "NTXentLoss",
-    "ProxyAnchorHead",
     "ProxyAnchorLoss",
     "SupConLoss",
     "TripletMarginLoss",
