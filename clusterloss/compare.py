@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from clusterloss.evaluation.run_eval import evaluate_run
 from clusterloss.recipes import RECIPES
 from clusterloss.report.plots import _pyplot, plot_features
 from clusterloss.runs import TrainConfig, load_embeddings, train
@@ -80,7 +81,8 @@ def run_comparison(
     `comparison.png` and `features.png` (a panel per setting, first seed); return the rows.
 
     With `reuse`, a run whose `metrics.json` exists is read instead of trained again (to
-    resume, or to re-tabulate after `clusterloss evaluate`)."""
+    resume, or to re-tabulate); one trained with `--no-evaluate` is evaluated then, unless
+    `base.evaluate` is off."""
     out = Path(out)
     results: dict[str, list[dict[str, Any]]] = {}
     for setting in settings:
@@ -91,7 +93,10 @@ def run_comparison(
             config.out = str(out / "runs" / f"{setting.slug}-s{seed}")
             done = Path(config.out, "metrics.json")
             if reuse and done.is_file():
-                results.setdefault(setting.label, []).append(json.loads(done.read_text()))
+                metrics = json.loads(done.read_text())
+                if base.evaluate and "precision_at_1" not in metrics:
+                    metrics = evaluate_run(config.out, verbose=base.verbose)
+                results.setdefault(setting.label, []).append(metrics)
                 continue
             print(f"[compare] {setting.label}, seed {seed} -> {config.out}", flush=True)
             results.setdefault(setting.label, []).append(train(config))
