@@ -53,6 +53,16 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.out or f"runs/{self.dataset}-{self.loss}-s{self.seed}")
 
+    def load_data(self) -> Dataset:
+        """The data set and split of this run (the same every time for the same config)."""
+        return load_dataset(
+            self.dataset,
+            seed=self.seed,
+            known_classes=self.known_classes,
+            train_limit=self.train_limit,
+            test_limit=self.test_limit,
+        )
+
 
 def _optimizer(config: TrainConfig, model: ClusterModel) -> keras.optimizers.Optimizer:
     adam = keras.optimizers.Adam(config.learning_rate)  # resolved by train()
@@ -110,13 +120,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     keras.utils.set_random_seed(config.seed)
     if config.learning_rate is None:
         config.learning_rate = LEARNING_RATES[config.dataset]
-    data = load_dataset(
-        config.dataset,
-        seed=config.seed,
-        known_classes=config.known_classes,
-        train_limit=config.train_limit,
-        test_limit=config.test_limit,
-    )
+    data = config.load_data()
     backbone = make_backbone(data.input_shape, config.embedding_dim, config.backbone)
     model, loss, recipe = build_model(config.loss, backbone, data.num_classes, config.options)
     model.compile(
@@ -185,11 +189,5 @@ def load_run(run_dir: str | Path) -> tuple[ClusterModel, Dataset, dict[str, Any]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     config = TrainConfig(**metrics["config"])
     model = keras.saving.load_model(run_dir / "model.keras")
-    data = load_dataset(
-        config.dataset,
-        seed=config.seed,
-        known_classes=config.known_classes,
-        train_limit=config.train_limit,
-        test_limit=config.test_limit,
-    )
+    data = config.load_data()
     return model, data, metrics
