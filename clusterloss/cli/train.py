@@ -98,7 +98,10 @@ def add_parser(subparsers) -> None:
         "(retrieval, verification, open set: metrics.json, roc.png, neighbors.png, "
         "report.html) unless --no-evaluate.",
     )
-    parser.add_argument("--loss", default="center", choices=sorted(RECIPES))
+    parser.add_argument(
+        "--loss", default="center", choices=sorted(RECIPES), metavar="LOSS",
+        help="; ".join(f"{name}: {RECIPES[name].description}" for name in sorted(RECIPES)),
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="run directory (default runs/DATASET-LOSS-sSEED)")
     add_training_arguments(parser)
