@@ -218,3 +218,109 @@ def test_progress_bar_when_verbose(capsys, backend):
     assert "300/300" in out and "50/50" in out
     index.search(x[:50], 3, batch_size=8, verbose=False)
     assert capsys.readouterr().out == ""
+
+
+# ----------------------------------------------------------------------------- padding, damage
+
+
+def _vote_reference(idx, labels, classes):
+    """Majority vote over the neighbours that were found (position >= 0), ties to the
+    smallest class: a plain loop."""
+    out = []
+    for row in idx:
+        counts = {}
+        for j in row:
+            if j >= 0:
+                counts[labels[j]] = counts.get(labels[j], 0) + 1
+        best = max(counts.values())
+        out.append(min(c for c, n in counts.items() if n == best))
+    return np.array(out)
+
+
+def test_knn_ignores_padding_of_a_short_result(monkeypatch):
+    """An approximate index pads missing neighbours with position -1: `labels[-1]` (the last
+    item's class) must not vote."""
+    x = np.eye(4, dtype="float32")
+    y = np.array([0, 0, 1, 2])  # the last item is the only one of class 2
+    clf = KNNClassifier(k=3, metric="cosine").fit(x, y)
+    idx = np.array([[0, -1, -1], [2, 0, -1], [1, 0, 2]])
+    scores = np.where(idx >= 0, 0.9, -np.inf).astype("float32")
+    monkeypatch.setattr(clf.index_, "search", lambda *a, **k: (scores, idx))
+    np.testing.assert_array_equal(clf.predict(x[:3]), _vote_reference(idx, y, 3))
+    np.testing.assert_allclose(clf.predict_proba(x[:3]), [[1, 0, 0], [0.5, 0.5, 0], [2 / 3, 1 / 3, 0]])
+
+
+def test_knn_query_with_no_neighbour_found_is_an_error(monkeypatch):
+    x = np.eye(3, dtype="float32")
+    clf = KNNClassifier(k=2, metric="cosine").fit(x, [0, 1, 2])
+    idx = np.array([[1, 0], [-1, -1]])
+    monkeypatch.setattr(clf.index_, "search", lambda *a, **k: (np.zeros((2, 2), "float32"), idx))
+    with pytest.raises(ValueError, match="found no neighbour for 1 of 2 queries.*nprobe"):
+        clf.predict(x[:2])
+
+
+@needs_faiss
+def test_knn_on_ivf_with_one_probe_votes_only_found_neighbours():
+    rng = np.random.default_rng(7)
+    x, y = _clustered(rng, 2000, dim=8, classes=10, spread=0.6)
+    q, _ = _clustered(rng, 300, dim=8, classes=10, spread=0.6)
+    clf = KNNClassifier(k=60, metric="cosine", kind="ivf", nlist=40, nprobe=1).fit(x, y)
+    _, idx = clf.kneighbors(q)
+    assert (idx < 0).any(), "the test needs short result lists"
+    keep = (idx >= 0).any(axis=1)
+    classes = clf.classes_
+    encoded = np.searchsorted(classes, y)
+    expected = classes[_vote_reference(idx[keep], encoded, len(classes))]
+    np.testing.assert_array_equal(clf.predict(q[keep]), expected)
+
+
+def _write_npz(path, **arrays):
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("random_bytes", "is not a clusterloss Index file"),
+        ("truncated", "is not a clusterloss Index file"),
+        ("pickled", "is not a clusterloss Index file"),
+        ("no_config", r"no config"),
+        ("label_count", r"inconsistent: labels of shape \(3,\)"),
+        ("vector_dim", r"inconsistent: vectors of shape"),
+        pytest.param("faiss_blob", "damaged clusterloss Index file", marks=needs_faiss),
+    ],
+)
+def test_loading_a_damaged_index_file_names_the_file(tmp_path, damage, message):
+    good = tmp_path / "good.index"
+    index = Index(4, backend="numpy")
+    index.add(np.eye(4, dtype="float32") + 0.1, labels=[0, 1, 2, 3])
+    index.save(good)
+    bad = tmp_path / "bad.index"
+    with np.load(good) as saved:
+        arrays = dict(saved)
+    if damage == "random_bytes":
+        bad.write_bytes(np.random.default_rng(0).bytes(300))
+    elif damage == "truncated":
+        bad.write_bytes(good.read_bytes()[:200])
+    elif damage == "pickled":
+        arrays["labels"] = np.array([{"a": 1}] * 4, dtype=object)
+        with open(bad, "wb") as handle:
+            np.savez(handle, **arrays)
+    elif damage == "no_config":
+        _write_npz(bad, vectors=arrays["vectors"])
+    elif damage == "label_count":
+        _write_npz(bad, **{**arrays, "labels": arrays["labels"][:3]})
+    elif damage == "vector_dim":
+        _write_npz(bad, **{**arrays, "vectors": arrays["vectors"][:, :3]})
+    else:
+        hnsw = Index(4, kind="hnsw")
+        hnsw.add(np.eye(4, dtype="float32"))
+        hnsw.save(good)
+        with np.load(good) as saved:
+            arrays = dict(saved)
+        arrays["faiss_index"] = arrays["faiss_index"][:40]
+        _write_npz(bad, **arrays)
+    with pytest.raises(ValueError, match=message) as info:
+        Index.load(bad)
+    assert "bad.index" in str(info.value)

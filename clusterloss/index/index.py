@@ -541,17 +541,41 @@ class Index:
     @classmethod
     def load(cls, path, backend: str = "auto", verbose: bool = False) -> "Index":
         """Load an index written by `save`. An exact index loads on either backend; an
-        approximate one needs FAISS."""
-        with open(os.fspath(path), "rb") as handle:
-            data = np.load(io.BytesIO(handle.read()), allow_pickle=False)
-        if "config" not in data.files:
-            raise ValueError(f"{os.fspath(path)!r} is not a clusterloss Index file (no config).")
-        config = json.loads(bytes(data["config"]).decode("utf-8"))
+        approximate one needs FAISS. A file that is not a complete, consistent Index file
+        (truncated, another format, pickled objects, labels that do not match the vectors)
+        is a `ValueError` naming the file and what is wrong."""
+        name = repr(os.fspath(path))
+        try:
+            with open(os.fspath(path), "rb") as handle:
+                with np.load(io.BytesIO(handle.read()), allow_pickle=False) as saved:
+                    data = {key: saved[key] for key in saved.files}
+            config = json.loads(bytes(data["config"]).decode("utf-8")) if "config" in data else None
+        except OSError:
+            raise
+        except Exception as error:  # BadZipFile, a pickle, a truncated file, bad JSON
+            raise ValueError(
+                f"{name} is not a clusterloss Index file (an .npz written by Index.save): "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        if not isinstance(config, dict):
+            raise ValueError(f"{name} is not a clusterloss Index file (no config).")
         if config.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(
-                f"{os.fspath(path)!r} was written by a newer clusterloss (format "
+                f"{name} was written by a newer clusterloss (format "
                 f"{config['format_version']} > {FORMAT_VERSION})."
             )
+        try:
+            return cls._from_saved(data, config, name, backend, verbose)
+        except (ImportError, ValueError):
+            raise
+        except Exception as error:  # a damaged array or FAISS blob, a missing config key
+            raise ValueError(
+                f"{name} is a damaged clusterloss Index file: {type(error).__name__}: {error}"
+            ) from error
+
+    @classmethod
+    def _from_saved(cls, data: dict[str, np.ndarray], config: dict[str, Any], name: str, backend: str,
+                    verbose: bool) -> "Index":
         kind = config["kind"]
         index = cls(
             config["dim"],
@@ -566,27 +590,50 @@ class Index:
             batch_size=config["batch_size"],
             verbose=verbose,
         )
-        if "faiss_index" in data.files:
+        if "faiss_index" in data:
             if index.backend != "faiss":
                 raise ImportError(
-                    f"{os.fspath(path)!r} holds an approximate FAISS index (kind={kind!r}); "
+                    f"{name} holds an approximate FAISS index (kind={kind!r}); "
                     "loading it needs FAISS: pip install 'clusterloss[faiss]'."
                 )
-            index._faiss_index = index._faiss.deserialize_index(data["faiss_index"])
+            blob = data["faiss_index"]
+            if blob.dtype != np.uint8 or blob.ndim != 1:
+                raise ValueError(f"{name} is a damaged clusterloss Index file: bad FAISS blob.")
+            index._faiss_index = index._faiss.deserialize_index(blob)
+            if index._faiss_index.d != index.dim:
+                raise ValueError(
+                    f"{name} is inconsistent: the FAISS index has dimension "
+                    f"{index._faiss_index.d}, config says {index.dim}."
+                )
             index._n = int(index._faiss_index.ntotal)
-        elif "vectors" in data.files:
-            vectors = np.ascontiguousarray(data["vectors"], dtype=np.float32)
+        elif "vectors" in data:
+            vectors = data["vectors"]
+            if vectors.ndim != 2 or vectors.shape[1] != index.dim or vectors.dtype.kind != "f":
+                raise ValueError(
+                    f"{name} is inconsistent: vectors of shape {vectors.shape} and dtype "
+                    f"{vectors.dtype}, config says dim {index.dim}."
+                )
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
             if index.backend == "faiss" and kind == "ivf":
                 index.train(vectors)  # an IVF index saved before FAISS was available
             index._add_prepared(vectors, prepared=True)
-        index._has_labels = bool(config["has_labels"])
-        index._has_ids = bool(config["has_ids"])
-        if index._has_labels:
-            index._label_parts = [data["labels"].astype(np.int64)]
-        if index._has_ids:
-            index._id_parts = [data["ids"].astype(np.int64)]
         if index._n != config["ntotal"]:
             raise ValueError(
-                f"{os.fspath(path)!r} is inconsistent: {index._n} vectors, config says {config['ntotal']}."
+                f"{name} is inconsistent: {index._n} vectors, config says {config['ntotal']}."
             )
+        index._has_labels = bool(config["has_labels"])
+        index._has_ids = bool(config["has_ids"])
+        for flag, key, attr in ((index._has_labels, "labels", "_label_parts"),
+                                (index._has_ids, "ids", "_id_parts")):
+            if not flag:
+                continue
+            if key not in data:
+                raise ValueError(f"{name} is inconsistent: config lists {key}, the file has none.")
+            values = data[key]
+            if values.shape != (index._n,) or values.dtype.kind not in "iu":
+                raise ValueError(
+                    f"{name} is inconsistent: {key} of shape {values.shape} and dtype "
+                    f"{values.dtype} for {index._n} vectors."
+                )
+            setattr(index, attr, [values.astype(np.int64)])
         return index

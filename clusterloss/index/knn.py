@@ -68,15 +68,29 @@ class KNNClassifier:
         return distances, idx
 
     def predict_proba(self, X) -> np.ndarray:
-        """Per-class vote shares, columns in the order of `classes_`."""
+        """Per-class vote shares, columns in the order of `classes_`.
+
+        Only neighbours that were found vote: an approximate index (`kind="hnsw"`/`"ivf"`)
+        may return fewer than `k` (the rest is padding, position -1), and then the query is
+        classified by those it found. A query for which nothing was found is an error (raise
+        `nprobe` / `ef_search`), never a guess.
+        """
         distances, idx = self.kneighbors(X)
         n, k = idx.shape
-        neighbour_classes = self.index_.labels[idx]
+        found = idx >= 0
+        empty = np.flatnonzero(~found.any(axis=1))
+        if len(empty):
+            raise ValueError(
+                f"the index found no neighbour for {len(empty)} of {n} queries (first: row "
+                f"{int(empty[0])}); an approximate index missed them: raise `nprobe` (ivf) or "
+                "`ef_search` (hnsw), or use kind='flat'."
+            )
+        neighbour_classes = np.where(found, self.index_.labels[np.where(found, idx, 0)], 0)
         if self.weights == "uniform":
-            weights = np.ones((n, k), np.float64)
+            weights = found.astype(np.float64)
         else:
             with np.errstate(divide="ignore"):
-                weights = 1.0 / distances.astype(np.float64)
+                weights = np.where(found, 1.0 / distances.astype(np.float64), 0.0)
             exact = np.isinf(weights)
             rows = exact.any(axis=1)
             weights[rows] = exact[rows]
