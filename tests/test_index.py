@@ -192,6 +192,8 @@ def test_knn_classifier_exact_duplicate_takes_all_weight():
         (lambda: Index(4).add(np.zeros(4)), "shape"),
         (lambda: Index(4).add(np.zeros((3, 4)), labels=[0, 1]), "same length"),
         (lambda: Index(4).search(np.zeros((1, 4)), 1), "empty"),
+        (lambda: Index(4).add(np.full((3, 4), np.nan)), "`embeddings` must be finite"),
+        (lambda: Index(4).add(np.eye(4)).search(np.full((1, 4), np.inf), 1), "`queries` must be finite"),
         (lambda: Index(4).add(np.zeros((3, 4))).search(np.zeros((1, 4)), 0), "`k`"),
         (lambda: Index(4).add(np.zeros((3, 4)), [0, 1, 2]).add(np.zeros((1, 4))), "every `add`"),
         (lambda: KNNClassifier(k=0), "`k`"),
