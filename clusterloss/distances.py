@@ -18,22 +18,38 @@ here is the raw dot product, PML's `DotProductSimilarity(normalize_embeddings=Fa
 "how much closer y is than x" (`x - y` for a distance, `y - x` for a similarity), which lets one
 loss formula serve both kinds.
 
-Numerics: pairwise Euclidean distances come from one matrix product,
-`max(|a|^2 + |b|^2 - 2 a.b, 0)`, and the square root is masked, `sqrt(where(d > 0, d, 1)) *
-(d > 0)`, so that the zero self-distance and duplicate embeddings give finite (zero) gradients;
-`keras.ops.cdist` gives NaN there. float16/bfloat16 inputs are computed in float32. The L2
-normalisation divides by `max(||x||, 1e-12)`, like `torch.nn.functional.normalize`, so a zero
-embedding gives zeros, not NaN.
+Numerics and precision (float32; float64 inputs are computed in float64 where the backend has
+it: not on JAX, whose default x64-off mode makes every float64 array float32):
+
+- Euclidean kinds, small inputs (`n * m * dim <= DIRECT_MAX_ELEMENTS`, e.g. 64 x 64 x 256):
+  direct differences, `sum((a - b)^2)`: relative error ~1e-7 even for near points, as a
+  float32 loop would give.
+- Euclidean kinds, larger inputs: one matrix product on embeddings centred on the batch mean,
+  `|u|^2 + |v|^2 - 2 u.v` with `u = a - c`, `v = b - c` (exact in exact arithmetic for any
+  `c`; `c` is held constant for the gradient). Absolute error of the squared distance
+  ~`1e-7 * max |a - c|^2` (about 1e-7 for unit vectors spread over the sphere, less for a
+  batch that clusters), so a distance `d` is off by ~`1e-7 / d`: ~1e-5 at `d = 0.01`. This is
+  the precision of `torch.cdist`, which PML uses, for more than 25 rows.
+- Within one batch (`y is None`) the self-distance and duplicate embeddings are exactly 0.
+  The square root is masked (`safe_sqrt`), so zero distances give zero gradients; `keras.ops.cdist`
+  gives NaN there.
+- cosine and dot: one matrix product; absolute error ~`1e-7 * |a| |b|` (near 1 the float32
+  spacing of cosines is already 6e-8).
+- NaN or inf inputs, and overflow (e.g. raw squared distances of embeddings at 1e20), give
+  NaN/inf entries, never a silent 0; the losses turn any non-finite entry into a NaN loss.
+- float16/bfloat16 inputs are computed in float32. The L2 normalisation divides by
+  `max(||x||, 1e-12)`-style guarded norms, so a zero embedding gives zeros, not NaN.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import keras
 from keras import ops
 
 from clusterloss._registry import register
-from clusterloss._validation import check_choice, check_embeddings, upcast
+from clusterloss._validation import check_choice, check_embeddings, compute_dtype, upcast
 
 DISTANCES = ("euclidean", "squared_euclidean", "cosine", "dot")
 _SIMILARITIES = ("cosine", "dot")
@@ -61,26 +77,55 @@ def l2_normalize(x, axis: int = -1, return_norm: bool = False):
 
 
 def safe_sqrt(d):
-    """`sqrt(d)` for `d >= 0` whose gradient at `d = 0` is 0 instead of inf/NaN."""
+    """`sqrt(d)` for `d >= 0` whose gradient at `d = 0` is 0 instead of inf/NaN; NaN stays NaN."""
     positive = d > 0
-    return ops.sqrt(ops.where(positive, d, ops.ones_like(d))) * ops.cast(positive, d.dtype)
+    return ops.where(positive, ops.sqrt(ops.where(positive, d, ops.ones_like(d))), d * 0)
+
+
+# Direct differences up to this many elements (n * m * dim): 4 MiB in float32.
+DIRECT_MAX_ELEMENTS = 2**20
+
+
+def matmul_t(x, y):
+    """`x @ y.T`, in float64 for float64 inputs (torch's `keras.ops.matmul` computes float64
+    in float32; `einsum` does not)."""
+    if keras.backend.standardize_dtype(x.dtype) == "float64":
+        return ops.einsum("id,jd->ij", x, y)
+    return ops.matmul(x, ops.transpose(y))
+
+
+def _clamp_at_zero(d):
+    """`max(d, 0)` that keeps NaN (`ops.maximum(nan, 0)` is 0 on some backends)."""
+    return ops.where(d < 0, ops.zeros_like(d), d)
+
+
+def _is_small(x, y) -> bool:
+    n, m, dim = x.shape[0], y.shape[0], x.shape[-1]
+    return all(isinstance(v, int) for v in (n, m, dim)) and n * m * dim <= DIRECT_MAX_ELEMENTS
 
 
 def pairwise_squared_euclidean(x, y=None):
-    """`(n, m)` matrix of `||x_i - y_j||^2` by one matrix product, clamped at 0.
+    """`(n, m)` matrix of `||x_i - y_j||^2`; see the module docstring for the precision.
 
-    Within one batch (`y is None`) the squared norms are the diagonal of the same Gram
-    matrix, so that two identical embeddings get a distance of exactly 0 (not the ~1e-7
-    rounding of `|a|^2 + |b|^2 - 2ab` computed by different reductions)."""
-    x = upcast(x)
+    Direct differences for small inputs, else one matrix product on centred embeddings.
+    Within one batch (`y is None`) the squared norms are the diagonal of the same Gram matrix,
+    so two identical embeddings are at exactly 0."""
+    dtype = compute_dtype(x, y)
+    x = upcast(x, dtype)
+    y_ = x if y is None else upcast(y, dtype)
+    if _is_small(x, y_):
+        return ops.sum(ops.square(x[:, None, :] - y_[None, :, :]), axis=-1)
     if y is None:
-        gram = ops.matmul(x, ops.transpose(x))
-        sq = ops.diagonal(gram)
-        return ops.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
-    y = upcast(y)
-    xx = ops.sum(ops.square(x), axis=-1)[:, None]
-    yy = ops.sum(ops.square(y), axis=-1)[None, :]
-    return ops.maximum(xx + yy - 2.0 * ops.matmul(x, ops.transpose(y)), 0.0)
+        u = x - ops.stop_gradient(ops.mean(x, axis=0, keepdims=True))
+        gram = matmul_t(u, u)
+        uu = vv = ops.diagonal(gram)
+    else:
+        center = ops.stop_gradient(
+            0.5 * (ops.mean(x, axis=0, keepdims=True) + ops.mean(y_, axis=0, keepdims=True)))
+        u, v = x - center, y_ - center
+        gram = matmul_t(u, v)
+        uu, vv = ops.sum(ops.square(u), axis=-1), ops.sum(ops.square(v), axis=-1)
+    return _clamp_at_zero(uu[:, None] + vv[None, :] - 2.0 * gram)
 
 
 @register
@@ -111,23 +156,29 @@ class Distance:
         """True for similarities (cosine, dot), False for distances."""
         return self.name in _SIMILARITIES
 
-    def _prepare(self, x):
-        x = upcast(x)
+    def _prepare(self, x, dtype: str):
+        x = upcast(x, dtype)
         return l2_normalize(x) if self.normalize else x
 
     def pairwise(self, x, y=None):
-        """`(n, m)` matrix between the rows of `x` `(n, dim)` and `y` `(m, dim)` (default `x`)."""
+        """`(n, m)` matrix between the rows of `x` `(n, dim)` and `y` `(m, dim)` (default `x`),
+        in float64 if either is float64, else float32."""
         check_embeddings(x, "embeddings")
-        x = self._prepare(x)
-        y_ = None if y is None else self._prepare(check_embeddings(y, "ref_embeddings"))
+        x = ops.convert_to_tensor(x)
+        y = None if y is None else ops.convert_to_tensor(check_embeddings(y, "ref_embeddings"))
+        dtype = compute_dtype(x, y)
+        x = self._prepare(x, dtype)
+        y_ = None if y is None else self._prepare(y, dtype)
         if self.larger_is_closer:
-            return ops.matmul(x, ops.transpose(x if y_ is None else y_))
+            return matmul_t(x, x if y_ is None else y_)
         squared = pairwise_squared_euclidean(x, y_)
         return squared if self.name == "squared_euclidean" else safe_sqrt(squared)
 
     def paired(self, x, y):
         """`(n,)` vector between row `i` of `x` and row `i` of `y`."""
-        x, y = self._prepare(x), self._prepare(y)
+        x, y = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
+        dtype = compute_dtype(x, y)
+        x, y = self._prepare(x, dtype), self._prepare(y, dtype)
         if self.larger_is_closer:
             return ops.sum(x * y, axis=-1)
         squared = ops.sum(ops.square(x - y), axis=-1)
@@ -178,10 +229,12 @@ def get_distance(identifier: Any = "euclidean", normalize: bool | None = None) -
 
 
 __all__ = [
+    "DIRECT_MAX_ELEMENTS",
     "DISTANCES",
     "Distance",
     "get_distance",
     "l2_normalize",
+    "matmul_t",
     "pairwise_squared_euclidean",
     "safe_sqrt",
 ]

@@ -14,6 +14,7 @@ __all__ = [
     "sparse_label_smoothing_crossentropy",
 ]
 
+from clusterloss.losses.circle import CircleLoss, circle_loss
 from clusterloss.losses.contrastive import ContrastiveLoss, contrastive_loss
 from clusterloss.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
 from clusterloss.losses.ntxent import NTXentLoss, SupConLoss, ntxent_loss, supcon_loss
@@ -26,6 +27,7 @@ from clusterloss.losses.triplet import (
 )
 
 __all__ += [
+    "CircleLoss",
     "ContrastiveLoss",
     "ExplicitTripletLoss",
     "MultiSimilarityLoss",
@@ -33,6 +35,7 @@ __all__ += [
     "ProxyAnchorLoss",
     "SupConLoss",
     "TripletMarginLoss",
+    "circle_loss",
     "contrastive_loss",
     "explicit_triplet_loss",
     "multi_similarity_loss",

@@ -1,0 +1,209 @@
+"""Triplet selections: what a triplet miner hands to a loss, in three fixed-shape forms, and the
+sorted counting that keeps the built-in ones at O(B^2 log B) memory and time.
+
+- `TripletMask`: a dense float `(batch, num_refs, num_refs)` mask `[a, p, n]` (any miner; the
+  form `miner(embeddings, labels)` returns, and the only one that costs B^3).
+- `TripletChoice`: one negative per positive pair, `(neg_index, weights)`, each
+  `(batch, num_refs)` (BatchHardMiner, BatchSemiHardMiner).
+- `TripletWindow`: every triplet whose margin `m = far[a, n] - far[a, p]` lies in a window
+  `lower < m <= upper` (TripletMarginMiner, and all triplets without a miner). The comparisons
+  are evaluated as `far[a, n] > far[a, p] + lower` and `far[a, n] <= far[a, p] + upper`
+  (the same float expressions in every path, so the dense mask, the counts and the loss agree
+  exactly).
+
+A window is never expanded: for each anchor the negatives (and the positives) are sorted, and a
+batched bisection counts, for each positive pair, the negatives inside its window, and for each
+negative pair, the positives whose window holds it. A hinge loss `[far_ap - far_an + margin]_+`
+restricted to a window is then `sum_ap count_ap (far_ap + margin) - sum_an count_an far_an`,
+with exact integer counts: the value and gradient of the sum over the B^3 triplets without
+building them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from keras import ops
+
+from clusterloss.distances import Distance
+from clusterloss.losses._pairs import _BIG, batch_share
+
+
+class TripletMask(NamedTuple):
+    """Dense float `(batch, num_refs, num_refs)` weights over triplets `[a, p, n]`."""
+
+    mask: Any
+
+    def dense(self, dtype):
+        return ops.cast(self.mask, dtype)
+
+    def pair_counts(self, dtype):
+        mask = ops.cast(self.mask, dtype)
+        return ops.sum(mask, axis=2), ops.sum(mask, axis=1)
+
+
+class TripletChoice(NamedTuple):
+    """The triplet `(a, p, neg_index[a, p])` for each `(a, p)` with `weights[a, p] > 0`."""
+
+    neg_index: Any  # int32 (batch, num_refs)
+    weights: Any  # float (batch, num_refs)
+
+    def dense(self, dtype):
+        n = ops.shape(self.weights)[1]
+        chosen = ops.equal(self.neg_index[:, :, None], ops.arange(n)[None, None, :])
+        return ops.cast(chosen, dtype) * ops.cast(self.weights, dtype)[:, :, None]
+
+    def pair_counts(self, dtype):
+        """`(weights, how often each (a, n) is chosen)`, by a segment sum (no B^3 one-hot)."""
+        weights = ops.cast(self.weights, dtype)
+        rows, cols = ops.shape(weights)[0], ops.shape(weights)[1]
+        flat = ops.arange(rows)[:, None] * cols + ops.cast(self.neg_index, "int32")
+        counts = ops.segment_sum(ops.reshape(weights, (-1,)), ops.reshape(flat, (-1,)),
+                                 num_segments=rows * cols)
+        return weights, ops.reshape(counts, ops.shape(weights))
+
+
+class TripletWindow(NamedTuple):
+    """Triplets `(a, p, n)` with `pos[a, p]`, `neg[a, n]` and
+    `far[a, p] + lower < far[a, n] <= far[a, p] + upper` (`None`: no bound).
+
+    `far` (larger = farther, no gradient) is the matrix of `distance`."""
+
+    far: Any
+    pos: Any
+    neg: Any
+    lower: float | None
+    upper: float | None
+    distance: Distance
+
+    def dense(self, dtype):
+        keep = ops.logical_and(self.pos[:, :, None], self.neg[:, None, :])
+        f_an = self.far[:, None, :]
+        if self.lower is not None:
+            keep = ops.logical_and(keep, f_an > (self.far + self.lower)[:, :, None])
+        if self.upper is not None:
+            keep = ops.logical_and(keep, f_an <= (self.far + self.upper)[:, :, None])
+        return ops.cast(keep, dtype)
+
+    def pair_counts(self, dtype):
+        return window_counts(self, dtype=dtype)
+
+
+def count_sorted(sorted_rows, queries, inclusive):
+    """For each query, how many entries of its row of `sorted_rows` (ascending) are `< query`
+    (or `<= query` where `inclusive`). `sorted_rows` `(..., n)`, `queries` `(..., q)`,
+    `inclusive` bool broadcastable to `queries`. A batched bisection: `ceil(log2(n + 1))`
+    rounds of gathers and compares, fixed shapes (a bounded while loop if `n` is unknown)."""
+    n = ops.shape(sorted_rows)[-1]
+    lo = ops.zeros(ops.shape(queries), "int32")
+    hi = lo + ops.cast(n, "int32")
+
+    def step(lo, hi):
+        active = lo < hi
+        mid = (lo + hi) // 2
+        v = ops.take_along_axis(sorted_rows, ops.minimum(mid, n - 1), axis=-1)
+        right = ops.where(inclusive, v <= queries, v < queries)
+        return (ops.where(ops.logical_and(active, right), mid + 1, lo),
+                ops.where(ops.logical_and(active, ops.logical_not(right)), mid, hi))
+
+    if isinstance(n, int):
+        for _ in range(max(n, 1).bit_length()):
+            lo, hi = step(lo, hi)
+        return lo
+
+    def body(i, lo, hi):
+        return (i + 1, *step(lo, hi))
+
+    def cond(i, lo, hi):
+        return ops.logical_and(i < 33, ops.any(lo < hi))
+
+    return ops.while_loop(cond, body, (0, lo, hi))[1]
+
+
+def window_counts(window: TripletWindow, hinge: float | None = None, per_neg: bool = True,
+                  dtype=None):
+    """Exact counts of the triplets of `window` (also with `far[a, n] < far[a, p] + hinge`, the
+    active set of a hinge with that margin): `(per_pos, per_neg)`, each `(batch, num_refs)`:
+    for each `(a, p)` the number of its negatives `n`, for each `(a, n)` the number of its
+    positives `p` (`None` unless `per_neg`). O(B R log R); no gradient."""
+    far = ops.stop_gradient(window.far)
+    dtype = dtype or far.dtype
+    big = ops.full_like(far, _BIG)
+    lower, upper = window.lower, window.upper
+    n_neg = ops.sum(ops.cast(window.neg, "int32"), axis=1, keepdims=True)
+    neg_sorted = ops.sort(ops.where(window.neg, far, big), axis=1)
+    # Each search: (sorted rows, queries, inclusive). Forward: count negatives per (a, p).
+    searches = {}
+    if upper is not None:
+        searches["up"] = (neg_sorted, far + upper, True)  # #{n: f_an <= f_ap + upper}
+    if hinge is not None:
+        searches["hinge"] = (neg_sorted, far + hinge, False)  # #{n: f_an < f_ap + hinge}
+    if lower is not None:
+        searches["low"] = (neg_sorted, far + lower, True)  # #{n: f_an <= f_ap + lower}
+    if per_neg:  # Backward: count positives per (a, n), on the sorted thresholds f_ap + c.
+        n_pos = ops.sum(ops.cast(window.pos, "int32"), axis=1, keepdims=True)
+        pos_sorted = ops.sort(ops.where(window.pos, far, big), axis=1)
+        if lower is not None:
+            searches["b_low"] = (pos_sorted + lower, far, False)  # #{p: f_ap + lower < f_an}
+        if upper is not None:
+            searches["b_up"] = (pos_sorted + upper, far, False)  # #{p: f_ap + upper < f_an}
+        if hinge is not None:
+            searches["b_hinge"] = (pos_sorted + hinge, far, True)  # #{p: f_ap + hinge <= f_an}
+    counts = {}
+    if searches:
+        names = list(searches)
+        found = count_sorted(
+            ops.stack([searches[k][0] for k in names]),
+            ops.stack([searches[k][1] for k in names]),
+            ops.convert_to_tensor([searches[k][2] for k in names])[:, None, None],
+        )
+        counts = {k: found[i] for i, k in enumerate(names)}
+
+    # The sets are prefixes (or suffixes) of one sorted order, so intersections are minima.
+    up = n_neg
+    for key in ("up", "hinge"):
+        if key in counts:
+            up = ops.minimum(up, counts[key])
+    low = ops.minimum(counts["low"], up) if "low" in counts else 0
+    zero = ops.zeros_like(up)
+    per_pos = ops.cast(ops.where(window.pos, up - low, zero), dtype)
+    if not per_neg:
+        return per_pos, None
+    first = ops.minimum(counts["b_low"], n_pos) if "b_low" in counts else n_pos
+    out = zero
+    for key in ("b_up", "b_hinge"):
+        if key in counts:
+            out = ops.maximum(out, counts[key])
+    per_neg_ = ops.cast(ops.where(window.neg, first - ops.minimum(first, out), zero), dtype)
+    return per_pos, per_neg_
+
+
+def hinge_sum(window: TripletWindow, far, margin: float, average: str):
+    """Per-anchor values whose batch mean is PML's reduction of `[far_ap - far_an + margin]_+`
+    over the triplets of `window` (`far`: the loss's matrix, with gradient, same distance as
+    the window's): `average="nonzero"` divides by the number of triplets with a positive loss,
+    `"all"` by the number of triplets in the window."""
+    per_pos, per_neg = window_counts(window, hinge=margin, dtype=far.dtype)
+    per_anchor = (ops.sum(per_pos * (far + margin), axis=1) - ops.sum(per_neg * far, axis=1))
+    if average == "nonzero":
+        count = ops.sum(per_pos)
+    else:
+        count = ops.sum(window_counts(window, per_neg=False, dtype=far.dtype)[0])
+    return batch_share(per_anchor, count)
+
+
+def choice_from_sorted(far, neg, thresholds, fallback):
+    """`TripletChoice` index: for each `(a, p)` the first negative (in ascending `far[a, n]`,
+    lower index first among ties) with `far[a, n] > thresholds[a, p]`, else `fallback[a]`."""
+    masked = ops.where(neg, far, ops.full_like(far, _BIG))
+    order = ops.argsort(masked, axis=1)
+    neg_sorted = ops.take_along_axis(masked, order, axis=1)
+    n_neg = ops.sum(ops.cast(neg, "int32"), axis=1, keepdims=True)
+    k = count_sorted(neg_sorted, thresholds, True)
+    found = k < n_neg
+    picked = ops.take_along_axis(order, ops.minimum(k, ops.shape(far)[1] - 1), axis=1)
+    return ops.where(found, picked, fallback[:, None])
+
+
+__all__ = ["TripletChoice", "TripletMask", "TripletWindow", "count_sorted", "hinge_sum",
+           "window_counts"]
