@@ -21,22 +21,25 @@ loss formula serve both kinds.
 Numerics and precision (float32; float64 inputs are computed in float64 where the backend has
 it: not on JAX, whose default x64-off mode makes every float64 array float32):
 
-- Euclidean kinds, small inputs (`n * m * dim <= DIRECT_MAX_ELEMENTS`, e.g. 64 x 64 x 256):
-  direct differences, `sum((a - b)^2)`: relative error ~1e-7 even for near points, as a
-  float32 loop would give.
+- Euclidean kinds, small inputs (`n * m * dim <= DIRECT_MAX_ELEMENTS = 2**17`, e.g. a
+  batch of 32 x 128 or 64 x 32, and PML's 16-point miner tests): direct differences,
+  `sum((a - b)^2)`, relative error ~1e-7 however near the points (a float32 loop's).
+  Identical embeddings are at exactly 0.
 - Euclidean kinds, larger inputs: one matrix product on embeddings centred on the batch mean,
-  `|u|^2 + |v|^2 - 2 u.v` with `u = a - c`, `v = b - c` (exact in exact arithmetic for any
-  `c`; `c` is held constant for the gradient). Absolute error of the squared distance
-  ~`1e-7 * max |a - c|^2` (about 1e-7 for unit vectors spread over the sphere, less for a
-  batch that clusters), so a distance `d` is off by ~`1e-7 / d`: ~1e-5 at `d = 0.01`. This is
-  the precision of `torch.cdist`, which PML uses, for more than 25 rows.
-- Within one batch (`y is None`) the self-distance and duplicate embeddings are exactly 0.
-  The square root is masked (`safe_sqrt`), so zero distances give zero gradients; `keras.ops.cdist`
-  gives NaN there.
+  `[u, |u|^2, 1] . [-2 v, 1, |v|^2]` with `u = a - c`, `v = b - c` (exact in exact arithmetic
+  for any `c`, which is held constant for the gradient). The squared distance has an absolute
+  error of ~`1e-7 * max |a - c|^2`, so a distance `d` is off by ~`1e-7 * max |a - c|^2 / d`:
+  for unit vectors spread over the sphere ~4e-5 at `d = 0.01` (measured on 512 unit vectors
+  in 128-d, 8 per cluster) and ~3e-4 for identical embeddings. This is the precision of `torch.cdist` (which PML uses) for more than 25 rows;
+  centring makes it better for batches that cluster (5e-8 for PML's 16 points within 15
+  degrees). Direct differences at every size would cost ~10x in eager PyTorch.
+- The Euclidean square root is masked: squared distances below 1e-30 give 0 with a zero
+  gradient (`keras.ops.cdist` gives NaN gradients at zero distance).
 - cosine and dot: one matrix product; absolute error ~`1e-7 * |a| |b|` (near 1 the float32
   spacing of cosines is already 6e-8).
 - NaN or inf inputs, and overflow (e.g. raw squared distances of embeddings at 1e20), give
-  NaN/inf entries, never a silent 0; the losses turn any non-finite entry into a NaN loss.
+  NaN/inf entries, never a silent 0; `pairwise_checked` flags them (from the norms, without a
+  pass over the matrix) and the losses turn the flag into a NaN loss.
 - float16/bfloat16 inputs are computed in float32. The L2 normalisation divides by
   `max(||x||, 1e-12)`-style guarded norms, so a zero embedding gives zeros, not NaN.
 """
@@ -46,6 +49,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from clusterloss._registry import register
@@ -82,8 +86,10 @@ def safe_sqrt(d):
     return ops.where(positive, ops.sqrt(ops.where(positive, d, ops.ones_like(d))), d * 0)
 
 
-# Direct differences up to this many elements (n * m * dim): 4 MiB in float32.
-DIRECT_MAX_ELEMENTS = 2**20
+# Direct differences up to this many elements (n * m * dim, 512 KiB in float32), else one
+# matrix product: direct differences cost ~n * m * dim elementwise work on the forward and the
+# backward pass, 10x a matrix product in eager PyTorch at 128 x 128 x 128.
+DIRECT_MAX_ELEMENTS = 2**17
 
 
 def matmul_t(x, y):
@@ -99,33 +105,54 @@ def _clamp_at_zero(d):
     return ops.where(d < 0, ops.zeros_like(d), d)
 
 
+_TINY = 1e-30  # squared distances below this are distance 0
+# Squared norms whose sum stays below this cannot overflow a distance or similarity matrix.
+_OVERFLOW = {"float32": float(np.finfo("float32").max) / 64,
+             "float64": float(np.finfo("float64").max) / 64}
+
+
+def _masked_sqrt(d2):
+    """`sqrt(max(d2, 0))` with zero gradients where `d2 < 1e-30` (0 there), NaN kept: as
+    `safe_sqrt(_clamp_at_zero(d2))` in fewer operations."""
+    small = d2 < _TINY
+    root = ops.sqrt(ops.where(small, ops.full_like(d2, _TINY), d2))
+    return ops.where(small, ops.zeros_like(root), root)
+
+
 def _is_small(x, y) -> bool:
     n, m, dim = x.shape[0], y.shape[0], x.shape[-1]
     return all(isinstance(v, int) for v in (n, m, dim)) and n * m * dim <= DIRECT_MAX_ELEMENTS
 
 
-def pairwise_squared_euclidean(x, y=None):
-    """`(n, m)` matrix of `||x_i - y_j||^2`; see the module docstring for the precision.
+def _gram(x, y):
+    """`||x_i - y_j||^2` by one matrix product on centred embeddings, `|u|^2 + |v|^2 - 2 u.v`
+    with `u = x - c`, `v = y - c` (`c` the mean, held constant), the norms folded into the
+    product as `[u, |u|^2, 1] . [-2 v, 1, |v|^2]` (as `torch.cdist`)."""
+    center = ops.stop_gradient(ops.mean(ops.concatenate([x, y], axis=0) if y is not x else x,
+                                        axis=0, keepdims=True))
+    u = x - center
+    v = u if y is x else y - center
+    uu = ops.sum(ops.square(u), axis=-1, keepdims=True)
+    vv = uu if y is x else ops.sum(ops.square(v), axis=-1, keepdims=True)
+    return matmul_t(ops.concatenate([u, uu, ops.ones_like(uu)], axis=-1),
+                    ops.concatenate([-2.0 * v, ops.ones_like(vv), vv], axis=-1))
 
-    Direct differences for small inputs, else one matrix product on centred embeddings.
-    Within one batch (`y is None`) the squared norms are the diagonal of the same Gram matrix,
-    so two identical embeddings are at exactly 0."""
+
+def _squared_distances(x, y):
+    """Unclamped `||x_i - y_j||^2` (`y is x` within one batch): direct differences for small
+    inputs, else one matrix product."""
+    if _is_small(x, y):
+        return ops.sum(ops.square(x[:, None, :] - y[None, :, :]), axis=-1)
+    return _gram(x, y)
+
+
+def pairwise_squared_euclidean(x, y=None):
+    """`(n, m)` matrix of `||x_i - y_j||^2` (`y` defaults to `x`): direct differences for small
+    inputs, else one matrix product on centred embeddings; see the module docstring for the
+    precision of each."""
     dtype = compute_dtype(x, y)
     x = upcast(x, dtype)
-    y_ = x if y is None else upcast(y, dtype)
-    if _is_small(x, y_):
-        return ops.sum(ops.square(x[:, None, :] - y_[None, :, :]), axis=-1)
-    if y is None:
-        u = x - ops.stop_gradient(ops.mean(x, axis=0, keepdims=True))
-        gram = matmul_t(u, u)
-        uu = vv = ops.diagonal(gram)
-    else:
-        center = ops.stop_gradient(
-            0.5 * (ops.mean(x, axis=0, keepdims=True) + ops.mean(y_, axis=0, keepdims=True)))
-        u, v = x - center, y_ - center
-        gram = matmul_t(u, v)
-        uu, vv = ops.sum(ops.square(u), axis=-1), ops.sum(ops.square(v), axis=-1)
-    return _clamp_at_zero(uu[:, None] + vv[None, :] - 2.0 * gram)
+    return _clamp_at_zero(_squared_distances(x, x if y is None else upcast(y, dtype)))
 
 
 @register
@@ -163,16 +190,28 @@ class Distance:
     def pairwise(self, x, y=None):
         """`(n, m)` matrix between the rows of `x` `(n, dim)` and `y` `(m, dim)` (default `x`),
         in float64 if either is float64, else float32."""
+        return self.pairwise_checked(x, y)[0]
+
+    def pairwise_checked(self, x, y=None):
+        """`(matrix, finite)`: the matrix of `pairwise` and a scalar bool, False when an entry
+        can be NaN or inf (NaN/inf embeddings, or norms so large that the matrix overflows).
+        The check costs O((n + m) dim), not a pass over the matrix: every entry is bounded by
+        `2 (|a|^2 + |b|^2)` of the (normalised) embeddings."""
         check_embeddings(x, "embeddings")
         x = ops.convert_to_tensor(x)
         y = None if y is None else ops.convert_to_tensor(check_embeddings(y, "ref_embeddings"))
         dtype = compute_dtype(x, y)
         x = self._prepare(x, dtype)
-        y_ = None if y is None else self._prepare(y, dtype)
+        y_ = x if y is None else self._prepare(y, dtype)
+        xx = ops.sum(ops.square(x), axis=-1)
+        yy = xx if y is None else ops.sum(ops.square(y_), axis=-1)
+        finite = (ops.max(xx) + ops.max(yy)) < _OVERFLOW[dtype]
         if self.larger_is_closer:
-            return matmul_t(x, x if y_ is None else y_)
-        squared = pairwise_squared_euclidean(x, y_)
-        return squared if self.name == "squared_euclidean" else safe_sqrt(squared)
+            return matmul_t(x, y_), finite
+        squared = _squared_distances(x, y_)
+        if self.name == "squared_euclidean":
+            return _clamp_at_zero(squared), finite
+        return _masked_sqrt(squared), finite
 
     def paired(self, x, y):
         """`(n,)` vector between row `i` of `x` and row `i` of `y`."""

@@ -136,28 +136,34 @@ class Pairs:
         self.ref_labels = ref_labels if self.has_refs else labels
         self.ref_embeddings = ref_embeddings
         self.pos, self.neg = label_masks(labels, ref_labels if self.has_refs else None, ref_mask)
-        self._matrices: dict[tuple, Any] = {}
+        self._matrices: dict[tuple, tuple] = {}  # key -> (matrix, finite flag)
+
+    def _get(self, key: tuple, distance: Distance, x, y):
+        if key not in self._matrices:
+            self._matrices[key] = distance.pairwise_checked(x, y)
+        return self._matrices[key][0]
 
     def matrix(self, distance: Distance):
         """`(batch, num_refs)` distances or similarities between queries and references
         (computed once per distance)."""
         key = ("queries", distance.name, distance.normalize)
-        if key not in self._matrices:
-            self._matrices[key] = distance.pairwise(self.embeddings, self.ref_embeddings)
-        return self._matrices[key]
+        return self._get(key, distance, self.embeddings, self.ref_embeddings)
 
     def ref_matrix(self, distance: Distance):
         """`(num_refs, num_refs)` matrix between references (the batch's own without them)."""
         if not self.has_refs:
             return self.matrix(distance)
         key = ("refs", distance.name, distance.normalize)
-        if key not in self._matrices:
-            self._matrices[key] = distance.pairwise(self.ref_embeddings)
-        return self._matrices[key]
+        return self._get(key, distance, self.ref_embeddings, None)
 
     def guard(self, values):
-        """`values`, or NaN everywhere if any matrix of this batch is not finite."""
-        return nan_unless_finite(values, *self._matrices.values())
+        """`values`, or NaN everywhere if any matrix of this batch may hold NaN or inf."""
+        ok = None
+        for _, finite in self._matrices.values():
+            ok = finite if ok is None else ops.logical_and(ok, finite)
+        if ok is None:
+            return values
+        return ops.where(ok, values, float("nan"))
 
 
 def pair_batch(y_true, y_pred, ref_embeddings=None, ref_labels=None, ref_mask=None,
