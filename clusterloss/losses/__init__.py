@@ -16,6 +16,7 @@ __all__ = [
 
 from clusterloss.losses.circle import CircleLoss, circle_loss
 from clusterloss.losses.contrastive import ContrastiveLoss, contrastive_loss
+from clusterloss.losses.cross_batch_memory import CrossBatchMemory
 from clusterloss.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
 from clusterloss.losses.ntxent import NTXentLoss, SupConLoss, ntxent_loss, supcon_loss
 from clusterloss.losses.proxy_anchor import ProxyAnchorLoss, proxy_anchor_loss
@@ -29,6 +30,7 @@ from clusterloss.losses.triplet import (
 __all__ += [
     "CircleLoss",
     "ContrastiveLoss",
+    "CrossBatchMemory",
     "ExplicitTripletLoss",
     "MultiSimilarityLoss",
     "NTXentLoss",
