@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 
 from keras import ops
 
+from clusterloss._backend import native_row_searchsorted
+from clusterloss._validation import label_dtype
 from clusterloss.distances import Distance
 from clusterloss.losses._pairs import _BIG, batch_share
 
@@ -89,30 +91,47 @@ class TripletWindow(NamedTuple):
         return window_counts(self, dtype=dtype)
 
 
-def count_sorted(sorted_rows, queries, inclusive):
+def count_sorted(sorted_rows, queries, inclusive: bool):
     """For each query, how many entries of its row of `sorted_rows` (ascending) are `< query`
-    (or `<= query` where `inclusive`). `sorted_rows` `(..., n)`, `queries` `(..., q)`,
-    `inclusive` bool broadcastable to `queries`. A batched bisection: `ceil(log2(n + 1))`
-    rounds of gathers and compares, fixed shapes (a bounded while loop if `n` is unknown)."""
+    (or `<= query` with `inclusive`), as int32. `sorted_rows` `(..., n)`, `queries` `(..., q)`, same
+    leading shape. A batched binary search by fixed steps 2**(k-1), ..., 1 over the rows padded
+    with +inf to 2**k > n entries: `k = ceil(log2(n + 1))` rounds of one gather and one compare,
+    fixed shapes (a bounded while loop if `n` is unknown at trace time). On PyTorch, its native
+    batched `searchsorted` instead (the same counts)."""
+    native = native_row_searchsorted(sorted_rows, queries, right=inclusive)
+    if native is not None:
+        return ops.cast(native, "int32")
     n = ops.shape(sorted_rows)[-1]
-    lo = ops.zeros(ops.shape(queries), "int32")
-    hi = lo + ops.cast(n, "int32")
+    index_dtype = label_dtype()  # int64 where the backend has it
+    if not isinstance(n, int):
+        return ops.cast(_count_sorted_dynamic(sorted_rows, queries, inclusive, index_dtype),
+                        "int32")
+    steps = max(n, 1).bit_length()
+    pad_shape = (*ops.shape(sorted_rows)[:-1], 2**steps - n)
+    padded = ops.concatenate([sorted_rows, ops.full(pad_shape, float("inf"), sorted_rows.dtype)],
+                             axis=-1)
+    pos = ops.zeros(ops.shape(queries), index_dtype)
+    for k in reversed(range(steps)):
+        value = ops.take_along_axis(padded, pos + (2**k - 1), axis=-1)
+        hit = value <= queries if inclusive else value < queries
+        pos = ops.where(hit, pos + 2**k, pos)
+    return ops.cast(pos, "int32")
 
-    def step(lo, hi):
-        active = lo < hi
-        mid = (lo + hi) // 2
-        v = ops.take_along_axis(sorted_rows, ops.minimum(mid, n - 1), axis=-1)
-        right = ops.where(inclusive, v <= queries, v < queries)
-        return (ops.where(ops.logical_and(active, right), mid + 1, lo),
-                ops.where(ops.logical_and(active, ops.logical_not(right)), mid, hi))
 
-    if isinstance(n, int):
-        for _ in range(max(n, 1).bit_length()):
-            lo, hi = step(lo, hi)
-        return lo
+def _count_sorted_dynamic(sorted_rows, queries, inclusive: bool, index_dtype: str):
+    """`count_sorted` for a row length known only at run time (TensorFlow graphs): bisection in
+    a while loop, at most 33 rounds."""
+    n = ops.cast(ops.shape(sorted_rows)[-1], index_dtype)
+    lo = ops.zeros(ops.shape(queries), index_dtype)
+    hi = lo + n
 
     def body(i, lo, hi):
-        return (i + 1, *step(lo, hi))
+        mid = (lo + hi) // 2
+        value = ops.take_along_axis(sorted_rows, ops.minimum(mid, n - 1), axis=-1)
+        hit = value <= queries if inclusive else value < queries
+        active = lo < hi
+        return (i + 1, ops.where(ops.logical_and(active, hit), mid + 1, lo),
+                ops.where(ops.logical_and(active, ops.logical_not(hit)), mid, hi))
 
     def cond(i, lo, hi):
         return ops.logical_and(i < 33, ops.any(lo < hi))
@@ -150,14 +169,12 @@ def window_counts(window: TripletWindow, hinge: float | None = None, per_neg: bo
         if hinge is not None:
             searches["b_hinge"] = (pos_sorted + hinge, far, True)  # #{p: f_ap + hinge <= f_an}
     counts = {}
-    if searches:
-        names = list(searches)
-        found = count_sorted(
-            ops.stack([searches[k][0] for k in names]),
-            ops.stack([searches[k][1] for k in names]),
-            ops.convert_to_tensor([searches[k][2] for k in names])[:, None, None],
-        )
-        counts = {k: found[i] for i, k in enumerate(names)}
+    for inclusive in (True, False):
+        names = [k for k, search in searches.items() if search[2] is inclusive]
+        if names:
+            found = count_sorted(ops.stack([searches[k][0] for k in names]),
+                                 ops.stack([searches[k][1] for k in names]), inclusive)
+            counts.update({k: found[i] for i, k in enumerate(names)})
 
     # The sets are prefixes (or suffixes) of one sorted order, so intersections are minima.
     up = n_neg
