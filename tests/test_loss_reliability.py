@@ -278,3 +278,31 @@ def test_numpy_scalars_are_accepted_as_arguments():
     json.dumps(keras.saving.serialize_keras_object(loss))
     json.dumps(keras.saving.serialize_keras_object(memory))
     assert np.isfinite(float(to_np(loss(Y, X))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Row "labels and embeddings on the device".
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="counts host copies of torch tensors")
+def test_losses_and_miners_never_copy_device_tensors_to_the_host(monkeypatch):
+    x = torch.tensor(X, requires_grad=True)
+    y = torch.tensor(Y, dtype=torch.long)
+    calls = [make() for make, kind in LOSSES.values() if kind == "embeddings"]
+    memory = cl.CrossBatchMemory(cl.ContrastiveLoss(), 8, 32)
+    memory(x, y, training=True)  # builds the layer before host copies are forbidden
+
+    class HostCopy(BaseException):  # not an Exception: no `except Exception` can hide it
+        pass
+
+    def host_copy(*args, **kwargs):
+        raise HostCopy("a torch tensor was copied to the host")
+
+    for name in ("numpy", "item", "tolist", "__array__", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, host_copy)
+    total = sum(loss(y, x) for loss in calls) + ops.mean(memory(x, y, training=True))
+    total.backward()
+    for make in MINERS:
+        make().mine(x, y)
+    monkeypatch.undo()
+    assert np.isfinite(x.grad.numpy()).all() and np.abs(x.grad.numpy()).max() > 0
