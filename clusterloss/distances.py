@@ -102,7 +102,7 @@ def matmul_t(x, y):
 
 def _clamp_at_zero(d):
     """`max(d, 0)` that keeps NaN (`ops.maximum(nan, 0)` is 0 on some backends)."""
-    return ops.where(d < 0, ops.zeros_like(d), d)
+    return ops.where(d < 0, 0.0, d)
 
 
 _TINY = 1e-30  # squared distances below this are distance 0
@@ -115,8 +115,8 @@ def _masked_sqrt(d2):
     """`sqrt(max(d2, 0))` with zero gradients where `d2 < 1e-30` (0 there), NaN kept: as
     `safe_sqrt(_clamp_at_zero(d2))` in fewer operations."""
     small = d2 < _TINY
-    root = ops.sqrt(ops.where(small, ops.full_like(d2, _TINY), d2))
-    return ops.where(small, ops.zeros_like(root), root)
+    root = ops.sqrt(ops.where(small, _TINY, d2))
+    return ops.where(small, 0.0, root)
 
 
 def _is_small(x, y) -> bool:

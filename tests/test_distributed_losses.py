@@ -96,7 +96,30 @@ for name, make in CASES.items():
     embeddings = model(x)
     halves = [float(make()(y[:16], embeddings[:16])), float(make()(y[16:], embeddings[16:]))]
     out[name] = [mirrored, float(make()(y, embeddings)), halves]
-print(json.dumps({"replicas": strategy.num_replicas_in_sync, "cases": out}))
+
+
+class MemoryModel(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(8)
+        self.memory = cl.CrossBatchMemory(cl.ContrastiveLoss(), 8, 48)
+
+    def call(self, x, training=False):
+        return self.dense(x)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return keras.ops.mean(self.memory(y_pred, y, training=training))
+
+
+with strategy.scope():
+    model = MemoryModel()
+    model.compile("sgd")
+model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+queues = [v.numpy().tolist() for v in
+          strategy.experimental_local_results(model.memory.embedding_memory.value)]
+filled = [int(v.numpy()) for v in strategy.experimental_local_results(model.memory.filled.value)]
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "cases": out,
+                  "queues": queues, "filled": filled}))
 """
     result = _run(script, {**os.environ, "KERAS_BACKEND": "tensorflow"})
     assert result["replicas"] == 2
@@ -106,3 +129,8 @@ print(json.dumps({"replicas": strategy.num_replicas_in_sync, "cases": out}))
         # Each replica mines its own 16 samples; Keras averages the two replica losses.
         np.testing.assert_allclose(mirrored, np.mean(halves), rtol=1e-5, err_msg=name)
         assert abs(mirrored - global_batch) > 1e-4 * abs(global_batch), name
+    # CrossBatchMemory's queue (aggregation="only_first_replica") stays equal on both replicas:
+    # after 2 steps of 2 x 16 samples it holds 32 of 48 slots (each replica writes its 16, the
+    # first replica's copy is kept).
+    first, second = result["queues"]
+    assert result["filled"] == [32, 32] and first == second and np.abs(first).sum() > 0

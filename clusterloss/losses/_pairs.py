@@ -108,6 +108,8 @@ def label_masks(labels, ref_labels=None, ref_mask=None):
     other = ops.logical_not(same)
     if allowed is None:
         return same, other
+    if ref_mask is None:  # only the diagonal is excluded, and it is never a negative
+        return ops.logical_and(same, allowed), other
     return ops.logical_and(same, allowed), ops.logical_and(other, allowed)
 
 
@@ -119,7 +121,7 @@ def nan_unless_finite(values, *tensors):
         ok = finite if ok is None else ops.logical_and(ok, finite)
     if ok is None:
         return values
-    return ops.where(ok, values, ops.full_like(values, float("nan")))
+    return ops.where(ok, values, float("nan"))
 
 
 class Pairs:
@@ -191,15 +193,15 @@ def masked_logsumexp(x, mask, axis: int = -1, add_one: bool = False, weights=Non
     for any finite input: masked-out entries never reach `exp`."""
     mask = ops.cast(mask, "bool")
     x = upcast(x)
-    low = ops.where(mask, x, ops.full_like(x, -_BIG))
+    low = ops.where(mask, x, -_BIG)
     m = ops.max(low, axis=axis, keepdims=True)
     if add_one:
         m = ops.maximum(m, 0.0)
     m = ops.stop_gradient(ops.where(m > -_BIG / 2, m, ops.zeros_like(m)))
-    e = ops.exp(ops.where(mask, x - m, ops.zeros_like(x)))
+    e = ops.exp(ops.where(mask, x - m, 0.0))
     if weights is not None:
         e = e * ops.cast(weights, e.dtype)
-    s = ops.sum(ops.where(mask, e, ops.zeros_like(e)), axis=axis, keepdims=True)
+    s = ops.sum(ops.where(mask, e, 0.0), axis=axis, keepdims=True)
     if add_one:
         s = s + ops.exp(-m)
     any_ = ops.any(mask, axis=axis, keepdims=True)
@@ -209,12 +211,12 @@ def masked_logsumexp(x, mask, axis: int = -1, add_one: bool = False, weights=Non
 
 def masked_max(x, mask, axis: int = -1, keepdims: bool = False):
     """Max over the masked entries; `-3e38` where the mask is empty."""
-    return ops.max(ops.where(mask, x, ops.full_like(x, -_BIG)), axis=axis, keepdims=keepdims)
+    return ops.max(ops.where(mask, x, -_BIG), axis=axis, keepdims=keepdims)
 
 
 def masked_min(x, mask, axis: int = -1, keepdims: bool = False):
     """Min over the masked entries; `3e38` where the mask is empty."""
-    return ops.min(ops.where(mask, x, ops.full_like(x, _BIG)), axis=axis, keepdims=keepdims)
+    return ops.min(ops.where(mask, x, _BIG), axis=axis, keepdims=keepdims)
 
 
 def batch_share(per_query, count):
@@ -232,7 +234,7 @@ def per_anchor_mean(losses, weights, nonzero: bool):
     axes = tuple(range(1, len(losses.shape)))
     weighted = losses * weights
     per_anchor = ops.sum(weighted, axis=axes) if axes else weighted
-    counted = ops.where(losses > 0, weights, ops.zeros_like(weights)) if nonzero else weights
+    counted = ops.where(losses > 0, weights, 0.0) if nonzero else weights
     return batch_share(per_anchor, ops.stop_gradient(ops.sum(counted)))
 
 

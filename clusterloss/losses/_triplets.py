@@ -147,10 +147,9 @@ def window_counts(window: TripletWindow, hinge: float | None = None, per_neg: bo
     positives `p` (`None` unless `per_neg`). O(B R log R); no gradient."""
     far = ops.stop_gradient(window.far)
     dtype = dtype or far.dtype
-    big = ops.full_like(far, _BIG)
     lower, upper = window.lower, window.upper
     n_neg = ops.sum(ops.cast(window.neg, "int32"), axis=1, keepdims=True)
-    neg_sorted = ops.sort(ops.where(window.neg, far, big), axis=1)
+    neg_sorted = ops.sort(ops.where(window.neg, far, _BIG), axis=1)
     # Each search: (sorted rows, queries, inclusive). Forward: count negatives per (a, p).
     searches = {}
     if upper is not None:
@@ -161,7 +160,7 @@ def window_counts(window: TripletWindow, hinge: float | None = None, per_neg: bo
         searches["low"] = (neg_sorted, far + lower, True)  # #{n: f_an <= f_ap + lower}
     if per_neg:  # Backward: count positives per (a, n), on the sorted thresholds f_ap + c.
         n_pos = ops.sum(ops.cast(window.pos, "int32"), axis=1, keepdims=True)
-        pos_sorted = ops.sort(ops.where(window.pos, far, big), axis=1)
+        pos_sorted = ops.sort(ops.where(window.pos, far, _BIG), axis=1)
         if lower is not None:
             searches["b_low"] = (pos_sorted + lower, far, False)  # #{p: f_ap + lower < f_an}
         if upper is not None:
@@ -212,7 +211,7 @@ def hinge_sum(window: TripletWindow, far, margin: float, average: str):
 def choice_from_sorted(far, neg, thresholds, fallback):
     """`TripletChoice` index: for each `(a, p)` the first negative (in ascending `far[a, n]`,
     lower index first among ties) with `far[a, n] > thresholds[a, p]`, else `fallback[a]`."""
-    masked = ops.where(neg, far, ops.full_like(far, _BIG))
+    masked = ops.where(neg, far, _BIG)
     order = ops.argsort(masked, axis=1)
     neg_sorted = ops.take_along_axis(masked, order, axis=1)
     n_neg = ops.sum(ops.cast(neg, "int32"), axis=1, keepdims=True)

@@ -39,7 +39,8 @@ class CrossBatchMemory(keras.layers.Layer):
     `training=False` the value is the same but the queue is not changed.
 
     The queue is layer state (non-trainable weights: the embeddings, their labels, the write
-    position and the number of filled slots), so it is saved and loaded with the model and
+    position and the number of filled slots, created with the layer: construct it inside a
+    `tf.distribute` strategy's scope), so it is saved and loaded with the model and
     works under `jit_compile` on every backend (a `keras.losses.Loss` cannot hold state on
     JAX). The weights use `aggregation="only_first_replica"`, so with `tf.distribute` every
     replica keeps the first replica's queue (each replica's loss still sees only its own
@@ -80,6 +81,9 @@ class CrossBatchMemory(keras.layers.Layer):
                 "Give the miner to CrossBatchMemory or to its loss, not both; got "
                 f"miner={self.miner!r} and loss.miner={loss.miner!r}."
             )
+        # The queue's shape is known now: create it now, not inside a traced train step
+        # (tf.distribute cannot create variables there).
+        self.build()
 
     def build(self, embeddings_shape=None, labels_shape=None):
         if embeddings_shape is not None:

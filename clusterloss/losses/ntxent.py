@@ -58,7 +58,7 @@ def ntxent_loss(
     has_neg = neg_w > 0
     neg_lse = masked_logsumexp(logits, has_neg, axis=1, weights=neg_w, keepdims=True)
     any_neg = ops.any(has_neg, axis=1, keepdims=True)
-    losses = ops.where(any_neg, ops.softplus(neg_lse - logits), ops.zeros_like(logits))
+    losses = ops.where(any_neg, ops.softplus(neg_lse - logits), 0.0)
     return pairs.guard(per_anchor_mean(losses, pos_w, nonzero=False))
 
 
@@ -91,7 +91,7 @@ def supcon_loss(
     pos_w, neg_w = mined_pairs(miner, pairs)
     pos_m, neg_m = pos_w > 0, neg_w > 0
     log_norm = masked_logsumexp(logits, ops.logical_or(pos_m, neg_m), axis=1, keepdims=True)
-    log_prob = ops.where(pos_m, logits - log_norm, ops.zeros_like(logits))
+    log_prob = ops.where(pos_m, logits - log_norm, 0.0)
     n_pos = ops.sum(ops.cast(pos_m, logits.dtype), axis=1)
     losses = -safe_divide(ops.sum(log_prob, axis=1), n_pos)
     active = ops.logical_and(ops.any(pos_m), ops.any(neg_m))
