@@ -11,6 +11,7 @@ multi-threaded elementwise ops slow down 5-20x when the cores are busy).
 
     python benchmarks/bench_losses.py                           # batches 128, 512, 2048
     python benchmarks/bench_losses.py --batches 512 --backends torch --cases contrastive
+    python benchmarks/bench_losses.py --root ../old-checkout --backends jax --cases supcon
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ def ours(name: str, dim: int):
         "triplet+semihard": lambda: cl.TripletMarginLoss(
             miner=cl.TripletMarginMiner(0.2, "semihard")),
         "triplet+batchhard": lambda: cl.TripletMarginLoss(miner=cl.BatchHardMiner()),
-        "contrastive": cl.ContrastiveLoss,
+        "contrastive": lambda: cl.ContrastiveLoss(),
         "multi_similarity+miner": lambda: cl.MultiSimilarityLoss(miner=cl.MultiSimilarityMiner()),
-        "ntxent": cl.NTXentLoss,
-        "supcon": cl.SupConLoss,
-        "circle": cl.CircleLoss,
+        "ntxent": lambda: cl.NTXentLoss(),
+        "supcon": lambda: cl.SupConLoss(),
+        "circle": lambda: cl.CircleLoss(),
         "xbm+contrastive": lambda: cl.CrossBatchMemory(cl.ContrastiveLoss(), dim, MEMORY),
     }[name]()
 
@@ -209,6 +210,8 @@ def main(argv=None) -> None:
     parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
     parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--root", default=ROOT,
+                        help="the clusterloss checkout to time (default: this one)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import torch
@@ -224,7 +227,7 @@ def main(argv=None) -> None:
         command = [sys.executable, os.path.abspath(__file__), "--worker",
                    "--batches", *map(str, args.batches), "--dim", str(args.dim),
                    "--repeats", str(args.repeats), "--threads", threads, "--cases", *args.cases]
-        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": ROOT,
+        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": args.root,
                "OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads,
                "TF_NUM_INTEROP_THREADS": threads,
                "XLA_FLAGS": ("--xla_cpu_multi_thread_eigen=false "

@@ -50,6 +50,7 @@ from clusterloss._validation import (
     check_labels,
     check_same_batch,
     compute_dtype,
+    label_dtype,
     upcast,
 )
 from clusterloss.distances import Distance, get_distance
@@ -85,8 +86,8 @@ def prepare(y_true, y_pred, ref_embeddings=None, ref_labels=None,
             f"got {ref_dim}."
         )
     dtype = compute_dtype(y_pred, ref_embeddings)
-    if labels.dtype != ref_labels.dtype:
-        ref_labels = ops.cast(ref_labels, labels.dtype)
+    if labels.dtype != ref_labels.dtype:  # compare in the widest integer type there is
+        labels, ref_labels = ops.cast(labels, label_dtype()), ops.cast(ref_labels, label_dtype())
     return labels, upcast(y_pred, dtype), ref_labels, upcast(ref_embeddings, dtype)
 
 
