@@ -12,8 +12,8 @@ sorted counting that keeps the built-in ones at O(B^2 log B) memory and time.
   exactly).
 
 A window is never expanded: for each anchor the negatives (and the positives) are sorted, and a
-batched bisection counts, for each positive pair, the negatives inside its window, and for each
-negative pair, the positives whose window holds it. A hinge loss `[far_ap - far_an + margin]_+`
+batched search (`count_sorted`) counts, for each positive pair, the negatives inside its window,
+and for each negative pair, the positives whose window holds it. A hinge loss `[far_ap - far_an + margin]_+`
 restricted to a window is then `sum_ap count_ap (far_ap + margin) - sum_an count_an far_an`,
 with exact integer counts: the value and gradient of the sum over the B^3 triplets without
 building them.
