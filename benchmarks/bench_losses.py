@@ -1,14 +1,17 @@
 """Benchmark the pair/triplet losses (forward + backward w.r.t. the embeddings) against
-pytorch-metric-learning 2.9.0 on the same inputs, in one run.
+pytorch-metric-learning 2.9.0 on the same inputs, for several batch sizes, in one run.
 
 Each Keras backend runs in its own subprocess (the backend is fixed at import): JAX and
 TensorFlow time a compiled `value_and_grad` (XLA; compilation excluded and reported apart),
-torch times eager forward + `backward()`, like PML. PML runs in this process, eager, float32.
+torch times eager forward + `backward()`, like PML. PML (eager, float32) runs in the torch
+worker, its steps interleaved with ours (or in this process when torch is not benchmarked).
+Batches are P classes x K = 8 samples (what `MPerClassSampler` gives), shuffled, dim 128.
 Everything runs on `--threads` CPU threads (default 1: on a shared machine, torch's
 multi-threaded elementwise ops slow down 5-20x when the cores are busy).
 
-    python benchmarks/bench_losses.py                          # batch 256, dim 128
-    python benchmarks/bench_losses.py --batch 128 --repeats 5 --backends jax torch
+    python benchmarks/bench_losses.py                           # batches 128, 512, 2048
+    python benchmarks/bench_losses.py --batches 512 --backends torch --cases contrastive
+    python benchmarks/bench_losses.py --root ../old-checkout --backends jax --cases supcon
 """
 
 from __future__ import annotations
@@ -26,51 +29,71 @@ import numpy as np  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CASES = ["triplet+semihard", "triplet+batchhard", "contrastive", "multi_similarity+miner",
-         "ntxent", "supcon"]
+         "ntxent", "supcon", "circle", "xbm+contrastive"]
+PER_CLASS = 8
+MEMORY = 4096  # cross-batch memory size
 
 
-def make_inputs(batch: int, dim: int, classes: int, seed: int = 0):
+def make_inputs(batch: int, dim: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(batch, dim)).astype("float32")
-    y = np.repeat(np.arange(classes), batch // classes + 1)[:batch]  # P x K sampling
+    y = np.repeat(np.arange(batch // PER_CLASS + 1), PER_CLASS)[:batch]
     return x, rng.permutation(y).astype("int32")
 
 
-def ours(name: str):
-    from clusterloss.losses import (ContrastiveLoss, MultiSimilarityLoss, NTXentLoss,
-                                    SupConLoss, TripletMarginLoss)
-    from clusterloss.miners import BatchHardMiner, MultiSimilarityMiner, TripletMarginMiner
+def ours(name: str, dim: int):
+    import clusterloss as cl
 
     return {
-        "triplet+semihard": lambda: TripletMarginLoss(miner=TripletMarginMiner(0.2, "semihard")),
-        "triplet+batchhard": lambda: TripletMarginLoss(miner=BatchHardMiner()),
-        "contrastive": ContrastiveLoss,
-        "multi_similarity+miner": lambda: MultiSimilarityLoss(miner=MultiSimilarityMiner()),
-        "ntxent": NTXentLoss,
-        "supcon": SupConLoss,
+        "triplet+semihard": lambda: cl.TripletMarginLoss(
+            miner=cl.TripletMarginMiner(0.2, "semihard")),
+        "triplet+batchhard": lambda: cl.TripletMarginLoss(miner=cl.BatchHardMiner()),
+        "contrastive": lambda: cl.ContrastiveLoss(),
+        "multi_similarity+miner": lambda: cl.MultiSimilarityLoss(miner=cl.MultiSimilarityMiner()),
+        "ntxent": lambda: cl.NTXentLoss(),
+        "supcon": lambda: cl.SupConLoss(),
+        "circle": lambda: cl.CircleLoss(),
+        "xbm+contrastive": lambda: cl.CrossBatchMemory(cl.ContrastiveLoss(), dim, MEMORY),
     }[name]()
 
 
-def pml(name: str):
+def pml(name: str, dim: int):
     from pytorch_metric_learning import losses, miners
 
     return {
-        "triplet+semihard": (losses.TripletMarginLoss(), miners.TripletMarginMiner(0.2, "semihard")),
-        "triplet+batchhard": (losses.TripletMarginLoss(), miners.BatchHardMiner()),
-        "contrastive": (losses.ContrastiveLoss(), None),
-        "multi_similarity+miner": (losses.MultiSimilarityLoss(), miners.MultiSimilarityMiner()),
-        "ntxent": (losses.NTXentLoss(), None),
-        "supcon": (losses.SupConLoss(), None),
-    }[name]
+        "triplet+semihard": lambda: (losses.TripletMarginLoss(),
+                                     miners.TripletMarginMiner(0.2, "semihard")),
+        "triplet+batchhard": lambda: (losses.TripletMarginLoss(), miners.BatchHardMiner()),
+        "contrastive": lambda: (losses.ContrastiveLoss(), None),
+        "multi_similarity+miner": lambda: (losses.MultiSimilarityLoss(),
+                                           miners.MultiSimilarityMiner()),
+        "ntxent": lambda: (losses.NTXentLoss(), None),
+        "supcon": lambda: (losses.SupConLoss(), None),
+        "circle": lambda: (losses.CircleLoss(), None),
+        "xbm+contrastive": lambda: (losses.CrossBatchMemory(losses.ContrastiveLoss(), dim,
+                                                            MEMORY), None),
+    }[name]()
 
 
-def _median_time(step, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def pml_skip(name: str, batch: int) -> str | None:
+    """Why PML is not run at this size (it would not fit in memory)."""
+    if name == "ntxent" and batch > 256:
+        pairs = batch * (PER_CLASS - 1) * batch * (batch - PER_CLASS)
+        return f"PML builds a (positive pairs x negative pairs) matrix: {pairs * 4 / 1e9:.0f} GB"
+    return None
+
+
+def _best_time(step, repeats: int) -> float:
+    return _best_times([step], repeats)[0]
+
+
+def _loss_fn(loss, name, y):
+    """`embeddings -> scalar loss`; the memory is filled once so every step sees a full one."""
+    from keras import ops
+
+    if name.startswith("xbm"):
+        return lambda t: ops.mean(loss(t, y, training=False))
+    return lambda t: loss(y, t)
 
 
 def run_backend(args) -> dict:
@@ -78,76 +101,117 @@ def run_backend(args) -> dict:
     import keras
 
     backend = keras.backend.backend()
-    x, y = make_inputs(args.batch, args.dim, args.classes)
     out = {}
-    for name in args.cases:
-        loss = ours(name)
-        if backend == "jax":
-            import jax
+    for batch in args.batches:
+        x, y = make_inputs(batch, args.dim)
+        for name in args.cases:
+            loss = ours(name, args.dim)
+            if name.startswith("xbm"):
+                for _ in range(MEMORY // batch + 1):
+                    loss(x, y, training=True)
+            fn = _loss_fn(loss, name, y)
+            if backend == "jax":
+                import jax
 
-            fn = jax.jit(jax.value_and_grad(lambda t: loss(y, t)))
-            start = time.perf_counter()
-            jax.block_until_ready(fn(x))
-            compile_s = time.perf_counter() - start
-            step = lambda: jax.block_until_ready(fn(x))  # noqa: E731
-        elif backend == "tensorflow":
-            import tensorflow as tf
+                compiled = jax.jit(jax.value_and_grad(fn))
+                start = time.perf_counter()
+                jax.block_until_ready(compiled(x))
+                first = time.perf_counter() - start
+                step = lambda: jax.block_until_ready(compiled(x))  # noqa: E731
+            elif backend == "tensorflow":
+                import tensorflow as tf
 
-            @tf.function(jit_compile=True)
-            def fn(t):
-                with tf.GradientTape() as tape:
-                    tape.watch(t)
-                    value = loss(y, t)
-                return value, tape.gradient(value, t)
+                @tf.function(jit_compile=True)
+                def compiled(t):
+                    with tf.GradientTape() as tape:
+                        tape.watch(t)
+                        value = fn(t)
+                    return value, tape.gradient(value, t)
 
-            xt = tf.constant(x)
-            start = time.perf_counter()
-            fn(xt)[1].numpy()
-            compile_s = time.perf_counter() - start
-            step = lambda: fn(xt)[1].numpy()  # noqa: E731
-        else:
-            import torch
+                xt = tf.constant(x)
+                start = time.perf_counter()
+                compiled(xt)[1].numpy()
+                first = time.perf_counter() - start
+                step = lambda: compiled(xt)[1].numpy()  # noqa: E731
+            else:
+                import torch
 
-            def step():
-                t = torch.tensor(x, requires_grad=True)
-                loss(y, t).backward()
-                return t.grad
+                def step():
+                    t = torch.tensor(x, requires_grad=True)
+                    fn(t).backward()
+                    return t.grad
 
+                start = time.perf_counter()
+                step()
+                first = time.perf_counter() - start
+            key = f"{batch}/{name}"
+            if backend == "torch" and not pml_skip(name, batch):
+                # PML in the same process, its steps interleaved with ours: on a shared
+                # machine the load then weighs on both sides of the ratio alike.
+                reference = pml_step(name, batch, args.dim)
+                ours_s, pml_s = _best_times([step, reference], args.repeats)
+                out[key] = {"step_s": ours_s, "first_s": first, "pml_s": pml_s}
+            else:
+                out[key] = {"step_s": _best_time(step, args.repeats), "first_s": first}
+    return out
+
+
+def pml_step(name: str, batch: int, dim: int):
+    """One PML forward + backward step on the benchmark inputs (warmed up)."""
+    import torch
+
+    x, y = make_inputs(batch, dim)
+    labels = torch.tensor(y, dtype=torch.long)
+    loss, miner = pml(name, dim)
+    if name.startswith("xbm"):
+        for _ in range(MEMORY // batch + 1):
+            loss(torch.tensor(x), labels)
+
+    def step():
+        t = torch.tensor(x, requires_grad=True)
+        indices = miner(t, labels) if miner is not None else None
+        loss(t, labels, indices).backward()
+
+    step()
+    return step
+
+
+def _best_times(steps, repeats: int) -> list[float]:
+    """The fastest of `repeats` runs of each step, the steps run in turn: on a shared machine
+    other jobs only ever add time, so the minimum is the least noisy estimate."""
+    times = [[] for _ in steps]
+    for _ in range(repeats):
+        for step, record in zip(steps, times):
             start = time.perf_counter()
             step()
-            compile_s = time.perf_counter() - start
-        out[name] = {"step_s": _median_time(step, args.repeats), "first_s": compile_s}
-    return out
+            record.append(time.perf_counter() - start)
+    return [float(np.min(t)) for t in times]
 
 
 def run_pml(args) -> dict:
-    import torch
-
-    x, y = make_inputs(args.batch, args.dim, args.classes)
-    labels = torch.tensor(y, dtype=torch.long)
     out = {}
-    for name in args.cases:
-        loss, miner = pml(name)
-
-        def step():
-            t = torch.tensor(x, requires_grad=True)
-            indices = miner(t, labels) if miner is not None else None
-            loss(t, labels, indices).backward()
-
-        step()
-        out[name] = {"step_s": _median_time(step, args.repeats)}
+    for batch in args.batches:
+        for name in args.cases:
+            if not pml_skip(name, batch):
+                step = pml_step(name, batch, args.dim)
+                out[f"{batch}/{name}"] = {"step_s": _best_time(step, args.repeats)}
     return out
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batches", nargs="+", type=int, default=[128, 512, 2048])
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--classes", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
     parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--root", default=ROOT,
+                        help="the clusterloss checkout to time (default: this one)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import torch
@@ -158,35 +222,47 @@ def main(argv=None) -> None:
         return
 
     results = {}
+    threads = str(args.threads)
     for backend in args.backends:
         command = [sys.executable, os.path.abspath(__file__), "--worker",
-                   "--batch", str(args.batch), "--dim", str(args.dim),
-                   "--classes", str(args.classes), "--repeats", str(args.repeats),
-                   "--threads", str(args.threads), "--cases", *args.cases]
-        threads = str(args.threads)
-        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": ROOT,
+                   "--batches", *map(str, args.batches), "--dim", str(args.dim),
+                   "--repeats", str(args.repeats), "--threads", threads, "--cases", *args.cases]
+        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": args.root,
                "OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads,
                "TF_NUM_INTEROP_THREADS": threads,
                "XLA_FLAGS": ("--xla_cpu_multi_thread_eigen=false "
                              f"intra_op_parallelism_threads={threads}")}
-        done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{backend} worker failed:\n{done.stderr[-3000:]}")
         results[backend] = json.loads(done.stdout.strip().splitlines()[-1])
-    reference = run_pml(args)
+    if "torch" in results:  # PML was timed in the torch worker, interleaved with ours
+        reference = {key: {"step_s": r["pml_s"]} for key, r in results["torch"].items()
+                     if "pml_s" in r}
+    else:
+        reference = run_pml(args)
 
-    print(f"batch {args.batch}, dim {args.dim}, {args.classes} classes; forward + backward, "
-          f"median of {args.repeats}, {args.threads} CPU thread(s); "
-          "ratio = PML time / ours (> 1: ours faster)")
-    header = "| loss | PML (torch) |" + "".join(
+    print(f"dim {args.dim}, {PER_CLASS} samples per class; forward + backward, best of "
+          f"{args.repeats}, {args.threads} CPU thread(s); ratio = PML time / ours "
+          "(> 1: ours faster)")
+    header = "| batch | loss | PML (torch) |" + "".join(
         f" {b} | ratio | {'compile' if b != 'torch' else 'first call'} |" for b in args.backends)
     print(header)
-    print("|" + " --- |" * (2 + 3 * len(args.backends)))
-    for name in args.cases:
-        ref = reference[name]["step_s"]
-        row = f"| {name} | {ref * 1e3:.1f} ms |"
-        for backend in args.backends:
-            r = results[backend][name]
-            row += f" {r['step_s'] * 1e3:.1f} ms | {ref / r['step_s']:.1f}x | {r['first_s']:.1f} s |"
-        print(row)
+    print("|" + " --- |" * (3 + 3 * len(args.backends)))
+    for batch in args.batches:
+        for name in args.cases:
+            key = f"{batch}/{name}"
+            ref = reference.get(key, {}).get("step_s")
+            row = f"| {batch} | {name} | {_ms(ref) if ref else 'not run (*)'} |"
+            for backend in args.backends:
+                r = results[backend][key]
+                ratio = f"{ref / r['step_s']:.2f}x" if ref else "-"
+                row += f" {_ms(r['step_s'])} | {ratio} | {r['first_s']:.1f} s |"
+            print(row)
+    skipped = {f"{b}/{n}": pml_skip(n, b) for b in args.batches for n in args.cases
+               if pml_skip(n, b)}
+    for key, why in skipped.items():
+        print(f"(*) {key}: {why}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Which Keras backend to use when the user did not say (the only module that names them).
+"""Which Keras backend to use when the user did not say (the only module that names them), and
+the one backend-native operation the library uses where `keras.ops` has no fast equivalent.
 
 Keras takes `KERAS_BACKEND`, else `keras.json`, else TensorFlow, and fails to import when
 that one is not installed. If nothing chose a backend and TensorFlow is missing, use the
@@ -39,3 +40,17 @@ def choose_default_backend() -> None:
     installed = installed_backends()
     if wanted not in installed and installed:
         os.environ["KERAS_BACKEND"] = installed[0]
+
+
+def native_row_searchsorted(sorted_rows, queries, right: bool):
+    """Row-wise `searchsorted` with PyTorch's native kernel (`torch.searchsorted` takes batched
+    rows), or `None` on the other backends: `keras.ops.searchsorted` is 1-D only, and on JAX and
+    TensorFlow the compiled `keras.ops` bisection (`clusterloss.losses._triplets.count_sorted`)
+    is fast already, while eager PyTorch would run each of its rounds as separate kernels."""
+    import keras
+
+    if keras.backend.backend() != "torch":
+        return None
+    import torch
+
+    return torch.searchsorted(sorted_rows.contiguous(), queries.contiguous(), right=right)

@@ -1,9 +1,10 @@
 """Input checks shared by every loss, layer and miner.
 
 Static checks (rank, shape) run at trace time, so they also fire under `jit_compile`.
-Value checks (label range, integral labels) run only where the values are concrete: NumPy
-arrays, Python lists and eager tensors. Inside a compiled train step they are skipped; the
-models check `y` once in `fit`/`evaluate` instead.
+Value checks (label range, integral labels) run only on host data: NumPy arrays, Python lists
+and numbers. A backend tensor (eager or traced) is never copied to the host here (that would
+be a device sync on every loss call); the models check `y` once in `fit`/`evaluate`, and the
+losses turn NaN/inf into a NaN loss inside the graph.
 
 The NumPy-side checks at the end (`as_embeddings`, `as_labels`, `check_metric`,
 `check_positive_int`) are for extracted embeddings (the index and the evaluation functions):
@@ -21,15 +22,11 @@ from keras import ops
 
 
 def concrete(x: Any) -> np.ndarray | None:
-    """Return `x` as a NumPy array if its values are known now, else `None`."""
+    """`x` as a NumPy array if it is host data (NumPy, list, tuple, Python number), else `None`:
+    backend tensors are never copied to the host (no device sync in a train step)."""
     if isinstance(x, (np.ndarray, np.generic, list, tuple, int, float)):
         return np.asarray(x)
-    if isinstance(x, keras.KerasTensor):
-        return None
-    try:
-        return np.asarray(ops.convert_to_numpy(x))
-    except Exception:  # a tracer or graph tensor: values unknown until run time
-        return None
+    return None
 
 
 def _labels_shape_message(name: str, shape, rows: str, hint: str | None = "") -> str:
@@ -57,8 +54,22 @@ def _check_label_values(values: np.ndarray, name: str, allow_bool: bool = True) 
         raise ValueError(f"`{name}` must be integer class ids; got dtype {values.dtype}.")
 
 
+def label_dtype() -> str:
+    """The widest integer dtype labels keep on this backend: int64, or int32 on JAX (whose
+    default x64-off mode turns every int64 array into int32)."""
+    return "int32" if keras.backend.backend() == "jax" else "int64"
+
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
 def check_labels(labels: Any, num_classes: int | None = None, name: str = "labels"):
-    """Validate integer class ids of shape `(batch,)` or `(batch, 1)`; return int32 `(batch,)`."""
+    """Validate integer class ids of shape `(batch,)` or `(batch, 1)`; return them `(batch,)`.
+
+    The ids keep their exact value: int64 (and float) labels come back as `label_dtype()`
+    (int64, or int32 on JAX), narrower integers as int32. On JAX, host ids that do not fit in
+    int32 are a `ValueError` instead of a silent wrap-around.
+    """
     if isinstance(labels, (list, tuple, int)):
         labels = np.asarray(labels)
     shape = tuple(ops.shape(labels))
@@ -77,15 +88,27 @@ def check_labels(labels: Any, num_classes: int | None = None, name: str = "label
             raise ValueError(
                 f"`{name}` must be < num_classes={num_classes}; got a label {int(high)}."
             )
-    return ops.cast(labels, "int32")
+        if label_dtype() == "int32" and high > _INT32_MAX:
+            raise ValueError(
+                f"`{name}` must be < 2**31 on the JAX backend (64-bit integers are off); got a "
+                f"label {int(high)}. Map the ids to 0..n-1 first, e.g. "
+                "`np.unique(y, return_inverse=True)[1]`."
+            )
+    dtype = keras.backend.standardize_dtype(labels.dtype)
+    wide = dtype in ("int64", "uint32", "uint64") or "float" in dtype
+    return ops.cast(labels, label_dtype() if wide else "int32")
 
 
-def check_embeddings(x: Any, name: str = "embeddings", rank: int = 2):
-    """Validate a float tensor of the given rank (default `(batch, dim)`)."""
+def check_embeddings(x: Any, name: str = "embeddings", rank: int = 2,
+                     allow_empty: bool = True):
+    """Validate a float tensor of the given rank (default `(batch, dim)`); with
+    `allow_empty=False`, a batch statically known to hold no row is an error."""
     shape = tuple(ops.shape(x))
     if len(shape) != rank:
         expected = "(batch, dim)" if rank == 2 else f"rank {rank}"
         raise ValueError(f"`{name}` must have shape {expected}; got shape {shape}.")
+    if not allow_empty and isinstance(shape[0], int) and shape[0] == 0:
+        raise ValueError(f"`{name}` must hold at least one row; got an empty batch, shape {shape}.")
     return x
 
 
@@ -126,14 +149,27 @@ def check_choice(value: str, name: str, choices) -> str:
     return value
 
 
-def upcast(x: Any):
-    """float16/bfloat16 -> float32, so losses never overflow in half precision."""
+def upcast(x: Any, dtype: str | None = None):
+    """float16/bfloat16 -> float32, so losses never overflow in half precision; float32 and
+    float64 stay; integers -> floatx. `dtype="float64"` widens float32 to float64 too."""
     x = ops.convert_to_tensor(x)
-    if keras.backend.standardize_dtype(x.dtype) in ("float16", "bfloat16"):
+    current = keras.backend.standardize_dtype(x.dtype)
+    if dtype == "float64" and current != "float64":
+        return ops.cast(x, "float64")
+    if current in ("float16", "bfloat16"):
         return ops.cast(x, "float32")
-    if not keras.backend.is_float_dtype(x.dtype):
+    if not keras.backend.is_float_dtype(current):
         return ops.cast(x, keras.backend.floatx())
     return x
+
+
+def compute_dtype(*tensors: Any) -> str:
+    """The float dtype a loss computes in: float64 if any input is float64, else float32
+    (half precision is upcast)."""
+    for t in tensors:
+        if t is not None and keras.backend.standardize_dtype(t.dtype) == "float64":
+            return "float64"
+    return "float32"
 
 
 # ----------------------------------------------------------------------------- NumPy side

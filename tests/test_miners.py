@@ -96,9 +96,13 @@ def test_batch_hard_miner_matches_a_loop(batch, classes, seed, distance):
     assert got.sum() == sum(1 for a in range(batch) if (y == y[a]).sum() > 1)
 
 
-@pytest.mark.parametrize("batch,classes,seed", SIZES)
+@pytest.mark.parametrize("batch,classes,seed", SIZES + [(16, 3, "ties")])
 def test_batch_semihard_miner_matches_a_loop(batch, classes, seed):
-    x, y = _batch(batch, classes, seed)
+    if seed == "ties":  # equal distances everywhere: ties go to the lowest index
+        x = np.random.default_rng(3).integers(0, 3, size=(batch, 1)).astype("float32") + 1.0
+        y = np.tile(np.arange(classes), batch)[:batch].astype("int32")
+    else:
+        x, y = _batch(batch, classes, seed)
     d = _dist(x, "euclidean")
     expected = np.zeros((batch,) * 3, "float32")
     for a in range(batch):
@@ -243,3 +247,89 @@ def test_mining_is_jit_compatible():
         got = miner.mine(torch.tensor(x), torch.tensor(y))
     np.testing.assert_array_equal(to_np(got), expected)
     assert to_np(got).shape == (16, 16, 16)
+
+
+# ---------------------------------------------------------------------------------------------
+# PML's own miner test (tests/miners/test_triplet_margin_miner.py in pytorch-metric-learning):
+# 16 unit vectors 0..15 degrees apart, random two-class labels, margins 0, 0.05, ..., 0.5 and
+# the four types: 44 (margin, type) sets per labelling.
+
+
+def _angle_points():
+    angles = np.radians(np.arange(16))
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1).astype("float32")
+
+
+def _pml_sets(x, y, distance, dtype):
+    pml_distance = (pml_distances.LpDistance() if distance == "euclidean"
+                    else pml_distances.CosineSimilarity())
+    out = {}
+    for margin in np.arange(11) * 0.05:
+        for kind in ("all", "hard", "semihard", "easy"):
+            miner = pml_miners.TripletMarginMiner(float(margin), kind, distance=pml_distance)
+            a, p, n = miner(torch.tensor(x, dtype=dtype), torch.tensor(y, dtype=torch.long))
+            out[margin, kind] = set(zip(a.tolist(), p.tolist(), n.tolist()))
+    return out
+
+
+def _our_sets(x, y, distance):
+    out = {}
+    for margin in np.arange(11) * 0.05:
+        for kind in ("all", "hard", "semihard", "easy"):
+            mask = to_np(TripletMarginMiner(float(margin), kind, distance=distance)(x, y))
+            out[margin, kind] = set(map(tuple, np.argwhere(mask > 0).tolist()))
+    return out
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_triplet_margin_miner_passes_pml_own_test_in_float32(distance):
+    """Every (margin, type) set equals PML's computed in float64 on the same float32 points,
+    except triplets whose exact margin is within 1e-6 of a bound: the test's geometry has exact
+    ties (a positive and a negative at the same angle from the anchor) that float32 cannot
+    order; PML's float32 and float64 results differ on them too (115 of 240 sets)."""
+    x = _angle_points()
+    far = _dist(x, distance) * (1 if distance == "euclidean" else -1)
+    for seed in range(3):
+        y = np.random.default_rng(seed).integers(0, 2, 16).astype("int32")
+        expected, ours = _pml_sets(x, y, distance, torch.float64), _our_sets(x, y, distance)
+        decided = 0
+        for (margin, kind), reference in expected.items():
+            for a, p, n in reference ^ ours[margin, kind]:
+                m = far[a, n] - far[a, p]
+                assert min(abs(m), abs(m - margin)) < 1e-6, (margin, kind, (a, p, n), m)
+            decided += len(reference & ours[margin, kind])
+        assert decided > 5000
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX computes float64 in float32 (x64 off)")
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_triplet_margin_miner_equals_pml_own_test_in_float64(distance):
+    x = _angle_points().astype("float64")
+    y = np.random.default_rng(0).integers(0, 2, 16).astype("int32")
+    assert _our_sets(x, y, distance) == _pml_sets(x, y, distance, torch.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# References: queries from the batch, candidates from `ref_embeddings` (PML's ref_emb).
+
+REF_CASES = [
+    (lambda: TripletMarginMiner(0.2, "semihard"), lambda: pml_miners.TripletMarginMiner(0.2, "semihard")),
+    (BatchHardMiner, pml_miners.BatchHardMiner),
+    (MultiSimilarityMiner, pml_miners.MultiSimilarityMiner),
+    (lambda: PairMarginMiner(1.1, 1.3), lambda: pml_miners.PairMarginMiner(1.1, 1.3)),
+]
+
+
+@pytest.mark.parametrize("ours,theirs", REF_CASES)
+def test_miners_with_reference_embeddings_select_what_pml_selects(ours, theirs):
+    x, y = _batch(16, 4, 8)
+    ref, ref_y = _batch(16, 4, 9)
+    mined = ours()(x, y, ref, ref_y)
+    indices = theirs()(torch.tensor(x), torch.tensor(y, dtype=torch.long), torch.tensor(ref),
+                       torch.tensor(ref_y, dtype=torch.long))
+    if len(indices) == 3:
+        np.testing.assert_array_equal(to_np(mined), _as_mask((16,) * 3, indices))
+        assert to_np(mined).sum() > 0
+    else:
+        np.testing.assert_array_equal(to_np(mined[0]), _as_mask((16, 16), indices[:2]))
+        np.testing.assert_array_equal(to_np(mined[1]), _as_mask((16, 16), indices[2:]))

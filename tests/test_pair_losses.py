@@ -16,11 +16,11 @@ from pytorch_metric_learning import reducers as pr
 
 from clusterloss.distances import Distance
 from clusterloss.losses import (
+    CircleLoss,
     ContrastiveLoss,
     ExplicitTripletLoss,
     MultiSimilarityLoss,
     NTXentLoss,
-
     ProxyAnchorLoss,
     SupConLoss,
     TripletMarginLoss,
@@ -30,6 +30,7 @@ from clusterloss.losses import (
     supcon_loss,
     triplet_margin_loss,
 )
+from clusterloss.losses._triplets import TripletMask
 from clusterloss.miners import (
     BatchHardMiner,
     BatchSemiHardMiner,
@@ -128,6 +129,9 @@ PML_CASES = [
      None),
     ("supcon+msminer", lambda: SupConLoss(miner=MultiSimilarityMiner(0.1)),
      pl.SupConLoss, pm.MultiSimilarityMiner),
+    ("circle", CircleLoss, pl.CircleLoss, None),
+    ("circle-face+semihard", lambda: CircleLoss(0.25, 256.0, TripletMarginMiner(0.3, "semihard")),
+     lambda: pl.CircleLoss(0.25, 256), lambda: pm.TripletMarginMiner(0.3, "semihard")),
 ]
 # (batch, classes, seed). Mostly one batch shape: eager JAX compiles each op once per shape.
 SIZES = [(16, 3, 0), (16, 6, 1)]
@@ -256,11 +260,95 @@ def test_one_value_per_anchor_whose_mean_is_the_loss_and_sample_weights(make):
     np.testing.assert_allclose(weighted, (weights * per_anchor).mean(), rtol=1e-5)
 
 
-def test_keras_circle_is_pml_circle_on_unit_norm_embeddings_as_documented():
+def test_keras_circle_has_pml_circle_value_but_not_its_gradient_as_documented():
     x, y = _batch(16, 3, 8)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    expected, _ = _pml(pl.CircleLoss(), x, y)
-    np.testing.assert_allclose(float(to_np(keras.losses.Circle()(y, x))), expected, rtol=1e-5)
+    expected, expected_grad = _pml(pl.CircleLoss(), x, y)
+    value, g = _ours(keras.losses.Circle(), x, y)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    # Keras's Circle differentiates through the alpha weights that PML (and CircleLoss) detach.
+    assert np.abs(g - expected_grad).max() > 0.3 * np.abs(expected_grad).max()
+    _assert_same(_ours(CircleLoss(), x, y), (expected, expected_grad))
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX computes float64 in float32 (x64 off)")
+def test_circle_loss_matches_pml_in_float64():
+    x, y = _batch(16, 3, 9)
+    value, g = _ours(CircleLoss(), x.astype("float64"), y)
+    assert g.dtype == np.float64
+    expected, expected_grad = _pml(pl.CircleLoss(), x, y)
+    np.testing.assert_allclose(value, expected, rtol=1e-12)
+    np.testing.assert_allclose(g, expected_grad, rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference embeddings (PML's ref_emb / ref_labels).
+
+REF_CASES = [c for c in PML_CASES if c[0] in (
+    "triplet", "triplet+semihard", "triplet+batchhard", "contrastive", "ms+msminer", "ntxent",
+    "supcon", "circle")]
+
+
+@pytest.mark.parametrize("case", REF_CASES, ids=[c[0] for c in REF_CASES])
+def test_reference_embeddings_match_pml_ref_emb(case):
+    _, ours, theirs, miner = case
+    x, y = _batch(16, 3, 13)
+    ref, ref_y = _batch(16, 3, 14)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    rt, ryt = torch.tensor(ref, dtype=torch.float64), torch.tensor(ref_y, dtype=torch.long)
+    yt = torch.tensor(y, dtype=torch.long)
+    indices = miner()(xt, yt, rt, ryt) if miner else None
+    expected = theirs()(xt, yt, indices, rt, ryt)
+    expected.backward()
+    loss = ours()
+    value = float(to_np(loss(y, x, ref_embeddings=ref, ref_labels=ref_y)))
+    (g,) = grad(lambda t: loss(y, t, ref_embeddings=ref, ref_labels=ref_y), x)
+    assert float(expected) > 0
+    _assert_same((value, g), (float(expected.detach()), xt.grad.numpy()))
+
+
+def test_the_batch_as_its_own_reference_with_its_diagonal_masked_is_the_plain_loss():
+    x, y = _batch(16, 3, 15)
+    for fn in (contrastive_loss, supcon_loss, triplet_margin_loss):
+        plain = to_np(fn(y, x))
+        as_refs = to_np(fn(y, x, ref_embeddings=x, ref_labels=y, ref_mask=~np.eye(16, dtype=bool)))
+        np.testing.assert_allclose(as_refs, plain, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# Triplet windows: counted over sorted distances, equal to the dense (B, B, B) version.
+
+
+class _DenseTripletMarginMiner(TripletMarginMiner):
+    """The same selection handed over as a dense (B, B, B) mask (the reference)."""
+
+    def _mine(self, mat, pos, neg):
+        return TripletMask(super()._mine(mat, pos, neg).dense(mat.dtype))
+
+
+def _window_batches():
+    x, y = _batch(16, 3, 16)
+    ties = np.random.default_rng(17).integers(0, 3, size=(16, 1)).astype("float32")
+    return [("random", x, y, "euclidean"),
+            ("ties", ties, np.repeat(np.arange(4), 4).astype("int32"), RAW)]
+
+
+@pytest.mark.parametrize("kind", ["all", "hard", "semihard", "easy"])
+def test_triplet_window_counts_equal_the_dense_mask_and_pml_with_ties(kind):
+    for name, x, y, distance in _window_batches():
+        pml_distance = (pd.LpDistance() if distance == "euclidean"
+                        else pd.LpDistance(normalize_embeddings=False))
+        for miner_margin, margin, average in [(0.2, 0.05, "nonzero"), (1.0, 1.0, "all")]:
+            def make(miner_cls):
+                return TripletMarginLoss(margin, distance, miner_cls(miner_margin, kind, distance),
+                                         average=average)
+            fast, dense = _ours(make(TripletMarginMiner), x, y), _ours(make(_DenseTripletMarginMiner), x, y)
+            np.testing.assert_allclose(fast[0], dense[0], rtol=1e-6, atol=1e-7, err_msg=name)
+            np.testing.assert_allclose(fast[1], dense[1], rtol=1e-5, atol=1e-7, err_msg=name)
+            reducer = pr.AvgNonZeroReducer() if average == "nonzero" else pr.MeanReducer()
+            expected = _pml(pl.TripletMarginLoss(margin, distance=pml_distance, reducer=reducer), x, y,
+                            pm.TripletMarginMiner(miner_margin, kind, distance=pml_distance))
+            _assert_same(fast, expected)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ __all__ = [
     "sparse_label_smoothing_crossentropy",
 ]
 
+from clusterloss.losses.circle import CircleLoss, circle_loss
 from clusterloss.losses.contrastive import ContrastiveLoss, contrastive_loss
+from clusterloss.losses.cross_batch_memory import CrossBatchMemory
 from clusterloss.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
 from clusterloss.losses.ntxent import NTXentLoss, SupConLoss, ntxent_loss, supcon_loss
 from clusterloss.losses.proxy_anchor import ProxyAnchorLoss, proxy_anchor_loss
@@ -26,13 +28,16 @@ from clusterloss.losses.triplet import (
 )
 
 __all__ += [
+    "CircleLoss",
     "ContrastiveLoss",
+    "CrossBatchMemory",
     "ExplicitTripletLoss",
     "MultiSimilarityLoss",
     "NTXentLoss",
     "ProxyAnchorLoss",
     "SupConLoss",
     "TripletMarginLoss",
+    "circle_loss",
     "contrastive_loss",
     "explicit_triplet_loss",
     "multi_similarity_loss",

@@ -1,18 +1,41 @@
-"""Helpers shared by the pair and triplet losses and by the miners.
+"""The seam every pair/triplet loss and miner is built on.
 
-Everything here works on fixed-shape masks built from the labels (no dynamic index lists), so
-the losses run under `jit_compile` on JAX and TensorFlow and in a compiled `fit` on all three
-backends, and a batch with no pair or triplet gives 0 with zero (finite) gradients.
+Contract for a pair or triplet loss (and for the losses still to come on this seam)
+-----------------------------------------------------------------------------------
+A loss is a plain function and a `MetricLoss` class wrapping it:
 
-Reductions. PML reduces a loss over its *pairs* or *triplets* (e.g. the mean over the triplets
-whose loss is non-zero). Keras averages one value per sample. The losses here return, for each
-anchor `i`, its share of the PML value scaled by the batch size `B`:
+    def my_loss(y_true, y_pred, <hyper-parameters>, distance=..., miner=None,
+                ref_embeddings=None, ref_labels=None, ref_mask=None):
+        distance, miner = get_distance(distance), get_miner(miner)
+        pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
+        mat = pairs.matrix(distance)                 # (batch, num_refs), with gradients
+        pos_w, neg_w = mined_pairs(miner, pairs)     # or the triplet helpers of _triplets.py
+        values = <formula on mat, pos_w, neg_w>      # one value per query, shape (batch,)
+        return pairs.guard(values)                   # NaN/inf in -> NaN out
 
-    L_i = B * sum_{terms t of anchor i} w_t l_t / N,
+- Queries are the batch (`y_pred`, the anchors: the rows of every matrix); candidates are the
+  references (the columns). Without references, the batch is its own reference and each
+  embedding is never paired with itself (the diagonal). With `ref_embeddings`/`ref_labels`
+  (PML's `ref_emb`/`ref_labels`), every (query, reference) pair counts unless `ref_mask`
+  (bool, `(batch, num_refs)` or `(num_refs,)`) is False there; `CrossBatchMemory` uses it for
+  empty memory slots and each query's own slot.
+- `pairs.pos` / `pairs.neg`: bool `(batch, num_refs)`, same label / other label, allowed pairs
+  only. `pairs.matrix(distance)` is computed once per distance and shared with the miner,
+  which sees the same `Pairs` (`miner.select(pairs)`, under `stop_gradient`).
+- `pairs.guard(values)` makes every value NaN if any matrix computed for this batch (the
+  loss's or a miner's) holds NaN or inf: NaN/inf embeddings and overflowing distances give a
+  NaN loss, so `keras.callbacks.TerminateOnNaN` stops training. A batch with nothing to learn
+  from (no positive pair, no triplet) gives 0 with zero, finite gradients.
+- Reductions. PML reduces over pairs or triplets (e.g. the mean over the triplets with a
+  non-zero loss); Keras averages one value per sample. A loss returns, for each query `i`,
 
-where `N` is PML's divisor (the number of non-zero terms, or of all terms); `mean_i L_i` is then
-exactly PML's value and its gradient, `sample_weight` weights each anchor's terms, and
-`tf.distribute` divides by the global batch correctly. `N` is a count (no gradient), as in PML.
+      L_i = B * sum_{terms t of query i} w_t l_t / N,
+
+  where `N` is PML's divisor (the number of non-zero terms, or of all terms): `mean_i L_i` is
+  PML's value and gradient, `sample_weight` weights each query's terms, and `tf.distribute`
+  divides by the global batch correctly. `N` is a count (no gradient), as in PML.
+- dtypes: float64 inputs are computed in float64 (where the backend has it), everything else
+  in float32. No host copies, no Python branches on tensor values, fixed shapes only.
 """
 
 from __future__ import annotations
@@ -22,37 +45,140 @@ from typing import Any
 import keras
 from keras import ops
 
-from clusterloss._validation import check_embeddings, check_labels, check_same_batch, upcast
-from clusterloss.distances import get_distance
+from clusterloss._validation import (
+    check_embeddings,
+    check_labels,
+    check_same_batch,
+    compute_dtype,
+    label_dtype,
+    upcast,
+)
+from clusterloss.distances import Distance, get_distance
 from clusterloss.losses.base import LossFunctionWrapper
 
 _BIG = 3.0e38  # stands in for +-inf inside masked reductions (finite, so no NaN gradients)
 
 
-def prepare(y_true, y_pred, names: tuple[str, str] = ("y_true", "y_pred")):
-    """Validated `(labels int32 (batch,), embeddings float32 (batch, dim))`."""
-    check_embeddings(y_pred, names[1])
+def prepare(y_true, y_pred, ref_embeddings=None, ref_labels=None,
+            names: tuple[str, str] = ("y_true", "y_pred")):
+    """Validated `(labels, embeddings, ref_labels, ref_embeddings)`.
+
+    Labels keep their integer value (`check_labels`); embeddings are float32, or float64 when
+    any input is float64. Without references, `ref_labels` and `ref_embeddings` are `None`
+    (the batch is its own reference)."""
+    check_embeddings(y_pred, names[1], allow_empty=False)
     labels = check_labels(y_true, name=names[0])
     check_same_batch(labels, y_pred, names)
-    return labels, upcast(y_pred)
+    if (ref_embeddings is None) != (ref_labels is None):
+        given = "ref_embeddings" if ref_labels is None else "ref_labels"
+        raise ValueError(
+            f"`ref_embeddings` and `ref_labels` must be given together; got only `{given}`."
+        )
+    if ref_embeddings is None:
+        return labels, upcast(y_pred, compute_dtype(y_pred)), None, None
+    check_embeddings(ref_embeddings, "ref_embeddings", allow_empty=False)
+    ref_labels = check_labels(ref_labels, name="ref_labels")
+    check_same_batch(ref_labels, ref_embeddings, ("ref_labels", "ref_embeddings"))
+    dim, ref_dim = y_pred.shape[-1], ref_embeddings.shape[-1]
+    if isinstance(dim, int) and isinstance(ref_dim, int) and dim != ref_dim:
+        raise ValueError(
+            f"`ref_embeddings` must have the dimension of `{names[1]}` ({dim}); "
+            f"got {ref_dim}."
+        )
+    dtype = compute_dtype(y_pred, ref_embeddings)
+    if labels.dtype != ref_labels.dtype:  # compare in the widest integer type there is
+        labels, ref_labels = ops.cast(labels, label_dtype()), ops.cast(ref_labels, label_dtype())
+    return labels, upcast(y_pred, dtype), ref_labels, upcast(ref_embeddings, dtype)
 
 
-def label_masks(labels, ref_labels=None):
-    """Boolean `(pos, neg)` masks of shape `(batch, batch)`: same label without the diagonal,
-    and different label."""
-    ref = labels if ref_labels is None else ref_labels
-    same = ops.equal(labels[:, None], ref[None, :])
-    pos = same
+def label_masks(labels, ref_labels=None, ref_mask=None):
+    """Boolean `(pos, neg)` masks of shape `(batch, num_refs)`: same label, other label.
+
+    Without `ref_labels` the references are the batch and the diagonal is excluded from both.
+    `ref_mask` (bool, broadcastable to `(batch, num_refs)`) removes pairs from both masks."""
     if ref_labels is None:
         n = ops.shape(labels)[0]
-        eye = ops.equal(ops.arange(n)[:, None], ops.arange(n)[None, :])
-        pos = ops.logical_and(same, ops.logical_not(eye))
-    return pos, ops.logical_not(same)
+        allowed = ops.not_equal(ops.arange(n)[:, None], ops.arange(n)[None, :])
+        ref_labels = labels
+    else:
+        allowed = None
+    if ref_mask is not None:
+        ref_mask = ops.cast(ref_mask, "bool")
+        allowed = ref_mask if allowed is None else ops.logical_and(allowed, ref_mask)
+    same = ops.equal(labels[:, None], ref_labels[None, :])
+    other = ops.logical_not(same)
+    if allowed is None:
+        return same, other
+    if ref_mask is None:  # only the diagonal is excluded, and it is never a negative
+        return ops.logical_and(same, allowed), other
+    return ops.logical_and(same, allowed), ops.logical_and(other, allowed)
 
 
-def triplet_mask(pos, neg):
-    """`(batch, batch, batch)` boolean mask of valid triplets `[a, p, n]`."""
-    return ops.logical_and(pos[:, :, None], neg[:, None, :])
+def nan_unless_finite(values, *tensors):
+    """`values` where every entry of every tensor is finite, else NaN everywhere."""
+    ok = None
+    for t in tensors:
+        finite = ops.all(ops.isfinite(t))
+        ok = finite if ok is None else ops.logical_and(ok, finite)
+    if ok is None:
+        return values
+    return ops.where(ok, values, float("nan"))
+
+
+class Pairs:
+    """One batch as the pair losses and miners see it; see the module docstring.
+
+    Attributes: `labels` `(batch,)`, `embeddings` `(batch, dim)`, `ref_labels` `(num_refs,)`
+    (the batch's labels without references), `ref_embeddings` (`None` without references),
+    `pos`, `neg` (bool `(batch, num_refs)`), `has_refs`.
+    """
+
+    def __init__(self, labels, embeddings, ref_labels=None, ref_embeddings=None, ref_mask=None):
+        self.labels, self.embeddings = labels, embeddings
+        self.has_refs = ref_embeddings is not None
+        self.ref_labels = ref_labels if self.has_refs else labels
+        self.ref_embeddings = ref_embeddings
+        self.pos, self.neg = label_masks(labels, ref_labels if self.has_refs else None, ref_mask)
+        self._matrices: dict[tuple, tuple] = {}  # key -> (matrix, finite flag)
+
+    def _get(self, key: tuple, distance: Distance, x, y):
+        if key not in self._matrices:
+            self._matrices[key] = distance.pairwise_checked(x, y)
+        return self._matrices[key][0]
+
+    def matrix(self, distance: Distance):
+        """`(batch, num_refs)` distances or similarities between queries and references
+        (computed once per distance)."""
+        key = ("queries", distance.name, distance.normalize)
+        return self._get(key, distance, self.embeddings, self.ref_embeddings)
+
+    def ref_matrix(self, distance: Distance):
+        """`(num_refs, num_refs)` matrix between references (the batch's own without them)."""
+        if not self.has_refs:
+            return self.matrix(distance)
+        key = ("refs", distance.name, distance.normalize)
+        return self._get(key, distance, self.ref_embeddings, None)
+
+    def guard(self, values):
+        """`values`, or NaN everywhere if any matrix of this batch may hold NaN or inf."""
+        ok = None
+        for _, finite in self._matrices.values():
+            ok = finite if ok is None else ops.logical_and(ok, finite)
+        if ok is None:
+            return values
+        return ops.where(ok, values, float("nan"))
+
+
+def pair_batch(y_true, y_pred, ref_embeddings=None, ref_labels=None, ref_mask=None,
+               names: tuple[str, str] = ("y_true", "y_pred")) -> Pairs:
+    """`prepare` + `label_masks` in one `Pairs`."""
+    labels, x, ref_labels, ref_x = prepare(y_true, y_pred, ref_embeddings, ref_labels, names)
+    return Pairs(labels, x, ref_labels, ref_x, ref_mask)
+
+
+def farness(mat, distance: Distance):
+    """The matrix with larger = farther (`-mat` for a similarity)."""
+    return -mat if distance.larger_is_closer else mat
 
 
 def safe_divide(num, den):
@@ -65,18 +191,18 @@ def masked_logsumexp(x, mask, axis: int = -1, add_one: bool = False, weights=Non
                      keepdims: bool = False):
     """`log(sum_{mask} w * exp(x) [+ 1])` along `axis`; 0 where the mask is empty (as PML's
     `lmu.logsumexp`). `weights` (default 1) count repeated terms. Finite values and gradients
-    for any input: masked-out entries never reach `exp`."""
+    for any finite input: masked-out entries never reach `exp`."""
     mask = ops.cast(mask, "bool")
     x = upcast(x)
-    low = ops.where(mask, x, ops.full_like(x, -_BIG))
+    low = ops.where(mask, x, -_BIG)
     m = ops.max(low, axis=axis, keepdims=True)
     if add_one:
         m = ops.maximum(m, 0.0)
     m = ops.stop_gradient(ops.where(m > -_BIG / 2, m, ops.zeros_like(m)))
-    e = ops.exp(ops.where(mask, x - m, ops.zeros_like(x)))
+    e = ops.exp(ops.where(mask, x - m, 0.0))
     if weights is not None:
         e = e * ops.cast(weights, e.dtype)
-    s = ops.sum(ops.where(mask, e, ops.zeros_like(e)), axis=axis, keepdims=True)
+    s = ops.sum(ops.where(mask, e, 0.0), axis=axis, keepdims=True)
     if add_one:
         s = s + ops.exp(-m)
     any_ = ops.any(mask, axis=axis, keepdims=True)
@@ -86,22 +212,19 @@ def masked_logsumexp(x, mask, axis: int = -1, add_one: bool = False, weights=Non
 
 def masked_max(x, mask, axis: int = -1, keepdims: bool = False):
     """Max over the masked entries; `-3e38` where the mask is empty."""
-    return ops.max(ops.where(mask, x, ops.full_like(x, -_BIG)), axis=axis, keepdims=keepdims)
+    return ops.max(ops.where(mask, x, -_BIG), axis=axis, keepdims=keepdims)
 
 
 def masked_min(x, mask, axis: int = -1, keepdims: bool = False):
     """Min over the masked entries; `3e38` where the mask is empty."""
-    return ops.min(ops.where(mask, x, ops.full_like(x, _BIG)), axis=axis, keepdims=keepdims)
+    return ops.min(ops.where(mask, x, _BIG), axis=axis, keepdims=keepdims)
 
 
-def one_hot_index(index, size_like):
-    """Boolean one-hot of `index` `(...,)` over the last axis of `size_like` (dynamic size)."""
-    n = ops.shape(size_like)[-1]
-    return ops.equal(index[..., None], ops.arange(n))
-
-
-def batch_size(x):
-    return ops.cast(ops.shape(x)[0], "float32")
+def batch_share(per_query, count):
+    """`B * per_query / count` (0 where `count` is 0): the per-query values whose batch mean is
+    `sum(per_query) / count`."""
+    n = ops.cast(ops.shape(per_query)[0], per_query.dtype)
+    return n * safe_divide(per_query, ops.cast(count, per_query.dtype))
 
 
 def per_anchor_mean(losses, weights, nonzero: bool):
@@ -110,11 +233,10 @@ def per_anchor_mean(losses, weights, nonzero: bool):
     `AvgNonZeroReducer`). `losses`, `weights`: `(batch, ...)`."""
     weights = ops.cast(weights, losses.dtype)
     axes = tuple(range(1, len(losses.shape)))
-    weighted = losses * weights  # the losses are finite everywhere, so 0 * l = 0
+    weighted = losses * weights
     per_anchor = ops.sum(weighted, axis=axes) if axes else weighted
-    counted = ops.where(losses > 0, weights, ops.zeros_like(weights)) if nonzero else weights
-    count = ops.stop_gradient(ops.sum(counted))
-    return batch_size(losses) * safe_divide(per_anchor, count)
+    counted = ops.where(losses > 0, weights, 0.0) if nonzero else weights
+    return batch_share(per_anchor, ops.stop_gradient(ops.sum(counted)))
 
 
 def check_average(average: str) -> str:
@@ -133,7 +255,7 @@ def get_miner(miner: Any):
         return None
     if isinstance(miner, dict):
         miner = keras.saving.deserialize_keras_object(miner)
-    if not (hasattr(miner, "mine") and getattr(miner, "kind", None) in ("pair", "triplet")):
+    if not (hasattr(miner, "select") and getattr(miner, "kind", None) in ("pair", "triplet")):
         raise ValueError(
             "`miner` must be a clusterloss miner (e.g. TripletMarginMiner()) or None; "
             f"got {miner!r}."
@@ -141,48 +263,28 @@ def get_miner(miner: Any):
     return miner
 
 
-def mined_triplets(miner, embeddings, labels, pos, neg):
-    """Float `(batch, batch, batch)` triplet weights: every valid triplet without a miner, the
-    mined ones with a triplet miner, and `pos[a, p] * neg[a, n]` with a pair miner (PML's
-    conversion of `(a1, p, a2, n)` to triplets sharing the anchor)."""
-    if miner is None:
-        return ops.cast(triplet_mask(pos, neg), "float32")
-    mined = miner.mine(embeddings, labels, pos, neg)
-    if miner.kind == "triplet":
-        return mined
-    pos_w, neg_w = mined
-    return pos_w[:, :, None] * neg_w[:, None, :]
-
-
-def compact_triplets(miner, embeddings, labels, pos, neg):
-    """`(neg_index, weights)` from a `compact` triplet miner, or `None` for any other miner."""
-    if miner is None or not getattr(miner, "compact", False):
-        return None
-    return miner.mine_compact(embeddings, labels, pos, neg)
-
-
-def mined_pairs(miner, embeddings, labels, pos, neg):
-    """Float `(pos_weights, neg_weights)`, each `(batch, batch)`: all pairs without a miner,
+def mined_pairs(miner, pairs: Pairs):
+    """Float `(pos_weights, neg_weights)`, each `(batch, num_refs)`: all pairs without a miner,
     the mined pairs with a pair miner, and with a triplet miner the number of mined triplets
     that hold each pair (PML turns triplets `(a, p, n)` into the pair lists `(a, p)`, `(a, n)`
-    keeping one copy per triplet)."""
+    keeping one copy per triplet). Never builds a `(B, B, B)` tensor for the built-in miners."""
+    dtype = pairs.embeddings.dtype
     if miner is None:
-        return ops.cast(pos, "float32"), ops.cast(neg, "float32")
-    compact = compact_triplets(miner, embeddings, labels, pos, neg)
-    if compact is not None:
-        neg_index, weights = compact
-        chosen = ops.equal(neg_index[:, :, None], ops.arange(ops.shape(weights)[1]))
-        return weights, ops.sum(ops.cast(chosen, "float32") * weights[:, :, None], axis=1)
-    mined = miner.mine(embeddings, labels, pos, neg)
+        return ops.cast(pairs.pos, dtype), ops.cast(pairs.neg, dtype)
+    selected = miner.select(pairs)
     if miner.kind == "pair":
-        return mined
-    return ops.sum(mined, axis=2), ops.sum(mined, axis=1)
+        pos_w, neg_w = selected
+        return ops.cast(pos_w, dtype), ops.cast(neg_w, dtype)
+    return selected.pair_counts(dtype)  # a TripletMask, TripletChoice or TripletWindow
 
 
 class MetricLoss(LossFunctionWrapper):
     """A `LossFunctionWrapper` whose options may hold a `Distance` and a miner; both are
     written to the config as plain dicts and read back by `__init__`, so a model compiled with
-    the loss saves and loads with no `custom_objects`."""
+    the loss saves and loads with no `custom_objects`.
+
+    Calling it takes the references as keywords, like the plain function:
+    `loss(y_true, y_pred, ref_embeddings=..., ref_labels=...)`."""
 
     def __init__(self, fn, reduction="sum_over_batch_size", name=None, dtype=None, **options):
         if "distance" in options:

@@ -13,10 +13,9 @@ from clusterloss.losses._pairs import (
     MetricLoss,
     check_average,
     get_miner,
-    label_masks,
     mined_pairs,
+    pair_batch,
     per_anchor_mean,
-    prepare,
 )
 
 
@@ -34,6 +33,9 @@ def contrastive_loss(
     distance: Any = "euclidean",
     miner: Any = None,
     average: str = "nonzero",
+    ref_embeddings=None,
+    ref_labels=None,
+    ref_mask=None,
 ):
     """Contrastive loss (Hadsell, Chopra & LeCun, CVPR 2006), one value per anchor.
 
@@ -48,20 +50,22 @@ def contrastive_loss(
     `"all"` over every pair. Anchor `i` returns its share of both means scaled by the batch
     size, so the batch mean is the value above. Defaults are PML's `ContrastiveLoss()`:
     margins 0 and 1 on L2-normalised Euclidean distances. (TFA's `ContrastiveLoss` is a
-    different, squared form on given distances; see docs/migration.md.)
+    different, squared form on given distances; see docs/migration.md.) References
+    (`ref_embeddings`, `ref_labels`): pairs (query from the batch, reference), as PML's
+    `ref_emb`. NaN/inf embeddings or distances give NaN.
     """
     check_average(average)
     distance = get_distance(distance)
     _check_margins(pos_margin, neg_margin, distance)
     miner = get_miner(miner)
-    labels, x = prepare(y_true, y_pred)
-    mat = distance.pairwise(x)
-    pos, neg = label_masks(labels)
-    pos_w, neg_w = mined_pairs(miner, x, labels, pos, neg)
+    pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
+    mat = pairs.matrix(distance)
+    pos_w, neg_w = mined_pairs(miner, pairs)
     pos_loss = ops.relu(distance.margin(mat, pos_margin))
     neg_loss = ops.relu(distance.margin(neg_margin, mat))
     nonzero = average == "nonzero"
-    return per_anchor_mean(pos_loss, pos_w, nonzero) + per_anchor_mean(neg_loss, neg_w, nonzero)
+    return pairs.guard(
+        per_anchor_mean(pos_loss, pos_w, nonzero) + per_anchor_mean(neg_loss, neg_w, nonzero))
 
 
 @register

@@ -10,10 +10,9 @@ from clusterloss.distances import get_distance
 from clusterloss.losses._pairs import (
     MetricLoss,
     get_miner,
-    label_masks,
     masked_logsumexp,
     mined_pairs,
-    prepare,
+    pair_batch,
 )
 
 
@@ -25,6 +24,9 @@ def multi_similarity_loss(
     base: float = 0.5,
     distance: Any = "cosine",
     miner: Any = None,
+    ref_embeddings=None,
+    ref_labels=None,
+    ref_mask=None,
 ):
     """Multi-similarity loss (Wang et al., CVPR 2019), one value per anchor:
 
@@ -35,21 +37,21 @@ def multi_similarity_loss(
     keeps; the paper pairs it with `MultiSimilarityMiner`). The batch mean averages over all
     anchors, as PML's `MultiSimilarityLoss` (its `MeanReducer`), whose defaults these are
     (alpha 2, beta 50, base 0.5, cosine similarity). With a distance, `s - base` becomes
-    `base - d`. Empty sums contribute 0.
+    `base - d`. Empty sums contribute 0. References: `P_i`, `N_i` among the references (PML's
+    `ref_emb`). NaN/inf embeddings or similarities give NaN.
     """
     check_range(alpha, "alpha", 0.0, low_open=True)
     check_range(beta, "beta", 0.0, low_open=True)
     distance = get_distance(distance)
     miner = get_miner(miner)
-    labels, x = prepare(y_true, y_pred)
-    mat = distance.pairwise(x)
-    pos, neg = label_masks(labels)
-    pos_w, neg_w = mined_pairs(miner, x, labels, pos, neg)
+    pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
+    mat = pairs.matrix(distance)
+    pos_w, neg_w = mined_pairs(miner, pairs)
     pos_exp = distance.margin(mat, base)
     neg_exp = distance.margin(base, mat)
     pos_loss = masked_logsumexp(alpha * pos_exp, pos_w > 0, axis=1, add_one=True) / alpha
     neg_loss = masked_logsumexp(beta * neg_exp, neg_w > 0, axis=1, add_one=True) / beta
-    return pos_loss + neg_loss
+    return pairs.guard(pos_loss + neg_loss)
 
 
 @register

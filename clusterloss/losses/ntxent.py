@@ -13,11 +13,10 @@ from clusterloss.distances import get_distance
 from clusterloss.losses._pairs import (
     MetricLoss,
     get_miner,
-    label_masks,
     masked_logsumexp,
     mined_pairs,
+    pair_batch,
     per_anchor_mean,
-    prepare,
     safe_divide,
 )
 
@@ -33,6 +32,9 @@ def ntxent_loss(
     temperature: float = 0.07,
     distance: Any = "cosine",
     miner: Any = None,
+    ref_embeddings=None,
+    ref_labels=None,
+    ref_mask=None,
 ):
     """NT-Xent / InfoNCE loss (Chen et al., "SimCLR", ICML 2020; van den Oord et al., 2018),
     one value per anchor. For each positive pair `(a, p)`:
@@ -44,20 +46,20 @@ def ntxent_loss(
     image the same label (`labels = concat([arange(n), arange(n)])`). Defaults are PML's:
     temperature 0.07, cosine similarity. A pair miner restricts both the positive pairs and
     the negatives; a triplet miner gives PML's per-triplet pair lists. An anchor with no
-    negative gives 0.
+    negative gives 0. References (PML's `ref_emb`): positives and negatives among them.
+    NaN/inf embeddings or similarities give NaN.
     """
     check_range(temperature, "temperature", 0.0, low_open=True)
     distance = get_distance(distance)
     miner = get_miner(miner)
-    labels, x = prepare(y_true, y_pred)
-    logits = _logits(distance.pairwise(x), distance, temperature)
-    pos, neg = label_masks(labels)
-    pos_w, neg_w = mined_pairs(miner, x, labels, pos, neg)
+    pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
+    logits = _logits(pairs.matrix(distance), distance, temperature)
+    pos_w, neg_w = mined_pairs(miner, pairs)
     has_neg = neg_w > 0
     neg_lse = masked_logsumexp(logits, has_neg, axis=1, weights=neg_w, keepdims=True)
     any_neg = ops.any(has_neg, axis=1, keepdims=True)
-    losses = ops.where(any_neg, ops.softplus(neg_lse - logits), ops.zeros_like(logits))
-    return per_anchor_mean(losses, pos_w, nonzero=False)
+    losses = ops.where(any_neg, ops.softplus(neg_lse - logits), 0.0)
+    return pairs.guard(per_anchor_mean(losses, pos_w, nonzero=False))
 
 
 def supcon_loss(
@@ -66,6 +68,9 @@ def supcon_loss(
     temperature: float = 0.1,
     distance: Any = "cosine",
     miner: Any = None,
+    ref_embeddings=None,
+    ref_labels=None,
+    ref_mask=None,
 ):
     """Supervised contrastive loss (Khosla et al., NeurIPS 2020; the `L_out` form), one value
     per anchor:
@@ -75,23 +80,23 @@ def supcon_loss(
     The batch value is the mean over anchors with a positive loss (PML's `SupConLoss`,
     `AvgNonZeroReducer`), returned as each anchor's share times the batch size. A batch with no
     positive pair or no negative pair gives 0 (as PML). Defaults are PML's: temperature 0.1,
-    cosine similarity. With a miner, `P_i` and `N_i` are the mined pairs.
+    cosine similarity. With a miner, `P_i` and `N_i` are the mined pairs; with references
+    (PML's `ref_emb`), pairs with the references. NaN/inf embeddings give NaN.
     """
     check_range(temperature, "temperature", 0.0, low_open=True)
     distance = get_distance(distance)
     miner = get_miner(miner)
-    labels, x = prepare(y_true, y_pred)
-    logits = _logits(distance.pairwise(x), distance, temperature)
-    pos, neg = label_masks(labels)
-    pos_w, neg_w = mined_pairs(miner, x, labels, pos, neg)
+    pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
+    logits = _logits(pairs.matrix(distance), distance, temperature)
+    pos_w, neg_w = mined_pairs(miner, pairs)
     pos_m, neg_m = pos_w > 0, neg_w > 0
     log_norm = masked_logsumexp(logits, ops.logical_or(pos_m, neg_m), axis=1, keepdims=True)
-    log_prob = ops.where(pos_m, logits - log_norm, ops.zeros_like(logits))
-    n_pos = ops.sum(ops.cast(pos_m, "float32"), axis=1)
+    log_prob = ops.where(pos_m, logits - log_norm, 0.0)
+    n_pos = ops.sum(ops.cast(pos_m, logits.dtype), axis=1)
     losses = -safe_divide(ops.sum(log_prob, axis=1), n_pos)
     active = ops.logical_and(ops.any(pos_m), ops.any(neg_m))
     losses = ops.where(active, losses, ops.zeros_like(losses))
-    return per_anchor_mean(losses, ops.ones_like(losses), nonzero=True)
+    return pairs.guard(per_anchor_mean(losses, ops.ones_like(losses), nonzero=True))
 
 
 @register

@@ -15,7 +15,7 @@ from clusterloss._validation import (
     check_same_batch,
     upcast,
 )
-from clusterloss.losses._pairs import MetricLoss, masked_logsumexp, safe_divide
+from clusterloss.losses._pairs import MetricLoss, masked_logsumexp, nan_unless_finite, safe_divide
 
 
 def proxy_anchor_loss(y_true, y_pred, margin: float = 0.1, alpha: float = 32.0):
@@ -29,11 +29,11 @@ def proxy_anchor_loss(y_true, y_pred, margin: float = 0.1, alpha: float = 32.0):
     class `p` / of other classes. This is PML's `ProxyAnchorLoss` (defaults margin 0.1,
     alpha 32). The loss is a sum over proxies, not samples, so every sample gets the batch
     value `L` (their mean is `L`, its gradient is exact; a `sample_weight` only scales it).
-    No miner: the loss sees only the similarities to the proxies.
+    No miner: the loss sees only the similarities to the proxies. NaN/inf gives NaN.
     """
     check_range(margin, "margin", 0.0)
     check_range(alpha, "alpha", 0.0, low_open=True)
-    check_embeddings(y_pred, "y_pred")
+    check_embeddings(y_pred, "y_pred", allow_empty=False)
     num_classes = y_pred.shape[-1]
     labels = check_labels(y_true, num_classes=num_classes, name="y_true")
     check_same_batch(labels, y_pred, ("y_true", "y_pred"))
@@ -42,9 +42,9 @@ def proxy_anchor_loss(y_true, y_pred, margin: float = 0.1, alpha: float = 32.0):
     neg = ops.logical_not(pos)
     pos_term = masked_logsumexp(-alpha * (cos - margin), pos, axis=0, add_one=True)
     neg_term = masked_logsumexp(alpha * (cos + margin), neg, axis=0, add_one=True)
-    with_pos = ops.sum(ops.cast(ops.any(pos, axis=0), "float32"))
+    with_pos = ops.sum(ops.cast(ops.any(pos, axis=0), cos.dtype))
     total = safe_divide(ops.sum(pos_term), with_pos) + ops.sum(neg_term) / num_classes
-    return ops.ones_like(cos[:, 0]) * total
+    return nan_unless_finite(ops.ones_like(cos[:, 0]) * total, cos)
 
 
 @register

@@ -9,17 +9,33 @@ from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_range, upcast
-from clusterloss.distances import get_distance
+from clusterloss.distances import Distance, get_distance
 from clusterloss.losses._pairs import (
     MetricLoss,
+    Pairs,
     check_average,
-    compact_triplets,
+    farness,
     get_miner,
-    label_masks,
-    mined_triplets,
+    nan_unless_finite,
+    pair_batch,
     per_anchor_mean,
-    prepare,
 )
+from clusterloss.losses._triplets import TripletChoice, TripletWindow, hinge_sum
+
+
+def select_triplets(miner, pairs: Pairs, distance: Distance):
+    """The triplets a triplet loss uses: all valid ones without a miner (a `TripletWindow`
+    with no bounds on `distance`'s matrix), a triplet miner's selection, or the triplets
+    `(a, p, n)` whose pairs `(a, p)` and `(a, n)` a pair miner selected (PML's conversion)."""
+    far = ops.stop_gradient(farness(pairs.matrix(distance), distance))
+    if miner is None:
+        return TripletWindow(far, pairs.pos, pairs.neg, None, None, distance)
+    if miner.kind == "pair":
+        pos_w, neg_w = miner.select(pairs)
+        pos = ops.logical_and(pairs.pos, ops.cast(pos_w, far.dtype) > 0)
+        neg = ops.logical_and(pairs.neg, ops.cast(neg_w, far.dtype) > 0)
+        return TripletWindow(far, pos, neg, None, None, distance)
+    return miner.select(pairs)
 
 
 def triplet_margin_loss(
@@ -31,6 +47,9 @@ def triplet_margin_loss(
     swap: bool = False,
     smooth_loss: bool = False,
     average: str = "nonzero",
+    ref_embeddings=None,
+    ref_labels=None,
+    ref_mask=None,
 ):
     """Triplet margin loss over the triplets of a batch, one value per anchor.
 
@@ -43,13 +62,20 @@ def triplet_margin_loss(
     Weinberger & Saul (JMLR 2009), Schroff et al., "FaceNet" (CVPR 2015).
 
     Triplets: all valid triplets of the batch, or those a `miner` selects (a pair miner's pairs
-    are joined by their anchor, as PML does).
+    are joined by their anchor, as PML does). With `ref_embeddings`/`ref_labels` (PML's
+    `ref_emb`), anchors come from the batch and positives/negatives from the references.
 
     Reduction (`average`): `"nonzero"` (default, PML's `AvgNonZeroReducer`) is the mean over
     the triplets with a positive loss; `"all"` the mean over every (mined) triplet (TFA). The
     value returned for anchor `i` is `B * sum_{p,n} l_ipn / N`, so Keras's batch mean equals
     that mean (see `clusterloss.losses._pairs`). No triplet (one class, or a miner that finds
-    none): 0 with zero gradients.
+    none): 0 with zero gradients. NaN/inf embeddings or distances: NaN.
+
+    Cost: O(B^2 log B) time and O(B^2) memory without a miner and with `TripletMarginMiner`
+    (its window is counted over sorted distances, never expanded), O(B^2) with
+    `BatchHardMiner`/`BatchSemiHardMiner` and pair miners. A `(B, B, B)` tensor is built only
+    when asked for: `swap=True`, `smooth_loss=True` (each triplet has its own non-linear
+    term), or a `TripletMarginMiner` whose distance differs from the loss's.
 
     Defaults are PML's `TripletMarginLoss()`: `margin=0.05` on L2-normalised Euclidean
     distances (PML's `TripletMarginMiner` defaults to 0.2). PML's random `triplets_per_anchor`
@@ -59,26 +85,31 @@ def triplet_margin_loss(
     check_average(average)
     distance = get_distance(distance)
     miner = get_miner(miner)
-    labels, x = prepare(y_true, y_pred)
-    mat = distance.pairwise(x)
-    pos, neg = label_masks(labels)
-    compact = compact_triplets(miner, x, labels, pos, neg)
-    if compact is not None:  # one negative per (a, p): (batch, batch) terms
-        neg_index, weights = compact
-        ap = mat
-        an = ops.take_along_axis(mat, neg_index, axis=1)  # d(a, n_ap)
-        # d(p, n_ap): row p of mat at column neg_index[a, p].
-        pn = ops.transpose(ops.take_along_axis(mat, ops.transpose(neg_index), axis=1))
-    else:  # (batch, batch, batch) terms
-        weights = mined_triplets(miner, x, labels, pos, neg)
-        ap = mat[:, :, None]
-        an = mat[:, None, :]
-        pn = mat[None, :, :]
+    pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
+    far = farness(pairs.matrix(distance), distance)
+    selected = select_triplets(miner, pairs, distance)
+    nonzero = average == "nonzero"
+    if isinstance(selected, TripletWindow) and not (swap or smooth_loss) and (
+            selected.distance == distance):
+        return pairs.guard(hinge_sum(selected, far, margin, average))
+    if isinstance(selected, TripletChoice):  # one negative per (a, p): (batch, num_refs) terms
+        weights, neg_index = selected.weights, selected.neg_index
+        ap = far
+        an = ops.take_along_axis(far, neg_index, axis=1)  # f(a, n_ap)
+        if swap:  # f(p, n_ap): row p of the references' matrix at column neg_index[a, p]
+            ref_far = farness(pairs.ref_matrix(distance), distance)
+            pn = ops.transpose(ops.take_along_axis(ref_far, ops.transpose(neg_index), axis=1))
+    else:  # (batch, num_refs, num_refs) terms
+        weights = selected.dense(far.dtype)
+        ap = far[:, :, None]
+        an = far[:, None, :]
+        if swap:
+            pn = farness(pairs.ref_matrix(distance), distance)[None, :, :]
     if swap:
-        an = ops.maximum(an, pn) if distance.larger_is_closer else ops.minimum(an, pn)
-    violation = distance.margin(ap, an) + margin
+        an = ops.minimum(an, pn)
+    violation = ap - an + margin
     losses = ops.softplus(violation) if smooth_loss else ops.relu(violation)
-    return per_anchor_mean(losses, weights, nonzero=average == "nonzero")
+    return pairs.guard(per_anchor_mean(losses, weights, nonzero=nonzero))
 
 
 def explicit_triplet_loss(y_true, y_pred, margin: float = 0.1, distance: Any = "cosine"):
@@ -93,6 +124,7 @@ def explicit_triplet_loss(y_true, y_pred, margin: float = 0.1, distance: Any = "
     the model to output the loss; here it is an ordinary loss. With a distance instead of
     cosine: `[margin + d(q, right) - d(q, wrong)]_+`. The batch mean averages every triplet
     (PML's `EmbeddingsAlreadyPackagedAsTriplets` + `TripletMarginLoss` with `MeanReducer`).
+    NaN/inf anywhere gives NaN for every triplet.
     """
     check_range(margin, "margin", 0.0)
     distance = get_distance(distance)
@@ -102,11 +134,14 @@ def explicit_triplet_loss(y_true, y_pred, margin: float = 0.1, distance: Any = "
             "`y_pred` must have shape (batch, 3, dim) (query, right answer, wrong answer); "
             f"got shape {shape}."
         )
+    if shape[0] == 0:
+        raise ValueError(f"`y_pred` must hold at least one triplet; got shape {shape}.")
     y_pred = upcast(y_pred)
     query, right, wrong = y_pred[:, 0], y_pred[:, 1], y_pred[:, 2]
     d_right = distance.paired(query, right)
     d_wrong = distance.paired(query, wrong)
-    return ops.relu(distance.margin(d_right, d_wrong) + margin)
+    return nan_unless_finite(ops.relu(distance.margin(d_right, d_wrong) + margin),
+                             d_right, d_wrong)
 
 
 @register

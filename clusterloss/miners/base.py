@@ -1,4 +1,4 @@
-"""The base of every miner: in-batch, fixed-shape masks, no gradient."""
+"""The base of every miner: fixed-shape selections of pairs or triplets, no gradient."""
 
 from __future__ import annotations
 
@@ -9,46 +9,52 @@ from keras import ops
 
 from clusterloss._validation import concrete
 from clusterloss.distances import get_distance
-from clusterloss.losses._pairs import label_masks, prepare
+from clusterloss.losses._pairs import Pairs, pair_batch
+from clusterloss.losses._triplets import TripletChoice, TripletMask, TripletWindow
 
 
 class Miner:
-    """Selects pairs or triplets of a batch for a loss, as masks of fixed shape.
+    """Selects pairs or triplets of a batch for a loss, with fixed shapes.
 
     A miner is given to a loss (`TripletMarginLoss(miner=TripletMarginMiner(0.2, "semihard"))`)
-    or called on its own, `miner(embeddings, labels)`, which returns
+    or called on its own, `miner(embeddings, labels, ref_embeddings=None, ref_labels=None)`,
+    which returns masks over (query, reference) indices (the batch is its own reference
+    without `ref_embeddings`, the diagonal excluded):
 
-      - for a triplet miner (`kind == "triplet"`): a float32 `(batch, batch, batch)` mask,
+      - for a triplet miner (`kind == "triplet"`): a float `(batch, num_refs, num_refs)` mask,
         `mask[a, p, n] = 1` for each mined triplet (anchor, positive, negative);
-      - for a pair miner (`kind == "pair"`): a tuple `(pos, neg)` of float32 `(batch, batch)`
+      - for a pair miner (`kind == "pair"`): a tuple `(pos, neg)` of float `(batch, num_refs)`
         masks, `pos[a, p] = 1` for each mined positive pair, `neg[a, n] = 1` for each negative.
 
-    Masks, not index lists, so mining has fixed shapes and runs under `jit_compile` on every
-    backend. The positive mask never holds the diagonal. Mining uses
-    `stop_gradient(embeddings)` (as PML mines under `torch.no_grad()`), and its own distance,
-    which need not be the loss's (PML's convention; the defaults are PML's).
+    Inside a loss the triplet miners hand over a compact form instead (`select`, see
+    `clusterloss.losses._triplets`), so the built-in miners never build a B^3 tensor there.
+    Mining uses `stop_gradient` (as PML mines under `torch.no_grad()`) and its own distance,
+    which need not be the loss's (PML's convention; the defaults are PML's). NaN or inf in the
+    embeddings (or an overflowing distance) gives NaN masks, never a silent "nothing mined".
 
-    Called on its own with concrete labels, a miner raises a `ValueError` for a batch that
-    cannot hold what it mines (fewer than two classes, or no class with two samples); inside a
-    loss the same batch gives a loss of 0 with zero gradients instead, on every backend.
+    Called on its own with NumPy labels, a miner raises a `ValueError` for a batch that cannot
+    hold what it mines (fewer than two classes, or no class with two samples); inside a loss
+    the same batch gives a loss of 0 with zero gradients instead, on every backend.
+
+    A new miner sets `kind` and implements `_mine(mat, pos, neg)`: `mat` is its distance
+    matrix `(batch, num_refs)` (no gradient), `pos`/`neg` the bool label masks; it returns
+    `(pos_weights, neg_weights)` (pair miner) or, for a triplet miner, a dense
+    `(batch, num_refs, num_refs)` mask, a `TripletChoice` or a `TripletWindow`.
     """
 
     kind = "triplet"
     default_distance = "euclidean"
     needs_positive_pair = True
-    # True for triplet miners that pick at most one negative per positive pair: they also
-    # offer `mine_compact`, which a triplet loss uses to stay O(batch^2).
-    compact = False
 
     def __init__(self, distance: Any = None):
         self.distance = get_distance(self.default_distance if distance is None else distance)
 
-    def __call__(self, embeddings, labels):
-        labels, embeddings = prepare(labels, embeddings, ("labels", "embeddings"))
+    def __call__(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
+        out = self.mine(embeddings, labels, ref_embeddings, ref_labels)
         values = concrete(labels)
-        if values is not None:
-            self._check_batch(values)
-        return self.mine(embeddings, labels)
+        if values is not None and ref_embeddings is None:
+            self._check_batch(values.reshape(-1))
+        return out
 
     def _check_batch(self, values: np.ndarray) -> None:
         classes, counts = np.unique(values, return_counts=True)
@@ -64,32 +70,27 @@ class Miner:
                 f"positive pairs; got {len(classes)} classes with one sample each."
             )
 
-    def mine(self, embeddings, labels, pos=None, neg=None):
-        """The masks, with no input checks (what a loss calls). `pos`, `neg`: the label masks
-        if already built."""
-        if pos is None:
-            pos, neg = label_masks(labels)
-        x = ops.stop_gradient(embeddings)
-        mat = ops.stop_gradient(self.distance.pairwise(x))
-        return self._mine(mat, pos, neg)
+    def mine(self, embeddings, labels, ref_embeddings=None, ref_labels=None, ref_mask=None):
+        """The dense masks described in the class docstring, without the batch checks."""
+        pairs = pair_batch(labels, embeddings, ref_embeddings, ref_labels, ref_mask,
+                           names=("labels", "embeddings"))
+        selected = self.select(pairs)
+        dtype = pairs.embeddings.dtype
+        if self.kind == "pair":
+            return tuple(pairs.guard(ops.cast(m, dtype)) for m in selected)
+        return pairs.guard(selected.dense(dtype))
 
-    def mine_compact(self, embeddings, labels, pos=None, neg=None):
-        """For a `compact` miner: `(neg_index, weights)`, each `(batch, batch)`: the triplet
-        `(a, p, neg_index[a, p])` is mined where `weights[a, p] = 1`. Same triplets as `mine`,
-        without the `(batch, batch, batch)` mask."""
-        if pos is None:
-            pos, neg = label_masks(labels)
-        mat = ops.stop_gradient(self.distance.pairwise(ops.stop_gradient(embeddings)))
-        return self._mine_compact(mat, pos, neg)
+    def select(self, pairs: Pairs):
+        """What a loss uses: `(pos_weights, neg_weights)` for a pair miner; a `TripletMask`,
+        `TripletChoice` or `TripletWindow` for a triplet miner."""
+        mat = ops.stop_gradient(pairs.matrix(self.distance))
+        out = self._mine(mat, pairs.pos, pairs.neg)
+        if self.kind == "triplet" and not isinstance(out, (TripletMask, TripletChoice,
+                                                           TripletWindow)):
+            out = TripletMask(out)
+        return out
 
     def _mine(self, mat, pos, neg):
-        if self.compact:  # the dense mask from the compact form
-            neg_index, weights = self._mine_compact(mat, pos, neg)
-            chosen = ops.equal(neg_index[:, :, None], ops.arange(ops.shape(mat)[1]))
-            return ops.cast(chosen, "float32") * weights[:, :, None]
-        raise NotImplementedError
-
-    def _mine_compact(self, mat, pos, neg):
         raise NotImplementedError
 
     def farness(self, mat):

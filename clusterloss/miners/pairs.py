@@ -1,4 +1,4 @@
-"""Pair miners: each returns float32 `(pos, neg)` masks of shape `(batch, batch)`."""
+"""Pair miners: each selects `(pos, neg)` masks of shape `(batch, num_refs)`."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class MultiSimilarityMiner(Miner):
         farthest_pos = masked_max(far, pos, axis=1, keepdims=True)
         hard_pos = ops.logical_and(pos, far + self.epsilon > closest_neg)
         hard_neg = ops.logical_and(neg, far - self.epsilon < farthest_pos)
-        return ops.cast(hard_pos, "float32"), ops.cast(hard_neg, "float32")
+        return hard_pos, hard_neg
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "epsilon": self.epsilon}
@@ -76,10 +76,7 @@ class PairMarginMiner(Miner):
             hard_pos, hard_neg = mat < self.pos_margin, mat > self.neg_margin
         else:
             hard_pos, hard_neg = mat > self.pos_margin, mat < self.neg_margin
-        return (
-            ops.cast(ops.logical_and(pos, hard_pos), "float32"),
-            ops.cast(ops.logical_and(neg, hard_neg), "float32"),
-        )
+        return ops.logical_and(pos, hard_pos), ops.logical_and(neg, hard_neg)
 
     def get_config(self) -> dict[str, Any]:
         return {

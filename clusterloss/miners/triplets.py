@@ -1,4 +1,6 @@
-"""Triplet miners: each returns a float32 `(batch, batch, batch)` mask over `[a, p, n]`."""
+"""Triplet miners. Called on their own they return a float `(batch, num_refs, num_refs)` mask
+over `[a, p, n]`; inside a loss they hand over a compact form (see `clusterloss.losses._triplets`)
+that costs O(B^2 log B), not B^3."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_choice, check_range
-from clusterloss.losses._pairs import _BIG, one_hot_index, triplet_mask
+from clusterloss.losses._pairs import _BIG
+from clusterloss.losses._triplets import TripletChoice, TripletWindow, choice_from_sorted
 from clusterloss.miners.base import Miner
 
 TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
@@ -26,6 +29,10 @@ class TripletMarginMiner(Miner):
         `0 < m <= margin`, the semi-hard rule of FaceNet (Schroff et al., CVPR 2015);
       - `"easy"`: the rest, `m > margin`.
 
+    The comparisons are evaluated as `d(a, n) <= d(a, p) + margin` (PML: `d(a, n) - d(a, p)
+    <= margin`); the two differ only where the margin is within one float rounding of a
+    bound. Inside a loss the selection is a window over sorted distances, O(B^2 log B).
+
     Args:
         margin: the margin, >= 0. PML's default 0.2 (the loss's default margin is 0.05).
         type_of_triplets: one of the four above.
@@ -39,18 +46,17 @@ class TripletMarginMiner(Miner):
         self.margin = float(margin)
         self.type_of_triplets = type_of_triplets
 
+    def bounds(self) -> tuple[float | None, float | None]:
+        """`(lower, upper)`: the window `lower < m <= upper` of this type (`None`: unbounded)."""
+        return {
+            "all": (None, self.margin),
+            "hard": (None, min(self.margin, 0.0)),
+            "semihard": (0.0, self.margin),
+            "easy": (self.margin, None),
+        }[self.type_of_triplets]
+
     def _mine(self, mat, pos, neg):
-        far = self.farness(mat)
-        m = far[:, None, :] - far[:, :, None]  # d(a, n) - d(a, p)
-        if self.type_of_triplets == "easy":
-            keep = m > self.margin
-        else:
-            keep = m <= self.margin
-            if self.type_of_triplets == "hard":
-                keep = ops.logical_and(keep, m <= 0)
-            elif self.type_of_triplets == "semihard":
-                keep = ops.logical_and(keep, m > 0)
-        return ops.cast(ops.logical_and(triplet_mask(pos, neg), keep), "float32")
+        return TripletWindow(self.farness(mat), pos, neg, *self.bounds(), self.distance)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -58,6 +64,10 @@ class TripletMarginMiner(Miner):
             "margin": self.margin,
             "type_of_triplets": self.type_of_triplets,
         }
+
+
+def _has_both(pos, neg):
+    return ops.logical_and(ops.any(pos, axis=1), ops.any(neg, axis=1))
 
 
 @register
@@ -69,40 +79,33 @@ class BatchHardMiner(Miner):
     index.
     """
 
-    compact = True
-
-    def _mine_compact(self, mat, pos, neg):
+    def _mine(self, mat, pos, neg):
         far = self.farness(mat)
-        hardest_pos = ops.argmax(ops.where(pos, far, ops.full_like(far, -_BIG)), axis=1)
-        hardest_neg = ops.argmin(ops.where(neg, far, ops.full_like(far, _BIG)), axis=1)
-        has = ops.logical_and(ops.any(pos, axis=1), ops.any(neg, axis=1))
-        weights = ops.logical_and(one_hot_index(hardest_pos, far), has[:, None])
+        hardest_pos = ops.argmax(ops.where(pos, far, -_BIG), axis=1)
+        hardest_neg = ops.argmin(ops.where(neg, far, _BIG), axis=1)
+        one_hot = ops.equal(hardest_pos[:, None], ops.arange(ops.shape(far)[1])[None, :])
+        weights = ops.logical_and(one_hot, _has_both(pos, neg)[:, None])
         neg_index = ops.broadcast_to(hardest_neg[:, None], ops.shape(far))
-        return ops.cast(neg_index, "int32"), ops.cast(weights, "float32")
+        return TripletChoice(ops.cast(neg_index, "int32"), ops.cast(weights, far.dtype))
 
 
 @register
 class BatchSemiHardMiner(Miner):
     """One triplet per positive pair `(a, p)`, as TensorFlow Addons' `TripletSemiHardLoss`
     (FaceNet's online semi-hard mining): the closest negative farther from the anchor than the
-    positive; if there is none, the farthest negative of the anchor.
+    positive (the lowest index among equals); if there is none, the farthest negative of the
+    anchor (the lowest index among equals). O(B^2 log B): each anchor's negatives are sorted.
 
     With `TripletMarginLoss(margin=1.0, distance=Distance("euclidean", normalize=False),
     average="all")` this gives the value of `tfa.losses.TripletSemiHardLoss()`.
     """
 
-    compact = True
-
-    def _mine_compact(self, mat, pos, neg):
+    def _mine(self, mat, pos, neg):
         far = self.farness(mat)
-        ap = far[:, :, None]
-        an = far[:, None, :]
-        outside = ops.logical_and(neg[:, None, :], an > ap)  # (a, p, n)
-        closest_outside = ops.argmin(ops.where(outside, an, _BIG), axis=2)  # (a, p)
-        farthest = ops.argmax(ops.where(neg, far, ops.full_like(far, -_BIG)), axis=1)  # (a,)
-        neg_index = ops.where(ops.any(outside, axis=2), closest_outside, farthest[:, None])
+        farthest = ops.argmax(ops.where(neg, far, -_BIG), axis=1)
+        neg_index = choice_from_sorted(far, neg, far, ops.cast(farthest, "int32"))
         weights = ops.logical_and(pos, ops.any(neg, axis=1)[:, None])
-        return ops.cast(neg_index, "int32"), ops.cast(weights, "float32")
+        return TripletChoice(ops.cast(neg_index, "int32"), ops.cast(weights, far.dtype))
 
 
 __all__ = ["BatchHardMiner", "BatchSemiHardMiner", "TripletMarginMiner", "TRIPLET_TYPES"]
