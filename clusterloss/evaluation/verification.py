@@ -30,6 +30,7 @@ from clusterloss._validation import (
     check_range,
     normalize_rows,
 )
+from clusterloss.evaluation.keys import far_key
 
 DEFAULT_FAR_TARGETS = (1e-1, 1e-2, 1e-3)
 
@@ -225,8 +226,8 @@ def roc_metrics(scores, is_genuine, far_targets=DEFAULT_FAR_TARGETS) -> dict[str
     """ROC AUC, EER, and TAR at each FAR target, from pair scores (see the module docstring).
 
     Keys: `roc_auc`, `eer`, `eer_threshold` (the first ROC threshold, from the top, whose
-    FAR >= FRR), `tar_at_far_<far>` and `threshold_at_far_<far>` (e.g. `tar_at_far_0.001`),
-    `n_genuine`, `n_impostor`.
+    FAR >= FRR), `tar_at_far_<far>` and `threshold_at_far_<far>` (`<far>` as `far_key`
+    writes it: `tar_at_far_1e-3` for 0.001), `num_genuine_pairs`, `num_impostor_pairs`.
     """
     from sklearn.metrics import roc_auc_score  # noqa: PLC0415
 
@@ -251,10 +252,10 @@ def roc_metrics(scores, is_genuine, far_targets=DEFAULT_FAR_TARGETS) -> dict[str
     for target in fars:
         threshold = threshold_at_far(s, g, target)
         tar_value = float("nan") if math.isnan(threshold) else float(np.mean(genuine >= threshold))
-        results[f"tar_at_far_{target:g}"] = tar_value
-        results[f"threshold_at_far_{target:g}"] = threshold
-    results["n_genuine"] = float(g.sum())
-    results["n_impostor"] = float((~g).sum())
+        results[f"tar_at_far_{far_key(target)}"] = tar_value
+        results[f"threshold_at_far_{far_key(target)}"] = threshold
+    results["num_genuine_pairs"] = int(g.sum())
+    results["num_impostor_pairs"] = int((~g).sum())
     return results
 
 

@@ -1,0 +1,154 @@
+"""A run's searchable gallery: `RUN_DIR/index/` holds an `Index` of gallery embeddings with
+their labels, the gallery's file paths, and `info.json`: where the gallery came from, the
+class names, a hash of the `model.keras` that embedded it (a later model makes the index
+stale: refused), and the open-set threshold.
+
+The open-set threshold is chosen on held-out data of the run (its validation split, else its
+test split): over all pairs of those images, the similarity (or distance) threshold whose
+false accept rate (different-class pairs accepted) is at most `far`. A query whose nearest
+gallery item is below it (cosine; above it for a Euclidean distance) is "unknown".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clusterloss.app.errors import RunError
+from clusterloss.app.results import embed_all
+from clusterloss.app.rundir import INDEX, atomic_path, write_text
+from clusterloss.data import DATASETS, Dataset, ImageFiles, load_dataset
+from clusterloss.evaluation.verification import threshold_at_far, verification_scores
+from clusterloss.index import Index
+
+INDEX_FILE = Path(INDEX) / "gallery.index"
+INFO_FILE = Path(INDEX) / "info.json"
+PATHS_FILE = Path(INDEX) / "paths.txt"
+DEFAULT_FAR = 0.01
+MAX_PAIRS = 1_000_000  # validation pairs for the threshold (sampled beyond)
+
+
+def model_hash(run_dir: str | Path) -> str:
+    """sha256 of RUN_DIR/model.keras."""
+    digest = hashlib.sha256()
+    with open(Path(run_dir) / "model.keras", "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_format(model) -> tuple[tuple[int, int] | None, int | None]:
+    """`(size, channels)` of the images the model takes (None, None for vectors)."""
+    shape = tuple(model.backbone.input_shape[1:])
+    return (shape[:2], shape[2]) if len(shape) == 3 else (None, None)
+
+
+def gallery_data(model, data: Dataset, source: str | None) -> tuple[Any, np.ndarray, list[str]]:
+    """`(x, labels, class_names)` of the gallery: the run's training set, or every sample
+    of `source` (a folder, an .npz, or a built-in set's training part) in the model's
+    input format."""
+    if source is None:
+        return data.x_train, data.y_train, data.class_names
+    size, channels = input_format(model)
+    try:
+        found = load_dataset(source, val_split=0.0, test_split=None if source in DATASETS else 0.0,
+                             image_size=size or 1, channels=channels)  # fmt: skip
+    except ValueError as error:
+        raise RunError(str(error)) from None
+    return found.x_train, found.y_train, found.class_names
+
+
+def open_set_threshold(model, data: Dataset, metric: str, far: float) -> dict[str, Any]:
+    """The threshold at `far` on the run's validation split (else its test split)."""
+    part, x, y = ("validation", data.x_val, data.y_val) if len(data.y_val) else ("test", data.x_test, data.y_test)
+    found = {"far": far, "threshold": None, "chosen_on": part, "num_impostor_pairs": 0}
+    if len(np.unique(y)) < 2 or np.bincount(y).max() < 2:
+        return found
+    scores, genuine = verification_scores(embed_all(model, x), y, metric=metric,
+                                          max_pairs=MAX_PAIRS, seed=0)  # fmt: skip
+    threshold = threshold_at_far(scores, genuine, far)
+    found["num_impostor_pairs"] = int((~genuine).sum())
+    if math.isfinite(threshold):  # verification scores Euclidean pairs by -distance
+        found["threshold"] = threshold if metric == "cosine" else -threshold
+    return found
+
+
+def build_index(run_dir: str | Path, model, data: Dataset, source: str | None = None, *,
+                metric: str = "cosine", kind: str = "flat", far: float = DEFAULT_FAR,
+                verbose: Any = 0) -> dict[str, Any]:  # fmt: skip
+    """Embed the gallery, save `RUN_DIR/index/` (see the module docstring); return the info."""
+    run_dir = Path(run_dir)
+    start = time.perf_counter()
+    x, labels, class_names = gallery_data(model, data, source)
+    emb = embed_all(model, x, verbose)
+    index = Index(emb.shape[1], metric=metric, kind=kind, verbose=verbose not in (0, "0"))
+    index.add(emb, labels=labels, ids=np.arange(len(emb)))
+    (run_dir / INDEX).mkdir(exist_ok=True)
+    with atomic_path(run_dir / INDEX_FILE) as temporary:
+        index.save(temporary)
+    paths = getattr(x, "paths", None)
+    if paths is not None:
+        write_text(run_dir / PATHS_FILE, "".join(p + "\n" for p in paths))
+    info = {
+        "source": "train" if source is None else str(Path(source).resolve()) if source not in DATASETS else source,
+        "size": len(index), "dim": index.dim, "metric": index.metric, "kind": index.kind,
+        "backend": index.backend, "exact": index.is_exact, "class_names": list(class_names),
+        "paths": str(PATHS_FILE) if paths is not None else None,
+        "model_sha256": model_hash(run_dir),
+        "open_set": open_set_threshold(model, data, metric, far),
+        "seconds": round(time.perf_counter() - start, 3),
+    }  # fmt: skip
+    write_text(run_dir / INFO_FILE, json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def load_index(run_dir: str | Path) -> tuple[Index, dict[str, Any], list[str] | None] | None:
+    """`(index, info, paths)` of RUN_DIR/index/, None if there is none; a `RunError` if it
+    was built from another model.keras than the run's present one."""
+    run_dir = Path(run_dir)
+    if not (run_dir / INFO_FILE).is_file() or not (run_dir / INDEX_FILE).is_file():
+        return None
+    info = json.loads((run_dir / INFO_FILE).read_text())
+    if info.get("model_sha256") != model_hash(run_dir):
+        raise RunError(f"{run_dir / INDEX} was built from another model.keras than the run's "
+                       f"present one (stale); rebuild it: clusterloss index build {run_dir}")  # fmt: skip
+    try:
+        index = Index.load(run_dir / INDEX_FILE)
+    except (OSError, ValueError) as error:
+        raise RunError(f"{run_dir / INDEX_FILE}: {error}; rebuild it: clusterloss index build {run_dir}") from None
+    paths = None
+    if info.get("paths"):
+        paths = (run_dir / info["paths"]).read_text().splitlines()
+    return index, info, paths
+
+
+def read_queries(model, images: list[str] | None, npz: str | None) -> tuple[Any, np.ndarray | None, list[str]]:
+    """`(x, labels or None, names)` of query files: images (in the model's input format) or
+    an .npz with `x` (and optional `y`)."""
+    if images:
+        size, channels = input_format(model)
+        if size is None:
+            raise RunError("--images needs a model that takes images; this one takes vectors (use --npz)")
+        missing = [p for p in images if not Path(p).is_file()]
+        if missing:
+            raise RunError(f"{missing[0]}: no such file")
+        return ImageFiles(images, size, channels), None, list(images)
+    try:
+        with np.load(npz, allow_pickle=False) as arrays:
+            if "x" not in arrays.files:
+                raise RunError(f"{npz}: needs an array 'x' (and optionally 'y'); found {sorted(arrays.files)}")
+            x = arrays["x"]
+            y = arrays["y"].astype(np.int64) if "y" in arrays.files else None
+    except (OSError, ValueError) as error:
+        raise RunError(f"{npz}: not a readable .npz file ({error})") from None
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    if x.ndim == 3:
+        x = x[..., None]
+    return x.astype(np.float32), y, [f"{npz}[{i}]" for i in range(len(x))]
