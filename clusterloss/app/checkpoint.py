@@ -31,8 +31,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         directory: the checkpoint folder (created).
         config: the run's settings, stored so that a resume can check it continues the
             same run.
-        monitor, mode: the logged value whose best epoch is kept ("max" or "min"); None:
-            no best model.
+        monitor, mode: the logged value whose best epoch is kept ("max" or "min"; a tie
+            goes to the later epoch, trained longer); None: no best model.
         state: a loaded `state.json` to continue from (`TrainingCheckpoint.read`).
     """
 
@@ -64,7 +64,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         best = self.state["best"]
         if not math.isfinite(value):
             return False
-        return best is None or (value > best if self.mode == "max" else value < best)
+        return best is None or (value >= best if self.mode == "max" else value <= best)
 
     def _save_weights(self, name: str) -> str:
         with atomic_path(self.directory / name) as temporary:

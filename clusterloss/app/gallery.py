@@ -4,9 +4,12 @@ class names, a hash of the `model.keras` that embedded it (a later model makes t
 stale: refused), and the open-set threshold.
 
 The open-set threshold is chosen on held-out data of the run (its validation split, else its
-test split): over all pairs of those images, the similarity (or distance) threshold whose
-false accept rate (different-class pairs accepted) is at most `far`. A query whose nearest
-gallery item is below it (cosine; above it for a Euclidean distance) is "unknown".
+test split), as if each of those images were a query of a class the gallery does not hold:
+its score is the similarity to the nearest training image of *another* class, and the
+threshold is the smallest one that at most a fraction `far` of these scores pass (the false
+accept rate of open-set identification, FPIR in NIST's terms). A query whose nearest
+gallery item does not pass it (cosine below it; a Euclidean distance above it) is "unknown".
+A rate `far` needs at least 1/far held-out images.
 """
 
 from __future__ import annotations
@@ -24,14 +27,14 @@ from clusterloss.app.errors import RunError
 from clusterloss.app.results import embed_all
 from clusterloss.app.rundir import INDEX, atomic_path, write_text
 from clusterloss.data import DATASETS, Dataset, ImageFiles, load_dataset
-from clusterloss.evaluation.verification import threshold_at_far, verification_scores
+from clusterloss.evaluation.verification import impostor_threshold
 from clusterloss.index import Index
 
 INDEX_FILE = Path(INDEX) / "gallery.index"
 INFO_FILE = Path(INDEX) / "info.json"
 PATHS_FILE = Path(INDEX) / "paths.txt"
 DEFAULT_FAR = 0.01
-MAX_PAIRS = 1_000_000  # validation pairs for the threshold (sampled beyond)
+QUERY_BATCH = 1024  # held-out queries searched at a time for the threshold
 
 
 def model_hash(run_dir: str | Path) -> str:
@@ -64,17 +67,37 @@ def gallery_data(model, data: Dataset, source: str | None) -> tuple[Any, np.ndar
     return found.x_train, found.y_train, found.class_names
 
 
-def open_set_threshold(model, data: Dataset, metric: str, far: float) -> dict[str, Any]:
-    """The threshold at `far` on the run's validation split (else its test split)."""
+def nearest_other_class(index: Index, queries: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per query, the score of its nearest indexed item of another class (searching past
+    the largest class's size, so one is always found; NaN if every item shares its class)."""
+    depth = min(len(index), int(np.bincount(index.labels).max()) + 1)
+    found = np.full(len(queries), np.nan)
+    for start in range(0, len(queries), QUERY_BATCH):
+        scores, rows = index.search(queries[start : start + QUERY_BATCH], depth)
+        other = (index.labels[rows] != labels[start : start + QUERY_BATCH, None]) & (rows >= 0)
+        first = np.argmax(other, axis=1)
+        hit = other[np.arange(len(first)), first]
+        found[start : start + len(first)][hit] = scores[np.arange(len(first)), first][hit]
+    return found
+
+
+def open_set_threshold(model, data: Dataset, metric: str, far: float,
+                       train_emb: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
+    """The open-set threshold at `far` (see the module docstring): chosen on the run's
+    validation split (else its test split) against its training images."""
     part, x, y = ("validation", data.x_val, data.y_val) if len(data.y_val) else ("test", data.x_test, data.y_test)
-    found = {"far": far, "threshold": None, "chosen_on": part, "num_impostor_pairs": 0}
-    if len(np.unique(y)) < 2 or np.bincount(y).max() < 2:
+    found = {"far": far, "threshold": None, "chosen_on": part, "num_queries": int(len(y))}
+    if not len(y):
         return found
-    scores, genuine = verification_scores(embed_all(model, x), y, metric=metric,
-                                          max_pairs=MAX_PAIRS, seed=0)  # fmt: skip
-    threshold = threshold_at_far(scores, genuine, far)
-    found["num_impostor_pairs"] = int((~genuine).sum())
-    if math.isfinite(threshold):  # verification scores Euclidean pairs by -distance
+    train_emb = embed_all(model, data.x_train) if train_emb is None else train_emb
+    index = Index(train_emb.shape[1], metric=metric)
+    index.add(train_emb, labels=data.y_train)
+    scores = nearest_other_class(index, embed_all(model, x), y)
+    scores = scores[np.isfinite(scores)]
+    if metric == "euclidean":
+        scores = -scores  # threshold_at_far wants "higher is more alike"
+    threshold = impostor_threshold(scores, far)
+    if math.isfinite(threshold):
         found["threshold"] = threshold if metric == "cosine" else -threshold
     return found
 
@@ -101,7 +124,7 @@ def build_index(run_dir: str | Path, model, data: Dataset, source: str | None = 
         "backend": index.backend, "exact": index.is_exact, "class_names": list(class_names),
         "paths": str(PATHS_FILE) if paths is not None else None,
         "model_sha256": model_hash(run_dir),
-        "open_set": open_set_threshold(model, data, metric, far),
+        "open_set": open_set_threshold(model, data, metric, far, emb if source is None else None),
         "seconds": round(time.perf_counter() - start, 3),
     }  # fmt: skip
     write_text(run_dir / INFO_FILE, json.dumps(info, indent=2) + "\n")
@@ -126,6 +149,30 @@ def load_index(run_dir: str | Path) -> tuple[Index, dict[str, Any], list[str] | 
     if info.get("paths"):
         paths = (run_dir / info["paths"]).read_text().splitlines()
     return index, info, paths
+
+
+def open_gallery(run_dir: str | Path, model, data: Dataset, part: str = "train", verbose: Any = 0):
+    """`(index, class_names, paths, threshold, description)` of a search gallery: `"train"`
+    is RUN_DIR/index/ if built (refused if stale), else the training set embedded now;
+    `"test"` and `"unknown"` are those parts of the run's data, embedded now (no open-set
+    threshold)."""
+    if part == "train":
+        loaded = load_index(run_dir)
+        if loaded:
+            index, info, paths = loaded
+            description = f"{Path(run_dir) / INDEX_FILE} ({info['size']} items of {info['source']})"
+            return index, info["class_names"], paths, info["open_set"]["threshold"], description
+    x, y = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test),
+            "unknown": (data.x_unknown, data.y_unknown)}[part]  # fmt: skip
+    if not len(y):
+        raise RunError(f"the {part} set is empty")
+    emb = embed_all(model, x, verbose)
+    index = Index(emb.shape[1], metric="cosine")
+    index.add(emb, labels=y, ids=np.arange(len(y)))
+    threshold = open_set_threshold(model, data, "cosine", DEFAULT_FAR, emb)["threshold"] if part == "train" else None
+    description = (f"the run's {part} set, embedded now ({len(y)} items; `clusterloss index "
+                   "build` saves an index)")  # fmt: skip
+    return index, data.all_class_names, getattr(x, "paths", None), threshold, description
 
 
 def read_queries(model, images: list[str] | None, npz: str | None) -> tuple[Any, np.ndarray | None, list[str]]:

@@ -54,7 +54,8 @@ def _crossentropy() -> keras.losses.Loss:
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-M_PER_CLASS = option(MPerClassSampler, "m", "m_per_class", "samples per class in each batch",
+M_PER_CLASS = option(MPerClassSampler, "m", "m_per_class",
+                     "samples per class in each batch (more when all classes fit in one)",
                      low=2)  # fmt: skip
 
 

@@ -83,11 +83,9 @@ class RunDir:
         return [n for n in RUN_FILES + RUN_FOLDERS if (self.path / n).exists()]
 
     def prepare(self, overwrite: bool = False, resume: bool = False) -> None:
-        """Refuse a directory that holds a run, unless `overwrite` (clear it) or `resume`."""
-        if resume:
-            if not (self.path / CHECKPOINT).is_dir():
-                raise RunError(f"{self.path} holds no checkpoint to resume (nothing was "
-                               f"stopped there, or it finished); train without --resume")  # fmt: skip
+        """Refuse a directory that holds a run, unless `overwrite` (clear it) or `resume`
+        (continue it)."""
+        if resume:  # `train` checked the checkpoint
             return
         present = self.holds_run()
         if present and not overwrite:

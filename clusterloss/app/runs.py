@@ -109,7 +109,8 @@ def _training_data(config: TrainConfig, data: Dataset, recipe: Recipe, epoch: in
 
 def _check_resume(config: TrainConfig, state: dict[str, Any] | None, run_dir) -> None:
     if state is None:
-        raise RunError(f"{run_dir}/checkpoint holds no state.json: nothing to resume")
+        raise RunError(f"{run_dir} holds no checkpoint to resume (nothing was stopped there, "
+                       "or it finished); train without --resume")  # fmt: skip
     saved, now = state["config"], dataclasses.asdict(config)
     changed = [k for k in now if k not in PRESENTATION and saved.get(k) != now[k]]
     if changed:
@@ -138,6 +139,8 @@ def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     except ValueError as error:
         raise RunError(str(error)) from None
     config.learning_rate = config.resolved_learning_rate()
+    if resume:  # checked before taking the lock: a mistake leaves a stopped run as it is
+        _check_resume(config, TrainingCheckpoint.read(run_dir / CHECKPOINT), run_dir.path)
     with run_dir.lock():
         run_dir.prepare(overwrite=overwrite, resume=resume)
         return _train(config, run_dir, resume, list(callbacks))
@@ -167,8 +170,6 @@ def _build(config: TrainConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
 
 def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) -> dict[str, Any]:
     state = TrainingCheckpoint.read(run_dir / CHECKPOINT) if resume else None
-    if resume:
-        _check_resume(config, state, run_dir.path)
     keras.utils.set_random_seed(config.seed)
     model, loss, recipe, data = _build(config)
     has_val = len(data.y_val) > 0

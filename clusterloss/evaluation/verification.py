@@ -195,13 +195,14 @@ def _check_fars(far_targets):
     return fars
 
 
-def threshold_at_far(scores, is_genuine, far: float) -> float:
-    """The smallest threshold whose false accept rate (impostor scores >= threshold) is at
-    most `far`: just above the (floor(far * n_impostor) + 1)-th largest impostor score; -inf
-    if every impostor may be accepted. NaN when there are fewer than 1/far impostors."""
-    s, g = _check_scores(scores, is_genuine)
+def impostor_threshold(impostor_scores, far: float) -> float:
+    """The smallest threshold that at most a fraction `far` of `impostor_scores` reach
+    (`score >= threshold`): just above the (floor(far * n) + 1)-th largest score; -inf if
+    all may pass; NaN when there are fewer than 1/far scores."""
     far = _check_fars((far,))[0]
-    impostor = np.sort(s[~g])[::-1]
+    impostor = np.sort(np.asarray(impostor_scores, dtype=np.float64).reshape(-1))[::-1]
+    if not np.isfinite(impostor).all():
+        raise ValueError("`impostor_scores` must be finite; got NaN or inf values.")
     n_imp = len(impostor)
     if n_imp * far < 1.0 - 1e-9:
         return float("nan")
@@ -209,6 +210,14 @@ def threshold_at_far(scores, is_genuine, far: float) -> float:
     if allowed >= n_imp:
         return float("-inf")
     return float(np.nextafter(impostor[allowed], np.inf))
+
+
+def threshold_at_far(scores, is_genuine, far: float) -> float:
+    """The smallest threshold whose false accept rate (impostor scores >= threshold) is at
+    most `far` (`impostor_threshold` of the impostor scores); -inf if every impostor may be
+    accepted. NaN when there are fewer than 1/far impostors."""
+    s, g = _check_scores(scores, is_genuine)
+    return impostor_threshold(s[~g], far)
 
 
 def roc_curve(scores, is_genuine, drop_intermediate: bool = False):

@@ -86,10 +86,8 @@ def _set_queries(args, data):
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from clusterloss.app.gallery import INDEX_FILE, load_index, open_set_threshold, read_queries
+    from clusterloss.app.gallery import open_gallery, read_queries
     from clusterloss.app.results import embed_all, load_run
-    from clusterloss.data.images import subset
-    from clusterloss.index import Index
 
     run_dir = Path(args.run_dir)
     verbose = 0 if args.json else args.verbose  # stdout is the JSON alone
@@ -101,24 +99,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         x, labels, names = read_queries(model, args.images, args.npz)
         label_names = None
-    loaded = load_index(run_dir) if args.gallery == "train" else None
-    if loaded:
-        index, info, paths = loaded
-        class_names, threshold = info["class_names"], info["open_set"]["threshold"]
-        source = f"{run_dir / INDEX_FILE} ({info['size']} items of {info['source']})"
-    else:
-        gallery_x = {"train": data.x_train, "test": data.x_test, "unknown": data.x_unknown}[args.gallery]
-        gallery_y = {"train": data.y_train, "test": data.y_test, "unknown": data.y_unknown}[args.gallery]
-        if not len(gallery_y):
-            from clusterloss.app.errors import RunError
-
-            raise RunError(f"the {args.gallery} set is empty")
-        index = Index(model.backbone.output_shape[-1], metric="cosine")
-        index.add(embed_all(model, gallery_x, verbose), labels=gallery_y, ids=np.arange(len(gallery_y)))
-        class_names, paths = data.all_class_names, getattr(gallery_x, "paths", None)
-        threshold = open_set_threshold(model, data, "cosine", 0.01)["threshold"] if args.gallery == "train" else None
-        source = f"the run's {args.gallery} set, embedded now ({len(gallery_y)} items; " \
-                 "`clusterloss index build` saves an index)"
+    index, class_names, paths, threshold, source = open_gallery(run_dir, model, data, args.gallery, verbose)
     label_names = label_names or class_names
     name_of = lambda c: class_names[c] if 0 <= c < len(class_names) else str(c)  # noqa: E731
     known = lambda score: threshold is None or (score >= threshold if index.metric == "cosine" else score <= threshold)  # noqa: E731
