@@ -26,7 +26,7 @@ def folder_run(tmp_path_factory):
     assert main([
         "train", "--data", str(root / "photos"), "--loss", "softmax", "--image-size", "16",
         "--embedding-dim", "8", "--epochs", "4", "--batch-size", "16", "--val-split", "0.2",
-        "--verbose", "0", "--out", str(out),
+        "--tensorboard", "--verbose", "0", "--out", str(out),
     ]) == 0  # fmt: skip
     return out
 
@@ -47,6 +47,25 @@ def test_folder_trains_with_validation_metrics(folder_run):
     model, data, _ = load_run(folder_run)
     assert model.backbone.input_shape[1:] == (16, 16, 3)  # RGB detected, resized
     assert len(data.x_test.paths) == 48 and data.x_test.paths[0].endswith(".png")
+
+
+def test_tensorboard_logs_and_projector(folder_run):
+    logs = folder_run / "logs"
+    assert len(list((logs / "train").glob("events.out.tfevents.*"))) == 1
+    assert len(list((logs / "validation").glob("events.out.tfevents.*"))) == 1
+    projector = logs / "projector"
+    tensors = np.loadtxt(projector / "tensors.tsv", delimiter="\t")
+    metadata = (projector / "metadata.tsv").read_text().splitlines()
+    assert tensors.shape == (48, 8) and metadata[0] == "label\tclass\tfile" and len(metadata) == 49
+    label, name, path = metadata[1].split("\t")
+    assert name == f"class_{label}" and f"/{name}/" in path
+    saved = np.load(folder_run / "embeddings.npz")["test"]
+    np.testing.assert_allclose(tensors, saved, rtol=1e-4, atol=1e-5)
+    config = (projector / "projector_config.pbtxt").read_text()
+    assert 'tensor_path: "tensors.tsv"' in config and "single_image_dim: 16" in config
+    from PIL import Image
+
+    assert Image.open(projector / "sprite.png").size == (7 * 16, 7 * 16)  # 48 cells, as trained
 
 
 def test_index_and_search_new_images(folder_run, capsys):
@@ -91,3 +110,12 @@ def test_npz_feature_vectors(tmp_path, capsys):
     assert metrics["config"]["backbone"] == "auto" and metrics["knn_accuracy"] > 0.5
     model, data, _ = load_run(out)
     assert model.backbone.input_shape == (None, 6) and data.class_names == ["a", "b", "c", "d"]
+    np.savez(tmp_path / "queries.npz", x=data.x_test[:3], y=data.y_test[:3])
+    capsys.readouterr()
+    assert main(["search", str(out), "--npz", str(tmp_path / "queries.npz"), "-k", "2", "--json"]) == 0
+    found = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["query"] for r in found] == [f"{tmp_path / 'queries.npz'}[{i}]" for i in range(3)]
+    assert [r["class"] for r in found] == [data.class_names[c] for c in data.y_test[:3]]
+    for r in found:
+        assert len(r["neighbors"]) == 2 and all(n["match"] == (n["class"] == r["class"]) for n in r["neighbors"])
+        assert "path" not in r["neighbors"][0]  # arrays have no files

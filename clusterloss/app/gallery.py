@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +62,10 @@ def gallery_data(model, data: Dataset, source: str | None) -> tuple[Any, np.ndar
         return data.x_train, data.y_train, data.class_names
     size, channels = input_format(model)
     try:
-        found = load_dataset(source, val_split=0.0, test_split=None if source in DATASETS else 0.0,
-                             image_size=size or 1, channels=channels)  # fmt: skip
+        builtin = source in DATASETS
+        found = load_dataset(source if builtin else os.path.abspath(source), val_split=0.0,
+                             test_split=None if builtin else 0.0, channels=channels,
+                             **({"image_size": size} if size else {}))  # fmt: skip
     except ValueError as error:
         raise RunError(str(error)) from None
     return found.x_train, found.y_train, found.class_names
@@ -151,28 +155,71 @@ def load_index(run_dir: str | Path) -> tuple[Index, dict[str, Any], list[str] | 
     return index, info, paths
 
 
-def open_gallery(run_dir: str | Path, model, data: Dataset, part: str = "train", verbose: Any = 0):
-    """`(index, class_names, paths, threshold, description)` of a search gallery: `"train"`
-    is RUN_DIR/index/ if built (refused if stale), else the training set embedded now;
-    `"test"` and `"unknown"` are those parts of the run's data, embedded now (no open-set
-    threshold)."""
+@dataclass
+class Gallery:
+    """A searchable gallery: its index, class names, files (or None), open-set threshold
+    (or None) and a description for people."""
+
+    index: Index
+    class_names: list[str]
+    paths: list[str] | None
+    threshold: float | None
+    description: str
+
+    def class_of(self, label: int) -> str:
+        return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
+
+    def accepts(self, score: float) -> bool:
+        """Whether a nearest score passes the open-set threshold (always, without one)."""
+        if self.threshold is None:
+            return True
+        return score >= self.threshold if self.index.metric == "cosine" else score <= self.threshold
+
+    def answer(self, queries: np.ndarray, k: int, skip: list[int | None] | None = None) -> list[dict[str, Any]]:
+        """Per query: `prediction` (the nearest item's class, or "unknown"), its `score`,
+        the `threshold` and the `neighbors` (rank, gallery_index, label, class, score, path).
+        `skip[i]`: a gallery position that query i must not get (itself)."""
+        scores, found = self.index.search(queries, k + (1 if skip else 0))
+        answers = []
+        for row in range(len(queries)):
+            hits = [(float(score), int(j)) for score, j in zip(scores[row], found[row])
+                    if j >= 0 and not (skip and int(self.index.ids[j]) == skip[row])][:k]  # fmt: skip
+            neighbors = [
+                {"rank": rank + 1, "gallery_index": int(self.index.ids[j]),
+                 "label": int(self.index.labels[j]), "class": self.class_of(int(self.index.labels[j])),
+                 "score": score, **({"path": self.paths[int(self.index.ids[j])]} if self.paths else {})}
+                for rank, (score, j) in enumerate(hits)
+            ]  # fmt: skip
+            best = neighbors[0]["score"] if neighbors else math.nan
+            answers.append({
+                "prediction": neighbors[0]["class"] if neighbors and self.accepts(best) else "unknown",
+                "score": best, "threshold": self.threshold, "neighbors": neighbors,
+            })  # fmt: skip
+        return answers
+
+
+def open_gallery(run_dir: str | Path, model, data: Dataset, part: str = "train", verbose: Any = 0) -> Gallery:
+    """The gallery searched: for `"train"`, RUN_DIR/index/ if built (refused if stale), else
+    the training set embedded now (with its open-set threshold); `"test"` and `"unknown"` are
+    those parts of the run's data, embedded now (no threshold)."""
     if part == "train":
         loaded = load_index(run_dir)
         if loaded:
             index, info, paths = loaded
             description = f"{Path(run_dir) / INDEX_FILE} ({info['size']} items of {info['source']})"
-            return index, info["class_names"], paths, info["open_set"]["threshold"], description
+            return Gallery(index, info["class_names"], paths, info["open_set"]["threshold"], description)
     x, y = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test),
             "unknown": (data.x_unknown, data.y_unknown)}[part]  # fmt: skip
     if not len(y):
-        raise RunError(f"the {part} set is empty")
+        raise RunError(f"the {part} set is empty (unknown holds the classes left out of training: "
+                       "olivetti's people 30-39, or train with --known-classes)")  # fmt: skip
     emb = embed_all(model, x, verbose)
     index = Index(emb.shape[1], metric="cosine")
     index.add(emb, labels=y, ids=np.arange(len(y)))
     threshold = open_set_threshold(model, data, "cosine", DEFAULT_FAR, emb)["threshold"] if part == "train" else None
     description = (f"the run's {part} set, embedded now ({len(y)} items; `clusterloss index "
                    "build` saves an index)")  # fmt: skip
-    return index, data.all_class_names, getattr(x, "paths", None), threshold, description
+    return Gallery(index, data.all_class_names, getattr(x, "paths", None), threshold, description)
 
 
 def read_queries(model, images: list[str] | None, npz: str | None) -> tuple[Any, np.ndarray | None, list[str]]:

@@ -50,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
                            kind=args.approximate or "flat", far=args.far, verbose=args.verbose)  # fmt: skip
     open_set = info["open_set"]
     if open_set["threshold"] is None:
-        decision = (f"no open-set threshold: FAR {args.far:g} needs >= {1 / args.far:.0f} "
-                    f"different-class pairs in the {open_set['chosen_on']} split "
-                    f"({open_set['num_impostor_pairs']}); search will not say unknown")  # fmt: skip
+        decision = (f"no open-set threshold: a rate of {args.far:g} needs >= {1 / args.far:.0f} "
+                    f"images in the {open_set['chosen_on']} split (it has "
+                    f"{open_set['num_queries']}; pass a larger --far); search will not say unknown")  # fmt: skip
     else:
         decision = (f"unknown below {info['metric']} {open_set['threshold']:.4f} "
                     f"(FAR {args.far:g} on the {open_set['chosen_on']} split)")  # fmt: skip

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from pathlib import Path
 
 from clusterloss.app.cli.evaluate import add_run_dir
 from clusterloss.app.config import class_ids, positive_int
@@ -60,75 +58,58 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
 
 
 def _set_queries(args, data):
-    """`(x, labels, names)` of --query samples of the run's sets."""
+    """`(x, labels, names, own)` of --query samples of the run's sets; `own[i]`: the
+    query's position in the gallery set, if it is that set (never its own neighbour)."""
     import numpy as np
 
     from clusterloss.app.errors import RunError
     from clusterloss.data.images import subset
 
-    arrays = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test),
-              "unknown": (data.x_unknown, data.y_unknown)}  # fmt: skip
+    parts = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test),
+             "unknown": (data.x_unknown, data.y_unknown)}  # fmt: skip
     picked = []
     for name, positions in args.query:
-        x = arrays[name][0]
-        bad = [p for p in positions if not 0 <= p < len(x)]
-        if bad and not len(x):
+        count = len(parts[name][1])
+        bad = [p for p in positions if not 0 <= p < count]
+        if bad and not count:
             raise RunError(f"the {name} set is empty (unknown holds the classes left out of "
                            "training: olivetti's people 30-39, or train with --known-classes)")  # fmt: skip
         if bad:
-            raise RunError(f"{name} has {len(x)} samples (0-{len(x) - 1}); got indices {bad}")
+            raise RunError(f"{name} has {count} samples (0-{count - 1}); got indices {bad}")
         picked += [(name, p) for p in positions]
-    x = np.concatenate([subset(arrays[n][0], [p])[:] for n, p in picked])
-    labels = np.array([arrays[n][1][p] for n, p in picked])
-    return x, labels, [f"{n}[{p}]" for n, p in picked], picked
+    x = np.concatenate([subset(parts[n][0], [p])[:] for n, p in picked])
+    labels = np.array([parts[n][1][p] for n, p in picked])
+    own = [p if n == args.gallery else None for n, p in picked]
+    return x, labels, [f"{n}[{p}]" for n, p in picked], own
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from clusterloss.app.gallery import open_gallery, read_queries
     from clusterloss.app.results import embed_all, load_run
 
-    run_dir = Path(args.run_dir)
     verbose = 0 if args.json else args.verbose  # stdout is the JSON alone
-    model, data, _ = load_run(run_dir)
-    picked = None
+    model, data, _ = load_run(args.run_dir)
     if args.query:
-        x, labels, names, picked = _set_queries(args, data)
+        x, labels, names, own = _set_queries(args, data)
         label_names = data.all_class_names
     else:
         x, labels, names = read_queries(model, args.images, args.npz)
-        label_names = None
-    index, class_names, paths, threshold, source = open_gallery(run_dir, model, data, args.gallery, verbose)
-    label_names = label_names or class_names
-    name_of = lambda c: class_names[c] if 0 <= c < len(class_names) else str(c)  # noqa: E731
-    known = lambda score: threshold is None or (score >= threshold if index.metric == "cosine" else score <= threshold)  # noqa: E731
-    q = embed_all(model, x)
-    scores, found = index.search(q, args.k + (1 if picked else 0))
+        own = label_names = None
+    gallery = open_gallery(args.run_dir, model, data, args.gallery, verbose)
+    label_names = label_names or gallery.class_names
     results = []
-    for row, name in enumerate(names):
-        hits = [(float(s), int(j)) for s, j in zip(scores[row], found[row]) if j >= 0
-                and not (picked and picked[row][0] == args.gallery and int(index.ids[j]) == picked[row][1])]  # fmt: skip
-        hits = hits[: args.k]
-        result = {"query": name}
+    for i, answer in enumerate(gallery.answer(embed_all(model, x), args.k, own)):
+        result = {"query": names[i]}
         if labels is not None:
-            result["label"], result["class"] = int(labels[row]), label_names[int(labels[row])]
-        best_score, best = hits[0] if hits else (math.nan, -1)
-        result["prediction"] = name_of(int(index.labels[best])) if known(best_score) else "unknown"
-        result["score"], result["threshold"] = best_score, threshold
-        result["neighbors"] = [
-            {"rank": r + 1, "gallery_index": int(index.ids[j]), "label": int(index.labels[j]),
-             "class": name_of(int(index.labels[j])), "score": s,
-             **({"path": paths[int(index.ids[j])]} if paths else {}),
-             **({"match": name_of(int(index.labels[j])) == result["class"]} if labels is not None else {})}
-            for r, (s, j) in enumerate(hits)
-        ]  # fmt: skip
-        results.append(result)
+            result["label"], result["class"] = int(labels[i]), label_names[int(labels[i])]
+            for neighbor in answer["neighbors"]:
+                neighbor["match"] = neighbor["class"] == result["class"]
+        results.append({**result, **answer})
     if args.json:
         for result in results:
             print(json.dumps(result))
-        return 0
-    _print_table(results, source, index.metric, threshold)
+    else:
+        _print_table(results, gallery.description, gallery.index.metric, gallery.threshold)
     return 0
 
 
