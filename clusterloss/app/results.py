@@ -3,6 +3,7 @@ model with its data (`load_run`); `summarize`, the statistics stored with the em
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -96,6 +97,12 @@ def load_run(run_dir: str | Path) -> tuple[ClusterModel, Dataset, dict[str, Any]
     metrics = read_metrics(run_dir)
     if not (run_dir / "model.keras").is_file():
         raise RunError(f"{run_dir} holds no model.keras (the run did not finish)")
-    config = TrainConfig(**metrics["config"])
+    saved = dict(metrics["config"])
+    if "dataset" in saved:  # the name of `data` in runs made before own data existed
+        saved["data"] = saved.pop("dataset")
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise RunError(f"{run_dir}/metrics.json has settings this clusterloss does not know: {unknown}")
+    config = TrainConfig(**saved)
     model = keras.saving.load_model(run_dir / "model.keras")
     return model, config.load_data(), metrics

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RunError, DataError) as error:
         fail(args, str(error))
     except KeyboardInterrupt:
-        print(f"clusterloss {args.command}: interrupted", file=sys.stderr)
+        resume = " (continue with the same command and --resume)" if args.command == "train" else ""
+        print(f"clusterloss {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
 
 
