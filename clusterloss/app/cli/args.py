@@ -35,7 +35,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         meta = f.metadata
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         names = [flag, "--dataset"] if f.name == "data" else [flag]
-        if f.type == "bool" or isinstance(f.default, bool):
+        if isinstance(f.default, bool):
             action = "store_false" if f.default else "store_true"
             parser.add_argument(*names, dest=f.name, action=action, help=meta["help"])
             continue
