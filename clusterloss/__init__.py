@@ -26,3 +26,7 @@ from clusterloss.optimizers import center_optimizer  # noqa: E402,F401
 from clusterloss.sampling import MPerClassSampler  # noqa: E402,F401
 
 __version__ = "0.1.0"
+
+# Own data, backbones and watching retrieval during training.
+from clusterloss.data import Batches, DataError, ImageFiles  # noqa: E402,F401
+from clusterloss.evaluation import RetrievalEvaluation, embed  # noqa: E402,F401

@@ -1,5 +1,5 @@
 import sys
 
-from clusterloss.cli.main import main
+from clusterloss.app.cli.main import main
 
 sys.exit(main())

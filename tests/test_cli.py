@@ -1,4 +1,6 @@
-"""The command line end to end (in subprocesses, as a user runs it) and the data loaders."""
+"""The command line: one run end to end in a subprocess (as a user runs it, `--backend` after
+the subcommand), the rest in this process through `main([...])`: every bad value is exit
+status 2 and one line on stderr; the built-in data loaders; `compare`."""
 
 import json
 import os
@@ -10,23 +12,13 @@ import numpy as np
 import pytest
 from conftest import BACKEND
 
+from clusterloss.app.cli.main import main
+from clusterloss.app.compare import parse_setting
+from clusterloss.app.recipes import build_model
 from clusterloss.data import load_dataset
-from clusterloss.recipes import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def cli(*args, env=None, check=True):
-    """Run the CLI from a JAX environment, so `--backend` must switch on the other passes."""
-    env = {**(env or os.environ), "KERAS_BACKEND": "jax"}
-    result = subprocess.run(
-        [sys.executable, "-m", "clusterloss", "--backend", BACKEND, *args],
-        cwd=ROOT, env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def check_run_dir(out: Path, loss: str, dataset: str = "digits") -> dict:
@@ -40,48 +32,117 @@ def check_run_dir(out: Path, loss: str, dataset: str = "digits") -> dict:
     assert metrics["epochs"] >= 1 and metrics["seed"] == 0
     assert 0.0 <= metrics["knn_accuracy"] <= 1.0
     assert metrics["intra_inter_ratio"] > 0 and metrics["train_seconds"] > 0
+    assert not list(out.glob(".tmp-*")) and not (out / ".lock").exists()
     return metrics
 
 
 def test_train_tiny_digits_run_end_to_end(tmp_path):
+    """A subprocess started on JAX: `--backend` after the subcommand re-runs it on this
+    pass's backend."""
     out = tmp_path / "run"
-    result = cli("train", "--loss", "center", "--epochs", "3", "--verbose", "2", "--out", str(out))
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run(
+        [sys.executable, "-m", "clusterloss", "train", "--loss", "center", "--epochs", "3",
+         "--verbose", "2", "--out", str(out), "--backend", BACKEND],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
     assert f"wrote {out}" in result.stdout
     metrics = check_run_dir(out, "center")
-    assert metrics["embedding_dim"] == 2
+    assert metrics["embedding_dim"] == 2 and metrics["config"]["options"]["center_weight"] == 0.1
     assert 0.3 < metrics["test_accuracy"] <= 1.0  # 3 epochs on digits is far above chance (0.1)
     assert set(metrics["history"]) >= {"loss", "classification_loss", "center_loss", "accuracy"}
+
+
+def fails(capsys, *argv: str) -> str:
+    """`main(argv)` exits with status 2 and one line on stderr, no traceback; the line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
 
 
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist'"),
-        (["--loss", "hinge"], "argument --loss: invalid choice: 'hinge'"),
-        (["--known-classes", "a-b"], "expected class ids like '0-4'"),
+        (["train", "--epochs", "0"], "argument --epochs: must be >= 1; got 0"),
+        (["train", "--batch-size", "0"], "argument --batch-size: must be >= 1; got 0"),
+        (["train", "--embedding-dim", "-2"], "argument --embedding-dim: must be >= 1"),
+        (["train", "--train-limit", "x"], "argument --train-limit: expected an integer; got 'x'"),
+        (["train", "--learning-rate", "0"], "argument --learning-rate: must be > 0; got 0"),
+        (["train", "--val-split", "1.5"], "argument --val-split: must be in [0, 1); got 1.5"),
+        (["train", "--known-classes", "a-b"], "expected class ids like '0-4'"),
+        (["train", "--loss", "hinge"], "argument --loss: invalid choice: 'hinge'"),
+        (["train", "--backbone", "vgg"], "argument --backbone: invalid choice: 'vgg'"),
+        (["train", "--weights", "missing.weights.h5"], "'missing.weights.h5' does not exist"),
+        (["train", "--weights", "imagenet"], "--weights imagenet needs a keras.applications"),
+        (["train", "--epochs", "2", "--freeze-backbone-epochs", "2"],
+         "--freeze-backbone-epochs (2) must be less than --epochs (2)"),
+        (["train", "--margin", "0.3"], "--margin does not apply to --loss center (its options: "
+                                       "--center-weight, --center-alpha, --center-update, --center-lr)"),
+        (["train", "--loss", "arcface", "--margin", "x"], "--margin: margin must be a float; got 'x'"),
+        (["train", "--loss", "arcface", "--margin", "3"], "--loss arcface: `margin` is in radians"),
+        (["train", "--loss", "triplet", "--m-per-class", "1"], "--m-per-class: m_per_class must be >= 2"),
+        (["train", "--center-update", "both"], "center_update must be one of paper, gradient"),
+        (["train", "--overwrite", "--resume"], "--overwrite and --resume exclude each other"),
+        (["--backend", "theano", "train"], "argument --backend: invalid choice: 'theano'"),
+        (["train", "--backend", "theano"], "argument --backend: invalid choice: 'theano'"),
+        (["search", "r", "-k", "0", "--images", "a.png"], "argument -k: must be >= 1; got 0"),
+        (["search", "r"], "one of the arguments --images --npz --query/-q is required"),
+        (["search", "r", "-q", "val:1"], "expected SET:INDICES"),
+        (["search", "r", "-q", "test:a"], "expected indices like 0,5,7"),
+        (["index", "build", "r", "--approximate", "lsh"], "invalid choice: 'lsh'"),
+        (["index", "build", "r", "--far", "2"], "argument --far: must be in [0, 1); got 2"),
+        (["compare", "center:centr_weight=0.1"], "unknown option 'centr_weight' for loss center"),
+        (["compare", "softmax", "--seeds", "x"], "argument --seeds: expected class ids"),
     ],
-)
-def test_cli_rejects_unknown_names(args, message):
-    result = cli("train", *args, check=False)
-    assert result.returncode == 2
-    assert message in result.stderr
+)  # fmt: skip
+def test_bad_values_exit_2_with_one_line(capsys, args, message):
+    assert message in fails(capsys, *args)
+
+
+def test_bad_values_found_after_parsing(capsys, tmp_path):
+    """Values that need the data or the run directory: still one line and status 2, and
+    no directory is left behind by a refused command."""
+    out = str(tmp_path / "r")
+    assert "--known-classes must be at least 2 distinct ids in [0, 10)" in fails(
+        capsys, "train", "--known-classes", "0-20", "--out", out)  # fmt: skip
+    assert "mnist: no such file or folder (expected one of digits" in fails(
+        capsys, "train", "--dataset", "mnist", "--out", out)  # fmt: skip
+    assert not (tmp_path / "r").exists()
+    for command in (["evaluate", out], ["index", "build", out], ["search", out, "-q", "test:0"]):
+        line = fails(capsys, *command)
+        assert f"{out}: no such run directory" in line or f"{out} holds no metrics.json" in line
 
 
 def test_library_rejects_unknown_names():
-    with pytest.raises(ValueError, match=r"`dataset` must be one of \['digits', 'fashion-mnist', 'olivetti'\]; got 'mnist'"):
+    from clusterloss.data import DataError
+
+    with pytest.raises(DataError, match=r"mnist: no such file or folder \(expected one of digits, fashion-mnist, olivetti"):
         load_dataset("mnist")
     with pytest.raises(ValueError, match=r"`loss` must be one of \[.*'softmax'.*\]; got 'hinge'"):
         build_model("hinge", None, 10)
     with pytest.raises(ValueError, match=r"`known_classes` must be at least 2 distinct ids in \[0, 10\)"):
         load_dataset("digits", known_classes=[0, 12])
+    with pytest.raises(ValueError, match=r"`test_split` applies to a folder or an .npz file"):
+        load_dataset("digits", test_split=0.2)
 
 
-def test_digits_known_classes_split():
+def test_digits_known_classes_and_validation_split():
     data = load_dataset("digits", known_classes=[5, 6, 7])
     assert data.num_classes == 3 and data.class_names == ["5", "6", "7"]
-    assert set(np.unique(data.y_train)) == {0, 1, 2}
+    assert set(np.unique(data.y_train)) == {0, 1, 2} and len(data.y_val) == 0
     assert set(np.unique(data.y_unknown)) == set(range(3, 10))
     assert data.x_train.shape[1:] == (8, 8, 1) and 0 <= data.x_train.min() and data.x_train.max() <= 1
+    split = load_dataset("digits", val_split=0.2)
+    assert len(split.y_train) + len(split.y_val) == len(load_dataset("digits").y_train)
+    for c in range(10):  # about a fifth of every class, seeded
+        n_val, n_train = np.sum(split.y_val == c), np.sum(split.y_train == c)
+        assert abs(n_val - 0.2 * (n_val + n_train)) <= 1
+    assert np.array_equal(split.x_val, load_dataset("digits", val_split=0.2).x_val)
 
 
 def test_olivetti_open_set_split(data_env, monkeypatch):
@@ -92,23 +153,24 @@ def test_olivetti_open_set_split(data_env, monkeypatch):
     assert data.x_train.shape[1:] == (64, 64, 1)
 
 
-def test_fashion_mnist_through_the_keras_loader(data_env, tmp_path):
+def test_fashion_mnist_through_the_keras_loader(data_env, monkeypatch, tmp_path, capsys):
+    # Keras reads KERAS_HOME once, at import: point its cache at the copy for this test.
+    monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", data_env["KERAS_HOME"])
     out = tmp_path / "fm"
-    cli(
-        "train", "--dataset", "fashion-mnist", "--loss", "softmax", "--epochs", "1",
+    assert main([
+        "train", "--data", "fashion-mnist", "--loss", "softmax", "--epochs", "1",
         "--train-limit", "256", "--test-limit", "128", "--embedding-dim", "8",
-        "--verbose", "0", "--no-evaluate", "--out", str(out), env=data_env,
-    )  # fmt: skip
+        "--verbose", "0", "--no-evaluate", "--out", str(out),
+    ]) == 0  # fmt: skip
     metrics = check_run_dir(out, "softmax", "fashion-mnist")
     assert metrics["num_train"] == 256 and metrics["num_test"] == 128
 
 
-def test_compare_tiny_budget_writes_tables_and_figures(tmp_path):
+def test_compare_tiny_budget_writes_tables_and_figures(tmp_path, capsys):
     out = tmp_path / "cmp"
-    cli(
-        "compare", "softmax", "center:center_weight=0.05", "--seeds", "0,1", "--epochs", "1",
-        "--train-limit", "300", "--verbose", "0", "--no-evaluate", "--out", str(out),
-    )  # fmt: skip
+    args = ["compare", "softmax", "center:center_weight=0.05", "--seeds", "0,1", "--epochs", "1",
+            "--train-limit", "300", "--verbose", "0", "--no-evaluate", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
     table = (out / "results.md").read_text()
     assert "| softmax |" in table and "| center:center_weight=0.05 |" in table
     rows = (out / "results.csv").read_text().splitlines()
@@ -117,17 +179,24 @@ def test_compare_tiny_budget_writes_tables_and_figures(tmp_path):
     for name in ("comparison.png", "features.png"):
         assert (out / name).read_bytes()[:8] == PNG
     run = json.loads((out / "runs" / "center_center_weight_0.05-s1" / "metrics.json").read_text())
-    assert run["config"]["options"]["center_weight"] == 0.05 and run["seed"] == 1
+    assert run["config"]["options"] == {
+        "center_weight": 0.05, "center_alpha": 0.5, "center_update": "paper", "center_lr": 0.5
+    }  # fmt: skip
+    assert run["seed"] == 1
+    capsys.readouterr()
+    assert "already holds a run" in fails(capsys, *args)  # no silent re-training over results
+    assert main(args + ["--reuse"]) == 0
 
 
-def test_compare_rejects_bad_settings():
-    from clusterloss.compare import parse_setting
-
+def test_compare_settings_are_typed():
     assert parse_setting("center:center_weight=0.1,center_update=gradient").options == (
         ("center_weight", 0.1),
         ("center_update", "gradient"),
     )
-    with pytest.raises(ValueError, match=r"`loss` must be one of .*; got 'nope' in 'nope:x=1'"):
+    assert parse_setting("sphereface:margin=2").options == (("margin", 2),)
+    with pytest.raises(ValueError, match=r"`loss` must be one of .*; got 'nope'"):
         parse_setting("nope:x=1")
     with pytest.raises(ValueError, match=r"expected NAME=VALUE after ':' in 'center:0.1'"):
         parse_setting("center:0.1")
+    with pytest.raises(ValueError, match=r"margin must be an int; got 2.5"):
+        parse_setting("sphereface:margin=2.5")

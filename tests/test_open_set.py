@@ -53,17 +53,17 @@ def test_against_brute_force(metric, method):
                          metric=metric, method=method)
     sign = 1.0 if metric == "cosine" else -1.0
     is_unknown = np.r_[np.zeros(len(ks)), np.ones(len(us))]
-    assert m["auroc"] == pytest.approx(roc_auc_score(is_unknown, -sign * np.r_[ks, us]), abs=1e-4)
-    assert m["auroc"] > 0.8
+    assert m["open_set_auroc"] == pytest.approx(roc_auc_score(is_unknown, -sign * np.r_[ks, us]), abs=1e-4)
+    assert m["open_set_auroc"] > 0.8
     assert m["closed_set_accuracy"] == pytest.approx(np.mean(kl == known_labels))
     # Default threshold keeps 95% of the known queries (114 of 120).
-    assert m["known_accept_rate"] == pytest.approx(114 / 120)
-    accepted = sign * ks >= sign * m["threshold"]
+    assert m["open_set_known_accept_rate"] == pytest.approx(114 / 120)
+    accepted = sign * ks >= sign * m["open_set_threshold"]
     assert accepted.sum() == 114
-    assert m["unknown_reject_rate"] == pytest.approx(np.mean(sign * us < sign * m["threshold"]))
-    assert m["known_accuracy"] == pytest.approx(np.mean(accepted & (kl == known_labels)))
+    assert m["open_set_unknown_reject_rate"] == pytest.approx(np.mean(sign * us < sign * m["open_set_threshold"]))
+    assert m["open_set_known_accuracy"] == pytest.approx(np.mean(accepted & (kl == known_labels)))
     assert m["open_set_accuracy"] == pytest.approx(
-        (np.sum(accepted & (kl == known_labels)) + m["unknown_reject_rate"] * len(us)) / 200
+        (np.sum(accepted & (kl == known_labels)) + m["open_set_unknown_reject_rate"] * len(us)) / 200
     )
 
 
@@ -74,18 +74,18 @@ def test_explicit_threshold():
     unknown_q = np.array([[-1.0, 0.2], [0.9, 0.95]], "float32")
     m = open_set_metrics(reference, labels, known_q, [0, 1, 0], unknown_q, threshold=0.9)
     # similarities: known 0.995, 0.995, 0.707; unknown 0.196 (vs [0, 1]), 0.73
-    assert m["threshold"] == 0.9
-    assert m["known_accept_rate"] == pytest.approx(2 / 3)
-    assert m["unknown_reject_rate"] == pytest.approx(1.0)
+    assert m["open_set_threshold"] == 0.9
+    assert m["open_set_known_accept_rate"] == pytest.approx(2 / 3)
+    assert m["open_set_unknown_reject_rate"] == pytest.approx(1.0)
     assert m["closed_set_accuracy"] == pytest.approx(1.0)
-    assert m["known_accuracy"] == pytest.approx(2 / 3)
+    assert m["open_set_known_accuracy"] == pytest.approx(2 / 3)
     assert m["open_set_accuracy"] == pytest.approx(4 / 5)
     m = open_set_metrics(reference, labels, known_q, [0, 1, 0], unknown_q, metric="euclidean",
                          threshold=0.5)  # distances: 0.1, 0.1, 1.0; unknown 2.01, 0.9
-    assert m["known_accept_rate"] == pytest.approx(2 / 3)
-    assert m["unknown_reject_rate"] == pytest.approx(1.0)
+    assert m["open_set_known_accept_rate"] == pytest.approx(2 / 3)
+    assert m["open_set_unknown_reject_rate"] == pytest.approx(1.0)
     m = open_set_metrics(reference, labels, known_q, [0, 1, 0], unknown_q, keep_known=1.0)
-    assert m["known_accept_rate"] == 1.0 and m["threshold"] == pytest.approx(np.sqrt(0.5), abs=1e-6)
+    assert m["open_set_known_accept_rate"] == 1.0 and m["open_set_threshold"] == pytest.approx(np.sqrt(0.5), abs=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 from clusterloss.evaluation import (
+    far_key,
     make_pairs,
     pair_scores,
     roc_curve,
@@ -38,11 +39,11 @@ def test_against_sklearn(metric):
     ours = roc_curve(scores, genuine)
     for a, b in zip(ours, (far, tar, thresholds)):
         np.testing.assert_array_equal(a, b)
-    assert m["n_genuine"] + m["n_impostor"] == len(x) * (len(x) - 1) / 2
+    assert m["num_genuine_pairs"] + m["num_impostor_pairs"] == len(x) * (len(x) - 1) / 2
     for target in (1e-1, 1e-2, 1e-3):
         # TAR at FAR: the best TPR among ROC points with FPR <= target.
-        assert m[f"tar_at_far_{target:g}"] == pytest.approx(tar[far <= target].max(), abs=1e-12)
-        t = m[f"threshold_at_far_{target:g}"]
+        assert m[f"tar_at_far_{far_key(target)}"] == pytest.approx(tar[far <= target].max(), abs=1e-12)
+        t = m[f"threshold_at_far_{far_key(target)}"]
         impostor = scores[~genuine]
         assert np.mean(impostor >= t) <= target
         assert np.mean(impostor >= np.nextafter(t, -np.inf)) > target  # the smallest such
@@ -63,12 +64,12 @@ def test_hand_made_case():
     assert m["eer"] == pytest.approx(0.25)
     assert m["eer_threshold"] == pytest.approx(0.5)
     # FAR <= 0.2 with 5 impostors: one impostor (0.6) may pass -> accept > 0.5: TAR 3/4.
-    assert m["tar_at_far_0.2"] == pytest.approx(0.75)
-    assert 0.5 < m["threshold_at_far_0.2"] <= 0.6
+    assert m["tar_at_far_2e-1"] == pytest.approx(0.75)
+    assert 0.5 < m["threshold_at_far_2e-1"] <= 0.6
     # FAR <= 0.4: two impostors may pass -> accept > 0.3: TAR 4/4.
-    assert m["tar_at_far_0.4"] == pytest.approx(1.0)
+    assert m["tar_at_far_4e-1"] == pytest.approx(1.0)
     # FAR 0.1 needs >= 10 impostor pairs: not reported.
-    assert math.isnan(m["tar_at_far_0.1"]) and math.isnan(m["threshold_at_far_0.1"])
+    assert math.isnan(m["tar_at_far_1e-1"]) and math.isnan(m["threshold_at_far_1e-1"])
     assert m["roc_auc"] == pytest.approx(roc_auc_score(is_genuine, scores))
     assert threshold_at_far(scores, is_genuine, 1.0) == -np.inf
 
@@ -78,7 +79,7 @@ def test_ties_in_impostor_scores():
     is_genuine = np.array([True, True, False, False, False, False])
     t = threshold_at_far(scores, is_genuine, 0.25)  # one of 4 impostors may pass, but two tie
     assert t > 0.5
-    assert roc_metrics(scores, is_genuine, far_targets=(0.25,))["tar_at_far_0.25"] == 0.5
+    assert roc_metrics(scores, is_genuine, far_targets=(0.25,))["tar_at_far_2.5e-1"] == 0.5
 
 
 def test_make_pairs_all_and_sampled():

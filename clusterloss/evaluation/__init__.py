@@ -1,15 +1,19 @@
-"""Evaluation of extracted embeddings (NumPy arrays): retrieval metrics with PML's
-definitions, verification (ROC, EER, TAR@FAR), open-set recognition, and cluster statistics;
-`evaluate_run` computes them all for a run directory (metrics.json, roc.png, report.html)."""
+"""Evaluation of embeddings (NumPy arrays): retrieval metrics with PML's definitions,
+verification (ROC, EER, TAR@FAR), open-set recognition, cluster statistics, and the
+`RetrievalEvaluation` callback that logs them during training. One key vocabulary for all
+(`clusterloss.evaluation.keys`)."""
 
+from clusterloss.evaluation.callback import RetrievalEvaluation
+from clusterloss.evaluation.embed import embed
 from clusterloss.evaluation.embedding_stats import intra_inter_ratio, knn_accuracy
+from clusterloss.evaluation.keys import PML_NAMES, far_key
 from clusterloss.evaluation.open_set import class_centers, open_set_metrics, open_set_scores
 from clusterloss.evaluation.retrieval import METRIC_NAMES, cluster_labels, retrieval_metrics
-from clusterloss.evaluation.run_eval import evaluate_run, far_key
 from clusterloss.evaluation.verification import (
     make_pairs,
     pair_scores,
     roc_curve,
+    impostor_threshold,
     roc_metrics,
     save_roc_plot,
     threshold_at_far,
@@ -19,10 +23,13 @@ from clusterloss.evaluation.verification import (
 
 __all__ = [
     "METRIC_NAMES",
+    "PML_NAMES",
+    "RetrievalEvaluation",
     "class_centers",
     "cluster_labels",
-    "evaluate_run",
+    "embed",
     "far_key",
+    "impostor_threshold",
     "intra_inter_ratio",
     "knn_accuracy",
     "make_pairs",

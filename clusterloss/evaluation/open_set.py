@@ -90,11 +90,12 @@ def open_set_metrics(reference, reference_labels, known_queries, known_query_lab
         keep_known: fraction of known queries to accept when `threshold` is None.
 
     Returns:
-        `auroc` (known vs unknown, unknown positive), `closed_set_accuracy` (known queries,
-        nearest label, no rejection), `threshold`, `known_accept_rate`,
-        `unknown_reject_rate`, `known_accuracy` (known queries accepted with the right
-        label, over all known queries), `open_set_accuracy` (known right-and-accepted plus
-        unknown rejected, over all queries), and `n_known`, `n_unknown`.
+        `open_set_auroc` (known vs unknown, unknown positive), `closed_set_accuracy` (known
+        queries, nearest label, no rejection), `open_set_threshold`,
+        `open_set_known_accept_rate`, `open_set_unknown_reject_rate`,
+        `open_set_known_accuracy` (known queries accepted with the right label, over all
+        known queries), `open_set_accuracy` (known right-and-accepted plus unknown
+        rejected, over all queries), and `num_known`, `num_unknown`.
     """
     from sklearn.metrics import roc_auc_score  # noqa: PLC0415
 
@@ -123,15 +124,15 @@ def open_set_metrics(reference, reference_labels, known_queries, known_query_lab
     right = predicted == known_labels
     is_unknown = np.concatenate([np.zeros(len(known), bool), np.ones(len(unknown), bool)])
     return {
-        "auroc": float(roc_auc_score(is_unknown, -np.concatenate([known_k, unknown_k]))),
+        "open_set_auroc": float(roc_auc_score(is_unknown, -np.concatenate([known_k, unknown_k]))),
         "closed_set_accuracy": float(np.mean(right)),
-        "threshold": float(sign * threshold_k),
-        "known_accept_rate": float(np.mean(accepted_known)),
-        "unknown_reject_rate": float(np.mean(rejected_unknown)),
-        "known_accuracy": float(np.mean(right & accepted_known)),
+        "open_set_threshold": float(sign * threshold_k),
+        "open_set_known_accept_rate": float(np.mean(accepted_known)),
+        "open_set_unknown_reject_rate": float(np.mean(rejected_unknown)),
+        "open_set_known_accuracy": float(np.mean(right & accepted_known)),
         "open_set_accuracy": float(
             (np.sum(right & accepted_known) + np.sum(rejected_unknown)) / (len(known) + len(unknown))
         ),
-        "n_known": float(len(known)),
-        "n_unknown": float(len(unknown)),
+        "num_known": len(known),
+        "num_unknown": len(unknown),
     }

@@ -2,8 +2,9 @@
 
 `retrieval_metrics` gives the numbers of `pytorch_metric_learning.utils.accuracy_calculator.
 AccuracyCalculator` (PML 2.9.0, `avg_of_avgs=False` by default) on the same inputs, plus
-Recall@k, computed in bounded memory through `clusterloss.index.Index` (FAISS or NumPy), so it
-scales to millions of references. Differences from PML (see docs/evaluation.md):
+Recall@k, under the keys shared with metrics.json (`clusterloss.evaluation.keys.PML_NAMES`
+gives PML's name of each), computed in bounded memory through `clusterloss.index.Index`
+(FAISS or NumPy), so it scales to millions of references. Differences from PML (see docs/evaluation.md):
 
 - labels stay int64 (PML casts them to float32, which merges distinct ids above 2**24);
 - `k` larger than the number of references is clamped (PML reads FAISS's -1 padding as the
@@ -33,12 +34,12 @@ from clusterloss.index.index import _RESULT_ELEMENTS, Index, _progbar
 KNN_METRICS = (
     "precision_at_1",
     "r_precision",
-    "mean_average_precision_at_r",
+    "map_at_r",
     "mean_average_precision",
     "mean_reciprocal_rank",
     "recall_at_k",
 )
-CLUSTERING_METRICS = ("NMI", "AMI")
+CLUSTERING_METRICS = ("nmi", "ami")
 METRIC_NAMES = KNN_METRICS + CLUSTERING_METRICS
 
 
@@ -79,14 +80,14 @@ def _per_query(same: np.ndarray, relevant: np.ndarray, num_k: int, chosen, recal
     ranks = np.arange(1, num_k + 1, dtype=np.float64)
     if "precision_at_1" in chosen:
         out["precision_at_1"] = head[:, 0].astype(np.float64)
-    if "r_precision" in chosen or "mean_average_precision_at_r" in chosen:
+    if "r_precision" in chosen or "map_at_r" in chosen:
         mask = np.arange(num_k)[None, :] < relevant[:, None]  # PML's relevance mask
         hits = head & mask
         if "r_precision" in chosen:
             out["r_precision"] = hits.sum(axis=1) / mask.sum(axis=1).astype(np.float64)
-        if "mean_average_precision_at_r" in chosen:
+        if "map_at_r" in chosen:
             precision = np.cumsum(hits, axis=1) * hits / ranks
-            out["mean_average_precision_at_r"] = precision.sum(axis=1) / relevant
+            out["map_at_r"] = precision.sum(axis=1) / relevant
     if "mean_average_precision" in chosen:
         precision = np.cumsum(head, axis=1) * head / ranks
         out["mean_average_precision"] = precision.sum(axis=1) / relevant
@@ -161,16 +162,16 @@ def retrieval_metrics(
         recall_at: k values of Recall@k (fraction of queries with a same-class reference
             among their k nearest).
         include, exclude: metric names, from `METRIC_NAMES` (`"recall_at_k"` covers all
-            `recall_at_*` keys). Only what is needed is computed (k-means only for NMI/AMI).
+            `recall_at_*` keys). Only what is needed is computed (k-means only for nmi/ami).
         avg_of_avgs: average per class, then over classes (PML's option; off by default).
         seed: k-means seed for NMI/AMI.
         backend, batch_size, verbose: neighbour search (`Index`) settings; `verbose` shows a
             progress bar over query batches.
 
     Returns:
-        A dict of floats with PML's keys (`precision_at_1`, `r_precision`,
-        `mean_average_precision_at_r`, `mean_average_precision`, `mean_reciprocal_rank`,
-        `NMI`, `AMI`) and `recall_at_<k>`. Queries whose class has no other reference are left
+        A dict of floats: `precision_at_1`, `r_precision`, `map_at_r`,
+        `mean_average_precision`, `mean_reciprocal_rank`, `nmi`, `ami` and `recall_at_<k>`
+        (`clusterloss.evaluation.keys`; `PML_NAMES` maps them to PML's names). Queries whose class has no other reference are left
         out of the neighbour metrics (NaN if no query is left, with a warning), as in PML;
         NMI/AMI cluster all queries.
     """
@@ -234,10 +235,10 @@ def retrieval_metrics(
             num_k = max_bin_count - self_count
         else:
             num_k = k
-            if k < max_bin_count and {"r_precision", "mean_average_precision_at_r"} & set(knn_chosen):
+            if k < max_bin_count and {"r_precision", "map_at_r"} & set(knn_chosen):
                 warnings.warn(
                     f"k={k} is less than the largest class size in the references "
-                    f"({max_bin_count}): r_precision and mean_average_precision_at_r are "
+                    f"({max_bin_count}): r_precision and map_at_r are "
                     "then truncated (as in PML). Use k='max_bin_count' for exact values.",
                     stacklevel=2,
                 )
@@ -281,10 +282,10 @@ def retrieval_metrics(
         from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score  # noqa: PLC0415
 
         clusters = cluster_labels(q, len(np.unique(q_labels)), seed=seed, metric=metric)
-        if "NMI" in chosen:
-            results["NMI"] = float(normalized_mutual_info_score(q_labels, clusters))
-        if "AMI" in chosen:
-            results["AMI"] = float(adjusted_mutual_info_score(q_labels, clusters))
+        if "nmi" in chosen:
+            results["nmi"] = float(normalized_mutual_info_score(q_labels, clusters))
+        if "ami" in chosen:
+            results["ami"] = float(adjusted_mutual_info_score(q_labels, clusters))
     return results
 
 

@@ -30,6 +30,7 @@ from clusterloss._validation import (
     check_range,
     normalize_rows,
 )
+from clusterloss.evaluation.keys import far_key
 
 DEFAULT_FAR_TARGETS = (1e-1, 1e-2, 1e-3)
 
@@ -194,13 +195,14 @@ def _check_fars(far_targets):
     return fars
 
 
-def threshold_at_far(scores, is_genuine, far: float) -> float:
-    """The smallest threshold whose false accept rate (impostor scores >= threshold) is at
-    most `far`: just above the (floor(far * n_impostor) + 1)-th largest impostor score; -inf
-    if every impostor may be accepted. NaN when there are fewer than 1/far impostors."""
-    s, g = _check_scores(scores, is_genuine)
+def impostor_threshold(impostor_scores, far: float) -> float:
+    """The smallest threshold that at most a fraction `far` of `impostor_scores` reach
+    (`score >= threshold`): just above the (floor(far * n) + 1)-th largest score; -inf if
+    all may pass; NaN when there are fewer than 1/far scores."""
     far = _check_fars((far,))[0]
-    impostor = np.sort(s[~g])[::-1]
+    impostor = np.sort(np.asarray(impostor_scores, dtype=np.float64).reshape(-1))[::-1]
+    if not np.isfinite(impostor).all():
+        raise ValueError("`impostor_scores` must be finite; got NaN or inf values.")
     n_imp = len(impostor)
     if n_imp * far < 1.0 - 1e-9:
         return float("nan")
@@ -208,6 +210,14 @@ def threshold_at_far(scores, is_genuine, far: float) -> float:
     if allowed >= n_imp:
         return float("-inf")
     return float(np.nextafter(impostor[allowed], np.inf))
+
+
+def threshold_at_far(scores, is_genuine, far: float) -> float:
+    """The smallest threshold whose false accept rate (impostor scores >= threshold) is at
+    most `far` (`impostor_threshold` of the impostor scores); -inf if every impostor may be
+    accepted. NaN when there are fewer than 1/far impostors."""
+    s, g = _check_scores(scores, is_genuine)
+    return impostor_threshold(s[~g], far)
 
 
 def roc_curve(scores, is_genuine, drop_intermediate: bool = False):
@@ -225,8 +235,8 @@ def roc_metrics(scores, is_genuine, far_targets=DEFAULT_FAR_TARGETS) -> dict[str
     """ROC AUC, EER, and TAR at each FAR target, from pair scores (see the module docstring).
 
     Keys: `roc_auc`, `eer`, `eer_threshold` (the first ROC threshold, from the top, whose
-    FAR >= FRR), `tar_at_far_<far>` and `threshold_at_far_<far>` (e.g. `tar_at_far_0.001`),
-    `n_genuine`, `n_impostor`.
+    FAR >= FRR), `tar_at_far_<far>` and `threshold_at_far_<far>` (`<far>` as `far_key`
+    writes it: `tar_at_far_1e-3` for 0.001), `num_genuine_pairs`, `num_impostor_pairs`.
     """
     from sklearn.metrics import roc_auc_score  # noqa: PLC0415
 
@@ -251,10 +261,10 @@ def roc_metrics(scores, is_genuine, far_targets=DEFAULT_FAR_TARGETS) -> dict[str
     for target in fars:
         threshold = threshold_at_far(s, g, target)
         tar_value = float("nan") if math.isnan(threshold) else float(np.mean(genuine >= threshold))
-        results[f"tar_at_far_{target:g}"] = tar_value
-        results[f"threshold_at_far_{target:g}"] = threshold
-    results["n_genuine"] = float(g.sum())
-    results["n_impostor"] = float((~g).sum())
+        results[f"tar_at_far_{far_key(target)}"] = tar_value
+        results[f"threshold_at_far_{far_key(target)}"] = threshold
+    results["num_genuine_pairs"] = int(g.sum())
+    results["num_impostor_pairs"] = int((~g).sum())
     return results
 
 

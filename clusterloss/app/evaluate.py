@@ -17,24 +17,27 @@ What the numbers mean (all with cosine similarity, recorded as `"metric": "cosin
   classes the same numbers on the test set are also given as `known_roc_auc`, `known_eer`,
   ... A TAR at a FAR below 1/(impostor pairs) cannot be measured: null in metrics.json.
 - Open set (`open_set_auroc`, `open_set_threshold`, `open_set_known_accept_rate`,
-  `open_set_unknown_reject_rate`, `open_set_known_accuracy`, `open_set_accuracy`): the
+  `open_set_unknown_reject_rate`, `open_set_known_accuracy`, `open_set_accuracy`,
+  `closed_set_accuracy`, `num_known`, `num_unknown`): the
   training images are the references, the test images known queries and the unseen-class
   images unknown queries; a query's score is the similarity of its nearest reference. The
   threshold keeps 95% of the known queries.
 
-Values that cannot be computed (NaN) are written as null.
+Values that cannot be computed (NaN) are written as null. The keys are those of the
+library functions (`clusterloss.evaluation.keys`), with the prefixes above.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from clusterloss.app.results import clean, load_run, save_embeddings, summarize, write_metrics
+from clusterloss.app.rundir import atomic_path
 from clusterloss.evaluation.open_set import open_set_metrics
 from clusterloss.evaluation.retrieval import retrieval_metrics
 from clusterloss.evaluation.verification import (
@@ -49,34 +52,8 @@ GRID_QUERIES = 8  # queries (rows) in the nearest-neighbour grids of the report
 GRID_NEIGHBORS = 6
 KEEP_KNOWN = 0.95  # open-set threshold: accept this share of the known queries
 
-# retrieval_metrics' (PML's) key -> metrics.json key
-_RETRIEVAL_KEYS = {
-    "precision_at_1": "precision_at_1",
-    "r_precision": "r_precision",
-    "mean_average_precision_at_r": "map_at_r",
-    "mean_average_precision": "mean_average_precision",
-    "mean_reciprocal_rank": "mean_reciprocal_rank",
-    "NMI": "nmi",
-    "AMI": "ami",
-}
-_OPEN_SET_KEYS = {
-    "auroc": "open_set_auroc",
-    "threshold": "open_set_threshold",
-    "known_accept_rate": "open_set_known_accept_rate",
-    "unknown_reject_rate": "open_set_unknown_reject_rate",
-    "known_accuracy": "open_set_known_accuracy",
-    "open_set_accuracy": "open_set_accuracy",
-}
-
-
 # keys computed only when the data set has unseen classes
-_CONDITIONAL = ("unseen_", "known_", "open_set_", "num_unknown")
-
-
-def far_key(far: float) -> str:
-    """0.01 -> '1e-2' (as in `tar_at_far_1e-2`); 0.05 -> '5e-2'."""
-    mantissa, exponent = f"{far:e}".split("e")
-    return f"{float(mantissa):g}e{int(exponent)}"
+_CONDITIONAL = ("unseen_", "known_", "open_set_", "closed_set_", "num_unknown", "num_known")
 
 
 def _progress(verbose: Any):
@@ -90,39 +67,16 @@ def _progress(verbose: Any):
     return Progbar(7, verbose=2 if verbose in (2, "2") else 1, unit_name="step")
 
 
-def _clean(value: Any) -> Any:
-    """NaN/inf -> None (valid JSON), NumPy scalars -> Python."""
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def _retrieval(query, query_labels, reference=None, reference_labels=None, prefix="", seed=0):
     found = retrieval_metrics(
         query, query_labels, reference, reference_labels, metric=METRIC, seed=seed
     )
-    out = {}
-    for key, value in found.items():
-        out[prefix + _RETRIEVAL_KEYS.get(key, key)] = value
-    return out
+    return {prefix + key: value for key, value in found.items()}
 
 
 def _verification(scores, is_genuine, prefix=""):
     found = roc_metrics(scores, is_genuine, far_targets=DEFAULT_FAR_TARGETS)
-    out = {
-        prefix + "roc_auc": found["roc_auc"],
-        prefix + "eer": found["eer"],
-        prefix + "eer_threshold": found["eer_threshold"],
-    }
-    for far in DEFAULT_FAR_TARGETS:
-        out[f"{prefix}tar_at_far_{far_key(far)}"] = found[f"tar_at_far_{far:g}"]
-        out[f"{prefix}threshold_at_far_{far_key(far)}"] = found[f"threshold_at_far_{far:g}"]
-    out[prefix + "num_genuine_pairs"] = int(found["n_genuine"])
-    out[prefix + "num_impostor_pairs"] = int(found["n_impostor"])
-    return out
+    return {prefix + key: value for key, value in found.items()}
 
 
 def _has_pairs(labels: np.ndarray) -> bool:
@@ -143,10 +97,13 @@ def _grid_rows(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def _neighbor_grid(path, q_images, q_labels, q_emb, r_images, r_labels, r_emb,
                    class_names, title, same_source: bool, seed: int) -> None:
-    """Nearest references of a few queries, drawn by `plot_neighbors`."""
+    """Nearest references of a few queries, drawn by `plot_neighbors` (images only: no grid
+    for feature vectors)."""
+    from clusterloss.app.report.plots import plot_neighbors
     from clusterloss.index import Index
-    from clusterloss.report.plots import plot_neighbors
 
+    if len(q_images.shape) != 4:
+        return
     rows = _grid_rows(q_labels, GRID_QUERIES, seed)
     k = min(GRID_NEIGHBORS, len(r_emb) - (1 if same_source else 0))
     if len(rows) == 0 or k < 1:
@@ -159,9 +116,10 @@ def _neighbor_grid(path, q_images, q_labels, q_emb, r_images, r_labels, r_emb,
         keep[keep.all(axis=1), -1] = False
         scores = scores[keep].reshape(len(rows), k)
         found = found[keep].reshape(len(rows), k)
+    neighbors = r_images[found.reshape(-1)]  # an array or ImageFiles: read these only
     plot_neighbors(
-        path, q_images[rows], q_labels[rows], r_images[found], r_labels[found], scores,
-        class_names, title,
+        path, q_images[rows], q_labels[rows], neighbors.reshape(*found.shape, *neighbors.shape[1:]),
+        r_labels[found], scores, class_names, title,
     )  # fmt: skip
 
 
@@ -187,11 +145,11 @@ def evaluate_run(
     `roc.png`, `neighbors.png` (`neighbors_unseen.png` with unseen classes) and `report.html`.
 
     Args:
-        run_dir: a directory written by `clusterloss.runs.train`.
+        run_dir: a directory written by `clusterloss.app.runs.train`.
         model, data, metrics: the run's model, `Dataset` and metrics.json contents; loaded
-            from `run_dir` when None (`clusterloss.runs.load_run`).
+            from `run_dir` when None (`clusterloss.app.results.load_run`).
         embeddings: embeddings already computed with this model (`train()` passes its own:
-            keys train, test, unknown). None: recompute them from the model, refresh
+            keys of `embeddings.npz`). None: recompute them from the model, refresh
             the classifier / 1-NN statistics, `embeddings.npz`, `features.png` and
             `history.png`.
         report: also write `report.html`.
@@ -202,8 +160,6 @@ def evaluate_run(
         The merged metrics (what metrics.json now holds). See the module docstring for
         the keys.
     """
-    from clusterloss.runs import load_run, summarize, write_metrics
-
     run_dir = Path(run_dir)
     if model is None or data is None or metrics is None:
         loaded_model, loaded_data, loaded_metrics = load_run(run_dir)
@@ -219,17 +175,17 @@ def evaluate_run(
 
     # 1. embeddings (recomputed from the model unless train() just did)
     if embeddings is None:
-        from clusterloss.report.plots import plot_features, plot_history
+        from clusterloss.app.report.plots import plot_features, plot_history
 
         stats, embeddings = summarize(model, data)
         metrics.update(stats)
-        np.savez_compressed(run_dir / "embeddings.npz", **embeddings)
+        save_embeddings(run_dir, embeddings)
         plot_features(embeddings["test"], data.y_test, run_dir / "features.png",
                       embeddings["centers"], data.class_names, title)  # fmt: skip
         if metrics.get("history"):
             plot_history(metrics["history"], run_dir / "history.png", title)
     train_emb, test_emb = embeddings["train"], embeddings["test"]
-    unknown_emb = embeddings["unknown"] if len(data.x_unknown) else None
+    unknown_emb = embeddings["unknown"] if len(data.y_unknown) else None
     y_train, y_test, y_unknown = data.y_train, data.y_test, data.y_unknown
     step()
 
@@ -266,14 +222,14 @@ def evaluate_run(
             train_emb, y_train, test_emb, y_test, unknown_emb,
             metric=METRIC, keep_known=KEEP_KNOWN,
         )  # fmt: skip
-        found.update({new: open_set[old] for old, new in _OPEN_SET_KEYS.items()})
-        found["num_unknown"] = int(len(unknown_emb))
+        found.update(open_set)
         found["num_unknown_classes"] = int(len(np.unique(y_unknown)))
     step()
 
     # 6. plots: ROC and nearest-neighbour grids
-    save_roc_plot(run_dir / "roc.png", curves, title=f"Verification ROC ({METRIC}): {title}")
-    names = list(data.class_names) + list(data.unknown_class_names)
+    with atomic_path(run_dir / "roc.png") as temporary:
+        save_roc_plot(temporary, curves, title=f"Verification ROC ({METRIC}): {title}")
+    names = data.all_class_names
     _neighbor_grid(
         run_dir / "neighbors.png", data.x_test, y_test, test_emb, data.x_train, y_train,
         train_emb, names, "test queries: nearest training images (cosine)", False, seed,
@@ -292,10 +248,10 @@ def evaluate_run(
     path = run_dir / "metrics.json"
     metrics = {**(json.loads(path.read_text()) if path.is_file() else {}), **metrics}
     metrics = {k: v for k, v in metrics.items() if not k.startswith(_CONDITIONAL)}
-    metrics.update({key: _clean(value) for key, value in found.items()})
+    metrics.update({key: clean(value) for key, value in found.items()})
     write_metrics(run_dir, metrics)
     if report:
-        from clusterloss.report.html import write_report
+        from clusterloss.app.report.html import write_report
 
         write_report(run_dir, metrics)
     step()

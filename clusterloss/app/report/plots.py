@@ -7,6 +7,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from clusterloss.app.rundir import atomic_path
+
 
 def _pyplot():
     import matplotlib
@@ -15,6 +17,13 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Save and close a figure, atomically (PNG by the extension of `path`)."""
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary)
+    _pyplot().close(fig)
 
 
 def project_2d(embeddings: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
@@ -68,8 +77,7 @@ def plot_features(
             legend.legend_handles[-1].set_sizes([40])
     if own:
         fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
+        save_figure(fig, path)
 
 
 def plot_history(history: Mapping[str, Sequence[float]], path: str | Path, title: str = "") -> None:
@@ -78,6 +86,7 @@ def plot_history(history: Mapping[str, Sequence[float]], path: str | Path, title
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     epochs = None
     for name, values in history.items():
+        values = np.array([np.nan if v is None else v for v in values], dtype=float)
         epochs = np.arange(1, len(values) + 1)
         target = left if "loss" in name else right
         style = "--" if name.startswith("val_") else "-"
@@ -90,8 +99,7 @@ def plot_history(history: Mapping[str, Sequence[float]], path: str | Path, title
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_neighbors(
@@ -175,5 +183,4 @@ def plot_neighbors(
                 fontsize=7, fontweight="bold" if is_query else "normal")  # fmt: skip
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 0.1 / (height * px / 110 + title_h))
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 
+from clusterloss.app.config import verbosity
 
-def verbosity(text: str):
-    """--verbose: "auto" stays, digits become Keras' 0/1/2."""
-    return text if text == "auto" else int(text)
+SHOWN = (
+    "knn_accuracy", "precision_at_1", "r_precision", "map_at_r", "nmi",
+    "unseen_precision_at_1", "unseen_map_at_r", "verification_set", "roc_auc", "eer",
+    "tar_at_far_1e-2", "open_set_auroc", "evaluate_seconds",
+)  # fmt: skip
 
 
 def add_run_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a directory from `clusterloss train`")
     parser.add_argument(
-        "--verbose", default="auto", choices=("auto", "0", "1", "2"),
+        "--verbose", default="auto", type=verbosity, metavar="{auto,0,1,2}",
         help="progress bars: 1 (or auto) a bar, 2 one line per bar, 0 silent",
     )  # fmt: skip
 
 
-def add_parser(subparsers) -> None:
+@contextlib.contextmanager
+def locked_run(path: str):
+    """`(run_dir, model, data, metrics)` of a run, its directory locked for the block."""
+    from clusterloss.app.results import load_run
+    from clusterloss.app.rundir import RunDir
+
+    run_dir = RunDir(path)
+    with run_dir.lock(create=False):
+        yield (run_dir.path, *load_run(run_dir.path))
+
+
+def add_parser(subparsers) -> list[argparse.ArgumentParser]:
     parser = subparsers.add_parser(
         "evaluate",
         help="recompute a run's metrics, plots and report.html from its model",
@@ -31,24 +46,14 @@ def add_parser(subparsers) -> None:
     )
     add_run_dir(parser)
     parser.set_defaults(run=run)
+    return [parser]
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from clusterloss.app.evaluate import evaluate_run
 
-    from clusterloss.evaluation.run_eval import evaluate_run
-
-    if not (Path(args.run_dir) / "model.keras").is_file():
-        raise SystemExit(
-            f"clusterloss evaluate: error: {args.run_dir} holds no model.keras "
-            "(make one with `clusterloss train --out RUN_DIR`)"
-        )
-    metrics = evaluate_run(args.run_dir, verbose=verbosity(args.verbose))
-    shown = (
-        "knn_accuracy", "precision_at_1", "r_precision", "map_at_r", "nmi",
-        "unseen_precision_at_1", "unseen_map_at_r", "verification_set", "roc_auc", "eer",
-        "tar_at_far_1e-2", "open_set_auroc", "evaluate_seconds",
-    )  # fmt: skip
-    print(json.dumps({k: metrics[k] for k in shown if k in metrics}, indent=2))
+    with locked_run(args.run_dir) as (run_dir, model, data, metrics):
+        metrics = evaluate_run(run_dir, model, data, metrics, verbose=args.verbose)
+    print(json.dumps({k: metrics[k] for k in SHOWN if k in metrics}, indent=2))
     print(f"wrote {args.run_dir}/metrics.json, roc.png, neighbors.png, report.html")
     return 0

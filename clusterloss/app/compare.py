@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -17,10 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from clusterloss.evaluation.run_eval import evaluate_run
-from clusterloss.recipes import RECIPES
-from clusterloss.report.plots import _pyplot, plot_features
-from clusterloss.runs import TrainConfig, load_embeddings, train
+from clusterloss.app.config import TrainConfig
+from clusterloss.app.evaluate import evaluate_run
+from clusterloss.app.recipes import get_recipe
+from clusterloss.app.report.plots import _pyplot, plot_features, save_figure
+from clusterloss.app.results import load_embeddings
+from clusterloss.app.rundir import write_text
+from clusterloss.app.runs import train
 
 # Metrics shown in the table when the runs have them, in this order.
 # `unseen_*`: retrieval among classes never seen in training (class-disjoint); the
@@ -50,26 +54,24 @@ class Setting:
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.label)
 
 
-def _parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_setting(spec: str) -> Setting:
-    """`'center:center_weight=0.1'` -> Setting('center', (('center_weight', 0.1),))."""
+    """`'center:center_weight=0.1'` -> Setting('center', (('center_weight', 0.1),)): each
+    value parsed by the recipe's typed option; an unknown key is a ValueError that lists
+    the recipe's options."""
     loss, _, rest = spec.partition(":")
-    if loss not in RECIPES:
-        raise ValueError(f"`loss` must be one of {sorted(RECIPES)}; got {loss!r} in {spec!r}.")
+    recipe = get_recipe(loss)
+    known = {o.key: o for o in recipe.options}
     options = []
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
         if not sep:
             raise ValueError(f"expected NAME=VALUE after ':' in {spec!r}; got {item!r}.")
-        options.append((key.strip().replace("-", "_"), _parse_value(value.strip())))
+        if key not in known:
+            listed = ", ".join(known) or "none"
+            raise ValueError(f"unknown option {key!r} for loss {loss} in {spec!r} (its options: {listed}).")
+        options.append((key, known[key].parse(value.strip())))
+    recipe.resolve(loss, dict(options))
     return Setting(loss, tuple(options))
 
 
@@ -79,20 +81,21 @@ def run_comparison(
     base: TrainConfig,
     out: str | Path,
     reuse: bool = False,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Train every (setting, seed) into `out/runs/`, write `results.md`, `results.csv`,
     `comparison.png` and `features.png` (a panel per setting, first seed); return the rows.
 
     With `reuse`, a run whose `metrics.json` exists is read instead of trained again (to
     resume, or to re-tabulate); one trained with `--no-evaluate` is evaluated then, unless
-    `base.evaluate` is off."""
+    `base.evaluate` is off. Without it, an existing run is refused unless `overwrite`."""
     out = Path(out)
     results: dict[str, list[dict[str, Any]]] = {}
     for setting in settings:
         for seed in seeds:
             config = copy.deepcopy(base)
             config.loss, config.seed = setting.loss, seed
-            config.options = {**base.options, **dict(setting.options)}
+            config.options = dict(setting.options)
             config.out = str(out / "runs" / f"{setting.slug}-s{seed}")
             done = Path(config.out, "metrics.json")
             if reuse and done.is_file():
@@ -102,8 +105,9 @@ def run_comparison(
                 results.setdefault(setting.label, []).append(metrics)
                 continue
             print(f"[compare] {setting.label}, seed {seed} -> {config.out}", flush=True)
-            results.setdefault(setting.label, []).append(train(config))
+            results.setdefault(setting.label, []).append(train(config, overwrite=overwrite))
     rows = summarize(results)
+    out.mkdir(parents=True, exist_ok=True)
     write_tables(rows, out, base, seeds)
     plot_comparison(rows, out / "comparison.png")
     plot_feature_panels(settings, seeds[0], out)
@@ -127,16 +131,16 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 def write_tables(rows: list[dict[str, Any]], out: Path, base: TrainConfig, seeds) -> None:
     names = [m for m in METRICS if any(m in r for r in rows)]
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["setting", "seeds"] + [x for m in names for x in (m, m + "_std")])
-        for r in rows:
-            writer.writerow(
-                [r["setting"], r["seeds"]] + [r.get(x, "") for m in names for x in (m, m + "_std")]
-            )
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["setting", "seeds"] + [x for m in names for x in (m, m + "_std")])
+    for r in rows:
+        writer.writerow(
+            [r["setting"], r["seeds"]] + [r.get(x, "") for m in names for x in (m, m + "_std")]
+        )
     header = "| setting | " + " | ".join(names) + " |"
     lines = [
-        f"dataset {base.dataset}, {base.embedding_dim}-D embeddings, {base.epochs} epochs, "
+        f"data {base.data}, {base.embedding_dim}-D embeddings, {base.epochs} epochs, "
         f"seeds {', '.join(map(str, seeds))}; mean ± std over seeds.",
         "",
         header,
@@ -145,7 +149,8 @@ def write_tables(rows: list[dict[str, Any]], out: Path, base: TrainConfig, seeds
     for r in rows:
         cells = [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" if m in r else "" for m in names]
         lines.append(f"| {r['setting']} | " + " | ".join(cells) + " |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "results.csv", table.getvalue())
+    write_text(out / "results.md", "\n".join(lines) + "\n")
 
 
 def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
@@ -163,8 +168,7 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_feature_panels(settings: list[Setting], seed: int, out: Path) -> None:
@@ -181,5 +185,4 @@ def plot_feature_panels(settings: list[Setting], seed: int, out: Path) -> None:
     for ax in list(axes.flat)[len(settings) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out / "features.png")
-    plt.close(fig)
+    save_figure(fig, out / "features.png")

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from clusterloss.app.rundir import write_text
+
 # (title, note, keys) of the metric tables; keys ending in "*" match by prefix.
 GROUPS = (
     ("Classification (known classes, test set)",
@@ -36,7 +38,11 @@ GROUPS = (
     ("Open set (known test queries vs unseen-class queries)",
      "Score: cosine similarity of a query to its nearest training image. AUROC of rejecting "
      "the unseen queries; the rates use the threshold that accepts 95% of the known queries.",
-     ("open_set_*",)),
+     ("open_set_*", "closed_set_accuracy", "num_known")),
+    ("Validation during training",
+     "Retrieval among the validation images (leave-one-out), logged by RetrievalEvaluation; "
+     "the model kept is the one of best_epoch.",
+     ("best_epoch", "best_val_*", "num_val")),
     ("Run",
      "",
      ("dataset", "loss", "embedding_dim", "epochs", "seed", "metric", "backend", "num_classes", "num_train", "num_test", "num_unknown",
@@ -210,6 +216,4 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any] | None = None) -> 
     measures), and the run's plots embedded as PNG data URIs (history.png, features.png,
     roc.png, neighbors.png, neighbors_unseen.png: those present). `metrics`: the contents
     of metrics.json (read from it when None). Returns the path."""
-    path = Path(run_dir) / "report.html"
-    path.write_text(render_report(run_dir, metrics), encoding="utf-8")
-    return path
+    return write_text(Path(run_dir) / "report.html", render_report(run_dir, metrics))

@@ -1,0 +1,97 @@
+"""`TrainingCheckpoint`: what `train --resume` needs to continue a killed run exactly.
+
+Like `keras.callbacks.BackupAndRestore` (weights with the optimizer state at every epoch
+end), plus what that callback does not keep: the history of the epochs already done and the
+best monitored value with its weights (the best model of a run with validation), and
+atomicity. Each epoch writes `epoch-<N>.weights.h5` (and `best-<N>.weights.h5` when the
+monitored value improves), then `state.json` by rename, which names the weights files it
+belongs to, then deletes the files it no longer names; a process killed at any moment
+leaves a consistent checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from clusterloss.app.rundir import atomic_path, write_text
+
+STATE = "state.json"
+
+
+class TrainingCheckpoint(keras.callbacks.Callback):
+    """Save the training state to `directory` at each epoch end (see the module docstring).
+
+    Args:
+        directory: the checkpoint folder (created).
+        config: the run's settings, stored so that a resume can check it continues the
+            same run.
+        monitor, mode: the logged value whose best epoch is kept ("max" or "min"; a tie
+            goes to the later epoch, trained longer); None: no best model.
+        state: a loaded `state.json` to continue from (`TrainingCheckpoint.read`).
+    """
+
+    def __init__(self, directory: str | Path, config: dict[str, Any], monitor: str | None = None,
+                 mode: str = "max", state: dict[str, Any] | None = None):  # fmt: skip
+        super().__init__()
+        self.directory = Path(directory)
+        self.monitor, self.mode = monitor, mode
+        self.state = state or {
+            "config": config, "epoch": 0, "history": {}, "weights": None,
+            "monitor": monitor, "best": None, "best_epoch": None, "best_weights": None,
+        }  # fmt: skip
+
+    @staticmethod
+    def read(directory: str | Path) -> dict[str, Any] | None:
+        path = Path(directory) / STATE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    @property
+    def epoch(self) -> int:
+        """Epochs done."""
+        return int(self.state["epoch"])
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        return self.state["history"]
+
+    def _improved(self, value: float) -> bool:
+        best = self.state["best"]
+        if not math.isfinite(value):
+            return False
+        return best is None or (value >= best if self.mode == "max" else value <= best)
+
+    def _save_weights(self, name: str) -> str:
+        with atomic_path(self.directory / name) as temporary:
+            self.model.save_weights(temporary)
+        return name
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        logs = logs or {}
+        history = self.state["history"]
+        for key, value in logs.items():
+            history.setdefault(key, [None] * self.state["epoch"]).append(float(value))
+        for values in history.values():  # keys absent this epoch (e.g. `every` > 1)
+            values.extend([None] * (epoch + 1 - len(values)))
+        old = {self.state["weights"], self.state["best_weights"]}
+        value = logs.get(self.monitor) if self.monitor else None
+        if value is not None and self._improved(float(value)):
+            self.state["best"], self.state["best_epoch"] = float(value), epoch + 1
+            self.state["best_weights"] = self._save_weights(f"best-{epoch + 1}.weights.h5")
+        self.state["weights"] = self._save_weights(f"epoch-{epoch + 1}.weights.h5")
+        self.state["epoch"] = epoch + 1
+        write_text(self.directory / STATE, json.dumps(self.state, indent=1) + "\n")
+        for name in old - {self.state["weights"], self.state["best_weights"], None}:
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / name).unlink()
+
+    def restore(self, model: keras.Model, best: bool = False) -> None:
+        """Load the last (or the best) saved weights, optimizer state included."""
+        name = self.state["best_weights" if best else "weights"]
+        model.load_weights(self.directory / name)

@@ -1,0 +1,50 @@
+"""`clusterloss train`: train one model and write its run directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from clusterloss.app.cli.args import add_config_arguments, add_recipe_arguments, config_from_args, recipe_values
+
+SHOWN = (
+    "test_accuracy", "knn_accuracy", "intra_inter_ratio", "precision_at_1", "map_at_r",
+    "best_epoch", "best_val_map_at_r", "unseen_map_at_r", "verification_set", "roc_auc", "eer",
+    "open_set_auroc", "train_seconds", "evaluate_seconds",
+)  # fmt: skip
+
+
+def add_parser(subparsers) -> list[argparse.ArgumentParser]:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model and write model.keras, metrics.json, plots and report.html",
+        description="Train on a data set (built-in, a folder of class sub-folders, or an .npz) "
+        "with one loss; write RUN_DIR/model.keras (the best epoch's by validation MAP@R when "
+        "there is a validation split), metrics.json, embeddings.npz, features.png and "
+        "history.png, then evaluate it (retrieval, verification, open set: metrics.json, "
+        "roc.png, neighbors.png, report.html) unless --no-evaluate.",
+    )
+    parser.add_argument("--out", default="", help="run directory (default runs/DATA-LOSS-sSEED)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in --out (deletes its files, index/ included)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run stopped in --out (run the same command again)")
+    add_recipe_arguments(parser)
+    add_config_arguments(parser)
+    parser.set_defaults(run=run)
+    return [parser]
+
+
+def run(args: argparse.Namespace) -> int:
+    from clusterloss.app.runs import train
+
+    if args.overwrite and args.resume:
+        from clusterloss.app.cli.args import fail
+
+        fail(args, "--overwrite and --resume exclude each other")
+    config = config_from_args(args, args.loss, args.seed, args.out, recipe_values(args))
+    metrics = train(config, overwrite=args.overwrite, resume=args.resume)
+    out = config.run_dir()
+    print(json.dumps({k: metrics[k] for k in SHOWN if k in metrics}, indent=2))
+    print(f"wrote {out}/: " + ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
+    return 0

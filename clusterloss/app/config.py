@@ -1,0 +1,183 @@
+"""`TrainConfig`: every setting that decides a run, stored in `metrics.json` under
+`"config"`. Each field's metadata (help, parser, flag) is what the command line's flags are
+made from, so a default is written once, here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from clusterloss.data import DATASETS, Dataset, load_dataset
+from clusterloss.data.datasets import DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT
+from clusterloss.models.backbones import APPLICATIONS, BACKBONES, FEATURES, default_image_size, resolve_kind
+
+# Adam learning rates that train each built-in data set's default backbone well in a few
+# epochs; own data gets DEFAULT_LEARNING_RATE.
+LEARNING_RATES = {"digits": 1e-2, "fashion-mnist": 1e-3, "olivetti": 1e-3}
+DEFAULT_LEARNING_RATE = 1e-3
+
+
+# ----------------------------------------------------------------------------- value parsers
+
+
+def _number(text: str, kind: type, low: float, low_open: bool = False, high: float | None = None):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}; got {text!r}")
+    if value < low or (low_open and value == low) or (high is not None and value >= high):
+        bound = f"> {low:g}" if low_open else f">= {low:g}"
+        if high is not None:
+            bound = f"in [{low:g}, {high:g})"
+        raise argparse.ArgumentTypeError(f"must be {bound}; got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, 1)
+
+
+def count(text: str) -> int:
+    """An int >= 0."""
+    return _number(text, int, 0)
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, 0.0, low_open=True)
+
+
+def fraction(text: str) -> float:
+    return _number(text, float, 0.0, high=1.0)
+
+
+def class_ids(text: str) -> list[int]:
+    """'0-4' or '0,2,5' or '0-4,7' -> a list of class ids."""
+    ids: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            ids.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected class ids like '0-4' or '0,2,5'; got {text!r}")
+    if len(set(ids)) != len(ids) or any(i < 0 for i in ids):
+        raise argparse.ArgumentTypeError(f"expected distinct ids >= 0; got {text!r}")
+    return ids
+
+
+def weights_source(text: str) -> str | None:
+    """'none', 'imagenet' or an existing weights file."""
+    if text == "none":
+        return None
+    if text != "imagenet" and not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"expected none, imagenet or a weights file; {text!r} does not exist")
+    return text
+
+
+def verbosity(text: str):
+    """"auto" stays; digits become Keras' 0/1/2."""
+    if text not in ("auto", "0", "1", "2"):
+        raise argparse.ArgumentTypeError(f"expected auto, 0, 1 or 2; got {text!r}")
+    return text if text == "auto" else int(text)
+
+
+def arg(help: str, parse: Callable | None = None, *, flag: str | None = None,
+        choices: tuple | None = None, metavar: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Field metadata: how the command line sets this field."""
+    return {"help": help, "parse": parse, "flag": flag, "choices": choices, "metavar": metavar}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run (`clusterloss train` flags of the same names)."""
+
+    data: str = field(default="digits", metadata=arg(
+        f"a built-in data set ({', '.join(DATASETS)}), a folder with one sub-folder of images "
+        "per class, or an .npz file with arrays x and y", metavar="DATA"))
+    loss: str = "center"  # the recipe (clusterloss.app.recipes); its flag is made there
+    options: dict[str, Any] = field(default_factory=dict)  # the recipe's option values
+    embedding_dim: int = field(default=2, metadata=arg("embedding size", positive_int))
+    epochs: int = field(default=30, metadata=arg("training epochs", positive_int))
+    seed: int = field(default=0, metadata=arg("seed of the weights, splits and batches", count))
+    batch_size: int = field(default=64, metadata=arg("samples per batch", positive_int))
+    learning_rate: float | None = field(default=None, metadata=arg(
+        "Adam's (default: " + ", ".join(f"{v:g} {k}" for k, v in LEARNING_RATES.items())
+        + f", {DEFAULT_LEARNING_RATE:g} own data)", positive_float))
+    backbone: str = field(default="auto", metadata=arg(
+        "the trunk: auto (mlp for vectors and images up to 16x16, else cnn), or a "
+        "keras.applications network", choices=("auto", *BACKBONES)))
+    weights: str | None = field(default=None, metadata=arg(
+        "trunk weights: none, imagenet (keras.applications trunks; downloaded once by Keras) "
+        "or a weights file", weights_source, metavar="none|imagenet|FILE"))
+    freeze_backbone_epochs: int = field(default=0, metadata=arg(
+        "train only the embedding layer (and head) for this many epochs, then everything",
+        count, metavar="N"))
+    feature: str = field(default="linear", metadata=arg(
+        "activation of the embedding layer: linear (metric learning) or prelu (LeNets++, "
+        "slope 0.25 at start)", choices=FEATURES))
+    batch_norm: bool = field(default=False, metadata=arg("BatchNormalization after the embedding layer"))
+    image_size: int | None = field(default=None, metadata=arg(
+        "side images of a folder are resized to (default: 224 for keras.applications "
+        "trunks, else 64)", positive_int))
+    val_split: float | None = field(default=None, metadata=arg(
+        f"share of each class held out for validation (default {DEFAULT_VAL_SPLIT:g} for "
+        "own data, 0 for built-in sets); retrieval on it is logged every epoch and the best "
+        "model is kept", fraction))
+    test_split: float | None = field(default=None, metadata=arg(
+        f"share of each class held out for testing, own data (default {DEFAULT_TEST_SPLIT:g})",
+        fraction))
+    known_classes: list[int] | None = field(default=None, metadata=arg(
+        "train on these class ids only, e.g. 0-4 (the rest are unseen at evaluation; "
+        "olivetti defaults to people 0-29)", class_ids))
+    train_limit: int | None = field(default=None, metadata=arg(
+        "use a random subset of the training set", positive_int))
+    test_limit: int | None = field(default=None, metadata=arg(
+        "use a random subset of the test set", positive_int))
+    eval_every: int = field(default=1, metadata=arg(
+        "validation retrieval every N epochs (and at the last)", positive_int, metavar="N"))
+    tensorboard: bool = field(default=False, metadata=arg(
+        "write TensorBoard logs and the test embeddings for its projector to RUN_DIR/logs"))
+    evaluate: bool = field(default=True, metadata=arg(
+        "skip the evaluation after training (retrieval, verification, open set, plots, "
+        "report.html); "
+        "`clusterloss evaluate RUN_DIR` does it later", flag="--no-evaluate"))
+    verbose: Any = field(default="auto", metadata=arg(
+        "Keras progress: 1 (or auto) a bar, 2 one line per epoch, 0 silent", verbosity,
+        choices=("auto", 0, 1, 2)))
+    out: str = ""
+
+    def run_dir(self) -> Path:
+        return Path(self.out or f"runs/{Path(self.data).stem}-{self.loss}-s{self.seed}")
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.data in DATASETS
+
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return LEARNING_RATES.get(self.data, DEFAULT_LEARNING_RATE)
+
+    def load_data(self) -> Dataset:
+        """The data set and split of this run (the same every time for the same config)."""
+        kind = self.backbone if self.backbone != "auto" else "cnn"
+        size = self.image_size or default_image_size(kind)
+        return load_dataset(
+            self.data, seed=self.seed, known_classes=self.known_classes,
+            train_limit=self.train_limit, test_limit=self.test_limit,
+            val_split=self.val_split, test_split=self.test_split, image_size=size,
+        )  # fmt: skip
+
+    def backbone_kind(self, data: Dataset) -> str:
+        return resolve_kind(self.backbone, data.input_shape)
+
+    @property
+    def uses_application(self) -> bool:
+        return self.backbone in APPLICATIONS
+
+
+# Fields that do not change what a run computes: a resumed run may differ in them.
+PRESENTATION = ("verbose", "tensorboard", "evaluate", "out")
+CLI_FIELDS = tuple(f for f in fields(TrainConfig) if f.metadata)

@@ -1,0 +1,243 @@
+"""The loss names of the command line, each a `Recipe`: its typed options, and how they
+make the model's head, the loss given to `compile`, the center loss and the batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import keras
+
+from clusterloss import losses as L
+from clusterloss import miners
+from clusterloss.app.options import Option, option, resolve
+from clusterloss.layers import ArcFace, CenterLoss, CosFace, NormFace, ProxyAnchorHead, SphereFace
+from clusterloss.models import ClusterModel
+from clusterloss.optimizers import center_optimizer
+from clusterloss.sampling import MPerClassSampler
+
+Values = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a recipe makes for `num_classes` classes."""
+
+    loss: keras.losses.Loss
+    head: keras.layers.Layer | None = None  # None: a Dense logits head if `classifier`
+    center: CenterLoss | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train with one loss name.
+
+    `make(num_classes, values)` builds the parts from the resolved option values.
+    `classifier`: the model has a logits head (else the loss applies to the embeddings).
+    `pairs`: batches from `MPerClassSampler` (option `m_per_class`).
+    `unit_norm`: the backbone ends with `UnitNormalization` (the loss expects it).
+    """
+
+    make: Callable[[int, Values], Parts]
+    options: tuple[Option, ...] = ()
+    description: str = ""
+    classifier: bool = True
+    pairs: bool = False
+    unit_norm: bool = False
+
+    def resolve(self, name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+        """All option values: `given` checked (unknown keys rejected), the rest defaulted."""
+        return resolve(self.options, given, f"loss {name}")
+
+
+def _crossentropy() -> keras.losses.Loss:
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+M_PER_CLASS = option(MPerClassSampler, "m", "m_per_class",
+                     "samples per class in each batch (more when all classes fit in one)",
+                     low=2)  # fmt: skip
+
+
+def _head_options(cls, margin_help: str | None) -> tuple[Option, ...]:
+    found = (option(cls, "scale", help="scale s of the cosine logits"),)
+    if margin_help:
+        found += (option(cls, "margin", help=margin_help),)
+    return found
+
+
+def _head_recipe(cls, description: str, margin_help: str | None = None) -> Recipe:
+    options = _head_options(cls, margin_help)
+    return Recipe(
+        lambda n, v: Parts(_crossentropy(), head=cls(n, **v)), options, description
+    )
+
+
+def _pair_recipe(make_loss: Callable[[Values], keras.losses.Loss], options: tuple[Option, ...],
+                 description: str, unit_norm: bool = False) -> Recipe:  # fmt: skip
+    return Recipe(
+        lambda n, v: Parts(make_loss(v)), options + (M_PER_CLASS,), description,
+        classifier=False, pairs=True, unit_norm=unit_norm,
+    )  # fmt: skip
+
+
+def _center(n: int, v: Values) -> Parts:
+    layer = CenterLoss(weight=v["center_weight"], alpha=v["center_alpha"],
+                       update=v["center_update"], name="center_loss")  # fmt: skip
+    return Parts(_crossentropy(), center=layer)
+
+
+def _triplet(v: Values) -> keras.losses.Loss:
+    miner = miners.TripletMarginMiner(margin=v["margin"], type_of_triplets=v["type_of_triplets"])
+    return L.TripletMarginLoss(margin=v["margin"], miner=miner)
+
+
+TRIPLET_MARGIN = "FaceNet's 0.2 with semi-hard mining (the class keeps PML's 0.05)."
+
+RECIPES: dict[str, Recipe] = {
+    "softmax": Recipe(lambda n, v: Parts(_crossentropy()), (), "crossentropy on a Dense head"),
+    "center": Recipe(
+        _center,
+        (
+            option(CenterLoss, "weight", "center_weight", "lambda, the center loss weight",
+                   default=0.1, reason="0.1 trains the command line's small networks in a "
+                   "few epochs (README, docs/results.md); the class keeps the paper's MNIST "
+                   "0.01."),
+            option(CenterLoss, "alpha", "center_alpha", "Eq. 4 center step"),
+            option(CenterLoss, "update", "center_update", "how centers move",
+                   choices=("paper", "gradient")),
+            option(center_optimizer, "centers", "center_lr",
+                   "SGD learning rate of the centers (center_update=gradient)"),
+        ),
+        "crossentropy + center loss (Wen et al. 2016)",
+    ),
+    "focal": Recipe(
+        lambda n, v: Parts(L.SparseCategoricalFocalCrossentropy(
+            gamma=v["focal_gamma"], alpha=v["focal_alpha"], from_logits=True)),
+        (
+            option(L.SparseCategoricalFocalCrossentropy, "gamma", "focal_gamma", "focusing gamma"),
+            option(L.SparseCategoricalFocalCrossentropy, "alpha", "focal_alpha", "class weight alpha"),
+        ),
+        "sparse focal crossentropy (Lin et al. 2017)",
+    ),
+    "label-smoothing": Recipe(
+        lambda n, v: Parts(L.SparseLabelSmoothingCrossentropy(v["label_smoothing"], from_logits=True)),
+        (option(L.SparseLabelSmoothingCrossentropy, "label_smoothing", help="smoothing toward uniform"),),
+        "crossentropy with label smoothing toward uniform",
+    ),
+    "arcface": _head_recipe(ArcFace, "ArcFace head", "additive angular margin (radians)"),
+    "cosface": _head_recipe(CosFace, "CosFace head", "additive cosine margin"),
+    "sphereface": _head_recipe(SphereFace, "A-Softmax head", "multiplicative angular margin m"),
+    "normface": _head_recipe(NormFace, "normalised softmax"),
+    "proxy-anchor": Recipe(
+        lambda n, v: Parts(L.ProxyAnchorLoss(margin=v["margin"], alpha=v["alpha"]),
+                           head=ProxyAnchorHead(n)),
+        (
+            option(L.ProxyAnchorLoss, "margin", help="margin delta"),
+            option(L.ProxyAnchorLoss, "alpha", help="scaling alpha"),
+        ),
+        "proxy-anchor loss on learned proxies",
+    ),
+    "triplet": _pair_recipe(
+        _triplet,
+        (
+            option(L.TripletMarginLoss, "margin", help="triplet margin", default=0.2,
+                   reason=TRIPLET_MARGIN),
+            option(miners.TripletMarginMiner, "type_of_triplets", help="which triplets the miner keeps",
+                   default="semihard", reason="FaceNet's semi-hard mining (the miner keeps PML's 'all').",
+                   choices=("all", "hard", "semihard", "easy")),
+        ),
+        "triplet margin loss, FaceNet semi-hard mining",
+    ),
+    "contrastive": _pair_recipe(
+        lambda v: L.ContrastiveLoss(pos_margin=v["pos_margin"], neg_margin=v["neg_margin"]),
+        (
+            option(L.ContrastiveLoss, "pos_margin", help="positive pairs' margin"),
+            option(L.ContrastiveLoss, "neg_margin", help="negative pairs' margin"),
+        ),
+        "contrastive loss",
+    ),
+    "multi-similarity": _pair_recipe(
+        lambda v: L.MultiSimilarityLoss(
+            alpha=v["alpha"], beta=v["beta"], base=v["base"],
+            miner=miners.MultiSimilarityMiner(epsilon=v["epsilon"])),
+        (
+            option(L.MultiSimilarityLoss, "alpha", help="positive scale"),
+            option(L.MultiSimilarityLoss, "beta", help="negative scale"),
+            option(L.MultiSimilarityLoss, "base", help="similarity offset lambda"),
+            option(miners.MultiSimilarityMiner, "epsilon", help="miner margin"),
+        ),
+        "multi-similarity loss and miner",
+    ),
+    "supcon": _pair_recipe(
+        lambda v: L.SupConLoss(temperature=v["temperature"]),
+        (option(L.SupConLoss, "temperature", help="softmax temperature"),),
+        "supervised contrastive loss",
+    ),
+    "ntxent": _pair_recipe(
+        lambda v: L.NTXentLoss(temperature=v["temperature"]),
+        (option(L.NTXentLoss, "temperature", help="softmax temperature"),),
+        "NT-Xent with same-class positives",
+    ),
+    "circle": _pair_recipe(
+        lambda v: keras.losses.Circle(gamma=v["gamma"], margin=v["margin"]),
+        (
+            option(keras.losses.Circle, "gamma", help="scale gamma"),
+            option(keras.losses.Circle, "margin", help="relaxation margin m"),
+        ),
+        "keras.losses.Circle on unit-normalised embeddings",
+        unit_norm=True,
+    ),
+}  # fmt: skip
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"`loss` must be one of {sorted(RECIPES)}; got {name!r}.")
+    return RECIPES[name]
+
+
+def build_model(
+    name: str, backbone: keras.Model, num_classes: int, values: Mapping[str, Any] | None = None
+) -> tuple[ClusterModel, keras.losses.Loss, Recipe]:
+    """A `ClusterModel` and the loss to compile it with, for the loss `name` and its option
+    `values` (checked; missing ones take the recipe's defaults)."""
+    recipe = get_recipe(name)
+    values = recipe.resolve(name, values or {})
+    parts = recipe.make(num_classes, values)
+    if recipe.unit_norm:
+        backbone = keras.Sequential(
+            [backbone, keras.layers.UnitNormalization()], name=f"{backbone.name}_unit"
+        )
+    if recipe.classifier:
+        model = ClusterModel(backbone, num_classes=num_classes, head=parts.head,
+                             center_loss=parts.center, name="cluster_model")  # fmt: skip
+    else:
+        model = ClusterModel(backbone, center_loss=parts.center, name="cluster_model")
+    return model, parts.loss, recipe
+
+
+def _cell(value: Any) -> str:
+    return "—" if value is None else f"`{value}`"
+
+
+def options_table() -> str:
+    """The docs table: every recipe's options, defaults, and where they come from."""
+    lines = [
+        "| loss | option | type | default | class default | note |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, recipe in RECIPES.items():
+        if not recipe.options:
+            lines.append(f"| `{name}` | — | | | | {recipe.description} |")
+        for o in recipe.options:
+            note = o.help + (f" Differs from the class: {o.reason}" if o.reason else "")
+            lines.append(
+                f"| `{name}` | `{o.flag}` | {o.type.__name__} | {_cell(o.default)} | "
+                f"{o.source_name} = {_cell(o.source_default)} | {note} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the table of docs/cli.md
+    print(options_table())

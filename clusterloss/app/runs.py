@@ -1,0 +1,246 @@
+"""One training run: `train(config)` makes a run directory.
+
+It holds `model.keras` (the best epoch's by validation MAP@R when there is a validation
+split, else the last), `metrics.json` (the settings, the history and every number),
+`embeddings.npz`, `features.png`, `history.png`; unless `evaluate=False`, also the
+retrieval, verification and open-set metrics, `roc.png`, `neighbors.png` and `report.html`
+(`clusterloss.app.evaluate`); with `tensorboard`, `logs/` (scalars and the projector).
+While training, `checkpoint/` lets `train(..., resume=True)` continue a killed run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import time
+from typing import Any, Iterable
+
+import keras
+
+from clusterloss.app.checkpoint import TrainingCheckpoint
+from clusterloss.app.config import CLI_FIELDS, PRESENTATION, TrainConfig
+from clusterloss.app.errors import RunError
+from clusterloss.app.evaluate import evaluate_run, run_title
+from clusterloss.app.projector import export_projector
+from clusterloss.app.recipes import Recipe, build_model, get_recipe
+from clusterloss.app.report.plots import plot_features, plot_history
+from clusterloss.app.results import save_embeddings, summarize, write_metrics
+from clusterloss.app.rundir import CHECKPOINT, LOGS, RunDir, atomic_path
+from clusterloss.app.tensorboard import EpochScalars
+from clusterloss.data import Batches, Dataset, ImageFiles
+from clusterloss.evaluation import RetrievalEvaluation
+from clusterloss.models import ClusterModel, make_backbone
+from clusterloss.models.backbones import TRUNK
+from clusterloss.optimizers import center_optimizer
+from clusterloss.sampling import MPerClassSampler
+
+MONITOR = "val_map_at_r"  # the validation metric that picks the model kept
+LOADER_THREADS = 4  # threads reading image files during training
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """Epochs [begin, end) trained with the trunk frozen or not."""
+
+    begin: int
+    end: int
+    frozen: bool
+
+
+def _phases(config: TrainConfig) -> list[Phase]:
+    frozen = min(config.freeze_backbone_epochs, config.epochs)
+    phases = [Phase(0, frozen, True), Phase(frozen, config.epochs, False)]
+    return [p for p in phases if p.end > p.begin]
+
+
+def _as_flags(message: str) -> str:
+    """`known_classes` in a library message -> --known-classes, for the command line."""
+    names = {f.name for f in CLI_FIELDS}
+    return re.sub(r"`(\w+)`", lambda m: "--" + m[1].replace("_", "-") if m[1] in names else m[0], message)
+
+
+def _trunk(model: ClusterModel) -> keras.layers.Layer:
+    """The layer named "trunk" inside the backbone (nested models searched)."""
+    todo = [model.backbone]
+    while todo:
+        layer = todo.pop()
+        if layer.name == TRUNK:
+            return layer
+        todo += getattr(layer, "layers", [])
+    raise ValueError("the backbone has no layer named 'trunk' (make it with make_backbone).")
+
+
+def _optimizer(config: TrainConfig, model: ClusterModel) -> keras.optimizers.Optimizer:
+    adam = keras.optimizers.Adam(config.learning_rate)
+    layer = model.center_loss
+    if layer is not None and layer.update == "gradient":
+        return center_optimizer(adam, centers=config.options["center_lr"])
+    return adam
+
+
+def _configure(model: ClusterModel, loss, config: TrainConfig, frozen: bool) -> None:
+    """Freeze or unfreeze the trunk and compile with a new optimizer, built (so that a
+    checkpoint's optimizer state can be loaded into it)."""
+    if config.freeze_backbone_epochs:
+        _trunk(model).trainable = not frozen
+    model.compile(optimizer=_optimizer(config, model), loss=loss,
+                  metrics=["accuracy"] if model.head is not None else None)  # fmt: skip
+    model.optimizer.build(model.trainable_variables)
+
+
+def _training_data(config: TrainConfig, data: Dataset, recipe: Recipe, epoch: int):
+    """Batches for `fit` from `epoch` on: shuffled rows, or M-per-class batches for losses
+    that need pairs; both drawn from (seed, epoch), so a resumed run sees the same ones."""
+    threads = {"workers": LOADER_THREADS} if isinstance(data.x_train, ImageFiles) else {}
+    if not recipe.pairs:
+        return Batches(data.x_train, data.y_train, config.batch_size, shuffle=True,
+                       seed=config.seed, epoch=epoch, **threads)  # fmt: skip
+    # M per class, with as many classes per batch as fit (at most all of them).
+    classes = max(2, min(config.batch_size // config.options["m_per_class"], data.num_classes))
+    m = config.batch_size // classes
+    sampler = MPerClassSampler(data.x_train, data.y_train, m=m, batch_size=m * classes,
+                               seed=config.seed, **threads)  # fmt: skip
+    for _ in range(epoch):
+        sampler.on_epoch_end()
+    return sampler
+
+
+def _check_resume(config: TrainConfig, state: dict[str, Any] | None, run_dir) -> None:
+    if state is None:
+        raise RunError(f"{run_dir} holds no checkpoint to resume (nothing was stopped there, "
+                       "or it finished); train without --resume")  # fmt: skip
+    saved, now = state["config"], dataclasses.asdict(config)
+    changed = [k for k in now if k not in PRESENTATION and saved.get(k) != now[k]]
+    if changed:
+        diffs = ", ".join(f"{k} {saved.get(k)!r} (now {now[k]!r})" for k in changed[:3])
+        raise RunError(f"--resume continues {run_dir} with the settings it started with; "
+                       f"these differ: {diffs}; run the same command with --resume")  # fmt: skip
+
+
+def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
+          callbacks: Iterable[keras.callbacks.Callback] = ()) -> dict[str, Any]:  # fmt: skip
+    """Train, evaluate and write the run directory; returns the contents of `metrics.json`.
+
+    Args:
+        config: the run's settings (`config.options`: the recipe's option values; missing
+            ones take the recipe's defaults).
+        overwrite: replace a run already in `config.run_dir()` (else a `RunError`).
+        resume: continue the run stopped in `config.run_dir()` (same settings).
+        callbacks: more Keras callbacks for `fit` (after the run's own).
+    """
+    run_dir = RunDir(config.run_dir())
+    config = dataclasses.replace(config, options=dict(config.options))
+    if not config.is_builtin:
+        config.data = os.path.abspath(config.data)  # the run can be re-read from elsewhere
+    try:
+        config.options = get_recipe(config.loss).resolve(config.loss, config.options)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+    config.learning_rate = config.resolved_learning_rate()
+    if resume:  # checked before taking the lock: a mistake leaves a stopped run as it is
+        _check_resume(config, TrainingCheckpoint.read(run_dir / CHECKPOINT), run_dir.path)
+    with run_dir.lock():
+        run_dir.prepare(overwrite=overwrite, resume=resume)
+        return _train(config, run_dir, resume, list(callbacks))
+
+
+def _build(config: TrainConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
+    try:
+        data = config.load_data()
+        if config.freeze_backbone_epochs >= config.epochs:
+            raise ValueError(f"`freeze_backbone_epochs` must be < `epochs` ({config.epochs}); "
+                             f"got {config.freeze_backbone_epochs}.")  # fmt: skip
+        backbone = make_backbone(
+            data.input_shape, config.embedding_dim, config.backbone_kind(data),
+            weights=config.weights, feature=config.feature, batch_norm=config.batch_norm,
+        )  # fmt: skip
+        model, loss, recipe = build_model(config.loss, backbone, data.num_classes, config.options)
+        if recipe.pairs:
+            m = config.options["m_per_class"]
+            if config.batch_size < 2 * m:
+                raise ValueError(f"`batch_size` must hold 2 classes of `m_per_class` = {m} "
+                                 f"samples (>= {2 * m}); got {config.batch_size}.")  # fmt: skip
+    except ValueError as error:  # bad settings for this data, or bad data (DataError)
+        raise RunError(_as_flags(str(error))) from None
+    model.build((None, *data.input_shape))
+    return model, loss, recipe, data
+
+
+def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) -> dict[str, Any]:
+    state = TrainingCheckpoint.read(run_dir / CHECKPOINT) if resume else None
+    keras.utils.set_random_seed(config.seed)
+    model, loss, recipe, data = _build(config)
+    has_val = len(data.y_val) > 0
+    checkpoint = TrainingCheckpoint(run_dir / CHECKPOINT, dataclasses.asdict(config),
+                                    MONITOR if has_val else None, "max", state)  # fmt: skip
+    own: list[keras.callbacks.Callback] = []
+    if has_val:
+        own.append(RetrievalEvaluation(data.x_val, data.y_val, every=config.eval_every,
+                                       seed=config.seed))  # fmt: skip
+    own.append(checkpoint)
+    if config.tensorboard:
+        own.append(EpochScalars(run_dir / LOGS))
+    start, phases = checkpoint.epoch, _phases(config)
+    saved = next((p for p in phases if p.begin < start <= p.end), None)  # the checkpoint's phase
+    began = time.perf_counter()
+    for phase in phases:
+        if phase.end <= start and phase is not saved:
+            continue
+        _configure(model, loss, config, phase.frozen)
+        if phase is saved:
+            checkpoint.restore(model)
+        if phase.end <= start:
+            continue
+        first = max(start, phase.begin)
+        model.fit(_training_data(config, data, recipe, first), initial_epoch=first,
+                  epochs=phase.end, callbacks=own + callbacks, verbose=config.verbose,
+                  shuffle=False)  # fmt: skip
+    train_seconds = time.perf_counter() - began
+    best = checkpoint.state["best_weights"]
+    if best:
+        checkpoint.restore(model, best=True)
+    return _write_run(config, run_dir, model, data, checkpoint, train_seconds)
+
+
+def _write_run(config: TrainConfig, run_dir: RunDir, model: ClusterModel, data: Dataset,
+               checkpoint: TrainingCheckpoint, train_seconds: float) -> dict[str, Any]:  # fmt: skip
+    out = run_dir.path
+    with atomic_path(out / "model.keras") as temporary:
+        model.save(temporary)
+    stats, emb = summarize(model, data)
+    state = checkpoint.state
+    metrics = {
+        "dataset": data.name,
+        "loss": config.loss,
+        "backend": keras.backend.backend(),
+        "embedding_dim": config.embedding_dim,
+        "epochs": config.epochs,
+        "seed": config.seed,
+        **stats,
+        "train_seconds": round(train_seconds, 3),
+        "num_classes": data.num_classes,
+        "num_train": int(len(data.y_train)),
+        "num_val": int(len(data.y_val)),
+        "num_test": int(len(data.y_test)),
+        "config": dataclasses.asdict(config),
+        "history": state["history"],
+    }
+    if state["best_epoch"] is not None:
+        metrics["best_epoch"] = state["best_epoch"]
+        metrics["best_" + MONITOR] = state["best"]
+    title = run_title(metrics)
+    plot_features(emb["test"], data.y_test, out / "features.png", emb["centers"],
+                  data.class_names, title)  # fmt: skip
+    plot_history(state["history"], out / "history.png", title)
+    save_embeddings(out, emb)
+    write_metrics(out, metrics)
+    if config.tensorboard:
+        export_projector(out / LOGS / "projector", emb["test"], data.y_test, data.all_class_names,
+                         images=data.x_test, paths=getattr(data.x_test, "paths", None),
+                         seed=config.seed)  # fmt: skip
+    shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+    if config.evaluate:  # retrieval, verification, open set, roc.png, report.html
+        metrics = evaluate_run(out, model, data, metrics, embeddings=emb, verbose=config.verbose)
+    return metrics

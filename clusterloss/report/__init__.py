@@ -1,6 +1,0 @@
-"""Plots and the HTML report of a run."""
-
-from clusterloss.report.html import write_report
-from clusterloss.report.plots import plot_features, plot_history, plot_neighbors
-
-__all__ = ["plot_features", "plot_history", "plot_neighbors", "write_report"]

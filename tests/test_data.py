@@ -1,0 +1,132 @@
+"""Own data: image folders read on demand, .npz files, their splits, the bad-data errors
+(one message naming the file), and seeded resumable batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from synthetic import make_image_folder
+
+from clusterloss.data import Batches, DataError, ImageFiles, load_dataset
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "photos"
+    make_image_folder(root, classes=4, per_class=10, size=12)
+    return root
+
+
+def test_folder_split_by_image_is_seeded_and_stratified(folder):
+    data = load_dataset(folder, val_split=0.2, test_split=0.3, image_size=8)
+    assert data.class_names == ["class_0", "class_1", "class_2", "class_3"]
+    for y, n in ((data.y_train, 5), (data.y_val, 2), (data.y_test, 3)):
+        assert np.array_equal(np.bincount(y), [n] * 4)
+    parts = [data.x_train.paths, data.x_val.paths, data.x_test.paths]
+    assert len(set().union(*parts)) == 40  # disjoint, everything used
+    again = load_dataset(folder, val_split=0.2, test_split=0.3, image_size=8)
+    assert again.x_test.paths == data.x_test.paths
+    other = load_dataset(folder, val_split=0.2, test_split=0.3, image_size=8, seed=1)
+    assert other.x_test.paths != data.x_test.paths
+    for paths, labels in ((data.x_train.paths, data.y_train), (data.x_test.paths, data.y_test)):
+        assert [data.class_names[c] for c in labels] == [p.split("/")[-2] for p in paths]
+
+
+def test_folder_split_by_class_and_defaults(folder):
+    data = load_dataset(folder, known_classes=[2, 0], image_size=8)
+    assert data.class_names == ["class_2", "class_0"] and data.unknown_class_names == ["class_1", "class_3"]
+    assert len(data.y_unknown) == 20 and set(data.y_unknown) == {2, 3}
+    assert all(p.split("/")[-2] in ("class_1", "class_3") for p in data.x_unknown.paths)
+    # defaults for own data: 20% test, 10% validation of each known class
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (14, 2, 4)
+
+
+def test_image_files_read_only_the_rows_asked(folder, monkeypatch):
+    data = load_dataset(folder, image_size=(6, 8))
+    files = data.x_train
+    assert isinstance(files, ImageFiles) and files.shape == (len(files), 6, 8, 3)
+    read = []
+    import clusterloss.data.images as images
+
+    original = images.read_image
+    monkeypatch.setattr(images, "read_image", lambda p, s, c: read.append(p) or original(p, s, c))
+    batch = files[np.array([3, 0])]
+    assert read == [files.paths[3], files.paths[0]] and batch.shape == (2, 6, 8, 3)
+    expected = np.asarray(Image.open(files.paths[3]).convert("RGB").resize((8, 6), Image.BILINEAR))
+    np.testing.assert_allclose(batch[0], expected / 255.0, atol=1e-6)
+    assert 0.0 <= batch.min() and batch.max() <= 1.0
+    assert files.subset([1, 2]).paths == files.paths[1:3] and len(read) == 2  # no reading
+
+
+def test_grayscale_is_detected(tmp_path):
+    make_image_folder(tmp_path / "gray", classes=2, per_class=3, size=10, grayscale=True)
+    data = load_dataset(tmp_path / "gray", val_split=0.0, test_split=0.0, image_size=10)
+    assert data.input_shape == (10, 10, 1)
+    assert data.x_train[0].shape == (10, 10, 1)
+
+
+@pytest.mark.parametrize("problem", ["unreadable", "one image", "one class", "empty class"])
+def test_bad_folders_name_the_file(tmp_path, problem):
+    root = tmp_path / "bad"
+    make_image_folder(root, classes=3, per_class=3, size=8)
+    if problem == "unreadable":
+        (root / "class_1" / "img_001.png").write_bytes(b"not a png")
+        message = r"class_1/img_001\.png: not a readable image"
+    elif problem == "one image":
+        for name in ("img_001.png", "img_002.png"):
+            (root / "class_2" / name).unlink()
+        message = r"bad/class_2: class folder with 1 image\(s\); every class needs at least 2"
+    elif problem == "empty class":
+        for path in (root / "class_0").iterdir():
+            path.unlink()
+        message = r"bad/class_0: class folder with 0 image\(s\)"
+    else:
+        for name in ("class_1", "class_2"):
+            for path in (root / name).iterdir():
+                path.unlink()
+            (root / name).rmdir()
+        message = r"bad: 1 class\(es\); need at least 2"
+    with pytest.raises(DataError, match=message):
+        load_dataset(root)
+
+
+def test_npz_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (30, 5, 5), dtype=np.uint8)
+    np.savez(tmp_path / "images.npz", x=images, y=np.repeat([7, 3, 9], 10))
+    data = load_dataset(tmp_path / "images.npz", val_split=0.0, test_split=0.2)
+    assert data.class_names == ["3", "7", "9"] and data.input_shape == (5, 5, 1)
+    assert data.x_train.dtype == np.float32 and data.x_train.max() <= 1.0
+    np.testing.assert_array_equal(np.bincount(data.y_test), [2, 2, 2])
+
+    np.savez(tmp_path / "short.npz", x=np.zeros((5, 3)), y=np.zeros(4, int))
+    with pytest.raises(DataError, match=r"short\.npz: 'x' has 5 rows but 'y' has 4"):
+        load_dataset(tmp_path / "short.npz")
+    np.savez(tmp_path / "nolabels.npz", x=np.zeros((5, 3)))
+    with pytest.raises(DataError, match=r"nolabels\.npz: needs arrays 'x' and 'y'; found \['x'\]"):
+        load_dataset(tmp_path / "nolabels.npz")
+    np.savez(tmp_path / "lonely.npz", x=np.zeros((5, 3)), y=np.array([0, 0, 1, 1, 2]))
+    with pytest.raises(DataError, match=r"lonely\.npz: class '2' has 1 sample\(s\)"):
+        load_dataset(tmp_path / "lonely.npz")
+    (tmp_path / "table.csv").write_text("1,2\n")
+    with pytest.raises(DataError, match=r"table\.csv: a data file must be an \.npz"):
+        load_dataset(tmp_path / "table.csv")
+
+
+def test_batches_are_seeded_per_epoch():
+    x, y = np.arange(10)[:, None], np.arange(10) % 2
+    plain = Batches(x, y, batch_size=4)
+    assert len(plain) == 3 and plain[2][0].ravel().tolist() == [8, 9]
+    shuffled = Batches(x, y, batch_size=4, shuffle=True, seed=3)
+    epoch0 = np.concatenate([shuffled[i][0] for i in range(3)]).ravel()
+    assert sorted(epoch0) == list(range(10)) and epoch0.tolist() != list(range(10))
+    shuffled.on_epoch_end()
+    epoch1 = np.concatenate([shuffled[i][0] for i in range(3)]).ravel()
+    assert epoch1.tolist() != epoch0.tolist()
+    resumed = Batches(x, y, batch_size=4, shuffle=True, seed=3, epoch=1)  # what a resume sees
+    assert np.concatenate([resumed[i][0] for i in range(3)]).ravel().tolist() == epoch1.tolist()
+    xb, yb = resumed[0]
+    assert np.array_equal(yb, xb.ravel() % 2)
+    with pytest.raises(IndexError):
+        resumed[3]
