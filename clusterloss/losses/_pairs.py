@@ -55,7 +55,7 @@ from clusterloss._validation import (
     label_dtype,
     upcast,
 )
-from clusterloss.distances import Distance, get_distance
+from clusterloss.distances import Distance, get_distance, matmul_t
 from clusterloss.losses.base import LossFunctionWrapper
 from clusterloss.losses.regularizers import get_embedding_regularizer
 
@@ -201,7 +201,7 @@ def masked_logsumexp(x, mask, axis: int = -1, add_one: bool = False, weights=Non
     low = ops.where(mask, x, -_BIG)
     m = ops.max(low, axis=axis, keepdims=True)
     if add_one:
-        m = ops.maximum(m, 0.0)
+        m = ops.where(m > 0, m, 0.0)  # not ops.maximum(m, 0.0): float32 on torch
     m = ops.stop_gradient(ops.where(m > -_BIG / 2, m, ops.zeros_like(m)))
     e = ops.exp(ops.where(mask, x - m, 0.0))
     if weights is not None:
@@ -212,6 +212,17 @@ def masked_logsumexp(x, mask, axis: int = -1, add_one: bool = False, weights=Non
     any_ = ops.any(mask, axis=axis, keepdims=True)
     out = ops.where(any_, ops.log(ops.where(any_, s, ops.ones_like(s))) + m, ops.zeros_like(s))
     return out if keepdims else ops.squeeze(out, axis=axis)
+
+
+def running_sum(x):
+    """Cumulative sum along the last axis of a 2-D float tensor, in its dtype: Keras 3.15's
+    `ops.cumsum` on torch returns float32 for float64 input (its `result_type("float64")` is
+    float32), so this is a product with a triangular matrix (the axis is short here: histogram
+    bins, or the references of a row)."""
+    n = ops.shape(x)[-1]
+    index = ops.arange(n)
+    lower = ops.cast(index[None, :] <= index[:, None], x.dtype)  # [j, k] = k <= j
+    return matmul_t(x, lower)
 
 
 def masked_max(x, mask, axis: int = -1, keepdims: bool = False):

@@ -16,6 +16,7 @@ from clusterloss.losses._pairs import (
     get_miner,
     miner_sample_weights,
     pair_batch,
+    running_sum,
     safe_divide,
 )
 
@@ -66,8 +67,8 @@ def fast_ap_loss(
     pos, neg = ops.cast(pairs.pos, dtype), ops.cast(pairs.neg, dtype)
     pos_hist = ops.transpose(ops.sum(pulse * pos[None], axis=2))  # (batch, bins)
     neg_hist = ops.transpose(ops.sum(pulse * neg[None], axis=2))
-    pos_product = pos_hist * ops.cumsum(pos_hist, axis=1)
-    total = ops.cumsum(pos_hist + neg_hist, axis=1)
+    pos_product = pos_hist * running_sum(pos_hist)
+    total = running_sum(pos_hist + neg_hist)
     counted = ops.logical_and(pos_product > 0, total > 0)
     fast_ap = ops.sum(ops.where(counted, safe_divide(pos_product, total), 0.0), axis=1)
     n_pos = ops.sum(pos, axis=1)

@@ -1,4 +1,4 @@
-"""Lifted structure losses: the pair form of Oh Song et al. and the generalized (per-anchor) form."""
+"""Lifted structure losses: Oh Song et al.'s pair form and the generalized per-anchor form."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from clusterloss._registry import register
@@ -21,8 +22,8 @@ from clusterloss.losses.triplet import select_triplets
 
 
 def _check_options(margin, nu, beta):
-    check_range(margin, "margin")
-    check_range(nu, "nu")
+    check_range(margin, "margin", 0.0)
+    check_range(nu, "nu", 0.0)
     check_range(beta, "beta")
 
 
@@ -61,16 +62,22 @@ def margin_loss(
     `margin=0.2`, `beta=1.2`, `nu=0` on L2-normalised Euclidean distances. NaN/inf
     embeddings give NaN.
     """
-    check_range(margin, "margin")
-    check_range(nu, "nu")
+    check_range(margin, "margin", 0.0)
+    check_range(nu, "nu", 0.0)
     distance = get_distance(distance)
     miner = get_miner(miner)
+    if isinstance(beta, (int, float, list, tuple, np.ndarray, np.number)):
+        beta = np.reshape(np.asarray(beta, "float64"), (-1,))  # exact in float64 later
+    else:  # a tensor or a layer's variable
+        beta = ops.reshape(beta, (-1,))
+    classes = beta.shape[0]
+    per_class = classes is None or classes > 1
+    if per_class and isinstance(classes, int):  # host labels: a clear error
+        check_labels(y_true, num_classes=classes, name="y_true")
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
     mat = pairs.matrix(distance)
     dtype = mat.dtype
-    beta = ops.reshape(ops.cast(beta, dtype), (-1,))
-    classes = beta.shape[0]
-    per_class = classes is None or classes > 1
+    beta = ops.cast(beta, dtype)
     if per_class:
         labels = pairs.labels
         in_range = ops.all(ops.logical_and(labels >= 0, labels < ops.shape(beta)[0]))
@@ -108,7 +115,7 @@ class MarginLoss(MetricLoss):
 
     Args:
         margin: the margin around beta, >= 0 (default 0.2, PML's).
-        nu: the beta regularization weight; used only with a learned beta (PML).
+        nu: the beta regularization weight, >= 0; used only with a learned beta (PML).
         beta: the boundary between positive and negative distances (default 1.2, PML's).
         triplets_per_anchor: only `"all"` (PML's default); use a miner to sample.
         learn_beta: must be False here (see `MarginLossLayer`).

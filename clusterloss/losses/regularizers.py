@@ -43,14 +43,13 @@ class LpRegularizer(keras.regularizers.Regularizer):
         """`||x_i||_p ** power`, shape `(batch,)`, in float32 (float64 for float64 input)."""
         check_embeddings(x, "embeddings")
         x = upcast(x)
-        magnitude = ops.abs(x)
-        total = ops.sum(ops.square(x) if self.p == 2.0 else ops.power(magnitude, self.p), axis=-1)
+        # `**`, not ops.power: Keras 3.15's torch backend computes ops.power of float64 in float32
+        total = ops.sum(ops.square(x) if self.p == 2.0 else ops.abs(x) ** self.p, axis=-1)
         exponent = self.power / self.p  # ||x||_p ** power = (sum |x|^p) ** (power / p)
         if exponent == 1.0:
             return total
         positive = total > 0
-        return ops.where(positive, ops.power(ops.where(positive, total, 1.0), exponent),
-                         total * 0)
+        return ops.where(positive, ops.where(positive, total, 1.0) ** exponent, total * 0)
 
     def __call__(self, x):
         return ops.mean(self.per_sample(x))

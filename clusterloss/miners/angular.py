@@ -30,7 +30,7 @@ def negative_to_center_sq(x, refs):
     xr, r2 = matmul_t(x, refs), matmul_t(refs, refs)
     center_sq = (xx[:, None] + 2.0 * xr + rr[None, :]) / 4.0  # (batch, refs): ||c_ap||^2
     value = (rr[None, None, :] - xr[:, None, :] - r2[None, :, :] + center_sq[:, :, None])
-    return ops.maximum(value, 0.0)
+    return ops.where(value > 0, value, 0.0)
 
 
 @register

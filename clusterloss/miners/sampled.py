@@ -8,7 +8,7 @@ from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_positive_int, check_range
-from clusterloss.losses._pairs import Pairs, _BIG, masked_max, masked_min
+from clusterloss.losses._pairs import _BIG, Pairs, masked_max, masked_min
 from clusterloss.losses._triplets import TripletChoice, count_sorted
 from clusterloss.miners.base import SamplingMiner
 
@@ -18,9 +18,9 @@ def sample_columns(weights, u):
     (`(rows, k)`), the column drawn with probability `weights / row sum` (inverse CDF: a
     batched search in the running sum, O(rows k log n), no `(rows, k, n)` tensor). Rows
     without weight give column 0."""
-    cdf = ops.cumsum(weights, axis=1)
+    cdf = ops.cumsum(weights, axis=1)  # float32 on torch even for float64: enough to draw
     total = cdf[:, -1:]
-    index = count_sorted(cdf, u * total, inclusive=True)
+    index = count_sorted(cdf, ops.cast(u, cdf.dtype) * total, inclusive=True)
     n = ops.shape(weights)[1]
     columns = ops.arange(n, dtype="int32")[None, :]
     last = ops.max(ops.where(weights > 0, columns, 0), axis=1, keepdims=True)
@@ -76,7 +76,7 @@ class DistanceWeightedMiner(SamplingMiner):
     def probabilities(self, mat, neg, dim: int):
         """`(batch, num_refs)`: the probability of drawing each negative for an anchor (rows
         sum to 1, or 0 for an anchor with nothing to draw); PML's normalised weights."""
-        d = ops.maximum(mat, self.cutoff)
+        d = ops.where(mat > self.cutoff, mat, self.cutoff)
         log_w = (2.0 - dim) * ops.log(d) - ((dim - 3.0) / 2.0) * ops.log(1.0 - 0.25 * ops.square(d))
         valid = ops.logical_and(ops.logical_and(neg, mat < self.nonzero_loss_cutoff),
                                 ops.isfinite(log_w))
@@ -148,7 +148,7 @@ class UniformHistogramMiner(SamplingMiner):
         index = ops.reshape(self.bins(mat, mask), (-1,))
         n = ops.shape(index)[0]
         counts = ops.segment_sum(ops.ones_like(index), index, num_segments=nb + 1)[:nb]
-        start = ops.cumsum(counts) - counts
+        start = ops.cumsum(counts) - counts  # int32
         order = ops.cast(ops.argsort(index), "int32")  # pairs grouped by bin
         rank = ops.minimum(ops.cast(ops.floor(u * ops.cast(counts, u.dtype)[:, None]), "int32"),
                            ops.maximum(counts - 1, 0)[:, None])
