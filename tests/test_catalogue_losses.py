@@ -500,3 +500,27 @@ def test_training_moves_nearest_neighbour_accuracy_well_above_chance(name, make,
     assert after > before + 0.1 and after > 0.8, (before, after)
     if name == "margin_layer":  # beta was trained, per class, on every backend
         assert np.abs(to_np(loss.beta) - 1.2).max() > 1e-3
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="counts host copies of torch tensors")
+def test_losses_and_deterministic_miners_never_copy_device_tensors_to_the_host(monkeypatch):
+    x, y = _batch(16, 4, 14)
+    xt, yt = torch.tensor(x, requires_grad=True), torch.tensor(y, dtype=torch.long)
+    losses = [make() for make in ALL_LOSSES] + [
+        cl.MarginLoss(miner=cl.BatchEasyHardMiner()), cl.NCALoss(miner=cl.HDCMiner()),
+        cl.TupletMarginLoss(miner=cl.AngularMiner()),
+        cl.ContrastiveLoss(embedding_regularizer=cl.LpRegularizer())]
+    layer = cl.MarginLossLayer(num_classes=4)
+
+    class HostCopy(BaseException):  # not an Exception: no `except Exception` can hide it
+        pass
+
+    def host_copy(*args, **kwargs):
+        raise HostCopy("a torch tensor was copied to the host")
+
+    for name in ("numpy", "item", "tolist", "__array__", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, host_copy)
+    total = sum(loss(yt, xt) for loss in losses) + ops.mean(layer(xt, yt))
+    total.backward()
+    monkeypatch.undo()
+    assert np.isfinite(xt.grad.numpy()).all() and np.abs(xt.grad.numpy()).max() > 0

@@ -331,6 +331,7 @@ class MetricLoss(LossFunctionWrapper):
         if "miner" in options:
             options["miner"] = get_miner(options["miner"])
         super().__init__(fn, reduction=reduction, name=name, dtype=dtype, **options)
+        self._accepted = frozenset(inspect.signature(fn).parameters)
         self.embedding_regularizer = get_embedding_regularizer(embedding_regularizer)
         self.embedding_reg_weight = float(check_range(embedding_reg_weight,
                                                       "embedding_reg_weight"))
@@ -347,7 +348,7 @@ class MetricLoss(LossFunctionWrapper):
         """One value per anchor: `fn(y_true, y_pred, **options)` (keywords in `inputs`, such
         as the references or a miner, override the options), plus the embedding
         regularizer's term."""
-        unknown = sorted(set(inputs) - set(inspect.signature(self.fn).parameters))
+        unknown = sorted(set(inputs) - self._accepted)
         if unknown:
             raise ValueError(
                 f"{type(self).__name__} does not take {', '.join(f'`{k}`' for k in unknown)} "
