@@ -165,6 +165,15 @@ def test_reference_embeddings_match_pml_ref_emb(case):
                  expected)
 
 
+def test_angular_loss_product_form_matches_pml_and_refuses_an_underflowed_sum():
+    x, y = _batch(96, 12, 15, dim=16)  # 96^3 > 2**18: one matrix product, not the cube
+    _assert_same(_ours(cl.AngularLoss(), x, y), _pml(pl.AngularLoss(), x, y))
+    huge = x * np.float32(100.0)  # raw negatives of norm ~400: a whole sum underflows
+    assert np.isnan(float(to_np(cl.AngularLoss()(y, huge))))
+    small = slice(0, 32)  # the dense form (small batches) stays exact there
+    assert np.isfinite(float(to_np(cl.AngularLoss()(y[small], huge[small]))))
+
+
 def _lifted_loop(x, y, ref, ref_y, neg_margin=1.0):
     """The lifted structure loss with references, pair by pair: the negatives of anchor a among
     the references, and those of reference p among the references."""
