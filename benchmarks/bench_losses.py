@@ -12,6 +12,8 @@ multi-threaded elementwise ops slow down 5-20x when the cores are busy).
     python benchmarks/bench_losses.py                           # batches 128, 512, 2048
     python benchmarks/bench_losses.py --batches 512 --backends torch --cases contrastive
     python benchmarks/bench_losses.py --root ../old-checkout --backends jax --cases supcon
+    python benchmarks/bench_losses.py --batches 128 512 --cases lifted glifted margin nca \
+        tuplet angular instance fastap                          # the catalogue losses
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import numpy as np  # noqa: E402
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CASES = ["triplet+semihard", "triplet+batchhard", "contrastive", "multi_similarity+miner",
          "ntxent", "supcon", "circle", "xbm+contrastive"]
+# The catalogue losses, not run by default: --cases lifted glifted margin nca ...
+CATALOGUE = ["lifted", "glifted", "margin", "nca", "tuplet", "angular", "instance", "fastap"]
 PER_CLASS = 8
 MEMORY = 4096  # cross-batch memory size
 
@@ -54,6 +58,14 @@ def ours(name: str, dim: int):
         "supcon": lambda: cl.SupConLoss(),
         "circle": lambda: cl.CircleLoss(),
         "xbm+contrastive": lambda: cl.CrossBatchMemory(cl.ContrastiveLoss(), dim, MEMORY),
+        "lifted": cl.LiftedStructureLoss,
+        "glifted": cl.GeneralizedLiftedStructureLoss,
+        "margin": cl.MarginLoss,
+        "nca": cl.NCALoss,
+        "tuplet": cl.TupletMarginLoss,
+        "angular": cl.AngularLoss,
+        "instance": cl.InstanceLoss,
+        "fastap": cl.FastAPLoss,
     }[name]()
 
 
@@ -72,12 +84,18 @@ def pml(name: str, dim: int):
         "circle": lambda: (losses.CircleLoss(), None),
         "xbm+contrastive": lambda: (losses.CrossBatchMemory(losses.ContrastiveLoss(), dim,
                                                             MEMORY), None),
+        **{name: (lambda cls=cls: (cls(), None)) for name, cls in [
+            ("lifted", losses.LiftedStructureLoss),
+            ("glifted", losses.GeneralizedLiftedStructureLoss), ("margin", losses.MarginLoss),
+            ("nca", losses.NCALoss), ("tuplet", losses.TupletMarginLoss),
+            ("angular", losses.AngularLoss), ("instance", losses.InstanceLoss),
+            ("fastap", losses.FastAPLoss)]},
     }[name]()
 
 
 def pml_skip(name: str, batch: int) -> str | None:
     """Why PML is not run at this size (it would not fit in memory)."""
-    if name == "ntxent" and batch > 256:
+    if name in ("ntxent", "lifted", "tuplet") and batch > 256:
         pairs = batch * (PER_CLASS - 1) * batch * (batch - PER_CLASS)
         return f"PML builds a (positive pairs x negative pairs) matrix: {pairs * 4 / 1e9:.0f} GB"
     return None
@@ -208,7 +226,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
-    parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
+    parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES + CATALOGUE)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--root", default=ROOT,
                         help="the clusterloss checkout to time (default: this one)")

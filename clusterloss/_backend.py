@@ -1,5 +1,6 @@
-"""Which Keras backend to use when the user did not say (the only module that names them), and
-the one backend-native operation the library uses where `keras.ops` has no fast equivalent.
+"""Which Keras backend to use when the user did not say (the only module that names them), the
+one backend-native operation the library uses where `keras.ops` has no fast equivalent, and
+the JAX tracer test the seeded miners need.
 
 Keras takes `KERAS_BACKEND`, else `keras.json`, else TensorFlow, and fails to import when
 that one is not installed. If nothing chose a backend and TensorFlow is missing, use the
@@ -54,3 +55,16 @@ def native_row_searchsorted(sorted_rows, queries, right: bool):
     import torch
 
     return torch.searchsorted(sorted_rows.contiguous(), queries.contiguous(), right=right)
+
+
+def is_jax_tracer(x) -> bool:
+    """Whether `x` is a JAX tracer (inside `jax.jit`, `jax.grad` or a compiled train step), where
+    a `keras.random.SeedGenerator` outside the model's state is read as a constant and must
+    not be assigned. Always False on the other backends."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return isinstance(x, jax.core.Tracer)

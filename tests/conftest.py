@@ -39,6 +39,26 @@ def grad(fn, *args):
 
 
 @pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits (bundled, no download), shuffled: 1000 train, 500 test rows."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = (x[order] / 16.0).astype("float32"), y[order].astype("int32")
+    return x[:1000], y[:1000], x[1000:1500], y[1000:1500]
+
+
+def knn_accuracy(encoder, digits) -> float:
+    """1-NN accuracy of `encoder`'s embeddings of the digits test rows against the train rows
+    (called directly: no predict() to compile)."""
+    x_train, y_train, x_test, y_test = digits
+    train, test = to_np(encoder(x_train)), to_np(encoder(x_test))
+    d = (test**2).sum(1)[:, None] + (train**2).sum(1)[None] - 2 * test @ train.T
+    return float(np.mean(y_train[np.argmin(d, axis=1)] == y_test))
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA} (needs ../shared/data beside the repo)")

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import torch
-from conftest import BACKEND, grad, to_np
+from conftest import BACKEND, grad, knn_accuracy, to_np
 from keras import ops
 from pytorch_metric_learning import distances as pd
 from pytorch_metric_learning import losses as pl
@@ -527,23 +527,6 @@ def test_saved_proxy_anchor_model_keeps_its_proxies(tmp_path):
 # Training on sklearn's digits: each loss improves the 1-NN accuracy of the embeddings.
 
 
-@pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = (x[order] / 16.0).astype("float32"), y[order].astype("int32")
-    return x[:1000], y[:1000], x[1000:1500], y[1000:1500]
-
-
-def _knn_accuracy(encoder, digits):
-    x_train, y_train, x_test, y_test = digits
-    train, test = to_np(encoder(x_train)), to_np(encoder(x_test))  # no predict() to compile
-    d = (test**2).sum(1)[:, None] + (train**2).sum(1)[None] - 2 * test @ train.T
-    return float(np.mean(y_train[np.argmin(d, axis=1)] == y_test))
-
-
 # 992 = 31 batches of 32. The triplet run trains on 1000, leaving a partial last batch of 8: on
 # TensorFlow the train step then has a dynamic batch size, which the losses must handle without
 # Python `bool`s (the others avoid a second compilation of the train step on JAX).
@@ -569,12 +552,12 @@ TRAINING = [  # (loss, wrapped in a ClusterModel or the plain backbone compiled 
 def test_training_improves_nearest_neighbour_accuracy(name, make, wrapper, digits):
     keras.utils.set_random_seed(0)
     backbone = _backbone()
-    before = _knn_accuracy(backbone, digits)
+    before = knn_accuracy(backbone, digits)
     model = ClusterModel(backbone) if wrapper == "cluster_model" else backbone
     model.compile(keras.optimizers.Adam(3e-3), loss=make())
     n = 1000 if name == "triplet+semihard" else 992
     history = model.fit(digits[0][:n], digits[1][:n], batch_size=32, epochs=3, verbose=0)
-    after = _knn_accuracy(backbone, digits)
+    after = knn_accuracy(backbone, digits)
     assert np.all(np.isfinite(history.history["loss"]))
     assert after > before + 0.05 and after > 0.85, (before, after)
 
@@ -582,14 +565,14 @@ def test_training_improves_nearest_neighbour_accuracy(name, make, wrapper, digit
 def test_training_proxy_anchor_head(digits):
     keras.utils.set_random_seed(0)
     backbone = _backbone()
-    before = _knn_accuracy(backbone, digits)
+    before = knn_accuracy(backbone, digits)
     model = ClusterModel(backbone, head=ProxyAnchorHead(10, name="proxies"))
     # The paper's 100x learning rate for the proxies (OptimizerMap keys are full-match regexes).
     optimizer = keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(
         keras.optimizers.Adam(3e-3), {".*proxies/kernel": keras.optimizers.Adam(3e-1)}))
     model.compile(optimizer, loss=ProxyAnchorLoss(), metrics=["accuracy"])
     history = model.fit(digits[0][:992], digits[1][:992], batch_size=32, epochs=3, verbose=0)
-    after = _knn_accuracy(backbone, digits)
+    after = knn_accuracy(backbone, digits)
     assert after > before + 0.05 and after > 0.85, (before, after)
     assert history.history["accuracy"][-1] > 0.5  # the proxies also classify (chance: 0.1)
 
@@ -601,11 +584,11 @@ def test_training_explicit_triplets(digits):
     wrong = np.array([rng.choice(np.flatnonzero(y != c)) for c in y])
     keras.utils.set_random_seed(0)
     encoder = _backbone()
-    before = _knn_accuracy(encoder, digits)
+    before = knn_accuracy(encoder, digits)
     inputs = [keras.Input((64,)) for _ in range(3)]
     stacked = keras.layers.Lambda(lambda t: ops.stack(t, axis=1))([encoder(i) for i in inputs])
     model = keras.Model(inputs, stacked)
     model.compile(keras.optimizers.Adam(3e-3), loss=ExplicitTripletLoss(margin=0.1))
     model.fit([x, x[right], x[wrong]], np.zeros(len(x)), batch_size=32, epochs=3, verbose=0)
-    after = _knn_accuracy(encoder, digits)
+    after = knn_accuracy(encoder, digits)
     assert after > before + 0.05 and after > 0.85, (before, after)

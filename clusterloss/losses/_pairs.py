@@ -40,6 +40,7 @@ A loss is a plain function and a `MetricLoss` class wrapping it:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import keras
@@ -48,13 +49,15 @@ from keras import ops
 from clusterloss._validation import (
     check_embeddings,
     check_labels,
+    check_range,
     check_same_batch,
     compute_dtype,
     label_dtype,
     upcast,
 )
-from clusterloss.distances import Distance, get_distance
+from clusterloss.distances import Distance, get_distance, matmul_t
 from clusterloss.losses.base import LossFunctionWrapper
+from clusterloss.losses.regularizers import get_embedding_regularizer
 
 _BIG = 3.0e38  # stands in for +-inf inside masked reductions (finite, so no NaN gradients)
 
@@ -130,12 +133,13 @@ class Pairs:
 
     Attributes: `labels` `(batch,)`, `embeddings` `(batch, dim)`, `ref_labels` `(num_refs,)`
     (the batch's labels without references), `ref_embeddings` (`None` without references),
-    `pos`, `neg` (bool `(batch, num_refs)`), `has_refs`.
+    `ref_mask` (as given), `pos`, `neg` (bool `(batch, num_refs)`), `has_refs`.
     """
 
     def __init__(self, labels, embeddings, ref_labels=None, ref_embeddings=None, ref_mask=None):
         self.labels, self.embeddings = labels, embeddings
         self.has_refs = ref_embeddings is not None
+        self.ref_mask = ref_mask
         self.ref_labels = ref_labels if self.has_refs else labels
         self.ref_embeddings = ref_embeddings
         self.pos, self.neg = label_masks(labels, ref_labels if self.has_refs else None, ref_mask)
@@ -197,7 +201,7 @@ def masked_logsumexp(x, mask, axis: int = -1, add_one: bool = False, weights=Non
     low = ops.where(mask, x, -_BIG)
     m = ops.max(low, axis=axis, keepdims=True)
     if add_one:
-        m = ops.maximum(m, 0.0)
+        m = ops.where(m > 0, m, 0.0)  # not ops.maximum(m, 0.0): float32 on torch
     m = ops.stop_gradient(ops.where(m > -_BIG / 2, m, ops.zeros_like(m)))
     e = ops.exp(ops.where(mask, x - m, 0.0))
     if weights is not None:
@@ -208,6 +212,17 @@ def masked_logsumexp(x, mask, axis: int = -1, add_one: bool = False, weights=Non
     any_ = ops.any(mask, axis=axis, keepdims=True)
     out = ops.where(any_, ops.log(ops.where(any_, s, ops.ones_like(s))) + m, ops.zeros_like(s))
     return out if keepdims else ops.squeeze(out, axis=axis)
+
+
+def running_sum(x):
+    """Cumulative sum along the last axis of a 2-D float tensor, in its dtype: Keras 3.15's
+    `ops.cumsum` on torch returns float32 for float64 input (its `result_type("float64")` is
+    float32), so this is a product with a triangular matrix (the axis is short here: histogram
+    bins, or the references of a row)."""
+    n = ops.shape(x)[-1]
+    index = ops.arange(n)
+    lower = ops.cast(index[None, :] <= index[:, None], x.dtype)  # [j, k] = k <= j
+    return matmul_t(x, lower)
 
 
 def masked_max(x, mask, axis: int = -1, keepdims: bool = False):
@@ -278,20 +293,48 @@ def mined_pairs(miner, pairs: Pairs):
     return selected.pair_counts(dtype)  # a TripletMask, TripletChoice or TripletWindow
 
 
+def miner_sample_weights(miner, pairs: Pairs):
+    """`(batch,)` weights of the queries from a miner's selection, PML's `convert_to_weights`:
+    how often each sample appears in the mined pairs or triplets (as anchor, positive or
+    negative; with references only as anchor), divided by the largest count. All ones without
+    a miner, and also when the miner selects nothing (PML's rule). No gradient."""
+    dtype = pairs.embeddings.dtype
+    ones = ops.ones_like(pairs.embeddings[:, 0])
+    if miner is None:
+        return ones
+    pos_w, neg_w = mined_pairs(miner, pairs)  # counts: no gradient
+    counts = ops.sum(pos_w, axis=1)  # as anchor: once per pair, or per triplet
+    if miner.kind == "pair":
+        counts = counts + ops.sum(neg_w, axis=1)
+    if not pairs.has_refs:
+        counts = counts + ops.sum(pos_w, axis=0) + ops.sum(neg_w, axis=0)
+    peak = ops.max(counts)
+    return ops.cast(ops.where(peak > 0, counts / ops.where(peak > 0, peak, 1.0), ones), dtype)
+
+
 class MetricLoss(LossFunctionWrapper):
     """A `LossFunctionWrapper` whose options may hold a `Distance` and a miner; both are
     written to the config as plain dicts and read back by `__init__`, so a model compiled with
     the loss saves and loads with no `custom_objects`.
 
     Calling it takes the references as keywords, like the plain function:
-    `loss(y_true, y_pred, ref_embeddings=..., ref_labels=...)`."""
+    `loss(y_true, y_pred, ref_embeddings=..., ref_labels=...)`.
 
-    def __init__(self, fn, reduction="sum_over_batch_size", name=None, dtype=None, **options):
+    `embedding_regularizer` (e.g. `LpRegularizer()`, PML's argument of the same name) adds
+    `embedding_reg_weight * regularizer.per_sample(y_pred)` to each anchor's value, so the
+    batch mean is PML's `loss + weight * regularizer(embeddings)`."""
+
+    def __init__(self, fn, reduction="sum_over_batch_size", name=None, dtype=None,
+                 embedding_regularizer=None, embedding_reg_weight: float = 1.0, **options):
         if "distance" in options:
             options["distance"] = get_distance(options["distance"])
         if "miner" in options:
             options["miner"] = get_miner(options["miner"])
         super().__init__(fn, reduction=reduction, name=name, dtype=dtype, **options)
+        self._accepted = frozenset(inspect.signature(fn).parameters)
+        self.embedding_regularizer = get_embedding_regularizer(embedding_regularizer)
+        self.embedding_reg_weight = float(check_range(embedding_reg_weight,
+                                                      "embedding_reg_weight"))
 
     @property
     def distance(self):
@@ -301,10 +344,30 @@ class MetricLoss(LossFunctionWrapper):
     def miner(self):
         return self.options.get("miner")
 
+    def call(self, y_true, y_pred, **inputs: Any):
+        """One value per anchor: `fn(y_true, y_pred, **options)` (keywords in `inputs`, such
+        as the references or a miner, override the options), plus the embedding
+        regularizer's term."""
+        unknown = sorted(set(inputs) - self._accepted)
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} does not take {', '.join(f'`{k}`' for k in unknown)} "
+                "(e.g. reference embeddings; PML refuses them for this loss too)."
+            )
+        values = self.fn(y_true, y_pred, **{**self.options, **inputs})
+        if self.embedding_regularizer is None:
+            return values
+        term = self.embedding_regularizer.per_sample(y_pred)
+        return values + self.embedding_reg_weight * ops.cast(term, values.dtype)
+
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         if "distance" in config:
             config["distance"] = config["distance"].get_config()
         if config.get("miner") is not None:
             config["miner"] = keras.saving.serialize_keras_object(config["miner"])
+        if self.embedding_regularizer is not None:  # only then: not every class takes it
+            config["embedding_regularizer"] = keras.saving.serialize_keras_object(
+                self.embedding_regularizer)
+            config["embedding_reg_weight"] = self.embedding_reg_weight
         return config

@@ -149,6 +149,12 @@ def window_counts(window: TripletWindow, hinge: float | None = None, per_neg: bo
     dtype = dtype or far.dtype
     lower, upper = window.lower, window.upper
     n_neg = ops.sum(ops.cast(window.neg, "int32"), axis=1, keepdims=True)
+    if lower is None and upper is None and hinge is None:  # every triplet: no search
+        n_pos = ops.sum(ops.cast(window.pos, "int32"), axis=1, keepdims=True)
+        zero = ops.zeros_like(n_neg)
+        per_pos = ops.cast(ops.where(window.pos, n_neg, zero), dtype)
+        return per_pos, (ops.cast(ops.where(window.neg, n_pos, zero), dtype) if per_neg
+                         else None)
     neg_sorted = ops.sort(ops.where(window.neg, far, _BIG), axis=1)
     # Each search: (sorted rows, queries, inclusive). Forward: count negatives per (a, p).
     searches = {}

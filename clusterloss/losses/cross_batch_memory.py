@@ -130,11 +130,9 @@ class CrossBatchMemory(keras.layers.Layer):
         index = ops.arange(size, dtype="int32")
         ref_mask = ops.logical_and((index < filled)[None, :],
                                    ops.not_equal(slots[:, None], index[None, :]))
-        options = dict(self.loss.options)
-        if self.miner is not None:
-            options["miner"] = self.miner
-        return self.loss.fn(labels, x, ref_embeddings=memory, ref_labels=memory_labels,
-                            ref_mask=ref_mask, **options)
+        override = {} if self.miner is None else {"miner": self.miner}
+        return self.loss.call(labels, x, ref_embeddings=memory, ref_labels=memory_labels,
+                              ref_mask=ref_mask, **override)
 
     def compute_output_shape(self, embeddings_shape, labels_shape=None):
         return (embeddings_shape[0],)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 import numpy as np
 from keras import ops
 
+from clusterloss._backend import is_jax_tracer
 from clusterloss._validation import concrete
 from clusterloss.distances import get_distance
 from clusterloss.losses._pairs import Pairs, pair_batch
@@ -107,3 +109,43 @@ class Miner:
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({options})"
+
+
+def _fingerprint(x):
+    """A 24-bit integer that changes with the values of `x` (no gradient, NaN/inf ignored)."""
+    x = ops.stop_gradient(x)
+    x = ops.where(ops.isfinite(x), x, 0.0)
+    index = ops.cast(ops.reshape(ops.arange(ops.size(x)), ops.shape(x)), x.dtype)
+    total = ops.sum(x * (1.0 + ops.mod(index * 0.6180339887, 1.0)))
+    return ops.cast(ops.mod(ops.abs(total) * 65536.0, 16777216.0), "int32")
+
+
+class SamplingMiner(Miner):
+    """A miner that samples at random, with explicit, repeatable randomness: `seed` (an int,
+    or `None` for a random one) starts a `keras.random.SeedGenerator` that the miner owns;
+    each mining call draws from it. Two miners made with the same seed make the same draws
+    in the same order (on one backend: the generators differ between backends).
+
+    In a compiled train step on JAX, a generator outside the model's state is read as a
+    constant (it is not part of the step's state and cannot advance there); the draw is then
+    keyed by the generator's state and a fingerprint of the batch's distances, so that it
+    still changes from batch to batch (the same batch gives the same draw). TensorFlow and
+    PyTorch advance the generator on every call, compiled or not."""
+
+    def __init__(self, distance: Any = None, seed: int | None = None):
+        super().__init__(distance)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"`seed` must be an int or None; got {seed!r}.")
+        self.seed = None if seed is None else int(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
+
+    def uniform(self, shape, data):
+        """Uniform `[0, 1)` values of `shape`, in the dtype of `data` (the miner's matrix)."""
+        seed = self.seed_generator
+        if keras.backend.backend() == "jax":
+            key = seed.state.value if is_jax_tracer(data) else seed.next()
+            seed = key + ops.cast(_fingerprint(data), key.dtype)
+        return keras.random.uniform(shape, dtype=data.dtype, seed=seed)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "seed": self.seed}

@@ -1,0 +1,90 @@
+"""Instance loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keras import ops
+
+from clusterloss._registry import register
+from clusterloss._validation import check_range
+from clusterloss.distances import Distance
+from clusterloss.losses._pairs import MetricLoss, pair_batch
+
+_COSINE = Distance("cosine")
+
+
+def label_ranks(labels):
+    """For each label, the number of distinct labels in the batch that are smaller: the index
+    `torch.unique(labels, return_inverse=True)` gives. Fixed shapes, O(B^2)."""
+    n = ops.shape(labels)[0]
+    index = ops.arange(n)
+    earlier_same = ops.logical_and(ops.equal(labels[:, None], labels[None, :]),
+                                   index[None, :] < index[:, None])
+    first = ops.logical_not(ops.any(earlier_same, axis=1))  # first sample of its label
+    smaller = ops.logical_and(labels[None, :] < labels[:, None], first[None, :])
+    return ops.sum(ops.cast(smaller, "int32"), axis=1)
+
+
+def instance_loss(y_true, y_pred, gamma: float = 64.0):
+    """Instance loss (Zheng, Zheng, Garrett, Yang, Xu & Shen, "Dual-Path Convolutional
+    Image-Text Embeddings with Instance Loss", ACM TOMM 2020), as PML's `InstanceLoss`, one
+    value per sample: a softmax cross-entropy whose logits are the scaled cosines of the
+    sample to every sample of the batch (itself included),
+
+        l_i = -log softmax_j(gamma * s_ij)[r_i]
+
+    where the target `r_i` is the rank of `y_i` among the batch's distinct labels (PML's
+    `torch.unique(labels, return_inverse=True)`): a column of the batch, i.e. a sample. In the
+    paper's setting every sample is its own class; numbered in batch order (`y_i = i`), the
+    target is the sample itself (instance discrimination). With class labels the target is
+    the sample at position `r_i` of the batch, whatever its class: every sample of class `c`
+    is pulled toward that one sample and pushed from all the others, its classmates
+    included. This is PML's definition, kept for equality; for class-level clustering prefer
+    `NCALoss` or `SupConLoss`. The batch value is the mean over the samples (PML's
+    `MeanReducer`). `gamma` 64 (PML's default). No miner and no reference embeddings (PML
+    accepts neither). NaN/inf embeddings give NaN.
+    """
+    check_range(gamma, "gamma", 0.0, low_open=True)
+    pairs = pair_batch(y_true, y_pred)
+    logits = gamma * pairs.matrix(_COSINE)
+    target = ops.take_along_axis(logits, label_ranks(pairs.labels)[:, None], axis=1)[:, 0]
+    return pairs.guard(ops.logsumexp(logits, axis=1) - target)
+
+
+@register
+class InstanceLoss(MetricLoss):
+    """Instance loss, equal to PML's `InstanceLoss(gamma)`; see `instance_loss` (and its
+    note on class labels).
+
+    Example (instance discrimination: each sample its own id, in batch order):
+        loss = InstanceLoss(gamma=64.0)
+        value = loss(np.arange(batch_size), encoder(x_batch))
+
+    Args:
+        gamma: the cosine scale, > 0 (default 64, PML's).
+        embedding_regularizer, embedding_reg_weight: see `LpRegularizer`.
+    """
+
+    def __init__(
+        self,
+        gamma: float = 64.0,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "instance_loss",
+        dtype: str | None = None,
+    ):
+        check_range(gamma, "gamma", 0.0, low_open=True)
+        super().__init__(
+            instance_loss,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            embedding_regularizer=embedding_regularizer,
+            embedding_reg_weight=embedding_reg_weight,
+            gamma=float(gamma),
+        )
+
+
+__all__ = ["InstanceLoss", "instance_loss"]

@@ -1,0 +1,101 @@
+"""Neighbourhood components analysis (NCA) loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keras import ops
+
+from clusterloss._registry import register
+from clusterloss._validation import check_range
+from clusterloss.distances import get_distance
+from clusterloss.losses._pairs import (
+    MetricLoss,
+    batch_share,
+    farness,
+    get_miner,
+    masked_logsumexp,
+    miner_sample_weights,
+    pair_batch,
+)
+
+
+def nca_loss(
+    y_true,
+    y_pred,
+    softmax_scale: float = 1.0,
+    distance: Any = "squared_euclidean",
+    miner: Any = None,
+    ref_embeddings=None,
+    ref_labels=None,
+    ref_mask=None,
+):
+    """Neighbourhood components analysis loss (Goldberger, Roweis, Hinton & Salakhutdinov,
+    NIPS 2004), as PML's `NCALoss`, one value per anchor. With `z_ij = -scale * d_ij` (or
+    `scale * s_ij` for a similarity) over every other sample `j` of the batch:
+
+        p_i = sum_{j: y_j = y_i} softmax_j(z_ij),      l_i = -log p_i
+
+    computed as `logsumexp_{all j} z_ij - logsumexp_{same label} z_ij` (stable: no `log` of an
+    underflowed softmax). The batch value is the mean over the anchors that have a positive
+    (PML's `MeanReducer` over the anchors with `p_i != 0`); an anchor without one gives 0.
+    A miner weighs the anchors as PML's `convert_to_weights` (how often each sample is mined,
+    over the largest count; all ones when nothing is mined). Defaults are PML's:
+    `softmax_scale=1` on squared L2-normalised Euclidean distances. References: the softmax
+    runs over the references (PML's `ref_emb`). PML drops an anchor whose `p_i` underflows to
+    0 in float32 (a softmax gap over ~87, e.g. `softmax_scale > 22` on squared unit-sphere
+    distances); here it keeps its large, finite loss. NaN/inf embeddings give NaN.
+    """
+    check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
+    distance = get_distance(distance)
+    miner = get_miner(miner)
+    pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
+    logits = -softmax_scale * farness(pairs.matrix(distance), distance)
+    every = ops.logical_or(pairs.pos, pairs.neg)
+    has_pos = ops.any(pairs.pos, axis=1)
+    losses = (masked_logsumexp(logits, every, axis=1)
+              - masked_logsumexp(logits, pairs.pos, axis=1))
+    losses = ops.where(has_pos, losses * miner_sample_weights(miner, pairs), 0.0)
+    return pairs.guard(batch_share(losses, ops.sum(ops.cast(has_pos, losses.dtype))))
+
+
+@register
+class NCALoss(MetricLoss):
+    """NCA loss, equal to PML's `NCALoss(softmax_scale)`; see `nca_loss`.
+
+    Example:
+        model.compile("adam", loss=NCALoss(softmax_scale=10.0))
+
+    Args:
+        softmax_scale: > 0 (default 1, PML's).
+        distance: default squared L2-normalised Euclidean, as PML's `LpDistance(power=2)`.
+        miner: weighs the anchors (see `nca_loss`), or `None`.
+        embedding_regularizer, embedding_reg_weight: see `LpRegularizer`.
+    """
+
+    def __init__(
+        self,
+        softmax_scale: float = 1.0,
+        distance: Any = "squared_euclidean",
+        miner: Any = None,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "nca_loss",
+        dtype: str | None = None,
+    ):
+        check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
+        super().__init__(
+            nca_loss,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            embedding_regularizer=embedding_regularizer,
+            embedding_reg_weight=embedding_reg_weight,
+            softmax_scale=float(softmax_scale),
+            distance=distance,
+            miner=miner,
+        )
+
+
+__all__ = ["NCALoss", "nca_loss"]
