@@ -236,6 +236,6 @@ def test_far_keys_and_shared_label_checks():
     with pytest.raises(ValueError, match="got dtype bool"):
         check_labels(np.array([True, False]))
     with pytest.raises(argparse.ArgumentTypeError):
-        from clusterloss.cli.search import parse_query
+        from clusterloss.app.cli.search import parse_query
 
         parse_query("test")
