@@ -24,12 +24,7 @@ def concrete(x: Any) -> np.ndarray | None:
     """Return `x` as a NumPy array if its values are known now, else `None`."""
     if isinstance(x, (np.ndarray, np.generic, list, tuple, int, float)):
         return np.asarray(x)
-    if isinstance(x, keras.KerasTensor):
-        return None
-    try:
-        return np.asarray(ops.convert_to_numpy(x))
-    except Exception:  # a tracer or graph tensor: values unknown until run time
-        return None
+    return None
 
 
 def _labels_shape_message(name: str, shape, rows: str, hint: str | None = "") -> str:
