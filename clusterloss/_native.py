@@ -13,6 +13,10 @@ TensorFlow, JAX or PyTorch, and only inside the function that needs it:
   without `jax_enable_x64` turns int64 into int32, so 2**32 + 1 silently becomes 1).
 - `check_tf_dataset_labels`: the same label checks as for NumPy batches, as assertions in a
   `tf.data` pipeline, on the host, before the batches reach any backend.
+- `replicas_in_sync`, `any_replica`: under a TensorFlow distribution strategy each replica
+  computes the loss of its part of the batch and the gradients are summed, so a loss term
+  must be divided by the number of replicas (Keras does so for compiled losses), and a row
+  with a zero gradient in one replica may have a non-zero one in another.
 """
 
 from __future__ import annotations
@@ -55,6 +59,29 @@ def scatter_rows(variable: keras.Variable, rows, values) -> None:
             variable.value.index_copy_(0, rows.to(torch.int64), values)
         return
     variable.assign(ops.scatter_update(variable.value, ops.expand_dims(rows, 1), values))
+
+
+def replicas_in_sync() -> int:
+    """Replicas whose gradients are summed: `num_replicas_in_sync` of the TensorFlow
+    distribution strategy; 1 otherwise (JAX's `DataParallel` computes the loss of the global
+    batch in one program)."""
+    if keras.backend.backend() == "tensorflow" and "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        return tf.distribute.get_strategy().num_replicas_in_sync
+    return 1
+
+
+def any_replica(mask):
+    """`mask` (bool) or-ed over the replicas of a TensorFlow distribution strategy (inside a
+    replica of the train step, before the optimizer sums the gradients); `mask` elsewhere."""
+    if keras.backend.backend() == "tensorflow" and "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if tf.distribute.has_strategy() and context is not None and context.num_replicas_in_sync > 1:
+            return context.all_reduce("sum", tf.cast(mask, "float32")) > 0
+    return mask
 
 
 def label_id_limit() -> int:
@@ -131,4 +158,7 @@ def label_error(error: Exception) -> str | None:
     start = text.find(LABEL_ERROR + ": ")
     if start < 0:
         return None
-    return text[start + len(LABEL_ERROR) + 2 :].split("\n")[0].strip()
+    message = text[start + len(LABEL_ERROR) + 2 :]
+    for end in ("]", "\n"):
+        message = message.split(end)[0]
+    return message.strip()

@@ -16,7 +16,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from clusterloss._native import scatter_rows
+from clusterloss._native import any_replica, scatter_rows
 from clusterloss._registry import register
 from clusterloss._validation import check_positive_int, check_range
 
@@ -42,11 +42,12 @@ def sparse_rows_bound(variable: keras.Variable) -> int | None:
 
 
 def _row_mask(gradient):
-    """`(rows,)` bool: the rows of `gradient` with at least one non-zero (or NaN) entry."""
+    """`(rows,)` bool: the rows of `gradient` with at least one non-zero (or NaN) entry, in
+    any replica (the gradient here is a replica's own, before the optimizer sums them)."""
     nonzero = ops.not_equal(gradient, ops.zeros((), gradient.dtype))
     if len(gradient.shape) > 1:
         nonzero = ops.any(nonzero, axis=tuple(range(1, len(gradient.shape))))
-    return nonzero
+    return any_replica(nonzero)
 
 
 def _rows_like(mask, values):

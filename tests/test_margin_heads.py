@@ -1,14 +1,9 @@
 """ArcFace, CosFace, SphereFace and NormFace heads: formulas, pytorch-metric-learning, numerics,
-errors, training in a ClusterModel, saving, and kernel sharding on JAX."""
+errors, training in a ClusterModel and saving (sharding: test_distributed.py)."""
 
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -18,7 +13,6 @@ from conftest import BACKEND, grad, to_np
 from clusterloss.layers import ArcFace, CosFace, NormFace, SphereFace
 from clusterloss.models import ClusterModel
 
-ROOT = Path(__file__).resolve().parents[1]
 SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
@@ -346,51 +340,3 @@ def test_arcface_cluster_model_on_digits_improves_knn_and_round_trips(tmp_path):
     w = to_np(model.head.kernel).T
     np.testing.assert_allclose(want["logits"], np_logits("arcface", want["embeddings"], w, s=16.0),
                                rtol=1e-4, atol=1e-4)
-
-
-SHARDING_SCRIPT = textwrap.dedent(
-    """
-    import keras, numpy as np
-    from clusterloss.layers import ArcFace
-    from clusterloss.models import ClusterModel
-
-    mesh = keras.distribution.DeviceMesh((1, 4), ["batch", "model"])
-    layout = keras.distribution.LayoutMap(mesh)
-    layout[".*/arc_face/kernel"] = ("model", None)  # keys are full-matched regexes
-    keras.distribution.set_distribution(
-        keras.distribution.ModelParallel(layout_map=layout, batch_dim_name="batch"))
-    keras.utils.set_random_seed(0)
-    backbone = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8)])
-    model = ClusterModel(backbone, head=ArcFace(num_classes=32, scale=16.0))
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 16)).astype("float32")
-    y = rng.integers(0, 32, 64)
-    loss = model.fit(x, y, epochs=3, batch_size=16, verbose=0).history["loss"]
-    kernel = model.head.kernel.value
-    assert tuple(kernel.sharding.spec) == ("model", None), kernel.sharding
-    assert sorted(s.data.shape for s in kernel.addressable_shards) == [(8, 8)] * 4
-    assert np.all(np.isfinite(loss)) and loss[-1] < loss[0], loss
-    out = model.predict(x, verbose=0)
-    e, w = out["embeddings"], np.asarray(model.head.kernel.value).T
-    cos = (e / np.linalg.norm(e, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0))
-    np.testing.assert_allclose(out["logits"], 16.0 * cos, rtol=1e-4, atol=1e-4)
-    print("OK")
-    """
-)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.ModelParallel: JAX backend")
-def test_arcface_kernel_sharded_over_four_devices():
-    env = {
-        **os.environ,
-        "KERAS_BACKEND": "jax",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", SHARDING_SCRIPT], env=env, cwd=ROOT, capture_output=True,
-        text=True, timeout=300,
-    )
-    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]

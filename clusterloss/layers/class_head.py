@@ -37,6 +37,14 @@ from clusterloss.layers.precision import full_precision
 from clusterloss.optimizers import mark_sparse_rows
 
 
+def class_scores(x, kernel):
+    """`x @ kernel.T`: `(batch, dim)` x `(classes, dim)` -> `(batch, classes)`.
+
+    An einsum rather than `ops.matmul`: Keras 3.15's torch `matmul` computes float64 inputs
+    in float32; `einsum` keeps float64 on every backend."""
+    return ops.einsum("bd,cd->bc", x, kernel)
+
+
 def sample_classes(labels, num_classes: int, num_sampled: int, seed):
     """Partial FC sampling: `(index, positions, ok)`.
 
@@ -162,11 +170,11 @@ class ClassHead(keras.layers.Layer):
             self.on_train_step(valid)
         if training and self.sampled:
             batch = embeddings.shape[0]
-            if isinstance(batch, int) and batch > self.num_sampled:
+            if isinstance(batch, int) and min(batch, self.num_classes) > self.num_sampled:
                 raise ValueError(
                     f"`sample_rate` * num_classes = {self.num_sampled} sampled classes is less "
-                    f"than the batch size {batch}: every class of the batch must be sampled. "
-                    f"Use a larger sample_rate or a smaller batch."
+                    f"than the batch size {batch}: a batch may hold more classes than are "
+                    f"sampled. Use sample_rate >= batch_size / num_classes, or smaller batches."
                 )
             index, labels, ok = sample_classes(
                 labels, self.num_classes, self.num_sampled, self.seed_generator
@@ -239,7 +247,7 @@ class SoftmaxHead(ClassHead):
 
     def class_logits(self, embeddings, weights: tuple, labels=None, training: bool = False):
         x = ops.cast(embeddings, weights[0].dtype)
-        logits = ops.matmul(x, ops.transpose(weights[0]))
+        logits = class_scores(x, weights[0])
         return logits + weights[1] if self.use_bias else logits
 
     def get_config(self) -> dict[str, Any]:

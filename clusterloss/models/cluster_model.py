@@ -11,6 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from clusterloss import _native
 from clusterloss._registry import register
 from clusterloss.layers.centers import CenterLoss
 from clusterloss.layers.class_head import ClassHead, SoftmaxHead
@@ -20,6 +21,22 @@ from clusterloss.optimizers import RowSparse
 
 HEAD_LABELS = "head_labels"  # y_pred key: the labels of the training logits (Partial FC)
 _RESERVED = ("loss", "classification_loss", "embedding_loss")
+
+
+def _portable(config: Any) -> Any:
+    """A compile config with the backend-specific optimizer classes named by their public
+    name: PyTorch's `keras.optimizers.Adam` is `keras.src.backend.torch.optimizers.torch_adam
+    .Adam`, which Keras 3.15 records as such, so a model saved on torch could not be compiled
+    on JAX or TensorFlow. `keras.optimizers.Adam` is the right class on every backend."""
+    if isinstance(config, dict):
+        config = {key: _portable(value) for key, value in config.items()}
+        module = config.get("module")
+        if isinstance(module, str) and module.startswith("keras.src.backend.") and ".optimizers." in module:
+            config["module"] = "keras.optimizers"
+        return config
+    if isinstance(config, (list, tuple)):
+        return type(config)(_portable(value) for value in config)
+    return config
 
 
 def _uses_labels(head) -> bool:
@@ -183,13 +200,15 @@ class ClusterModel(keras.Model):
         embeddings = y_pred["embeddings"]
         target, labels = self._head_target(embeddings, y, y_pred, training)
         total = None
+        replicas = _native.replicas_in_sync()  # Keras divides compiled losses by it
         if self._compile_loss is not None or self.losses:
             total = super().compute_loss(x, labels, target, sample_weight, training=training)
             if self.main_loss_tracker is not None and self._compiled_loss_given:
-                self.main_loss_tracker.update_state(total)
+                self.main_loss_tracker.update_state(total * replicas)
         for (_, layer), tracker in zip(self._terms, self.term_trackers):
             value = self._weighted_mean(layer(embeddings, y, training=training), sample_weight)
             tracker.update_state(value)
+            value = value / replicas
             total = value if total is None else total + ops.cast(value, total.dtype)
         if total is None:
             raise ValueError(
@@ -237,6 +256,16 @@ class ClusterModel(keras.Model):
                 optimizer = RowSparse(optimizer)
         self._compiled_loss_given = loss is not None
         super().compile(optimizer, loss, *args, **kwargs)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        return None if config is None else _portable(config)
+
+    def compile_from_config(self, config):
+        """Compile from a saved config (`keras.saving.load_model` calls it), on any backend."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     @property
     def metrics(self):
