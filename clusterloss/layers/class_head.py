@@ -30,6 +30,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from clusterloss import _native
 from clusterloss._registry import register
 from clusterloss._validation import check_embeddings, check_range, check_same_batch
 from clusterloss.layers.labels import check_num_classes, guard_labels, nan_unless
@@ -169,6 +170,12 @@ class ClassHead(keras.layers.Layer):
         if training:
             self.on_train_step(valid)
         if training and self.sampled:
+            if _native.replicas_in_sync() > 1:
+                raise ValueError(
+                    "Partial FC (`sample_rate` < 1) is not supported under a TensorFlow "
+                    "distribution strategy (each replica would sample its own classes). Use "
+                    "JAX's keras.distribution, or sample_rate=1."
+                )
             batch = embeddings.shape[0]
             if isinstance(batch, int) and min(batch, self.num_classes) > self.num_sampled:
                 raise ValueError(
