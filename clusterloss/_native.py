@@ -13,6 +13,13 @@ TensorFlow, JAX or PyTorch, and only inside the function that needs it:
   without `jax_enable_x64` turns int64 into int32, so 2**32 + 1 silently becomes 1).
 - `check_tf_dataset_labels`: the same label checks as for NumPy batches, as assertions in a
   `tf.data` pipeline, on the host, before the batches reach any backend.
+- `take_rows`: `variable[rows]`. On TensorFlow, `ops.take` reads the whole variable first;
+  a later in-place write of that variable must then copy it (copy-on-write), so a
+  `(1_000_000, 512)` table is copied on every step. `tf.gather` on the variable itself reads
+  only the rows.
+- `row_slices`: TensorFlow gives the gradient of a gather (a Partial FC head's sampled rows)
+  as `tf.IndexedSlices`, the rows and their values; converting it to a dense tensor would
+  allocate the whole `(num_classes, dim)` matrix.
 - `replicas_in_sync`, `any_replica`: under a TensorFlow distribution strategy each replica
   computes the loss of its part of the batch and the gradients are summed, so a loss term
   must be divided by the number of replicas (Keras does so for compiled losses), and a row
@@ -36,13 +43,18 @@ def _in_stateless_scope() -> bool:
     return in_stateless_scope()
 
 
-def scatter_rows(variable: keras.Variable, rows, values) -> None:
+_JAX_ROWS = dict(indices_are_sorted=True, unique_indices=True, mode="promise_in_bounds")
+
+
+def scatter_rows(variable: keras.Variable, rows, values, sorted_unique: bool = False) -> None:
     """`variable[rows] = values` along axis 0, in place where the backend allows it.
 
-    Duplicate `rows` must carry identical `values` (the write order is unspecified).
-    Inside a `StatelessScope` (JAX train steps, `stateless_call`) and under a TensorFlow
-    distribution strategy (where a replica may only `assign` a mirrored variable, which then
-    aggregates as the variable says), this is `variable.assign(ops.scatter_update(...))`.
+    Duplicate `rows` must carry identical `values` (the write order is unspecified);
+    `sorted_unique=True` promises sorted rows without duplicates (XLA's scatter is then about
+    twice as fast on CPU). Inside a `StatelessScope` (JAX train steps, `stateless_call`) and
+    under a TensorFlow distribution strategy (where a replica may only `assign` a mirrored
+    variable, which then aggregates as the variable says), this is an `assign` of the
+    updated whole, which XLA turns into an in-place scatter into the donated state.
     """
     backend = keras.backend.backend()
     values = ops.cast(values, variable.dtype)
@@ -58,7 +70,28 @@ def scatter_rows(variable: keras.Variable, rows, values) -> None:
         with torch.no_grad():
             variable.value.index_copy_(0, rows.to(torch.int64), values)
         return
+    if backend == "jax":
+        flags = _JAX_ROWS if sorted_unique else {}
+        variable.assign(variable.value.at[rows].set(values, **flags))
+        return
     variable.assign(ops.scatter_update(variable.value, ops.expand_dims(rows, 1), values))
+
+
+def take_rows(x, rows, sorted_unique: bool = False):
+    """`x[rows]` along axis 0. Reads only those rows of a TensorFlow variable (`ops.take`
+    would read it all, and a later in-place write would then copy it); on JAX,
+    `sorted_unique=True` promises sorted rows without duplicates (a faster gather and a
+    faster scatter-add in its gradient)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow" and isinstance(x, keras.Variable) and not _in_stateless_scope():
+        import tensorflow as tf
+
+        value = x.value
+        if isinstance(value, tf.Variable):
+            return tf.gather(value, rows)
+    if backend == "jax" and sorted_unique:
+        return ops.convert_to_tensor(x).at[rows].get(**_JAX_ROWS)
+    return ops.take(x, rows, axis=0)
 
 
 def replicas_in_sync() -> int:
@@ -82,6 +115,16 @@ def any_replica(mask):
         if tf.distribute.has_strategy() and context is not None and context.num_replicas_in_sync > 1:
             return context.all_reduce("sum", tf.cast(mask, "float32")) > 0
     return mask
+
+
+def row_slices(gradient):
+    """`(indices, values)` of a row-sparse gradient (`tf.IndexedSlices`), else `None`."""
+    if keras.backend.backend() == "tensorflow" and "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        if isinstance(gradient, tf.IndexedSlices):
+            return gradient.indices, gradient.values
+    return None
 
 
 def label_id_limit() -> int:

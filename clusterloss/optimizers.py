@@ -16,7 +16,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from clusterloss._native import any_replica, scatter_rows
+from clusterloss._native import any_replica, row_slices, scatter_rows, take_rows
 from clusterloss._registry import register
 from clusterloss._validation import check_positive_int, check_range
 
@@ -41,13 +41,36 @@ def sparse_rows_bound(variable: keras.Variable) -> int | None:
     return getattr(variable, _SPARSE_ROWS, None)
 
 
-def _row_mask(gradient):
-    """`(rows,)` bool: the rows of `gradient` with at least one non-zero (or NaN) entry, in
-    any replica (the gradient here is a replica's own, before the optimizer sums them)."""
-    nonzero = ops.not_equal(gradient, ops.zeros((), gradient.dtype))
-    if len(gradient.shape) > 1:
-        nonzero = ops.any(nonzero, axis=tuple(range(1, len(gradient.shape))))
-    return any_replica(nonzero)
+def _nonzero_rows(values):
+    """`(n,)` bool: the rows of `values` with at least one non-zero (or NaN) entry (`any` of
+    a float tensor: no `(n, dim)` bool temporary on torch)."""
+    if len(values.shape) > 1:
+        return ops.any(values, axis=tuple(range(1, len(values.shape))))
+    return ops.cast(values, "bool")
+
+
+def _row_mask(gradient, rows: int):
+    """`(rows,)` bool: the rows with a non-zero gradient, in any replica (the gradient here
+    is a replica's own, before the optimizer sums them)."""
+    slices = row_slices(gradient)
+    if slices is None:
+        return any_replica(_nonzero_rows(gradient))
+    indices, values = slices
+    hits = ops.segment_sum(ops.cast(_nonzero_rows(values), "int32"), indices, num_segments=rows)
+    return any_replica(hits > 0)
+
+
+def _gradient_rows(gradient, mask, rows):
+    """The rows `rows` of `gradient` (dense or `tf.IndexedSlices`, whose duplicates add up)."""
+    slices = row_slices(gradient)
+    if slices is None:
+        return take_rows(gradient, rows, sorted_unique=True)
+    indices, values = slices
+    position = ops.scatter_update(
+        ops.full(mask.shape, -1, "int32"), ops.expand_dims(rows, 1),
+        ops.arange(rows.shape[0], dtype="int32"),
+    )
+    return ops.segment_sum(values, ops.take(position, indices), num_segments=rows.shape[0])
 
 
 def _rows_like(mask, values):
@@ -226,19 +249,19 @@ class RowSparse(keras.optimizers.Optimizer):
             elif plan[0] == "mask":
                 kept = [var] + plan[1]
                 before = [ops.copy(v.value) for v in kept]  # torch updates in place
-                finish.append((_restore, (_row_mask(grad), kept, before)))
-                inner_grads.append(grad)
+                finish.append((_restore, (_row_mask(grad, var.shape[0]), kept, before)))
+                inner_grads.append(ops.convert_to_tensor(grad))
                 inner_vars.append(var)
             else:
                 _, bound, scratch, pairs = plan
-                mask = _row_mask(grad)
+                mask = _row_mask(grad, var.shape[0])
                 rows = ops.sort(ops.top_k(ops.cast(mask, "float32"), bound)[1])
-                scratch.assign(ops.take(var, rows, axis=0))
-                for full, slot in pairs:
-                    slot.assign(ops.take(full, rows, axis=0))
                 moved = [(var, scratch)] + pairs
-                finish.append((_write_rows, (rows, ops.take(mask, rows), moved)))
-                inner_grads.append(ops.take(grad, rows, axis=0))
+                before = [take_rows(full, rows, sorted_unique=True) for full, _ in moved]
+                for (_, part), value in zip(moved, before):
+                    part.assign(value)
+                finish.append((_write_rows, (rows, ops.take(mask, rows), moved, before)))
+                inner_grads.append(_gradient_rows(grad, mask, rows))
                 inner_vars.append(scratch)
         self.optimizer.apply(inner_grads, inner_vars)
         for fn, args in finish:
@@ -270,11 +293,12 @@ def _restore(mask, variables, before) -> None:
         var.assign(ops.where(_rows_like(mask, old), var.value, old))
 
 
-def _write_rows(rows, keep, moved) -> None:
-    """Copy the gathered `rows` back (`(full, scratch)` pairs), where `keep` is true."""
-    for full, scratch in moved:
-        old = ops.take(full, rows, axis=0)
-        scatter_rows(full, rows, ops.where(_rows_like(keep, old), scratch.value, old))
+def _write_rows(rows, keep, moved, before) -> None:
+    """Copy the gathered `rows` back (`(full, scratch)` pairs) where `keep` is true; the
+    other gathered rows (zero gradient) get their `before` values back."""
+    for (full, scratch), old in zip(moved, before):
+        new = ops.where(_rows_like(keep, old), scratch.value, old)
+        scatter_rows(full, rows, new, sorted_unique=True)
 
 
 def center_optimizer(

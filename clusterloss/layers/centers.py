@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from clusterloss._native import scatter_rows
+from clusterloss._native import scatter_rows, take_rows
 from clusterloss._registry import register
 from clusterloss._validation import (
     check_choice,
@@ -136,13 +136,13 @@ class CenterLoss(keras.layers.Layer):
         labels, valid = guard_labels(labels, self.num_classes)
         x = ops.cast(upcast(embeddings), self.centers.dtype)
         weight = ops.cast(self._lambda, x.dtype)
-        centers = self.centers
+        c = take_rows(self.centers, labels)
         if self.update == "gradient":
             # Features get lambda * dL/dx; centers get the unscaled dL/dc (same value).
-            fixed_c = self._half_squared(x, ops.stop_gradient(ops.take(centers, labels, axis=0)))
-            fixed_x = self._half_squared(ops.stop_gradient(x), ops.take(centers, labels, axis=0))
+            fixed_c = self._half_squared(x, ops.stop_gradient(c))
+            fixed_x = self._half_squared(ops.stop_gradient(x), c)
             return nan_unless(valid, weight * fixed_c + fixed_x - ops.stop_gradient(fixed_x))
-        value = weight * self._half_squared(x, ops.take(centers, labels, axis=0))
+        value = weight * self._half_squared(x, c)
         if training and self.trainable:
             self._move_centers(ops.stop_gradient(x), labels, ops.logical_and(valid, all_finite(x)))
         return nan_unless(valid, value)
@@ -154,7 +154,7 @@ class CenterLoss(keras.layers.Layer):
     def _move_centers(self, x, labels, ok) -> None:
         """Eq. 4 on the batch's rows of the centers, only where `ok` (a scalar bool)."""
         rows, new = self.eq4_rows(self.centers, x, labels)
-        new = ops.where(ok, new, ops.take(self.centers, rows, axis=0))
+        new = ops.where(ok, new, take_rows(self.centers, rows))
         scatter_rows(self.centers, rows, new)
 
     def eq4_rows(self, centers, x, labels):
@@ -165,7 +165,6 @@ class CenterLoss(keras.layers.Layer):
 
         Only `(batch, dim)` tensors: the classes are grouped by sorting the labels."""
         labels = ops.convert_to_tensor(labels, "int32")
-        centers = ops.convert_to_tensor(centers)
         x = ops.cast(x, centers.dtype)
         order = ops.argsort(labels)
         labels, x = ops.take(labels, order), ops.take(x, order, axis=0)
@@ -175,14 +174,15 @@ class CenterLoss(keras.layers.Layer):
         counts = ops.segment_sum(ops.ones_like(labels, dtype=x.dtype), group, num_segments=batch)
         sums = ops.segment_sum(x, group, num_segments=batch)
         n = ops.expand_dims(ops.take(counts, group), 1)
-        c = ops.take(centers, labels, axis=0)
+        c = take_rows(centers, labels)
         return labels, c - self.alpha * (n * c - ops.take(sums, group, axis=0)) / (1.0 + n)
 
     def eq4_update(self, centers, x, labels):
         """Eq. 4 applied to all the centers: `c_j - alpha * (n_j c_j - sum_{y_i=j} x_i) /
         (1 + n_j)` for the classes in `labels`, the other rows unchanged (a new tensor)."""
+        centers = ops.convert_to_tensor(centers)
         rows, new = self.eq4_rows(centers, x, labels)
-        return ops.scatter_update(ops.convert_to_tensor(centers), ops.expand_dims(rows, 1), new)
+        return ops.scatter_update(centers, ops.expand_dims(rows, 1), new)
 
     def compute_output_shape(self, embeddings_shape, labels_shape=None):
         return (embeddings_shape[0],)

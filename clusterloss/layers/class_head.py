@@ -151,7 +151,7 @@ class ClassHead(keras.layers.Layer):
         """The per-class variables as tensors, restricted to the classes in `index`."""
         if index is None:
             return tuple(ops.convert_to_tensor(v) for v in self.class_variables())
-        return tuple(ops.take(v, index, axis=0) for v in self.class_variables())
+        return tuple(_native.take_rows(v, index, sorted_unique=True) for v in self.class_variables())
 
     def class_logits(self, embeddings, weights: tuple, labels=None, training: bool = False):
         """Logits `(batch, len(weights[0]))`; margin on each label's column if given."""

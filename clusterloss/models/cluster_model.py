@@ -181,20 +181,22 @@ class ClusterModel(keras.Model):
         return outputs
 
     def _head_target(self, embeddings, y, y_pred, training):
-        """`(target, labels)` for the compiled loss; in training, runs the label head once
-        and hands its logits (and their labels) to `compute_metrics` through `y_pred`."""
-        if self.head is None:
+        """`(target, labels)` for the compiled loss. A label head runs here, once, with the
+        labels; in training (where `call` left it out) its logits and their labels go to
+        `compute_metrics` through `y_pred`."""
+        head = self.head
+        if head is None:
             return embeddings, y
-        if "logits" not in y_pred:  # training: `call` left the label head to us
-            if isinstance(self.head, ClassHead):
-                logits, labels = self.head(embeddings, labels=y, training=True, return_labels=True)
-            else:
-                logits, labels = self.head(embeddings, labels=y, training=True), y
+        margin = _uses_labels(head) and (training or getattr(head, "has_margin", True))
+        if "logits" in y_pred and not margin:
+            return y_pred["logits"], y
+        if isinstance(head, ClassHead):
+            logits, labels = head(embeddings, labels=y, training=training, return_labels=True)
+        else:
+            logits, labels = head(embeddings, labels=y, training=training), y
+        if "logits" not in y_pred:
             y_pred["logits"], y_pred[HEAD_LABELS] = logits, labels
-            return logits, labels
-        if _uses_labels(self.head) and getattr(self.head, "has_margin", True):
-            return self.head(embeddings, labels=y, training=False), y
-        return y_pred["logits"], y
+        return logits, labels
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         embeddings = y_pred["embeddings"]
