@@ -5,7 +5,7 @@ Every case runs in its own subprocess (the backend is fixed at import, and the p
 memory `ru_maxrss` is per process): a `ClusterModel` with a small backbone (`Dense(dim)` on
 64 inputs), the head, optionally a center loss, Adam, `fit` on random data. The first
 `--warmup` steps (compilation) are excluded; the time is the wall time of `--steps` more
-steps, divided by their number.
+steps, divided by their number; with `--repeats R` every case runs R times, interleaved, and the table gives the median.
 
 Heads: `softmax` (SoftmaxHead), `arcface`, `cosface`; `arcface-2pass` is ArcFace computed
 twice per step (a forward without labels plus one with labels, as ClusterModel did before
@@ -13,7 +13,7 @@ twice per step (a forward without labels plus one with labels, as ClusterModel d
 library), `paper-dense` (Eq. 4 as a dense `(num_classes, dim)` update, as before 0.2),
 `gradient` (trainable centers, RowSparse Adam).
 
-    python benchmarks/bench_heads.py --classes 1000 100000 --heads softmax arcface arcface-2pass
+    python benchmarks/bench_heads.py --classes 1000 100000 --heads softmax arcface arcface-2pass --repeats 3
     python benchmarks/bench_heads.py --classes 1000000 --heads softmax --sample-rates 1 0.1
     python benchmarks/bench_heads.py --classes 1000000 --heads none --center paper paper-dense
 
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case (JSON)
     args = parser.parse_args()
@@ -136,31 +137,44 @@ def main() -> None:
         print("RESULT " + json.dumps(run_case(json.loads(args.case))))
         return
     print(f"{datetime.date.today()}  python benchmarks/bench_heads.py {' '.join(sys.argv[1:])}\n")
-    print("| backend | head | classes | sample_rate | center | s/step | peak MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for backend in args.backends:
-        for classes in args.classes:
-            for head in args.heads:
-                for rate in args.sample_rates if head != "none" else [1.0]:
-                    for center in args.center:
-                        case = dict(head=head, classes=classes, sample_rate=rate, center=center,
-                                    dim=args.dim, batch=args.batch, steps=args.steps,
-                                    warmup=args.warmup)
-                        env = {**os.environ, "KERAS_BACKEND": backend,
-                               "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
-                               "OMP_NUM_THREADS": str(args.threads)}
-                        proc = subprocess.run(
-                            [sys.executable, __file__, "--case", json.dumps(case)],
-                            env=env, capture_output=True, text=True,
-                        )
-                        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-                        if not lines:
-                            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
-                            print(f"| {backend} | {head} | {classes} | {rate:g} | {center} | failed: {tail} | |")
-                            continue
-                        r = json.loads(lines[0][7:])
-                        print(f"| {backend} | {head} | {classes:,} | {rate:g} | {center} | "
-                              f"{r['step_s']:.3f} | {r['peak_mb']:,.0f} |", flush=True)
+    cases = [
+        dict(backend=backend, head=head, classes=classes, sample_rate=rate, center=center,
+             dim=args.dim, batch=args.batch, steps=args.steps, warmup=args.warmup)
+        for backend in args.backends
+        for classes in args.classes
+        for head in args.heads
+        for rate in (args.sample_rates if head != "none" else [1.0])
+        for center in args.center
+    ]
+    times: dict[int, list[float]] = {i: [] for i in range(len(cases))}
+    peaks: dict[int, float] = {}
+    for _ in range(args.repeats):  # interleaved, so that a busy moment hits every case
+        for i, case in enumerate(cases):
+            result = _run_in_subprocess(case, args.threads)
+            if isinstance(result, dict):
+                times[i].append(result["step_s"])
+                peaks[i] = max(peaks.get(i, 0.0), result["peak_mb"])
+            else:
+                print(f"failed: {case}: {result}", file=sys.stderr)
+    print("| backend | head | classes | sample_rate | center | s/step (median) | runs | peak MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for i, case in enumerate(cases):
+        runs = " ".join(f"{t:.3f}" for t in times[i]) or "failed"
+        median = f"{sorted(times[i])[len(times[i]) // 2]:.3f}" if times[i] else "-"
+        print(f"| {case['backend']} | {case['head']} | {case['classes']:,} | {case['sample_rate']:g} | "
+              f"{case['center']} | {median} | {runs} | {peaks.get(i, 0):,.0f} |")
+
+
+def _run_in_subprocess(case: dict, threads: int) -> dict | str:
+    env = {**os.environ, "KERAS_BACKEND": case["backend"], "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    case = {k: v for k, v in case.items() if k != "backend"}
+    proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)],
+                          env=env, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
 
 
 if __name__ == "__main__":

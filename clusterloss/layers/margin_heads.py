@@ -28,6 +28,36 @@ from clusterloss.distances import l2_normalize, safe_sqrt
 from clusterloss.layers.class_head import ClassHead, class_scores
 
 
+def _inverse_norms(w):
+    """`1 / ||w_j||` per row, 0 for a zero row."""
+    squares = ops.einsum("cd,cd->c", w, w)
+    nonzero = squares > 0
+    return ops.where(nonzero, ops.rsqrt(ops.where(nonzero, squares, ops.ones_like(squares))), 0.0)
+
+
+@ops.custom_gradient
+def _cosine_to_rows(x, w):
+    """`cos[b, j] = x_b . w_j / ||w_j||` for unit rows `x` `(batch, dim)` and raw rows `w`
+    `(classes, dim)`. The gradient is written out, so that eager backends build no more
+    `(classes, dim)` temporaries than the matrix product's (autodiff makes about twice as
+    many through the norm):
+
+        d/dx = (g / ||w||) w,    d/dw_j = sum_b (g_bj / ||w_j||) x_b - (sum_b g_bj cos_bj) w_j / ||w_j||^2.
+    """
+    inverse = _inverse_norms(w)
+    cos = class_scores(x, w) * inverse
+
+    def grad(*args, upstream=None):  # (upstream) on JAX/TF, (*args, upstream=) on torch
+        g = args[0] if upstream is None else upstream
+        scaled = g * inverse
+        radial = ops.sum(g * cos, axis=0) * inverse * inverse
+        dx = ops.einsum("bc,cd->bd", scaled, w)
+        dw = ops.einsum("bc,bd->cd", scaled, x) - ops.expand_dims(radial, 1) * w
+        return dx, dw
+
+    return cos, grad
+
+
 class CosineHead(ClassHead):
     """Base class of the margin heads: computes the cosine logits from `kernel`.
 
@@ -60,15 +90,13 @@ class CosineHead(ClassHead):
         norms `||x_i||`, shape `(batch,)`.
 
         The kernel is not normalised as a matrix: the product with the raw rows is scaled by
-        `1 / ||w_j||` per class, which reads the `(num_classes, dim)` kernel twice instead of
-        about ten times (forward and backward); that is what a large head costs besides the
-        matrix product. A zero row gives zero cosines."""
+        `1 / ||w_j||` per class, with a hand-written gradient (`_cosine_to_rows`), so a step
+        reads and writes the `(num_classes, dim)` kernel a few times instead of about ten;
+        that is what a large head costs besides the matrix products. A zero row gives zero
+        cosines and a zero gradient."""
         x, norms = l2_normalize(embeddings, axis=-1, return_norm=True)
         w = ops.cast(self.kernel if kernel is None else kernel, x.dtype)
-        squares = ops.sum(ops.square(w), axis=-1)
-        nonzero = squares > 0
-        inverse = ops.where(nonzero, ops.rsqrt(ops.where(nonzero, squares, 1.0)), 0.0)
-        return class_scores(x, w) * inverse, norms
+        return _cosine_to_rows(x, w), norms
 
     def scale_logits(self, values, norms):
         """From cosines (or margin cosines) to logits: `scale * values`."""
