@@ -17,7 +17,9 @@ library), `paper-dense` (Eq. 4 as a dense `(num_classes, dim)` update, as before
     python benchmarks/bench_heads.py --classes 1000000 --heads softmax --sample-rates 1 0.1
     python benchmarks/bench_heads.py --classes 1000000 --heads none --center paper paper-dense
 
-Other helpers share the machine: run the 1M cases alone (a 1M x 512 float32 kernel is 2 GB,
+Everything runs on `--threads` CPU threads (default 1, as benchmarks/bench_losses.py: on a
+shared machine, a multi-threaded step slows down 2x or more whenever another process takes a
+core). Other helpers share the machine: run the 1M cases alone (a 1M x 512 float32 kernel is 2 GB,
 Adam keeps two more, the dense gradient one more).
 """
 
@@ -92,15 +94,14 @@ def run_case(case: dict) -> dict:
     }
     centers = {
         "none": None,
-        "paper": lambda: cl.CenterLoss(weight=0.01),
-        "paper-dense": lambda: _dense_center_loss()(weight=0.01),
-        "gradient": lambda: cl.CenterLoss(weight=0.01, update="gradient"),
+        "paper": lambda: cl.CenterLoss(classes, weight=0.01),
+        "paper-dense": lambda: _dense_center_loss()(classes, weight=0.01),
+        "gradient": lambda: cl.CenterLoss(classes, weight=0.01, update="gradient"),
     }
     model_class = _two_pass_model() if head_name == "arcface-2pass" else cl.ClusterModel
     center = centers[case["center"]]
-    model = model_class(
+    model = model_class(  # head "none": the center loss alone (no num_classes: no head)
         backbone,
-        num_classes=classes,
         head=heads[head_name](),
         center_loss=center() if center else None,
     )
@@ -130,7 +131,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case (JSON)
     args = parser.parse_args()
     if args.case:
@@ -166,8 +167,11 @@ def main() -> None:
 
 
 def _run_in_subprocess(case: dict, threads: int) -> dict | str:
-    env = {**os.environ, "KERAS_BACKEND": case["backend"], "OMP_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "KERAS_BACKEND": case["backend"],
+           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": str(threads), "TF_NUM_INTRAOP_THREADS": str(threads),
+           "TF_NUM_INTEROP_THREADS": str(threads),
+           "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"}
     case = {k: v for k, v in case.items() if k != "backend"}
     proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)],
                           env=env, capture_output=True, text=True)

@@ -133,12 +133,17 @@ def test_bad_arguments(kwargs, message):
 @pytest.mark.parametrize(
     "x,labels,message",
     [
+        (np.zeros((2, 3)), [0, 4], r"`labels` must be < num_classes=4; got a label 4"),
+        (np.zeros((2, 3)), [0, -2], r"`labels` must be >= 0; got a label -2"),
+        (np.zeros((2, 3)), [0, 2**32 + 1], r"`labels` must be < num_classes=4; got a label 4294967297"),
+        (np.zeros((2, 3)), [0.0, 1.5], r"integer class ids; got float values such as 1.5"),
         (np.zeros((2, 3, 1)), [0, 1], r"`embeddings` must have shape \(batch, dim\); got shape"),
         (np.zeros((3, 3)), [0, 1], r"same batch size; got 2 and 3"),
         (np.zeros((2, 3)), np.eye(2), r"one-hot labels"),
     ],
 )
-def test_bad_call_shapes(x, labels, message):
+def test_bad_call_input(x, labels, message):
+    """NumPy labels are checked on the host, before they become (int32 on JAX) tensors."""
     layer = make_layer()
     with pytest.raises(ValueError, match=message):
         layer(x.astype("float32"), np.asarray(labels))
@@ -149,8 +154,8 @@ def test_bad_call_shapes(x, labels, message):
     "labels", [[0, 4], [0, -2], [0.0, 1.5], [0, 2**32 + 1]], ids=["4", "-2", "1.5", "2**32+1"]
 )
 def test_labels_out_of_range_give_nan_and_leave_centers(labels, update):
-    """In a train step the values are not on the host: bad labels make the loss NaN (so
-    TerminateOnNaN stops training) and the centers do not move."""
+    """Tensor labels (a train step) are not read on the host: bad labels make the loss NaN
+    (so TerminateOnNaN stops training) and the centers do not move."""
     if labels[1] == 2**32 + 1 and keras.backend.backend() == "jax":
         pytest.skip("a JAX tensor cannot hold 2**32 + 1 (int32): fit checks it on the host")
     layer = make_layer(update=update)

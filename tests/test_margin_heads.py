@@ -251,8 +251,13 @@ def test_mixed_precision_policy_keeps_the_head_in_float32():
 def test_bad_inputs_raise_clear_errors():
     x, w, y = data(classes=6)
     head = make(ArcFace(6), w)
-    for bad in (6, -1):  # values are not read on the host: NaN logits stop training instead
-        assert np.isnan(to_np(head(x, labels=np.full(len(x), bad)))).all()
+    with pytest.raises(ValueError, match="num_classes=6"):  # NumPy labels: checked on the host
+        head(x, labels=np.full(len(x), 6))
+    with pytest.raises(ValueError, match=">= 0"):
+        head(x, labels=-np.ones(len(x), "int64"))
+    for bad in (6, -1):  # tensors are not read on the host: NaN logits stop training instead
+        labels = keras.ops.convert_to_tensor(np.full(len(x), bad))
+        assert np.isnan(to_np(head(x, labels=labels))).all()
     with pytest.raises(ValueError, match="one-hot"):
         head(x, labels=np.eye(6)[y])
     with pytest.raises(ValueError, match="same batch size"):

@@ -16,7 +16,13 @@ from clusterloss._validation import (
     check_same_batch,
     upcast,
 )
-from clusterloss.layers.labels import all_finite, check_num_classes, guard_labels, nan_unless
+from clusterloss.layers.labels import (
+    all_finite,
+    check_host_labels,
+    check_num_classes,
+    guard_labels,
+    nan_unless,
+)
 from clusterloss.layers.precision import full_precision
 from clusterloss.optimizers import mark_sparse_rows
 
@@ -129,6 +135,10 @@ class CenterLoss(keras.layers.Layer):
             self._lambda.assign(float(value))
         else:  # a callback may set it before the first step builds the model
             self.initial_weight = float(value)
+
+    def __call__(self, *args, **kwargs):
+        check_host_labels(kwargs.get("labels", args[1] if len(args) > 1 else None), self.num_classes)
+        return super().__call__(*args, **kwargs)
 
     def call(self, embeddings, labels, training: bool = False):
         check_embeddings(embeddings)

@@ -33,7 +33,7 @@ from keras import ops
 from clusterloss import _native
 from clusterloss._registry import register
 from clusterloss._validation import check_embeddings, check_range, check_same_batch
-from clusterloss.layers.labels import check_num_classes, guard_labels, nan_unless
+from clusterloss.layers.labels import check_host_labels, check_num_classes, guard_labels, nan_unless
 from clusterloss.layers.precision import full_precision
 from clusterloss.optimizers import mark_sparse_rows
 
@@ -159,6 +159,10 @@ class ClassHead(keras.layers.Layer):
 
     def on_train_step(self, valid) -> None:
         """Called once per training call with labels; `valid`: all labels in range."""
+
+    def __call__(self, *args, **kwargs):
+        check_host_labels(kwargs.get("labels", args[1] if len(args) > 1 else None), self.num_classes)
+        return super().__call__(*args, **kwargs)
 
     def call(self, embeddings, labels=None, training: bool = False, return_labels: bool = False):
         check_embeddings(embeddings)

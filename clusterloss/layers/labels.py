@@ -27,6 +27,14 @@ def check_num_classes(value: Any, name: str = "num_classes", minimum: int = 2) -
     return int(value)
 
 
+def check_host_labels(labels: Any, num_classes: int | None, name: str = "labels") -> None:
+    """Check labels that are still NumPy values (a list, a NumPy array) before `Layer.__call__`
+    turns them into backend tensors (JAX without x64 would wrap 2**32 + 1 to 1 there):
+    a `ValueError` for ids outside `[0, num_classes)`. Backend tensors are not read."""
+    if isinstance(labels, (np.ndarray, np.generic, list, tuple)):
+        check_labels(np.asarray(labels), num_classes, name=name)
+
+
 def guard_labels(labels: Any, num_classes: int, name: str = "labels"):
     """`(safe_labels, valid)`: int32 labels of shape `(batch,)` with every label outside
     `[0, num_classes)` replaced by 0, and a scalar bool, true when all labels are valid.
