@@ -22,7 +22,7 @@ from clusterloss.layers import *  # noqa: E402,F401,F403
 from clusterloss.losses import *  # noqa: E402,F401,F403
 from clusterloss.miners import *  # noqa: E402,F401,F403
 from clusterloss.models import ClusterModel, make_backbone  # noqa: E402,F401
-from clusterloss.optimizers import center_optimizer  # noqa: E402,F401
+from clusterloss.optimizers import RowSparse, center_optimizer, mark_sparse_rows  # noqa: E402,F401
 from clusterloss.sampling import MPerClassSampler  # noqa: E402,F401
 
 __version__ = "0.1.0"

@@ -1,8 +1,304 @@
-"""Give the class centers (or any other variables) their own optimizer."""
+"""Optimizers for class-indexed weights (class centers, class weights of a head).
+
+- `RowSparse(optimizer)`: updates a class-indexed variable only in the rows (classes) whose
+  gradient is non-zero in this step, and leaves the other rows and their optimizer slots
+  bit-identical. Adam, momentum and weight decay otherwise move every row at every step, even
+  with a zero gradient: with Partial FC (a head that samples its classes) or a center loss
+  with trainable centers, classes absent from a step would still drift.
+- `center_optimizer(default, centers)`: the centers of `CenterLoss(update="gradient")` get
+  their own optimizer (SGD 0.5 in pytorch-center-loss), the rest of the model `default`.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
+from keras import ops
+
+from clusterloss._native import any_replica, row_slices, scatter_rows, take_rows
+from clusterloss._registry import register
+from clusterloss._validation import check_positive_int, check_range
+
+_SPARSE_ROWS = "_clusterloss_sparse_rows"
+
+
+def mark_sparse_rows(variable: keras.Variable, max_rows: int | None = None) -> None:
+    """Mark `variable`, which holds one row per class along axis 0, for `RowSparse` updates.
+
+    `max_rows` bounds the number of rows that can have a non-zero gradient in one step (a
+    Partial FC head: the classes it samples). `RowSparse` then gathers those rows, updates
+    them and writes them back: the work is O(max_rows x dim). With `None` (no bound known),
+    `RowSparse` updates the whole variable and puts the zero-gradient rows back: the same
+    result, with O(rows x dim) work. Class-indexed layers of clusterloss mark their
+    variables themselves; call this for your own tables (e.g. an embedding matrix).
+    """
+    setattr(variable, _SPARSE_ROWS, 0 if max_rows is None else check_positive_int(max_rows, "max_rows"))
+
+
+def sparse_rows_bound(variable: keras.Variable) -> int | None:
+    """`None` if `variable` is not marked, 0 if marked with no bound, else the bound."""
+    return getattr(variable, _SPARSE_ROWS, None)
+
+
+def _nonzero_rows(values):
+    """`(n,)` bool: the rows of `values` with at least one non-zero (or NaN) entry (`any` of
+    a float tensor: no `(n, dim)` bool temporary on torch)."""
+    if len(values.shape) > 1:
+        return ops.any(values, axis=tuple(range(1, len(values.shape))))
+    return ops.cast(values, "bool")
+
+
+def _row_mask(gradient, rows: int):
+    """`(rows,)` bool: the rows with a non-zero gradient, in any replica (the gradient here
+    is a replica's own, before the optimizer sums them)."""
+    slices = row_slices(gradient)
+    if slices is None:
+        return any_replica(_nonzero_rows(gradient))
+    indices, values = slices
+    hits = ops.segment_sum(ops.cast(_nonzero_rows(values), "int32"), indices, num_segments=rows)
+    return any_replica(hits > 0)
+
+
+def _gradient_rows(gradient, mask, rows):
+    """The rows `rows` of `gradient` (dense or `tf.IndexedSlices`, whose duplicates add up)."""
+    slices = row_slices(gradient)
+    if slices is None:
+        return take_rows(gradient, rows, sorted_unique=True)
+    indices, values = slices
+    position = ops.scatter_update(
+        ops.full(mask.shape, -1, "int32"), ops.expand_dims(rows, 1),
+        ops.arange(rows.shape[0], dtype="int32"),
+    )
+    return ops.segment_sum(values, ops.take(position, indices), num_segments=rows.shape[0])
+
+
+def _rows_like(mask, values):
+    """`mask` `(rows,)` reshaped to broadcast against `values` `(rows, ...)`."""
+    return ops.reshape(mask, (-1,) + (1,) * (len(values.shape) - 1))
+
+
+@register
+class RowSparse(keras.optimizers.Optimizer):
+    """Row-sparse ("lazy") updates of class-indexed variables with any element-wise optimizer.
+
+    For every variable marked with `mark_sparse_rows` (the class weights of a head with
+    `sample_rate < 1`, the centers of `CenterLoss(update="gradient")`), a row whose gradient
+    is entirely zero in a step keeps its value and its optimizer slots (Adam's moments,
+    momentum) bit-identical, as if the optimizer had not seen that row; the other rows get
+    exactly `optimizer`'s update. Weight decay applies to the updated rows only. Unmarked
+    variables get `optimizer`'s ordinary update.
+
+    `ClusterModel.compile` wraps a plain optimizer in `RowSparse` when the model has a
+    Partial FC head or trainable centers. It also works inside a
+    `keras.optimizers.MultiOptimizer` (`center_optimizer` builds one), e.g.
+    `OptimizerMap(RowSparse(keras.optimizers.AdamW()), {".*centers": RowSparse(SGD(0.5))})`.
+
+    Works with the element-wise optimizers of Keras (SGD, Adam, AdamW, Adamax, Nadam,
+    RMSprop, Adagrad, Adadelta, Lion, Ftrl): their update of one element depends only on
+    that element's gradient, value and slots. Lamb (a per-variable trust ratio) and the
+    optimizers whose state does not have the variable's shape (Adafactor, Muon) raise a
+    ValueError. Clipping (`clipnorm`, `global_clipnorm`) applies per wrapped optimizer;
+    `use_ema` and `gradient_accumulation_steps` are not supported.
+
+    Args:
+        optimizer: a Keras optimizer instance or name (`"adam"`).
+    """
+
+    def __init__(self, optimizer: keras.optimizers.Optimizer | str = "adam", name: str | None = None,
+                 loss_scale_factor: float | None = None):
+        optimizer = keras.optimizers.get(optimizer)
+        if isinstance(optimizer, (RowSparse, keras.optimizers.MultiOptimizer,
+                                  keras.optimizers.LossScaleOptimizer)):
+            raise ValueError(
+                f"`optimizer` must be a plain Keras optimizer (Adam, SGD, ...); got "
+                f"{type(optimizer).__name__}. Put RowSparse inside a MultiOptimizer instead."
+            )
+        if isinstance(optimizer, keras.optimizers.Lamb):
+            raise ValueError(
+                "RowSparse needs an element-wise optimizer; Lamb scales each variable's update "
+                "by a norm over the whole variable. Use Adam, AdamW, SGD, ..."
+            )
+        if optimizer.use_ema or optimizer.gradient_accumulation_steps:
+            raise ValueError(
+                "RowSparse does not support `use_ema` or `gradient_accumulation_steps` of the "
+                f"wrapped optimizer; got use_ema={optimizer.use_ema}, "
+                f"gradient_accumulation_steps={optimizer.gradient_accumulation_steps}."
+            )
+        super().__init__(learning_rate=0.0, name=name, loss_scale_factor=loss_scale_factor)
+        self.optimizer = optimizer
+        self.optimizer.loss_scale_factor = loss_scale_factor
+
+    # ------------------------------------------------------------------ forwarding
+    @property
+    def learning_rate(self):
+        return self.optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.optimizer.learning_rate = value
+
+    @property
+    def loss_scale_factor(self):
+        return getattr(self, "_loss_scale_factor", None)
+
+    @loss_scale_factor.setter
+    def loss_scale_factor(self, value):
+        self._loss_scale_factor = value
+        if hasattr(self, "optimizer"):
+            self.optimizer.loss_scale_factor = value
+
+    @property
+    def variables(self):
+        return self._variables[:] + self.optimizer.variables
+
+    # ------------------------------------------------------------------ build
+    def build(self, var_list):
+        if self.built:
+            return
+        object.__setattr__(self, "_plan", {})  # holds variables: keep it out of tracking
+        inner_vars, scratch_of = [], {}
+        for var in var_list:
+            bound = sparse_rows_bound(var)
+            rows = var.shape[0] if len(var.shape) else 0
+            if bound is None or not rows:
+                inner_vars.append(var)
+            elif 0 < bound < rows:
+                scratch = self.add_variable(
+                    (bound,) + tuple(var.shape[1:]), dtype=var.dtype, name=var.name
+                )
+                scratch_of[self._var_key(var)] = scratch
+                inner_vars.append(scratch)
+            else:
+                inner_vars.append(var)
+        slots = self._build_inner(inner_vars)
+        for var in var_list:
+            key = self._var_key(var)
+            bound = sparse_rows_bound(var)
+            if key in scratch_of:
+                scratch = scratch_of[key]
+                pairs = []
+                for slot, initializer, slot_name in slots[id(scratch)]:
+                    full = self.add_variable(
+                        tuple(var.shape), initializer=initializer, dtype=slot.dtype,
+                        layout=getattr(var, "_layout", None),
+                        name=f"{var.path.replace('/', '_')}_{slot_name}",
+                    )
+                    pairs.append((full, slot))
+                self._plan[key] = ("gather", bound, scratch, pairs)
+            elif bound is not None and len(var.shape):
+                self._plan[key] = ("mask", [slot for slot, _, _ in slots[id(var)]])
+            else:
+                self._plan[key] = ("plain",)
+        super().build(var_list)
+
+    def _build_inner(self, variables) -> dict[int, list]:
+        """Build the wrapped optimizer on `variables`, recording each variable's slots."""
+        inner = self.optimizer
+        before = {id(v) for v in inner.variables}
+        slots: dict[int, list] = {id(v): [] for v in variables}
+        original = inner.add_variable_from_reference
+
+        def recording(reference_variable, name=None, initializer="zeros"):
+            slot = original(reference_variable, name=name, initializer=initializer)
+            slots[id(reference_variable)].append((slot, initializer, name or "var"))
+            return slot
+
+        inner.add_variable_from_reference = recording
+        try:
+            with keras.name_scope(inner.name, caller=inner):
+                inner.build(variables)
+            inner.built = True
+        finally:
+            del inner.add_variable_from_reference
+        recorded = {id(slot) for items in slots.values() for slot, _, _ in items}
+        for var in variables:
+            for slot, _, _ in slots[id(var)]:
+                if tuple(slot.shape) != tuple(var.shape):
+                    self._refuse(f"a state of shape {tuple(slot.shape)} for a variable of shape {tuple(var.shape)}")
+        other = [v for v in inner.variables if id(v) not in before and id(v) not in recorded]
+        if other:
+            self._refuse(f"state that is not per element ({other[0].name}, shape {tuple(other[0].shape)})")
+        return slots
+
+    def _refuse(self, what: str):
+        raise ValueError(
+            f"RowSparse needs an element-wise optimizer; {type(self.optimizer).__name__} keeps "
+            f"{what}. Use SGD, Adam, AdamW, RMSprop, Adagrad, Lion, ..."
+        )
+
+    # ------------------------------------------------------------------ update
+    def apply(self, grads, trainable_variables=None):
+        if len(grads) == 0:
+            return
+        if trainable_variables is None:
+            trainable_variables = self._trainable_variables
+        trainable_variables = list(trainable_variables)
+        if not self.built:
+            with keras.name_scope(self.name, caller=self):
+                self.build(trainable_variables)
+            self.built = True
+        inner_grads, inner_vars, finish = [], [], []
+        for grad, var in zip(grads, trainable_variables):
+            if grad is None:
+                continue
+            plan = self._plan[self._var_key(var)]
+            if plan[0] == "plain":
+                inner_grads.append(grad)
+                inner_vars.append(var)
+            elif plan[0] == "mask":
+                kept = [var] + plan[1]
+                before = [ops.copy(v.value) for v in kept]  # torch updates in place
+                finish.append((_restore, (_row_mask(grad, var.shape[0]), kept, before)))
+                inner_grads.append(ops.convert_to_tensor(grad))
+                inner_vars.append(var)
+            else:
+                _, bound, scratch, pairs = plan
+                mask = _row_mask(grad, var.shape[0])
+                rows = ops.sort(ops.top_k(ops.cast(mask, "float32"), bound)[1])
+                moved = [(var, scratch)] + pairs
+                before = [take_rows(full, rows, sorted_unique=True) for full, _ in moved]
+                for (_, part), value in zip(moved, before):
+                    part.assign(value)
+                finish.append((_write_rows, (rows, ops.take(mask, rows), moved, before)))
+                inner_grads.append(_gradient_rows(grad, mask, rows))
+                inner_vars.append(scratch)
+        self.optimizer.apply(inner_grads, inner_vars)
+        for fn, args in finish:
+            fn(*args)
+        self._iterations.assign_add(1)
+
+    def finalize_variable_values(self, var_list):
+        """Nothing to do: `use_ema` is not supported."""
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "optimizer": keras.saving.serialize_keras_object(self.optimizer),
+            "name": self.name,
+            "loss_scale_factor": self.loss_scale_factor,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["optimizer"] = keras.saving.deserialize_keras_object(
+            config["optimizer"], custom_objects=custom_objects
+        )
+        return cls(**config)
+
+
+def _restore(mask, variables, before) -> None:
+    """Put back the rows of `variables` where `mask` is false."""
+    for var, old in zip(variables, before):
+        var.assign(ops.where(_rows_like(mask, old), var.value, old))
+
+
+def _write_rows(rows, keep, moved, before) -> None:
+    """Copy the gathered `rows` back (`(full, scratch)` pairs) where `keep` is true; the
+    other gathered rows (zero gradient) get their `before` values back."""
+    for (full, scratch), old in zip(moved, before):
+        new = ops.where(_rows_like(keep, old), scratch.value, old)
+        scatter_rows(full, rows, new, sorted_unique=True)
 
 
 def center_optimizer(
@@ -11,15 +307,18 @@ def center_optimizer(
     pattern: str = ".*centers",
 ) -> keras.optimizers.MultiOptimizer:
     """A `keras.optimizers.MultiOptimizer`: `centers` for variables whose path matches
-    `pattern`, `default` for the rest.
+    `pattern`, `default` for the rest, both wrapped in `RowSparse` (so a center, or a class
+    weight of a Partial FC head, absent from a step stays where it is).
 
     The recipe of pytorch-center-loss that seed 004's readers ask for is
     `center_optimizer("adam", centers=0.5)`: SGD with learning rate 0.5 for the centers of a
-    `CenterLoss(update="gradient")`, Adam for the network.
+    `CenterLoss(update="gradient")`, Adam for the network. A float `centers` is SGD's
+    learning rate and must be finite and >= 0.
     """
     default = keras.optimizers.get(default)
     if not isinstance(centers, keras.optimizers.Optimizer):
+        check_range(centers, "centers", 0.0)
         centers = keras.optimizers.SGD(learning_rate=float(centers))
     return keras.optimizers.MultiOptimizer(
-        keras.optimizers.OptimizerMap(default, {pattern: centers})
+        keras.optimizers.OptimizerMap(RowSparse(default), {pattern: RowSparse(centers)})
     )

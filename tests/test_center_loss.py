@@ -122,7 +122,7 @@ def test_weight_setter_and_config_round_trip():
         ({"alpha": -0.1}, r"`alpha` must be in \[0.0, 1.0\]; got -0.1"),
         ({"weight": -1.0}, r"`weight` must be in \[0.0, inf\]; got -1.0"),
         ({"update": "sgd"}, r"`update` must be one of \['gradient', 'paper'\]; got 'sgd'"),
-        ({"num_classes": 0}, r"`num_classes` must be a positive int; got 0"),
+        ({"num_classes": 0}, r"`num_classes` must be an int >= 1; got 0"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -135,12 +135,33 @@ def test_bad_arguments(kwargs, message):
     [
         (np.zeros((2, 3)), [0, 4], r"`labels` must be < num_classes=4; got a label 4"),
         (np.zeros((2, 3)), [0, -2], r"`labels` must be >= 0; got a label -2"),
+        (np.zeros((2, 3)), [0, 2**32 + 1], r"`labels` must be < num_classes=4; got a label 4294967297"),
         (np.zeros((2, 3)), [0.0, 1.5], r"integer class ids; got float values such as 1.5"),
         (np.zeros((2, 3, 1)), [0, 1], r"`embeddings` must have shape \(batch, dim\); got shape"),
         (np.zeros((3, 3)), [0, 1], r"same batch size; got 2 and 3"),
+        (np.zeros((2, 3)), np.eye(2), r"one-hot labels"),
     ],
 )
 def test_bad_call_input(x, labels, message):
+    """NumPy labels are checked on the host, before they become (int32 on JAX) tensors."""
     layer = make_layer()
     with pytest.raises(ValueError, match=message):
         layer(x.astype("float32"), np.asarray(labels))
+
+
+@pytest.mark.parametrize("update", ["paper", "gradient"])
+@pytest.mark.parametrize(
+    "labels", [[0, 4], [0, -2], [0.0, 1.5], [0, 2**32 + 1]], ids=["4", "-2", "1.5", "2**32+1"]
+)
+def test_labels_out_of_range_give_nan_and_leave_centers(labels, update):
+    """Tensor labels (a train step) are not read on the host: bad labels make the loss NaN
+    (so TerminateOnNaN stops training) and the centers do not move."""
+    if labels[1] == 2**32 + 1 and keras.backend.backend() == "jax":
+        pytest.skip("a JAX tensor cannot hold 2**32 + 1 (int32): fit checks it on the host")
+    layer = make_layer(update=update)
+    before = to_np(layer.centers)
+    dtype = "float32" if isinstance(labels[1], float) else "int64"
+    labels = keras.ops.convert_to_tensor(np.array(labels, dtype))
+    value = to_np(layer(np.ones((2, 3), "float32"), labels, training=True))
+    assert np.isnan(value).all()
+    np.testing.assert_array_equal(to_np(layer.centers), before)

@@ -120,6 +120,48 @@ def test_fit_rejects_bad_labels_and_backbones():
         cl.ClusterModel(flat, num_classes=1)
 
 
+@keras.saving.register_keras_serializable(package="tests")
+class HalfSquaredNorm(keras.layers.Layer):
+    """A stand-in per-sample loss layer: `layer(embeddings, labels, training) -> (batch,)`."""
+
+    def call(self, embeddings, labels, training=False):
+        return 0.5 * keras.ops.sum(keras.ops.square(embeddings), axis=-1)
+
+
+def test_loss_layers_add_their_mean_and_show_under_their_name(tmp_path):
+    x, y = digits(128)
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((64,)), keras.layers.Dense(2)])
+    model = cl.ClusterModel(backbone, loss_layers=[HalfSquaredNorm(name="norm")])
+    model.compile(keras.optimizers.SGD(0.1))  # no `loss`: the loss layer is the loss
+    features = model.embed(x[:32])
+    logs = model.train_on_batch(x[:32], y[:32], return_dict=True)
+    want = np.mean(0.5 * np.sum(features**2, axis=1))
+    assert set(logs) == {"loss", "norm"}
+    np.testing.assert_allclose([logs["loss"], logs["norm"]], [want, want], rtol=1e-5)
+
+    full = make_model(weight=0.1)
+    full = cl.ClusterModel(full.backbone, num_classes=10, center_loss=full.center_loss,
+                           loss_layers=[HalfSquaredNorm(name="norm")])
+    compile_model(full)
+    history = full.fit(x, y, epochs=1, batch_size=64, verbose=0).history
+    assert set(history) == {"loss", "classification_loss", "center_loss", "norm", "accuracy"}
+    parts = sum(np.array(history[k]) for k in ("classification_loss", "center_loss", "norm"))
+    np.testing.assert_allclose(history["loss"], parts, rtol=1e-4)
+    full.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.loss_layers[0], HalfSquaredNorm) and loaded.loss_layers[0].name == "norm"
+    np.testing.assert_allclose(loaded.predict(x[:8], verbose=0)["logits"],
+                               full.predict(x[:8], verbose=0)["logits"], rtol=1e-6, atol=1e-6)
+
+    nothing = cl.ClusterModel(keras.Sequential([keras.Input((64,)), keras.layers.Dense(2)]))
+    nothing.compile("adam")
+    with pytest.raises(ValueError, match="No loss to compute"):
+        nothing.fit(x, y, verbose=0)
+    with pytest.raises(ValueError, match="must be unique"):
+        cl.ClusterModel(backbone, loss_layers=[HalfSquaredNorm(name="n"), HalfSquaredNorm(name="n")])
+
+
 def _save_trained(tmp_path):
     x, y = digits(128)
     model = compile_model(make_model())
@@ -138,13 +180,17 @@ out = model.predict(x, verbose=0)
 center = keras.ops.convert_to_numpy(model.center_loss(out["embeddings"], y))
 np.savez(sys.argv[3], logits=out["logits"], embeddings=out["embeddings"], center=center,
          centers=keras.ops.convert_to_numpy(model.center_loss.centers))
+if len(sys.argv) > 4:  # resume training here (compiled on this backend) and save again
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    model.save(sys.argv[4])
 """
 
 
-def _load_in_fresh_process(path, x_path, out, backend):
+def _load_in_fresh_process(path, x_path, out, backend, resumed=None):
     env = {**os.environ, "KERAS_BACKEND": backend}
+    extra = [] if resumed is None else [str(resumed)]
     subprocess.run(
-        [sys.executable, "-c", LOAD_SCRIPT, str(path), str(x_path), str(out)],
+        [sys.executable, "-c", LOAD_SCRIPT, str(path), str(x_path), str(out)] + extra,
         check=True, env=env, cwd=ROOT, capture_output=True,
     )  # fmt: skip
     return np.load(out)
@@ -168,6 +214,15 @@ def test_same_values_on_every_backend_for_the_same_weights(tmp_path):
         "centers": to_np(model.center_loss.centers),
     }
     for b in ("tensorflow", "torch"):
-        got = _load_in_fresh_process(path, tmp_path / "x.npy", tmp_path / f"{b}.npz", b)
+        resumed = tmp_path / "torch.keras" if b == "torch" else None
+        got = _load_in_fresh_process(path, tmp_path / "x.npy", tmp_path / f"{b}.npz", b, resumed)
         for key in ("logits", "embeddings", "center", "centers"):
             np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-5)
+    # A model compiled and trained on torch resumes training here, with its optimizer state
+    # (Keras 3.15 records torch's optimizer classes by their torch module; ClusterModel
+    # saves their public name).
+    model = keras.saving.load_model(tmp_path / "torch.keras")
+    steps = int(to_np(model.optimizer.iterations))
+    assert steps == 2 * 4 + 4  # 2 epochs of 4 batches here, 1 epoch on torch
+    history = model.fit(x, np.arange(len(x)) % 10, batch_size=32, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"]).all() and int(to_np(model.optimizer.iterations)) == steps + 4

@@ -183,7 +183,7 @@ def test_proxy_anchor_matches_pml_for_embeddings_and_proxies(margin, alpha, clas
             emb / ops.norm(emb, axis=1, keepdims=True),
             kernel / ops.norm(kernel, axis=0, keepdims=True)))
 
-    head.kernel.assign(proxies.T)
+    head.kernel.assign(proxies)  # (num_classes, dim): one row per class
     np.testing.assert_allclose(float(to_np(loss(y, head(x)))), float(value.detach()), rtol=1e-5)
     g_x, g_k = grad(ours, x, np.ascontiguousarray(proxies.T))
     np.testing.assert_allclose(g_x, xt.grad.numpy(), rtol=1e-4, atol=1e-6)

@@ -7,15 +7,24 @@ from typing import Any
 import keras
 from keras import ops
 
+from clusterloss._native import scatter_rows, take_rows
 from clusterloss._registry import register
 from clusterloss._validation import (
     check_choice,
     check_embeddings,
-    check_labels,
     check_range,
     check_same_batch,
     upcast,
 )
+from clusterloss.layers.labels import (
+    all_finite,
+    check_host_labels,
+    check_num_classes,
+    guard_labels,
+    nan_unless,
+)
+from clusterloss.layers.precision import full_precision
+from clusterloss.optimizers import mark_sparse_rows
 
 UPDATES = ("paper", "gradient")
 
@@ -40,7 +49,15 @@ class CenterLoss(keras.layers.Layer):
         them their own optimizer or learning rate with `center_optimizer(...)`.
     In both, `lambda` scales only the features' gradient, never the center step (as in the
     Caffe reference and in pytorch-center-loss, which divides the center gradient by lambda),
-    so `lambda = 0` during a warm-up still lets the centers track the features.
+    so `lambda = 0` during a warm-up still lets the centers track the features. In both, only
+    the batch's classes move: Eq. 4 writes the batch's rows of the centers (O(batch x dim)
+    work and memory), and the trainable centers are marked for `RowSparse`, which
+    `ClusterModel.compile` and `center_optimizer` use. A frozen layer (`trainable=False`)
+    does not move its centers in either mode, like `BatchNormalization`.
+
+    Bad input in a training step: labels outside `[0, num_classes)` give a NaN loss and
+    leave the centers untouched; so do NaN or inf features (a diverged model), so that
+    `keras.callbacks.TerminateOnNaN` stops training with the centers intact.
 
     Conventions compared (for the same features):
       - this layer: `lambda * mean_i 1/2 ||x_i - c_{y_i}||^2`, so the feature gradient is
@@ -71,9 +88,9 @@ class CenterLoss(keras.layers.Layer):
         center_initializer: Any = "zeros",
         **kwargs: Any,
     ):
-        super().__init__(**kwargs)
-        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError(f"`num_classes` must be a positive int; got {num_classes!r}.")
+        super().__init__(**full_precision(kwargs))
+        if num_classes is not None:
+            num_classes = check_num_classes(num_classes, minimum=1)
         check_range(weight, "weight", 0.0)
         check_range(alpha, "alpha", 0.0, 1.0)
         check_choice(update, "update", UPDATES)
@@ -93,8 +110,9 @@ class CenterLoss(keras.layers.Layer):
             trainable=self.update == "gradient",
             aggregation="mean",
             name="centers",
-            dtype="float32",
         )
+        if self.update == "gradient":
+            mark_sparse_rows(self.centers)
         self._lambda = self.add_weight(
             shape=(),
             initializer=keras.initializers.Constant(self.initial_weight),
@@ -118,35 +136,63 @@ class CenterLoss(keras.layers.Layer):
         else:  # a callback may set it before the first step builds the model
             self.initial_weight = float(value)
 
+    def __call__(self, *args, **kwargs):
+        check_host_labels(kwargs.get("labels", args[1] if len(args) > 1 else None), self.num_classes)
+        return super().__call__(*args, **kwargs)
+
     def call(self, embeddings, labels, training: bool = False):
         check_embeddings(embeddings)
         check_same_batch(labels, embeddings)
-        labels = check_labels(labels, self.num_classes)
-        x = upcast(embeddings)
-        centers = ops.convert_to_tensor(self.centers)
-        half_sq = 0.5 * ops.sum(ops.square(x - ops.take(centers, labels, axis=0)), axis=-1)
+        labels, valid = guard_labels(labels, self.num_classes)
+        x = ops.cast(upcast(embeddings), self.centers.dtype)
+        weight = ops.cast(self._lambda, x.dtype)
+        c = take_rows(self.centers, labels)
         if self.update == "gradient":
             # Features get lambda * dL/dx; centers get the unscaled dL/dc (same value).
-            fixed_c = 0.5 * ops.sum(
-                ops.square(x - ops.take(ops.stop_gradient(centers), labels, axis=0)), axis=-1
-            )
-            fixed_x = 0.5 * ops.sum(
-                ops.square(ops.stop_gradient(x) - ops.take(centers, labels, axis=0)), axis=-1
-            )
-            return self._lambda * fixed_c + fixed_x - ops.stop_gradient(fixed_x)
-        if training:
-            self.centers.assign(self.eq4_update(centers, ops.stop_gradient(x), labels))
-        return self._lambda * half_sq
+            fixed_c = self._half_squared(x, ops.stop_gradient(c))
+            fixed_x = self._half_squared(ops.stop_gradient(x), c)
+            return nan_unless(valid, weight * fixed_c + fixed_x - ops.stop_gradient(fixed_x))
+        value = weight * self._half_squared(x, c)
+        if training and self.trainable:
+            self._move_centers(ops.stop_gradient(x), labels, ops.logical_and(valid, all_finite(x)))
+        return nan_unless(valid, value)
+
+    @staticmethod
+    def _half_squared(x, c):
+        return 0.5 * ops.sum(ops.square(x - c), axis=-1)
+
+    def _move_centers(self, x, labels, ok) -> None:
+        """Eq. 4 on the batch's rows of the centers, only where `ok` (a scalar bool)."""
+        rows, new = self.eq4_rows(self.centers, x, labels)
+        new = ops.where(ok, new, take_rows(self.centers, rows))
+        scatter_rows(self.centers, rows, new)
+
+    def eq4_rows(self, centers, x, labels):
+        """Eq. 4 for the batch's classes: `(rows, new_rows)`, one row per sample (sorted by
+        class; the samples of one class carry the same new center), where
+
+            new_rows[i] = c_j - alpha * (n_j c_j - sum_{y_k=j} x_k) / (1 + n_j),  j = rows[i].
+
+        Only `(batch, dim)` tensors: the classes are grouped by sorting the labels."""
+        labels = ops.convert_to_tensor(labels, "int32")
+        x = ops.cast(x, centers.dtype)
+        order = ops.argsort(labels)
+        labels, x = ops.take(labels, order), ops.take(x, order, axis=0)
+        batch = labels.shape[0] if labels.shape[0] is not None else ops.shape(labels)[0]
+        first = ops.concatenate([ops.ones((1,), "bool"), labels[1:] != labels[:-1]])
+        group = ops.cumsum(ops.cast(first, "int32")) - 1
+        counts = ops.segment_sum(ops.ones_like(labels, dtype=x.dtype), group, num_segments=batch)
+        sums = ops.segment_sum(x, group, num_segments=batch)
+        n = ops.expand_dims(ops.take(counts, group), 1)
+        c = take_rows(centers, labels)
+        return labels, c - self.alpha * (n * c - ops.take(sums, group, axis=0)) / (1.0 + n)
 
     def eq4_update(self, centers, x, labels):
-        """Eq. 4: `c_j - alpha * (n_j c_j - sum_{y_i=j} x_i) / (1 + n_j)` for every class j."""
-        n = self.num_classes
-        centers, x = ops.convert_to_tensor(centers, "float32"), ops.convert_to_tensor(x, "float32")
-        labels = ops.convert_to_tensor(labels, "int32")
-        counts = ops.segment_sum(ops.ones_like(labels, dtype=x.dtype), labels, num_segments=n)
-        sums = ops.segment_sum(x, labels, num_segments=n)
-        delta = (counts[:, None] * centers - sums) / (1.0 + counts[:, None])
-        return centers - self.alpha * delta
+        """Eq. 4 applied to all the centers: `c_j - alpha * (n_j c_j - sum_{y_i=j} x_i) /
+        (1 + n_j)` for the classes in `labels`, the other rows unchanged (a new tensor)."""
+        centers = ops.convert_to_tensor(centers)
+        rows, new = self.eq4_rows(centers, x, labels)
+        return ops.scatter_update(centers, ops.expand_dims(rows, 1), new)
 
     def compute_output_shape(self, embeddings_shape, labels_shape=None):
         return (embeddings_shape[0],)

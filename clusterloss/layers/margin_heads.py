@@ -1,12 +1,13 @@
 """Cosine-softmax heads with angular margins: ArcFace, CosFace, SphereFace (A-Softmax), NormFace.
 
-Every head owns its class weight matrix `kernel` of shape `(dim, num_classes)` and computes
-the cosine between each L2-normalised embedding and each L2-normalised kernel column
-(`CosineHead.cosine`). Called without labels, a head returns the inference logits (scaled
-cosines, no margin), which `predict` and `metrics=["accuracy"]` use. Called with integer
-labels, it returns the training logits, where only the target class of each sample gets the
-margin; apply `keras.losses.SparseCategoricalCrossentropy(from_logits=True)` to them.
-`ClusterModel(backbone, head=ArcFace(num_classes=...))` does both for you.
+Every head owns its class weight matrix `kernel` of shape `(num_classes, dim)` (one row per
+class; see `ClassHead`) and computes the cosine between each L2-normalised embedding and each
+L2-normalised kernel row (`CosineHead.cosine`). Called without labels, a head returns the
+inference logits (scaled cosines, no margin), which `predict` uses. Called with integer labels,
+it returns the training logits, where only the target class of each sample gets the margin;
+apply `keras.losses.SparseCategoricalCrossentropy(from_logits=True)` to them.
+`ClusterModel(backbone, head=ArcFace(num_classes=...))` does both for you, with one head
+computation per training step. Every head takes `sample_rate` for Partial FC (`ClassHead`).
 
 Units: the angular margins of `ArcFace` are in **radians**, as in insightface and the
 ArcFace paper (`m = 0.5`). pytorch-metric-learning's `ArcFaceLoss(margin=...)` takes
@@ -18,23 +19,47 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import keras
+import numpy as np
 from keras import ops
 
 from clusterloss._registry import register
-from clusterloss._validation import (
-    check_embeddings,
-    check_labels,
-    check_range,
-    check_same_batch,
-)
+from clusterloss._validation import check_embeddings, check_range
 from clusterloss.distances import l2_normalize, safe_sqrt
+from clusterloss.layers.class_head import ClassHead, class_scores
 
-HALF = ("float16", "bfloat16")
+
+def _inverse_norms(w):
+    """`1 / ||w_j||` per row, 0 for a zero row."""
+    squares = ops.einsum("cd,cd->c", w, w)
+    nonzero = squares > 0
+    return ops.where(nonzero, ops.rsqrt(ops.where(nonzero, squares, ops.ones_like(squares))), 0.0)
 
 
-class CosineHead(keras.layers.Layer):
-    """Base class of the margin heads: owns `kernel` and computes the cosine logits.
+@ops.custom_gradient
+def _cosine_to_rows(x, w):
+    """`cos[b, j] = x_b . w_j / ||w_j||` for unit rows `x` `(batch, dim)` and raw rows `w`
+    `(classes, dim)`. The gradient is written out, so that eager backends build no more
+    `(classes, dim)` temporaries than the matrix product's (autodiff makes about twice as
+    many through the norm):
+
+        d/dx = (g / ||w||) w,    d/dw_j = sum_b (g_bj / ||w_j||) x_b - (sum_b g_bj cos_bj) w_j / ||w_j||^2.
+    """
+    inverse = _inverse_norms(w)
+    cos = class_scores(x, w) * inverse
+
+    def grad(*args, upstream=None):  # (upstream) on JAX/TF, (*args, upstream=) on torch
+        g = args[0] if upstream is None else upstream
+        scaled = g * inverse
+        radial = ops.sum(g * cos, axis=0) * inverse * inverse
+        dx = ops.einsum("bc,cd->bd", scaled, w)
+        dw = ops.einsum("bc,bd->cd", scaled, x) - ops.expand_dims(radial, 1) * w
+        return dx, dw
+
+    return cos, grad
+
+
+class CosineHead(ClassHead):
+    """Base class of the margin heads: computes the cosine logits from `kernel`.
 
     A subclass defines `target_logit(cos_target, training)`, the margin applied to the cosine
     of each sample's own class (a `(batch,)` tensor), and may override `scale_logits` (the
@@ -42,56 +67,36 @@ class CosineHead(keras.layers.Layer):
 
     `call(embeddings, labels=None, training=False)`:
       - no labels: inference logits `scale_logits(cos)`, shape `(batch, num_classes)`;
-      - labels: the same, with the target class of each row replaced by its margin logit.
-    Logits are float32 whatever the input dtype (float16/bfloat16 are upcast); under a
-    mixed-precision policy the head defaults to `dtype="float32"`, so its kernel and its
-    logits stay in float32 like a softmax layer should.
+      - labels: the same, with the target class of each row replaced by its margin logit
+        (over the sampled classes only in a Partial FC training call).
+    Logits are float32 whatever the input dtype (float16/bfloat16 are upcast; float64 stays
+    float64); under a mixed-precision policy the head defaults to `dtype="float32"`, so its
+    kernel and its logits stay in float32 like a softmax layer should.
+
+    Models saved before the kernel became `(num_classes, dim)` (it was `(dim, num_classes)`)
+    load as they are: the stored kernel is transposed on load when its shape says so.
     """
 
-    uses_labels = True
+    has_margin = True
 
-    def __init__(
-        self,
-        num_classes: int,
-        scale: float = 64.0,
-        kernel_initializer: Any = "glorot_uniform",
-        kernel_regularizer: Any = None,
-        **kwargs: Any,
-    ):
-        if kwargs.get("dtype") is None:
-            policy = keras.config.dtype_policy()
-            if policy.compute_dtype in HALF or policy.variable_dtype in HALF:
-                kwargs["dtype"] = "float32"
-        super().__init__(**kwargs)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"`num_classes` must be an int >= 2; got {num_classes!r}.")
+    def __init__(self, num_classes: int, scale: float = 64.0, **kwargs: Any):
+        super().__init__(num_classes, **kwargs)
         check_range(scale, "scale", 0.0, low_open=True)
-        self.num_classes = num_classes
         self.scale = float(scale)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
-    def build(self, embedding_shape):
-        check_embeddings(keras.KerasTensor(embedding_shape), "embeddings")
-        if embedding_shape[-1] is None:
-            raise ValueError(
-                f"The embedding dimension must be known to build {type(self).__name__}; "
-                f"got shape {tuple(embedding_shape)}."
-            )
-        self.kernel = self.add_weight(
-            shape=(embedding_shape[-1], self.num_classes),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            trainable=True,
-            name="kernel",
-        )
+    def cosine(self, embeddings, kernel=None):
+        """`(cos, norms)`: `cos[i, j]` between embedding i and kernel row j (all rows, or the
+        rows given in `kernel`), in float32 (float64 stays float64), and the embedding
+        norms `||x_i||`, shape `(batch,)`.
 
-    def cosine(self, embeddings):
-        """`(cos, norms)`: `cos[i, j]` between embedding i and kernel column j, in float32
-        (float64 stays float64), and the embedding norms `||x_i||`, shape `(batch,)`."""
+        The kernel is not normalised as a matrix: the product with the raw rows is scaled by
+        `1 / ||w_j||` per class, with a hand-written gradient (`_cosine_to_rows`), so a step
+        reads and writes the `(num_classes, dim)` kernel a few times instead of about ten;
+        that is what a large head costs besides the matrix products. A zero row gives zero
+        cosines and a zero gradient."""
         x, norms = l2_normalize(embeddings, axis=-1, return_norm=True)
-        w = l2_normalize(ops.cast(self.kernel, x.dtype), axis=0)
-        return ops.matmul(x, w), norms
+        w = ops.cast(self.kernel if kernel is None else kernel, x.dtype)
+        return _cosine_to_rows(x, w), norms
 
     def scale_logits(self, values, norms):
         """From cosines (or margin cosines) to logits: `scale * values`."""
@@ -101,31 +106,26 @@ class CosineHead(keras.layers.Layer):
         """The margin function applied to the target cosines, before `scale_logits`."""
         raise NotImplementedError
 
-    def call(self, embeddings, labels=None, training: bool = False):
-        check_embeddings(embeddings)
-        cos, norms = self.cosine(embeddings)
-        if labels is None:
+    def class_logits(self, embeddings, weights: tuple, labels=None, training: bool = False):
+        cos, norms = self.cosine(embeddings, weights[0])
+        if labels is None or not self.has_margin:
             return self.scale_logits(cos, norms[:, None])
-        labels = ops.convert_to_tensor(labels)
-        check_same_batch(labels, embeddings)
-        labels = check_labels(labels, self.num_classes)
-        is_target = ops.one_hot(labels, self.num_classes, dtype=cos.dtype) > 0
-        cos_target = ops.sum(ops.where(is_target, cos, ops.zeros_like(cos)), axis=-1)
-        margin_cos = self.target_logit(cos_target, training=training)
-        values = ops.where(is_target, margin_cos[:, None], cos)
+        cos_target = ops.take_along_axis(cos, ops.expand_dims(labels, 1), axis=-1)[:, 0]
+        margin_cos = ops.cast(self.target_logit(cos_target, training=training), cos.dtype)
+        is_target = ops.expand_dims(labels, 1) == ops.arange(ops.shape(cos)[-1], dtype=labels.dtype)
+        values = ops.where(is_target, ops.expand_dims(margin_cos, 1), cos)
         return self.scale_logits(values, norms[:, None])
 
-    def compute_output_shape(self, embeddings_shape, labels_shape=None):
-        return (embeddings_shape[0], self.num_classes)
+    def load_own_variables(self, store):
+        kernel = store["0"]
+        shape, saved = tuple(self.kernel.shape), tuple(kernel.shape)
+        if saved != shape and saved == shape[::-1]:  # saved as (dim, num_classes)
+            store = {key: store[key] for key in store.keys()}
+            store["0"] = np.transpose(np.asarray(kernel))
+        super().load_own_variables(store)
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "num_classes": self.num_classes,
-            "scale": self.scale,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-        }
+        return {**super().get_config(), "scale": self.scale}
 
 
 def _check_radians(margin: float, name: str = "margin", high: float = math.pi) -> float:
@@ -163,7 +163,8 @@ class ArcFace(CosineHead):
         margin: m in **radians**, default 0.5 (paper and insightface). pytorch-metric-learning
             `ArcFaceLoss(margin=...)` is in degrees: its 28.6 is 0.5 rad; pass
             `margin=math.radians(pml_margin)`.
-        kernel_initializer, kernel_regularizer: for the class weights.
+        sample_rate, seed, kernel_initializer, kernel_regularizer: see `ClassHead`
+            (Partial FC and the class weights).
     """
 
     def __init__(self, num_classes: int, scale: float = 64.0, margin: float = 0.5, **kwargs):
@@ -193,7 +194,8 @@ class CosFace(CosineHead):
         scale: s, default 64 (paper).
         margin: m, a cosine margin (no unit), default 0.35 (paper); pytorch-metric-learning's
             `CosFaceLoss(margin=0.35, scale=64)` takes the same values.
-        kernel_initializer, kernel_regularizer: for the class weights.
+        sample_rate, seed, kernel_initializer, kernel_regularizer: see `ClassHead`
+            (Partial FC and the class weights).
     """
 
     def __init__(self, num_classes: int, scale: float = 64.0, margin: float = 0.35, **kwargs):
@@ -221,8 +223,11 @@ class NormFace(CosineHead):
             default `temperature=0.05` (`s = 1 / temperature`). The paper shows that `s` must
             be large enough for the loss to go down (it learns `s` or fixes it); with n
             classes the loss cannot go below `log(1 + (n - 1) exp(-s n / (n - 1)))`.
-        kernel_initializer, kernel_regularizer: for the class weights.
+        sample_rate, seed, kernel_initializer, kernel_regularizer: see `ClassHead`
+            (Partial FC and the class weights).
     """
+
+    has_margin = False
 
     def __init__(self, num_classes: int, scale: float = 20.0, **kwargs):
         super().__init__(num_classes, scale=scale, **kwargs)
@@ -247,7 +252,8 @@ class SphereFace(CosineHead):
     and k comes from comparing `cos` with `cos(j pi / m)`: no `acos`, smooth gradients.
 
     lambda anneals as in the authors' Caffe code (`MarginInnerProduct` layer): on each training
-    call with labels, the non-trainable `iteration` counter goes up by one and
+    call with labels (whose labels are all valid), the non-trainable `iteration` counter goes
+    up by one and
 
         lambda = max(lambda_min, base * (1 + gamma * iteration) ** (-power)).
 
@@ -263,7 +269,8 @@ class SphereFace(CosineHead):
         scale: s, an extra factor on all logits, default 1 (none, as in the paper; the same as
             pytorch-metric-learning's `scale`).
         base, gamma, power, lambda_min: the lambda schedule above.
-        kernel_initializer, kernel_regularizer: for the class weights.
+        sample_rate, seed, kernel_initializer, kernel_regularizer: see `ClassHead`
+            (Partial FC and the class weights).
     """
 
     def __init__(
@@ -325,13 +332,11 @@ class SphereFace(CosineHead):
         sign = 1.0 - 2.0 * ops.mod(k, 2.0)
         return sign * t_m - 2.0 * k
 
+    def on_train_step(self, valid) -> None:
+        self.iteration.assign(self.iteration + ops.cast(valid, "int32"))
+
     def target_logit(self, cos_target, training: bool = False):
-        if training:
-            step = self.iteration + 1
-            self.iteration.assign(step)
-        else:
-            step = self.iteration
-        lam = ops.cast(self.lambda_at(step), cos_target.dtype)
+        lam = ops.cast(self.lambda_at(self.iteration), cos_target.dtype)
         return (lam * cos_target + self.psi(cos_target)) / (1.0 + lam)
 
     def scale_logits(self, values, norms):
@@ -355,7 +360,7 @@ class ProxyAnchorHead(CosineHead):
     `(batch, num_classes)` between the embeddings and the proxies, with no scale and no margin
     (the loss applies its own `alpha` and `margin`), so it needs no labels.
 
-    The proxies are the columns of `kernel` `(dim, num_classes)`, as in every `CosineHead`.
+    The proxies are the rows of `kernel` `(num_classes, dim)`, as in every `CosineHead`.
     A `keras.losses.Loss` cannot own them on every backend (see DESIGN-NOTES), hence a layer:
 
         model = ClusterModel(backbone, head=ProxyAnchorHead(num_classes, name="proxies"))
@@ -379,8 +384,8 @@ class ProxyAnchorHead(CosineHead):
 
     @property
     def proxies(self):
-        """The proxies, `(num_classes, dim)`."""
-        return ops.transpose(self.kernel)
+        """The proxies, `(num_classes, dim)` (the kernel itself)."""
+        return self.kernel
 
     def call(self, embeddings, labels=None, training: bool = False):
         check_embeddings(embeddings)
@@ -388,6 +393,7 @@ class ProxyAnchorHead(CosineHead):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        del config["scale"]
+        for key in ("scale", "sample_rate", "seed"):
+            del config[key]
         config["proxy_initializer"] = config.pop("kernel_initializer")
         return config

@@ -7,7 +7,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from clusterloss._validation import check_labels
+from clusterloss.models.inputs import LabelCheck
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -29,7 +29,15 @@ class MPerClassSampler(keras.utils.PyDataset):
     out is reshuffled and starts over, so small classes appear more than once an epoch and
     large classes less often than their share. A class's last group, if short, is completed
     with other samples of the same class (no duplicates within a group). The order inside a
-    batch is shuffled.
+    batch (inside each replica's slice) is shuffled. The labels are checked once, here
+    (integers >= 0 that the backend holds exactly); `ClusterModel.fit` also checks each batch
+    against its `num_classes`.
+
+    Data parallel: with `num_replicas=R`, each batch is R contiguous slices of
+    `batch_size // R` samples, and each slice holds m samples of each of its own
+    `batch_size // (R * m)` classes. JAX `DataParallel` and `tf.distribute` give each replica a
+    contiguous slice of the global batch, so every replica's pair or triplet loss finds its
+    positives (under `MirroredStrategy` a pair loss mines only inside its replica's slice).
 
     The batches depend only on `seed` and the epoch number: `on_epoch_end` (which `fit`
     calls) moves to the next epoch and draws new batches. Two samplers with the same data
@@ -48,6 +56,8 @@ class MPerClassSampler(keras.utils.PyDataset):
             ValueError names the ones that do not. If `True`, a class with fewer than `m`
             samples contributes all of them plus repeats drawn with replacement to fill its
             group; classes with at least `m` samples are unaffected.
+        num_replicas: replicas the global batch is split across (see above); `batch_size`
+            must be a multiple of `m * num_replicas`.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of `PyDataset`.
     """
 
@@ -60,26 +70,30 @@ class MPerClassSampler(keras.utils.PyDataset):
         steps_per_epoch: int | None = None,
         seed: int | None = None,
         replace: bool = False,
+        num_replicas: int = 1,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.m = _positive_int(m, "m")
         self.batch_size = _positive_int(batch_size, "batch_size")
-        if self.batch_size % self.m:
+        self.num_replicas = _positive_int(num_replicas, "num_replicas")
+        if self.batch_size % (self.m * self.num_replicas):
             raise ValueError(
-                f"`batch_size` ({batch_size}) must be a multiple of `m` ({m}): every batch "
-                f"holds m samples of each of batch_size // m classes."
+                f"`batch_size` ({batch_size}) must be a multiple of `m` * `num_replicas` "
+                f"({m} * {num_replicas}): every replica's slice of a batch holds m samples of "
+                f"each of its classes."
             )
         self.classes_per_batch = self.batch_size // self.m
-        if self.classes_per_batch < 2:
+        if self.classes_per_batch // self.num_replicas < 2:
             raise ValueError(
-                f"`batch_size // m` must be >= 2 so that a batch holds at least 2 classes; "
-                f"got batch_size={batch_size}, m={m}."
+                f"`batch_size // (m * num_replicas)` must be >= 2 so that a batch (per replica) "
+                f"holds at least 2 classes; got batch_size={batch_size}, m={m}, "
+                f"num_replicas={num_replicas}."
             )
         labels = np.asarray(y)
         if labels.size == 0:
             raise ValueError("`y` is empty.")
-        check_labels(labels, name="y")  # shape (n,) or (n, 1), integral, >= 0
+        LabelCheck(None, name="y")(labels)  # shape, integral, >= 0, fits the backend's ints
         labels = labels.reshape(-1)
         for leaf in keras.tree.flatten(x):
             if len(leaf) != len(labels):
@@ -154,7 +168,9 @@ class MPerClassSampler(keras.utils.PyDataset):
             )
             batch = np.concatenate([queues[c].pop() for c in chosen])
             left[chosen] -= 1
-            batches[step] = rng.permutation(batch)
+            batches[step] = np.concatenate(
+                [rng.permutation(part) for part in np.split(batch, self.num_replicas)]
+            )
         return batches
 
     def __len__(self) -> int:

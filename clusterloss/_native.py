@@ -1,0 +1,207 @@
+"""The few operations that Keras 3.15 does not expose portably, one implementation per backend.
+
+Besides `_backend.py` (which only names the backends), this is the one module that imports
+TensorFlow, JAX or PyTorch, and only inside the function that needs it:
+
+- `scatter_rows`: write some rows of a variable in place (`variable[rows] = values`). Keras's
+  `ops.scatter_update` returns a new full-size tensor on TensorFlow and PyTorch, so a
+  `variable.assign(ops.scatter_update(...))` of a `(1_000_000, 512)` table copies 2 GB to
+  change a few rows. TensorFlow's `tf.Variable.scatter_nd_update` and PyTorch's `index_copy_`
+  write the rows in place. On JAX, `assign(scatter_update)` inside the compiled train step
+  is already in place: XLA updates the donated state buffer.
+- `label_id_limit`: the largest class id that survives conversion to a backend tensor (JAX
+  without `jax_enable_x64` turns int64 into int32, so 2**32 + 1 silently becomes 1).
+- `check_tf_dataset_labels`: the same label checks as for NumPy batches, as assertions in a
+  `tf.data` pipeline, on the host, before the batches reach any backend.
+- `take_rows`: `variable[rows]`. On TensorFlow, `ops.take` reads the whole variable first;
+  a later in-place write of that variable must then copy it (copy-on-write), so a
+  `(1_000_000, 512)` table is copied on every step. `tf.gather` on the variable itself reads
+  only the rows.
+- `row_slices`: TensorFlow gives the gradient of a gather (a Partial FC head's sampled rows)
+  as `tf.IndexedSlices`, the rows and their values; converting it to a dense tensor would
+  allocate the whole `(num_classes, dim)` matrix.
+- `replicas_in_sync`, `any_replica`: under a TensorFlow distribution strategy each replica
+  computes the loss of its part of the batch and the gradients are summed, so a loss term
+  must be divided by the number of replicas (Keras does so for compiled losses), and a row
+  with a zero gradient in one replica may have a non-zero one in another.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import keras
+from keras import ops
+
+LABEL_ERROR = "clusterloss label check"  # marks the assertion messages of `check_tf_dataset_labels`
+
+
+def _in_stateless_scope() -> bool:
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+    return in_stateless_scope()
+
+
+_JAX_ROWS = dict(indices_are_sorted=True, unique_indices=True, mode="promise_in_bounds")
+
+
+def scatter_rows(variable: keras.Variable, rows, values, sorted_unique: bool = False) -> None:
+    """`variable[rows] = values` along axis 0, in place where the backend allows it.
+
+    Duplicate `rows` must carry identical `values` (the write order is unspecified);
+    `sorted_unique=True` promises sorted rows without duplicates (XLA's scatter is then about
+    twice as fast on CPU). Inside a `StatelessScope` (JAX train steps, `stateless_call`) and
+    under a TensorFlow distribution strategy (where a replica may only `assign` a mirrored
+    variable, which then aggregates as the variable says), this is an `assign` of the
+    updated whole, which XLA turns into an in-place scatter into the donated state.
+    """
+    backend = keras.backend.backend()
+    values = ops.cast(values, variable.dtype)
+    if backend == "tensorflow" and not _in_stateless_scope():
+        import tensorflow as tf
+
+        if not tf.distribute.has_strategy():
+            variable.value.scatter_nd_update(ops.expand_dims(rows, 1), values)
+            return
+    if backend == "torch" and not _in_stateless_scope():
+        import torch
+
+        with torch.no_grad():
+            variable.value.index_copy_(0, rows.to(torch.int64), values)
+        return
+    if backend == "jax":
+        flags = _JAX_ROWS if sorted_unique else {}
+        variable.assign(variable.value.at[rows].set(values, **flags))
+        return
+    variable.assign(ops.scatter_update(variable.value, ops.expand_dims(rows, 1), values))
+
+
+def take_rows(x, rows, sorted_unique: bool = False):
+    """`x[rows]` along axis 0. Reads only those rows of a TensorFlow variable (`ops.take`
+    would read it all, and a later in-place write would then copy it); on JAX,
+    `sorted_unique=True` promises sorted rows without duplicates (a faster gather and a
+    faster scatter-add in its gradient)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow" and isinstance(x, keras.Variable) and not _in_stateless_scope():
+        import tensorflow as tf
+
+        value = x.value
+        if isinstance(value, tf.Variable):
+            return tf.gather(value, rows)
+    if backend == "jax" and sorted_unique:
+        return ops.convert_to_tensor(x).at[rows].get(**_JAX_ROWS)
+    return ops.take(x, rows, axis=0)
+
+
+def replicas_in_sync() -> int:
+    """Replicas whose gradients are summed: `num_replicas_in_sync` of the TensorFlow
+    distribution strategy; 1 otherwise (JAX's `DataParallel` computes the loss of the global
+    batch in one program)."""
+    if keras.backend.backend() == "tensorflow" and "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        return tf.distribute.get_strategy().num_replicas_in_sync
+    return 1
+
+
+def any_replica(mask):
+    """`mask` (bool) or-ed over the replicas of a TensorFlow distribution strategy (inside a
+    replica of the train step, before the optimizer sums the gradients); `mask` elsewhere."""
+    if keras.backend.backend() == "tensorflow" and "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if tf.distribute.has_strategy() and context is not None and context.num_replicas_in_sync > 1:
+            return context.all_reduce("sum", tf.cast(mask, "float32")) > 0
+    return mask
+
+
+def row_slices(gradient):
+    """`(indices, values)` of a row-sparse gradient (`tf.IndexedSlices`), else `None`."""
+    if keras.backend.backend() == "tensorflow" and "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        if isinstance(gradient, tf.IndexedSlices):
+            return gradient.indices, gradient.values
+    return None
+
+
+def label_id_limit() -> int:
+    """The largest integer label the current backend keeps exactly in a tensor."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            return 2**31 - 1
+    return 2**63 - 1
+
+
+def is_tf_dataset(data: Any) -> bool:
+    """A `tf.data.Dataset` (without importing TensorFlow when it is not loaded)."""
+    if "tensorflow" not in sys.modules:
+        return False
+    import tensorflow as tf
+
+    return isinstance(data, tf.data.Dataset)
+
+
+def check_tf_dataset_labels(dataset, num_classes: int | None, limit: int, name: str = "y"):
+    """`dataset` with each batch's labels (second element) checked on the host.
+
+    A bad batch stops the iteration with a `tf.errors.InvalidArgumentError` whose message
+    holds `LABEL_ERROR` and one of the messages of `label_error_messages` (`label_error`
+    extracts it).
+    """
+    import tensorflow as tf
+
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) < 2 or not isinstance(spec[1], tf.TensorSpec):
+        return dataset
+    messages = label_error_messages(num_classes, limit, name)
+
+    def check(*element):
+        y = tf.reshape(element[1], [-1])
+        checks = [tf.debugging.assert_greater(tf.size(y), 0, message=messages["empty"])]
+        if y.dtype.is_floating:
+            checks.append(tf.debugging.assert_equal(tf.floor(y), y, message=messages["integral"]))
+        elif not y.dtype.is_integer:
+            raise ValueError(f"`{name}` must be integer class ids; got dtype {y.dtype.name}.")
+        checks.append(tf.debugging.assert_non_negative(y, message=messages["negative"]))
+        high = limit if num_classes is None else num_classes - 1
+        if y.dtype.is_floating or y.dtype.max > high:
+            checks.append(tf.debugging.assert_less_equal(y, tf.cast(high, y.dtype), message=messages["high"]))
+        with tf.control_dependencies(checks):
+            return (element[0], tf.identity(element[1])) + tuple(element[2:])
+
+    return dataset.map(check)
+
+
+def label_error_messages(num_classes: int | None, limit: int, name: str = "y") -> dict[str, str]:
+    """The messages of the `tf.data` label assertions, each tagged with `LABEL_ERROR`."""
+    high = (
+        f"`{name}` must be < num_classes={num_classes}"
+        if num_classes is not None
+        else f"`{name}` must be <= {limit}, the largest class id of the {keras.backend.backend()} backend"
+    )
+    return {
+        key: f"{LABEL_ERROR}: {text}"
+        for key, text in {
+            "empty": f"`{name}` is empty: a batch has no samples",
+            "integral": f"`{name}` must be integer class ids; got float values that are not integers",
+            "negative": f"`{name}` must be >= 0",
+            "high": high,
+        }.items()
+    }
+
+
+def label_error(error: Exception) -> str | None:
+    """The message of a `check_tf_dataset_labels` assertion that `error` carries, if any."""
+    text = str(error)
+    start = text.find(LABEL_ERROR + ": ")
+    if start < 0:
+        return None
+    message = text[start + len(LABEL_ERROR) + 2 :]
+    for end in ("]", "\n"):
+        message = message.split(end)[0]
+    return message.strip()

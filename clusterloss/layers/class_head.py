@@ -1,0 +1,269 @@
+"""Classification heads that own one weight row per class, with Partial FC sampling.
+
+`ClassHead` is the base of `SoftmaxHead` (a Dense-like layer) and of the cosine heads
+(`ArcFace`, `CosFace`, `SphereFace`, `NormFace`). It owns `kernel`, shape
+`(num_classes, dim)` (one row per class, as insightface stores it), and
+
+- `head(embeddings)`: inference logits over all classes, `(batch, num_classes)`;
+- `head(embeddings, labels=y, training=True)`: training logits (a margin head applies its
+  margin to each sample's own class). With `sample_rate < 1` (Partial FC, below), a training
+  call returns logits over the sampled classes only, and `return_labels=True` also returns
+  the labels as positions among them: `logits, labels = head(x, labels=y, training=True,
+  return_labels=True)`.
+
+Partial FC: An et al., "Killing Two Birds with One Stone: Efficient and Robust Training of
+Face Recognition CNNs by Partial FC", CVPR 2022 (insightface `PartialFC_V2`). Each training
+step uses every class that has a sample in the batch (the positives) plus negatives drawn at
+random, `num_sampled = ceil(sample_rate * num_classes)` classes in all (a fixed shape), drawn
+as insightface does: uniform scores, 2.0 for the positives, top `num_sampled`, sorted. The
+scores come from a `keras.random.SeedGenerator(seed)`, so a seed fixes the sequence.
+Inference (and `training=False`) uses all classes. Only the sampled rows get a gradient;
+`RowSparse` (which `ClusterModel.compile` puts in place) then leaves the other rows and their
+optimizer slots untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+from keras import ops
+
+from clusterloss import _native
+from clusterloss._registry import register
+from clusterloss._validation import check_embeddings, check_range, check_same_batch
+from clusterloss.layers.labels import check_host_labels, check_num_classes, guard_labels, nan_unless
+from clusterloss.layers.precision import full_precision
+from clusterloss.optimizers import mark_sparse_rows
+
+
+def class_scores(x, kernel):
+    """`x @ kernel.T`: `(batch, dim)` x `(classes, dim)` -> `(batch, classes)`.
+
+    An einsum rather than `ops.matmul`: Keras 3.15's torch `matmul` computes float64 inputs
+    in float32; `einsum` keeps float64 on every backend."""
+    return ops.einsum("bd,cd->bc", x, kernel)
+
+
+def sample_classes(labels, num_classes: int, num_sampled: int, seed):
+    """Partial FC sampling: `(index, positions, ok)`.
+
+    `index`: `(num_sampled,)` sorted class ids, every class of `labels` first, then random
+    others; `positions`: each label's position in `index`; `ok`: a scalar bool, false when
+    the batch has more distinct classes than `num_sampled` (some positives were left out).
+    """
+    scores = keras.random.uniform((num_classes,), seed=seed)
+    scores = ops.scatter_update(
+        scores, ops.expand_dims(labels, 1), ops.full_like(labels, 2.0, dtype=scores.dtype)
+    )
+    index = ops.sort(ops.top_k(scores, num_sampled)[1])
+    position = ops.scatter_update(
+        ops.full((num_classes,), -1, "int32"),
+        ops.expand_dims(index, 1),
+        ops.arange(num_sampled, dtype="int32"),
+    )
+    positions = ops.take(position, labels)
+    ok = ops.all(positions >= 0)
+    return index, ops.maximum(positions, 0), ok
+
+
+class ClassHead(keras.layers.Layer):
+    """Base class: a head with one weight row per class in `kernel` `(num_classes, dim)`.
+
+    A subclass defines `class_logits(embeddings, weights, labels, training)`, where
+    `weights` is the tuple `class_weights()` (rows of `kernel`, and of any other per-class
+    variable such as a bias), restricted to the sampled classes with Partial FC, and `labels`
+    is `None` at inference.
+
+    Args:
+        num_classes: number of classes (an int, NumPy ints accepted), >= 2.
+        sample_rate: Partial FC, in (0, 1]; 1 (default) uses every class in every step.
+        kernel_initializer, kernel_regularizer: for `kernel`. A regularizer would touch every
+            class in every step, so it is refused with `sample_rate < 1` (use the optimizer's
+            `weight_decay`, which `RowSparse` applies to the sampled rows).
+        seed: seed of the Partial FC sampling (an int, or `None` for a random one).
+    """
+
+    uses_labels = True
+    has_margin = False
+
+    def __init__(
+        self,
+        num_classes: int,
+        sample_rate: float = 1.0,
+        kernel_initializer: Any = "glorot_uniform",
+        kernel_regularizer: Any = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**full_precision(kwargs))
+        self.num_classes = check_num_classes(num_classes)
+        check_range(sample_rate, "sample_rate", 0.0, 1.0, low_open=True)
+        self.sample_rate = float(sample_rate)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        if self.sampled and self.kernel_regularizer is not None:
+            raise ValueError(
+                "`kernel_regularizer` cannot be used with `sample_rate` < 1: it would update "
+                "every class in every step. Use the optimizer's `weight_decay` instead."
+            )
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed) if self.sampled else None
+
+    @property
+    def num_sampled(self) -> int:
+        """Classes per training step: `ceil(sample_rate * num_classes)`."""
+        return min(self.num_classes, max(1, math.ceil(self.sample_rate * self.num_classes - 1e-9)))
+
+    @property
+    def sampled(self) -> bool:
+        """True when a training step uses fewer than all classes (Partial FC)."""
+        return self.num_sampled < self.num_classes
+
+    def build(self, embedding_shape):
+        check_embeddings(keras.KerasTensor(embedding_shape), "embeddings")
+        if embedding_shape[-1] is None:
+            raise ValueError(
+                f"The embedding dimension must be known to build {type(self).__name__}; "
+                f"got shape {tuple(embedding_shape)}."
+            )
+        self.kernel = self.add_weight(
+            shape=(self.num_classes, embedding_shape[-1]),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            trainable=True,
+            name="kernel",
+        )
+        self.build_class_variables(embedding_shape)
+        if self.sampled:
+            for variable in self.class_variables():
+                mark_sparse_rows(variable, self.num_sampled)
+
+    def build_class_variables(self, embedding_shape) -> None:
+        """Create per-class variables besides `kernel` (e.g. a bias)."""
+
+    def class_variables(self) -> list:
+        """The variables with one row per class, in the order of `class_weights`."""
+        return [self.kernel]
+
+    def class_weights(self, index=None) -> tuple:
+        """The per-class variables as tensors, restricted to the classes in `index`."""
+        if index is None:
+            return tuple(ops.convert_to_tensor(v) for v in self.class_variables())
+        return tuple(_native.take_rows(v, index, sorted_unique=True) for v in self.class_variables())
+
+    def class_logits(self, embeddings, weights: tuple, labels=None, training: bool = False):
+        """Logits `(batch, len(weights[0]))`; margin on each label's column if given."""
+        raise NotImplementedError
+
+    def on_train_step(self, valid) -> None:
+        """Called once per training call with labels; `valid`: all labels in range."""
+
+    def __call__(self, *args, **kwargs):
+        check_host_labels(kwargs.get("labels", args[1] if len(args) > 1 else None), self.num_classes)
+        return super().__call__(*args, **kwargs)
+
+    def call(self, embeddings, labels=None, training: bool = False, return_labels: bool = False):
+        check_embeddings(embeddings)
+        if labels is None:
+            logits = self.class_logits(embeddings, self.class_weights(), None, training)
+            return (logits, None) if return_labels else logits
+        check_same_batch(labels, embeddings)
+        labels, valid = guard_labels(labels, self.num_classes)
+        if training:
+            self.on_train_step(valid)
+        if training and self.sampled:
+            if _native.replicas_in_sync() > 1:
+                raise ValueError(
+                    "Partial FC (`sample_rate` < 1) is not supported under a TensorFlow "
+                    "distribution strategy (each replica would sample its own classes). Use "
+                    "JAX's keras.distribution, or sample_rate=1."
+                )
+            batch = embeddings.shape[0]
+            if isinstance(batch, int) and min(batch, self.num_classes) > self.num_sampled:
+                raise ValueError(
+                    f"`sample_rate` * num_classes = {self.num_sampled} sampled classes is less "
+                    f"than the batch size {batch}: a batch may hold more classes than are "
+                    f"sampled. Use sample_rate >= batch_size / num_classes, or smaller batches."
+                )
+            index, labels, ok = sample_classes(
+                labels, self.num_classes, self.num_sampled, self.seed_generator
+            )
+            weights, valid = self.class_weights(index), ops.logical_and(valid, ok)
+        else:
+            weights = self.class_weights()
+        logits = nan_unless(valid, self.class_logits(embeddings, weights, labels, training))
+        return (logits, labels) if return_labels else logits
+
+    def compute_output_shape(self, embeddings_shape, labels_shape=None):
+        return (embeddings_shape[0], self.num_classes)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "sample_rate": self.sample_rate,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "seed": self.seed,
+        }
+
+
+@register
+class SoftmaxHead(ClassHead):
+    """The plain softmax classifier, `logits = x W^T + b`, with Partial FC.
+
+    Equal to `keras.layers.Dense(num_classes)` (same initializers, `kernel` transposed:
+    `(num_classes, dim)`, one row per class), plus `sample_rate` for Partial FC.
+    `ClusterModel(backbone, num_classes=n)` uses `SoftmaxHead(n, name="logits")`.
+
+    Args:
+        num_classes: number of classes.
+        use_bias: add a per-class bias (default True, as `Dense`).
+        sample_rate, kernel_initializer, kernel_regularizer, seed: see `ClassHead`.
+        bias_initializer: for the bias (default zeros).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        use_bias: bool = True,
+        sample_rate: float = 1.0,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(
+            num_classes,
+            sample_rate=sample_rate,
+            kernel_initializer=kernel_initializer,
+            kernel_regularizer=kernel_regularizer,
+            seed=seed,
+            **kwargs,
+        )
+        self.use_bias = bool(use_bias)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def build_class_variables(self, embedding_shape) -> None:
+        if self.use_bias:
+            self.bias = self.add_weight(
+                shape=(self.num_classes,), initializer=self.bias_initializer, name="bias"
+            )
+
+    def class_variables(self) -> list:
+        return [self.kernel, self.bias] if self.use_bias else [self.kernel]
+
+    def class_logits(self, embeddings, weights: tuple, labels=None, training: bool = False):
+        x = ops.cast(embeddings, weights[0].dtype)
+        logits = class_scores(x, weights[0])
+        return logits + weights[1] if self.use_bias else logits
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "use_bias": self.use_bias,
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        }
