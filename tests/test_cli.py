@@ -112,6 +112,8 @@ def test_bad_values_found_after_parsing(capsys, tmp_path):
         capsys, "train", "--known-classes", "0-20", "--out", out)  # fmt: skip
     assert "mnist: no such file or folder (expected one of digits" in fails(
         capsys, "train", "--dataset", "mnist", "--out", out)  # fmt: skip
+    assert "5 sampled classes is less than the batch size 64" in fails(
+        capsys, "train", "--loss", "softmax", "--sample-rate", "0.5", "--out", out)  # fmt: skip
     assert not (tmp_path / "r").exists()
     for command in (["evaluate", out], ["index", "build", out], ["search", out, "-q", "test:0"]):
         line = fails(capsys, *command)

@@ -83,7 +83,8 @@ def test_every_key_round_trips_into_the_objects(name):
     backbone = make_backbone((8, 8, 1), 4, "mlp")
     model, loss, _ = build_model(name, backbone, 5, stored["options"])
     model.build((None, 8, 8, 1))
-    configs = [keras.saving.serialize_keras_object(x) for x in (loss, model.head, model.center_loss)]
+    configs = [keras.saving.serialize_keras_object(x)
+               for x in (loss, model.head, model.center_loss, *model.loss_layers)]
     config = TrainConfig(**{**stored, "learning_rate": 1e-3})
     for option in recipe.options:
         owner, parameter = option.source
@@ -103,7 +104,7 @@ def test_every_key_round_trips_into_the_objects(name):
 def test_misspelt_keys_are_rejected():
     with pytest.raises(ValueError, match=r"unknown option 'centre_weight' for loss center in 'center:centre_weight=1' \(its options: center_weight"):
         parse_setting("center:centre_weight=1")
-    with pytest.raises(ValueError, match=r"unknown option 'margin' for loss softmax \(its options: none\)"):
+    with pytest.raises(ValueError, match=r"unknown option 'margin' for loss softmax \(its options: sample_rate\)"):
         RECIPES["softmax"].resolve("softmax", {"margin": 0.1})
     with pytest.raises(ValueError, match="unknown option 'centre_weight' for loss center"):
         build_model("center", make_backbone((4,), 2), 3, {"centre_weight": 1})

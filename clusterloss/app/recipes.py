@@ -11,7 +11,16 @@ import keras
 from clusterloss import losses as L
 from clusterloss import miners
 from clusterloss.app.options import Option, option, resolve
-from clusterloss.layers import ArcFace, CenterLoss, CosFace, NormFace, ProxyAnchorHead, SphereFace
+from clusterloss.layers import (
+    ArcFace,
+    CenterLoss,
+    ClassHead,
+    CosFace,
+    NormFace,
+    ProxyAnchorHead,
+    SoftmaxHead,
+    SphereFace,
+)
 from clusterloss.models import ClusterModel
 from clusterloss.optimizers import center_optimizer
 from clusterloss.sampling import MPerClassSampler
@@ -23,9 +32,10 @@ Values = Mapping[str, Any]
 class Parts:
     """What a recipe makes for `num_classes` classes."""
 
-    loss: keras.losses.Loss
+    loss: keras.losses.Loss | None  # None: the loss comes from `loss_layers` only
     head: keras.layers.Layer | None = None  # None: a Dense logits head if `classifier`
     center: CenterLoss | None = None
+    loss_layers: tuple[keras.layers.Layer, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,11 +69,15 @@ M_PER_CLASS = option(MPerClassSampler, "m", "m_per_class",
                      low=2)  # fmt: skip
 
 
+SAMPLE_RATE = option(ClassHead, "sample_rate", help="Partial FC: the share of classes in each "
+                     "training step (every class of the batch, plus random negatives); 1 = all")
+
+
 def _head_options(cls, margin_help: str | None) -> tuple[Option, ...]:
     found = (option(cls, "scale", help="scale s of the cosine logits"),)
     if margin_help:
         found += (option(cls, "margin", help=margin_help),)
-    return found
+    return found + (SAMPLE_RATE,)
 
 
 def _head_recipe(cls, description: str, margin_help: str | None = None) -> Recipe:
@@ -81,6 +95,21 @@ def _pair_recipe(make_loss: Callable[[Values], keras.losses.Loss], options: tupl
     )  # fmt: skip
 
 
+def _margin_options(cls) -> tuple[Option, ...]:
+    return (
+        option(cls, "margin", help="margin alpha around the boundary beta"),
+        option(cls, "beta", help="boundary beta between positive and negative distances "
+               "(the initial value where it is learned)"),
+        option(cls, "nu", help="regularization of beta (nu * beta)"),
+    )
+
+
+def _distance_weighted() -> miners.DistanceWeightedMiner:
+    """The paper's sampling (Wu et al. 2017); its seed comes from the run's
+    `keras.utils.set_random_seed`, so a run repeats."""
+    return miners.DistanceWeightedMiner()
+
+
 def _center(n: int, v: Values) -> Parts:
     layer = CenterLoss(weight=v["center_weight"], alpha=v["center_alpha"],
                        update=v["center_update"], name="center_loss")  # fmt: skip
@@ -95,7 +124,11 @@ def _triplet(v: Values) -> keras.losses.Loss:
 TRIPLET_MARGIN = "FaceNet's 0.2 with semi-hard mining (the class keeps PML's 0.05)."
 
 RECIPES: dict[str, Recipe] = {
-    "softmax": Recipe(lambda n, v: Parts(_crossentropy()), (), "crossentropy on a Dense head"),
+    "softmax": Recipe(
+        lambda n, v: Parts(_crossentropy(), head=SoftmaxHead(n, name="logits", **v)),
+        (SAMPLE_RATE,),
+        "crossentropy on a Dense head",
+    ),
     "center": Recipe(
         _center,
         (
@@ -180,13 +213,69 @@ RECIPES: dict[str, Recipe] = {
         "NT-Xent with same-class positives",
     ),
     "circle": _pair_recipe(
-        lambda v: keras.losses.Circle(gamma=v["gamma"], margin=v["margin"]),
+        lambda v: L.CircleLoss(m=v["m"], gamma=v["gamma"]),
         (
-            option(keras.losses.Circle, "gamma", help="scale gamma"),
-            option(keras.losses.Circle, "margin", help="relaxation margin m"),
+            option(L.CircleLoss, "gamma", help="scale gamma"),
+            option(L.CircleLoss, "m", help="relaxation margin m"),
         ),
-        "keras.losses.Circle on unit-normalised embeddings",
+        "circle loss (Sun et al. 2020) on cosine similarities",
+    ),
+    "lifted": _pair_recipe(
+        lambda v: L.LiftedStructureLoss(neg_margin=v["neg_margin"], pos_margin=v["pos_margin"]),
+        (
+            option(L.LiftedStructureLoss, "neg_margin", help="negative pairs' margin"),
+            option(L.LiftedStructureLoss, "pos_margin", help="positive pairs' margin"),
+        ),
+        "lifted structure loss (Oh Song et al. 2016)",
+    ),
+    "generalized-lifted": _pair_recipe(
+        lambda v: L.GeneralizedLiftedStructureLoss(neg_margin=v["neg_margin"],
+                                                   pos_margin=v["pos_margin"]),
+        (
+            option(L.GeneralizedLiftedStructureLoss, "neg_margin", help="negative pairs' margin"),
+            option(L.GeneralizedLiftedStructureLoss, "pos_margin", help="positive pairs' margin"),
+        ),
+        "generalized lifted structure loss (Hermans et al. 2017)",
+    ),
+    "margin": _pair_recipe(
+        lambda v: L.MarginLoss(margin=v["margin"], beta=v["beta"], nu=v["nu"],
+                               miner=_distance_weighted()),
+        _margin_options(L.MarginLoss),
+        "margin loss with distance-weighted sampling (Wu et al. 2017), fixed beta",
+    ),
+    "margin-learned": Recipe(
+        lambda n, v: Parts(None, loss_layers=(L.MarginLossLayer(
+            margin=v["margin"], beta=v["beta"], nu=v["nu"], miner=_distance_weighted(),
+            name="margin_loss"),)),
+        _margin_options(L.MarginLossLayer) + (
+            M_PER_CLASS,
+        ),
+        "margin loss with a learned global beta (a loss layer of the model)",
+        classifier=False, pairs=True,
+    ),
+    "nca": _pair_recipe(
+        lambda v: L.NCALoss(softmax_scale=v["softmax_scale"]),
+        (option(L.NCALoss, "softmax_scale", help="scale of the negative squared distances"),),
+        "neighbourhood components analysis (Goldberger et al. 2005)",
+    ),
+    "tuplet": _pair_recipe(
+        lambda v: L.TupletMarginLoss(margin=v["margin"], scale=v["scale"]),
+        (
+            option(L.TupletMarginLoss, "margin", help="angular margin, degrees (PML's unit)"),
+            option(L.TupletMarginLoss, "scale", help="scale of the cosines"),
+        ),
+        "tuplet margin loss (Yu and Tao 2019)",
+    ),
+    "angular": _pair_recipe(
+        lambda v: L.AngularLoss(alpha=v["alpha"]),
+        (option(L.AngularLoss, "alpha", help="angle alpha, degrees"),),
+        "angular loss (Wang et al. 2017) on unit-normalised embeddings",
         unit_norm=True,
+    ),
+    "fastap": _pair_recipe(
+        lambda v: L.FastAPLoss(num_bins=v["num_bins"]),
+        (option(L.FastAPLoss, "num_bins", help="histogram bins of the distances", low=1),),
+        "FastAP, a differentiable average precision (Cakir et al. 2019)",
     ),
 }  # fmt: skip
 
@@ -209,11 +298,9 @@ def build_model(
         backbone = keras.Sequential(
             [backbone, keras.layers.UnitNormalization()], name=f"{backbone.name}_unit"
         )
-    if recipe.classifier:
-        model = ClusterModel(backbone, num_classes=num_classes, head=parts.head,
-                             center_loss=parts.center, name="cluster_model")  # fmt: skip
-    else:
-        model = ClusterModel(backbone, center_loss=parts.center, name="cluster_model")
+    model = ClusterModel(backbone, num_classes=num_classes if recipe.classifier else None,
+                         head=parts.head, center_loss=parts.center,
+                         loss_layers=list(parts.loss_layers) or None, name="cluster_model")  # fmt: skip
     return model, parts.loss, recipe
 
 

@@ -31,6 +31,7 @@ from clusterloss.app.rundir import CHECKPOINT, LOGS, RunDir, atomic_path
 from clusterloss.app.tensorboard import EpochScalars
 from clusterloss.data import Batches, Dataset, ImageFiles
 from clusterloss.evaluation import RetrievalEvaluation
+from clusterloss.layers import ClassHead
 from clusterloss.models import ClusterModel, make_backbone
 from clusterloss.models.backbones import TRUNK
 from clusterloss.optimizers import center_optimizer
@@ -157,6 +158,8 @@ def _build(config: TrainConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
             weights=config.weights, feature=config.feature, batch_norm=config.batch_norm,
         )  # fmt: skip
         model, loss, recipe = build_model(config.loss, backbone, data.num_classes, config.options)
+        if isinstance(model.head, ClassHead):
+            model.head.check_batch_size(config.batch_size)
         if recipe.pairs:
             m = config.options["m_per_class"]
             if config.batch_size < 2 * m:

@@ -164,6 +164,16 @@ class ClassHead(keras.layers.Layer):
         check_host_labels(kwargs.get("labels", args[1] if len(args) > 1 else None), self.num_classes)
         return super().__call__(*args, **kwargs)
 
+    def check_batch_size(self, batch_size: int) -> None:
+        """ValueError when a training batch of `batch_size` may hold more classes than
+        Partial FC samples (every class of the batch must be among the sampled ones)."""
+        if self.sampled and min(batch_size, self.num_classes) > self.num_sampled:
+            raise ValueError(
+                f"`sample_rate` * num_classes = {self.num_sampled} sampled classes is less "
+                f"than the batch size {batch_size}: a batch may hold more classes than are "
+                f"sampled. Use sample_rate >= batch_size / num_classes, or smaller batches."
+            )
+
     def call(self, embeddings, labels=None, training: bool = False, return_labels: bool = False):
         check_embeddings(embeddings)
         if labels is None:
@@ -180,13 +190,8 @@ class ClassHead(keras.layers.Layer):
                     "distribution strategy (each replica would sample its own classes). Use "
                     "JAX's keras.distribution, or sample_rate=1."
                 )
-            batch = embeddings.shape[0]
-            if isinstance(batch, int) and min(batch, self.num_classes) > self.num_sampled:
-                raise ValueError(
-                    f"`sample_rate` * num_classes = {self.num_sampled} sampled classes is less "
-                    f"than the batch size {batch}: a batch may hold more classes than are "
-                    f"sampled. Use sample_rate >= batch_size / num_classes, or smaller batches."
-                )
+            if isinstance(embeddings.shape[0], int):
+                self.check_batch_size(embeddings.shape[0])
             index, labels, ok = sample_classes(
                 labels, self.num_classes, self.num_sampled, self.seed_generator
             )
