@@ -1,6 +1,5 @@
-"""Which Keras backend to use when the user did not say (the only module that names them), the
-one backend-native operation the library uses where `keras.ops` has no fast equivalent, and
-the JAX tracer test the seeded miners need.
+"""Which Keras backend to use when the user did not say. Operations that need a backend's own
+library are in `clusterloss._native`.
 
 Keras takes `KERAS_BACKEND`, else `keras.json`, else TensorFlow, and fails to import when
 that one is not installed. If nothing chose a backend and TensorFlow is missing, use the
@@ -41,30 +40,3 @@ def choose_default_backend() -> None:
     installed = installed_backends()
     if wanted not in installed and installed:
         os.environ["KERAS_BACKEND"] = installed[0]
-
-
-def native_row_searchsorted(sorted_rows, queries, right: bool):
-    """Row-wise `searchsorted` with PyTorch's native kernel (`torch.searchsorted` takes batched
-    rows), or `None` on the other backends: `keras.ops.searchsorted` is 1-D only, and on JAX and
-    TensorFlow the compiled `keras.ops` bisection (`clusterloss.losses._triplets.count_sorted`)
-    is fast already, while eager PyTorch would run each of its rounds as separate kernels."""
-    import keras
-
-    if keras.backend.backend() != "torch":
-        return None
-    import torch
-
-    return torch.searchsorted(sorted_rows.contiguous(), queries.contiguous(), right=right)
-
-
-def is_jax_tracer(x) -> bool:
-    """Whether `x` is a JAX tracer (inside `jax.jit`, `jax.grad` or a compiled train step), where
-    a `keras.random.SeedGenerator` outside the model's state is read as a constant and must
-    not be assigned. Always False on the other backends."""
-    import keras
-
-    if keras.backend.backend() != "jax":
-        return False
-    import jax
-
-    return isinstance(x, jax.core.Tracer)

@@ -3,6 +3,10 @@
 Besides `_backend.py` (which only names the backends), this is the one module that imports
 TensorFlow, JAX or PyTorch, and only inside the function that needs it:
 
+- `native_row_searchsorted`: row-wise `searchsorted` with PyTorch's batched kernel (the
+  semi-hard triplet windows); `None` elsewhere.
+- `is_jax_tracer`: whether a value is traced by JAX (the seeded miners' generators).
+
 - `scatter_rows`: write some rows of a variable in place (`variable[rows] = values`). Keras's
   `ops.scatter_update` returns a new full-size tensor on TensorFlow and PyTorch, so a
   `variable.assign(ops.scatter_update(...))` of a `(1_000_000, 512)` table copies 2 GB to
@@ -205,3 +209,26 @@ def label_error(error: Exception) -> str | None:
     for end in ("]", "\n"):
         message = message.split(end)[0]
     return message.strip()
+
+
+def native_row_searchsorted(sorted_rows, queries, right: bool):
+    """Row-wise `searchsorted` with PyTorch's native kernel (`torch.searchsorted` takes batched
+    rows), or `None` on the other backends: `keras.ops.searchsorted` is 1-D only, and on JAX and
+    TensorFlow the compiled `keras.ops` bisection (`clusterloss.losses._triplets.count_sorted`)
+    is fast already, while eager PyTorch would run each of its rounds as separate kernels."""
+    if keras.backend.backend() != "torch":
+        return None
+    import torch
+
+    return torch.searchsorted(sorted_rows.contiguous(), queries.contiguous(), right=right)
+
+
+def is_jax_tracer(x) -> bool:
+    """Whether `x` is a JAX tracer (inside `jax.jit`, `jax.grad` or a compiled train step), where
+    a `keras.random.SeedGenerator` outside the model's state is read as a constant and must
+    not be assigned. Always False on the other backends."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return isinstance(x, jax.core.Tracer)

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from keras import ops
 
-from clusterloss._backend import native_row_searchsorted
+from clusterloss._native import native_row_searchsorted
 from clusterloss._validation import label_dtype
 from clusterloss.distances import Distance
 from clusterloss.losses._pairs import _BIG, batch_share

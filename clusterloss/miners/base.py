@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from clusterloss._backend import is_jax_tracer
+from clusterloss._native import is_jax_tracer
 from clusterloss._validation import concrete
 from clusterloss.distances import get_distance
 from clusterloss.losses._pairs import Pairs, pair_batch

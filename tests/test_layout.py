@@ -1,0 +1,44 @@
+"""The package's import rules, read from the source: backend libraries are imported in one
+module only, and the library never imports the command-line/run layer (`clusterloss.app`)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "clusterloss"
+BACKEND_LIBRARIES = {"tensorflow", "jax", "jaxlib", "torch"}
+NATIVE = PACKAGE / "_native.py"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module named by an import statement of `path` (at any depth)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_backend_libraries_are_imported_only_in_native():
+    offenders = {
+        str(path.relative_to(PACKAGE)): sorted(m for m in imported_modules(path)
+                                               if m.split(".")[0] in BACKEND_LIBRARIES)
+        for path in PACKAGE.rglob("*.py") if path != NATIVE
+    }  # fmt: skip
+    assert {k: v for k, v in offenders.items() if v} == {}
+    assert {"tensorflow", "jax", "torch"} <= {m.split(".")[0] for m in imported_modules(NATIVE)}
+
+
+def test_library_never_imports_the_app_layer():
+    app = PACKAGE / "app"
+    offenders = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if app not in path.parents and path != PACKAGE / "__main__.py"
+        and any(m == "clusterloss.app" or m.startswith("clusterloss.app.")
+                for m in imported_modules(path))
+    }  # fmt: skip
+    assert offenders == set()
