@@ -15,20 +15,10 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import BACKEND
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FRAGMENT = "<!-- fragment -->"
-# Pages other helpers are editing, whose blocks failed here when this test was written (a
-# name used before it is defined). Strict: once a page runs, this test fails until its entry
-# is removed.
-KNOWN_BROKEN = {
-    "center-loss.md": "block at line 5 uses `cl` before importing it",
-    "losses.md": "block at line 173 uses `num_classes` before defining it",
-}
-if BACKEND == "torch":  # keras.distribution: JAX (and a TensorFlow prototype) in Keras 3.15
-    KNOWN_BROKEN["heads.md"] = "block at line 167 uses keras.distribution, absent on torch"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
@@ -55,10 +45,7 @@ def test_the_convention_is_found():
     assert blocks == [(2, "a(\n", True), (6, "b = 1\n", False)]
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(reason=KNOWN_BROKEN[p.name], strict=True))
-    if p.name in KNOWN_BROKEN else p for p in DOCS
-], ids=[p.name for p in DOCS])  # fmt: skip
+@pytest.mark.parametrize("path", DOCS, ids=[p.name for p in DOCS])
 def test_python_blocks_run(path, tmp_path, monkeypatch):
     blocks = [b for b in python_blocks(path.read_text()) if not b[2]]
     if not blocks:
