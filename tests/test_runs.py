@@ -20,6 +20,7 @@ from conftest import BACKEND
 
 from clusterloss.app.cli.args import config_from_args
 from clusterloss.app.cli.main import build_parser, main
+from clusterloss.app.errors import RunError
 from clusterloss.app.rundir import atomic_path
 from clusterloss.app.runs import train
 
@@ -148,3 +149,22 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, capsys):
     assert not (tmp_path / "resumed" / "checkpoint").exists()
     err = fails(capsys, *RESUMED, "--out", resumed, "--resume")
     assert "holds no checkpoint to resume" in err
+
+
+class _Explode(keras.callbacks.Callback):
+    """Makes the weights NaN after the second batch, as a diverging optimizer would."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 1:
+            for weight in self.model.trainable_weights:
+                weight.assign(np.full(weight.shape, np.nan, weight.dtype))
+
+
+def test_diverged_training_stops_with_a_hint(tmp_path):
+    """Not the evaluation's "`queries` must be finite": the run says that training diverged,
+    where, and what to change."""
+    args = build_parser().parse_args(["train", *TINY, "--out", str(tmp_path / "r")])
+    with pytest.raises(RunError, match=r"training diverged: the loss became nan at epoch 1, "
+                       r"batch 3, so nothing was evaluated; lower --learning-rate"):
+        train(config_from_args(args, args.loss, args.seed, args.out), callbacks=[_Explode()])
+    assert not (tmp_path / "r" / "metrics.json").exists()

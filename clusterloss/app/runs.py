@@ -18,6 +18,7 @@ import time
 from typing import Any, Iterable
 
 import keras
+import numpy as np
 
 from clusterloss.app.checkpoint import TrainingCheckpoint
 from clusterloss.app.config import CLI_FIELDS, PRESENTATION, TrainConfig
@@ -171,6 +172,32 @@ def _build(config: TrainConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
     return model, loss, recipe, data
 
 
+class _Divergence(keras.callbacks.TerminateOnNaN):
+    """`TerminateOnNaN` that remembers where the loss stopped being finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch, self.found = 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and self.found is None and not np.isfinite(float(loss)):
+            self.found = (self.epoch + 1, batch + 1, float(loss))
+        super().on_batch_end(batch, logs)
+
+    def check(self, config: TrainConfig) -> None:
+        """RunError when training diverged (after `fit` stopped on it)."""
+        if self.found:
+            epoch, batch, loss = self.found
+            raise RunError(
+                f"training diverged: the loss became {loss} at epoch {epoch}, batch {batch}, "
+                f"so nothing was evaluated; lower --learning-rate (was {config.learning_rate:g}) "
+                f"or the loss's weights and run again with --overwrite")  # fmt: skip
+
+
 def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) -> dict[str, Any]:
     state = TrainingCheckpoint.read(run_dir / CHECKPOINT) if resume else None
     keras.utils.set_random_seed(config.seed)
@@ -182,7 +209,8 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     if has_val:
         own.append(RetrievalEvaluation(data.x_val, data.y_val, every=config.eval_every,
                                        seed=config.seed))  # fmt: skip
-    own.append(checkpoint)
+    divergence = _Divergence()
+    own += [divergence, checkpoint]
     if config.tensorboard:
         own.append(EpochScalars(run_dir / LOGS))
     start, phases = checkpoint.epoch, _phases(config)
@@ -200,6 +228,7 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
         model.fit(_training_data(config, data, recipe, first), initial_epoch=first,
                   epochs=phase.end, callbacks=own + callbacks, verbose=config.verbose,
                   shuffle=False)  # fmt: skip
+        divergence.check(config)
     train_seconds = time.perf_counter() - began
     best = checkpoint.state["best_weights"]
     if best:
