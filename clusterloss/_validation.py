@@ -20,6 +20,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from clusterloss._native import label_id_limit
+
 
 def concrete(x: Any) -> np.ndarray | None:
     """`x` as a NumPy array if it is host data (NumPy, list, tuple, Python number), else `None`:
@@ -60,9 +62,6 @@ def label_dtype() -> str:
     return "int32" if keras.backend.backend() == "jax" else "int64"
 
 
-_INT32_MAX = np.iinfo(np.int32).max
-
-
 def check_labels(labels: Any, num_classes: int | None = None, name: str = "labels"):
     """Validate integer class ids of shape `(batch,)` or `(batch, 1)`; return them `(batch,)`.
 
@@ -88,7 +87,7 @@ def check_labels(labels: Any, num_classes: int | None = None, name: str = "label
             raise ValueError(
                 f"`{name}` must be < num_classes={num_classes}; got a label {int(high)}."
             )
-        if label_dtype() == "int32" and high > _INT32_MAX:
+        if high > label_id_limit():
             raise ValueError(
                 f"`{name}` must be < 2**31 on the JAX backend (64-bit integers are off); got a "
                 f"label {int(high)}. Map the ids to 0..n-1 first, e.g. "

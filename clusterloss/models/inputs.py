@@ -28,7 +28,7 @@ class LabelCheck:
     def __init__(self, num_classes: int | None, name: str = "y"):
         self.num_classes = num_classes
         self.name = name
-        self.limit = _native.label_id_limit()
+        self.limit = _native.label_id_limit()  # for the assertions of a tf.data pipeline
 
     def __call__(self, y: Any) -> None:
         if y is None:
@@ -37,13 +37,6 @@ class LabelCheck:
         if values.size == 0:
             raise ValueError(f"`{self.name}` is empty: got a batch with no samples.")
         check_labels(values, self.num_classes, name=self.name)
-        if self.num_classes is None and values.max() > self.limit:
-            raise ValueError(
-                f"`{self.name}` holds the class id {int(values.max())}, more than "
-                f"{self.limit}, the largest id the {keras.backend.backend()} backend keeps "
-                f"exactly (it would wrap to another id). Renumber the classes 0..n-1, e.g. "
-                f"`np.unique(y, return_inverse=True)[1]`."
-            )
 
     def batch(self, batch: Any) -> Any:
         """Check the labels of a `(x, y)` or `(x, y, sample_weight)` batch; return it."""
