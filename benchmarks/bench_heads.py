@@ -46,7 +46,7 @@ def _dense_center_loss():
     import clusterloss as cl
 
     class DenseEq4CenterLoss(cl.CenterLoss):
-        def _move_centers(self, x, labels, ok):
+        def _move_centers(self, x, labels, ok, c):
             n = self.num_classes
             centers = ops.convert_to_tensor(self.centers)
             counts = ops.segment_sum(ops.ones_like(labels, dtype=x.dtype), labels, num_segments=n)
