@@ -43,7 +43,7 @@ def test_folder_trains_with_validation_metrics(folder_run):
     assert history["val_map_at_r"][metrics["best_epoch"] - 1] == metrics["best_val_map_at_r"]
     assert metrics["best_val_map_at_r"] > 0.5  # coloured blobs: easy to tell apart
     config = metrics["config"]
-    assert config["image_size"] == 16 and config["options"] == {}
+    assert config["image_size"] == 16 and config["options"] == {"sample_rate": 1.0}
     model, data, _ = load_run(folder_run)
     assert model.backbone.input_shape[1:] == (16, 16, 3)  # RGB detected, resized
     assert len(data.x_test.paths) == 48 and data.x_test.paths[0].endswith(".png")
