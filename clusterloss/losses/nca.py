@@ -7,13 +7,7 @@ from typing import Any
 from keras import ops
 
 from clusterloss._registry import register
-from clusterloss._validation import (
-    check_embeddings,
-    check_labels,
-    check_range,
-    check_same_batch,
-    upcast,
-)
+from clusterloss._validation import check_range
 from clusterloss.distances import get_distance
 from clusterloss.losses._pairs import (
     MetricLoss,
@@ -24,6 +18,7 @@ from clusterloss.losses._pairs import (
     miner_sample_weights,
     nan_unless_finite,
     pair_batch,
+    proxy_batch,
 )
 
 
@@ -123,13 +118,8 @@ def proxy_nca_loss(y_true, y_pred, softmax_scale: float = 1.0):
     here it keeps its large, finite loss. No miner, no other distance. NaN/inf gives NaN.
     """
     check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
-    check_embeddings(y_pred, "y_pred", allow_empty=False)
-    num_classes = y_pred.shape[-1]
-    labels = check_labels(y_true, num_classes=num_classes, name="y_true")
-    check_same_batch(labels, y_pred, ("y_true", "y_pred"))
-    cos = upcast(y_pred)
+    cos, pos = proxy_batch(y_true, y_pred)
     logits = -softmax_scale * (2.0 - 2.0 * cos)
-    pos = ops.equal(labels[:, None], ops.arange(num_classes, dtype=labels.dtype)[None, :])
     return nan_unless_finite(nca_terms(logits, pos, ops.ones_like(pos)), cos)
 
 
