@@ -24,6 +24,11 @@ from clusterloss.distances import l2_normalize, safe_sqrt
 from clusterloss.layers.labels import check_num_classes
 
 
+def _mean(values):
+    """The mean of a 1-D tensor in its dtype (`ops.mean` on torch computes float64 in float32)."""
+    return ops.sum(values) / values.shape[0]
+
+
 class WeightRegularizer(keras.regularizers.Regularizer):
     """Base class: `weight * penalty(kernel)`, the penalty computed in float32 (float64 for a
     float64 kernel) on a `(rows, dim)` kernel with at least `min_rows` rows."""
@@ -75,7 +80,7 @@ class RegularFaceRegularizer(WeightRegularizer):
         unit = l2_normalize(w, axis=-1)
         cos = ops.einsum("id,jd->ij", unit, unit)
         others = np.logical_not(np.eye(w.shape[0], dtype=bool))
-        return ops.mean(ops.max(ops.where(others, cos, -3.0), axis=1))
+        return _mean(ops.max(ops.where(others, cos, -3.0), axis=1))
 
 
 @register
@@ -94,7 +99,7 @@ class CenterInvariantRegularizer(WeightRegularizer):
 
     def penalty(self, w):
         squares = ops.sum(ops.square(w), axis=-1)
-        return ops.mean(ops.square(squares - ops.mean(squares))) / 4.0
+        return _mean(ops.square(squares - _mean(squares))) / 4.0
 
 
 @register
