@@ -374,3 +374,34 @@ def test_fit_on_digits_then_save_and_load_with_no_custom_objects(name, make, los
     np.testing.assert_allclose(to_np(got["logits"]), to_np(want["logits"]), rtol=1e-6, atol=1e-6)
     if hasattr(loaded.head, "iteration"):
         assert int(to_np(loaded.head.iteration)) == int(to_np(model.head.iteration)) == 60
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="counts host copies of torch tensors")
+def test_heads_losses_and_regularizers_never_copy_device_tensors_to_the_host(monkeypatch):
+    x, _ = _data(batch=12, scale=1.0)
+    xt = torch.tensor(x.astype("float32"), requires_grad=True)
+    y = np.arange(12) % 6
+    # No Partial FC here: Keras 3.15's torch `keras.random` copies the SeedGenerator's seed
+    # to the host in every draw (keras/src/backend/torch/random.py), outside clusterloss.
+    heads = [cl.LargeMarginSoftmax(6, kernel_regularizer=cl.RegularFaceRegularizer()),
+             cl.SubCenterArcFace(6, sub_centers=2),
+             cl.SubCenterArcFace(6, kernel_regularizer=cl.SparseCentersRegularizer(6, 3)),
+             cl.ProxyNCAHead(6, kernel_regularizer=cl.CenterInvariantRegularizer())]
+    for head in heads:
+        head.build((None, 8))
+
+    class HostCopy(BaseException):  # not an Exception: no `except Exception` can hide it
+        pass
+
+    def host_copy(*args, **kwargs):
+        raise HostCopy("a torch tensor was copied to the host")
+
+    for name in ("numpy", "item", "tolist", "__array__", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, host_copy)
+    total = cl.ProxyNCALoss()(y, heads[3](xt)) + sum(head.losses[0] for head in (heads[0], heads[2], heads[3]))
+    for head in heads[:3]:
+        logits, labels = head(xt, labels=y, training=True, return_labels=True)
+        total = total + keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True).mean()
+    total.backward()
+    monkeypatch.undo()
+    assert np.isfinite(xt.grad.numpy()).all() and np.abs(xt.grad.numpy()).max() > 0
