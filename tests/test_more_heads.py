@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 import torch
-from conftest import BACKEND, grad, knn_accuracy, to_np
+from conftest import BACKEND, forbid_host_copies, grad, knn_accuracy, to_np
 from keras import ops
 from pytorch_metric_learning import losses as pl
 from pytorch_metric_learning import regularizers as pr
@@ -390,14 +390,7 @@ def test_heads_losses_and_regularizers_never_copy_device_tensors_to_the_host(mon
     for head in heads:
         head.build((None, 8))
 
-    class HostCopy(BaseException):  # not an Exception: no `except Exception` can hide it
-        pass
-
-    def host_copy(*args, **kwargs):
-        raise HostCopy("a torch tensor was copied to the host")
-
-    for name in ("numpy", "item", "tolist", "__array__", "__bool__", "__float__", "__int__"):
-        monkeypatch.setattr(torch.Tensor, name, host_copy)
+    forbid_host_copies(monkeypatch)
     total = cl.ProxyNCALoss()(y, heads[3](xt)) + sum(head.losses[0] for head in (heads[0], heads[2], heads[3]))
     for head in heads[:3]:
         logits, labels = head(xt, labels=y, training=True, return_labels=True)
