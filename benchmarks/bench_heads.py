@@ -7,7 +7,8 @@ memory `ru_maxrss` is per process): a `ClusterModel` with a small backbone (`Den
 `--warmup` steps (compilation) are excluded; the time is the wall time of `--steps` more
 steps, divided by their number; with `--repeats R` every case runs R times, interleaved, and the table gives the median.
 
-Heads: `softmax` (SoftmaxHead), `arcface`, `cosface`; `arcface-2pass` is ArcFace computed
+Heads: `softmax` (SoftmaxHead), `arcface`, `cosface`, `subcenter-arcface` (K = 3: a
+`3 * classes` kernel), `lsoftmax` (LargeMarginSoftmax); `arcface-2pass` is ArcFace computed
 twice per step (a forward without labels plus one with labels, as ClusterModel did before
 0.2), for the one-pass comparison. Center loss: `paper` (Eq. 4 on the batch's rows, the
 library), `paper-dense` (Eq. 4 as a dense `(num_classes, dim)` update, as before 0.2),
@@ -90,6 +91,8 @@ def run_case(case: dict) -> dict:
         "arcface": lambda: cl.ArcFace(classes, sample_rate=rate),
         "arcface-2pass": lambda: cl.ArcFace(classes, sample_rate=rate),
         "cosface": lambda: cl.CosFace(classes, sample_rate=rate),
+        "subcenter-arcface": lambda: cl.SubCenterArcFace(classes, sample_rate=rate),
+        "lsoftmax": lambda: cl.LargeMarginSoftmax(classes, sample_rate=rate),
         "none": lambda: None,
     }
     centers = {

@@ -38,6 +38,21 @@ def grad(fn, *args):
     return [t.grad.numpy() for t in tensors]
 
 
+class HostCopy(BaseException):  # not an Exception: no `except Exception` can hide it
+    pass
+
+
+def forbid_host_copies(monkeypatch) -> None:
+    """Make every host copy of a torch tensor raise `HostCopy` (until `monkeypatch.undo()`)."""
+    import torch
+
+    def host_copy(*args, **kwargs):
+        raise HostCopy("a torch tensor was copied to the host")
+
+    for name in ("numpy", "item", "tolist", "__array__", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, host_copy)
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's digits (bundled, no download), shuffled: 1000 train, 500 test rows."""

@@ -1,4 +1,5 @@
-"""Layers that own state: class centers, classification and margin-softmax heads, proxies."""
+"""Layers that own state: class centers, classification and margin-softmax heads, proxies;
+and the regularizers of their class weights."""
 
 from clusterloss.layers.centers import CenterLoss
 from clusterloss.layers.class_head import ClassHead, SoftmaxHead
@@ -6,19 +7,38 @@ from clusterloss.layers.margin_heads import (
     ArcFace,
     CosFace,
     CosineHead,
+    LargeMarginSoftmax,
     NormFace,
     ProxyAnchorHead,
+    ProxyHead,
+    ProxyNCAHead,
     SphereFace,
+)
+from clusterloss.layers.sub_center import SubCenterArcFace, SubCenterOutliers
+from clusterloss.layers.weight_regularizers import (
+    CenterInvariantRegularizer,
+    RegularFaceRegularizer,
+    SparseCentersRegularizer,
+    WeightRegularizer,
 )
 
 __all__ = [
     "ArcFace",
+    "CenterInvariantRegularizer",
     "CenterLoss",
     "ClassHead",
     "CosFace",
     "CosineHead",
+    "LargeMarginSoftmax",
     "NormFace",
     "ProxyAnchorHead",
+    "ProxyHead",
+    "ProxyNCAHead",
+    "RegularFaceRegularizer",
     "SoftmaxHead",
+    "SparseCentersRegularizer",
     "SphereFace",
+    "SubCenterArcFace",
+    "SubCenterOutliers",
+    "WeightRegularizer",
 ]

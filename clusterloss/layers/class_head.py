@@ -68,13 +68,23 @@ def sample_classes(labels, num_classes: int, num_sampled: int, seed):
     return index, ops.maximum(positions, 0), ok
 
 
+def _row_index(index, rows: int):
+    """The rows of the classes in `index` when each class has `rows` consecutive rows."""
+    if rows == 1:
+        return index
+    rows_of = ops.expand_dims(index * rows, 1) + ops.arange(rows, dtype=index.dtype)
+    return ops.reshape(rows_of, (-1,))
+
+
 class ClassHead(keras.layers.Layer):
     """Base class: a head with one weight row per class in `kernel` `(num_classes, dim)`.
 
     A subclass defines `class_logits(embeddings, weights, labels, training)`, where
     `weights` is the tuple `class_weights()` (rows of `kernel`, and of any other per-class
     variable such as a bias), restricted to the sampled classes with Partial FC, and `labels`
-    is `None` at inference.
+    is `None` at inference. A subclass with several kernel rows per class (sub-centers) sets
+    `rows_per_class`: `kernel` is then `(num_classes * rows_per_class, dim)`, class-major,
+    and Partial FC samples whole classes (all their rows).
 
     Args:
         num_classes: number of classes (an int, NumPy ints accepted), >= 2.
@@ -87,6 +97,7 @@ class ClassHead(keras.layers.Layer):
 
     uses_labels = True
     has_margin = False
+    rows_per_class = 1  # kernel rows per class (sub-centers); rows c*r .. c*r+r-1 are class c
 
     def __init__(
         self,
@@ -129,7 +140,7 @@ class ClassHead(keras.layers.Layer):
                 f"got shape {tuple(embedding_shape)}."
             )
         self.kernel = self.add_weight(
-            shape=(self.num_classes, embedding_shape[-1]),
+            shape=(self.num_classes * self.rows_per_class, embedding_shape[-1]),
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
             trainable=True,
@@ -138,7 +149,8 @@ class ClassHead(keras.layers.Layer):
         self.build_class_variables(embedding_shape)
         if self.sampled:
             for variable in self.class_variables():
-                mark_sparse_rows(variable, self.num_sampled)
+                rows = variable.shape[0] // self.num_classes
+                mark_sparse_rows(variable, self.num_sampled * rows)
 
     def build_class_variables(self, embedding_shape) -> None:
         """Create per-class variables besides `kernel` (e.g. a bias)."""
@@ -151,7 +163,10 @@ class ClassHead(keras.layers.Layer):
         """The per-class variables as tensors, restricted to the classes in `index`."""
         if index is None:
             return tuple(ops.convert_to_tensor(v) for v in self.class_variables())
-        return tuple(_native.take_rows(v, index, sorted_unique=True) for v in self.class_variables())
+        return tuple(
+            _native.take_rows(v, _row_index(index, v.shape[0] // self.num_classes), sorted_unique=True)
+            for v in self.class_variables()
+        )
 
     def class_logits(self, embeddings, weights: tuple, labels=None, training: bool = False):
         """Logits `(batch, len(weights[0]))`; margin on each label's column if given."""

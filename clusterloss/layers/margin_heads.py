@@ -1,4 +1,5 @@
-"""Cosine-softmax heads with angular margins: ArcFace, CosFace, SphereFace (A-Softmax), NormFace.
+"""Cosine-softmax heads with angular margins: ArcFace, CosFace, SphereFace (A-Softmax),
+L-Softmax, NormFace; and the proxy heads of ProxyAnchorLoss and ProxyNCALoss.
 
 Every head owns its class weight matrix `kernel` of shape `(num_classes, dim)` (one row per
 class; see `ClassHead`) and computes the cosine between each L2-normalised embedding and each
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -158,7 +160,7 @@ class ArcFace(CosineHead):
     is no `acos`, and gradients stay finite where pytorch-metric-learning's `acos` gives NaN.
 
     Args:
-        num_classes: number of classes (columns of `kernel`, shape `(dim, num_classes)`).
+        num_classes: number of classes (rows of `kernel`, shape `(num_classes, dim)`).
         scale: s, default 64 (paper and insightface).
         margin: m in **radians**, default 0.5 (paper and insightface). pytorch-metric-learning
             `ArcFaceLoss(margin=...)` is in degrees: its 28.6 is 0.5 rad; pass
@@ -237,56 +239,60 @@ class NormFace(CosineHead):
 
 
 @register
-class SphereFace(CosineHead):
-    """Multiplicative angular margin (SphereFace / A-Softmax): Liu et al., "SphereFace: Deep
-    Hypersphere Embedding for Face Recognition", CVPR 2017.
-
-    Class weights are normalised, embeddings are not: logits scale with `||x||` (so, unlike
-    the other heads, huge embeddings give huge logits, which a float32 softmax cannot use).
+class LargeMarginSoftmax(CosineHead):
+    """Large-margin softmax (L-Softmax): Liu et al., "Large-Margin Softmax Loss for
+    Convolutional Neural Networks", ICML 2016. A multiplicative angular margin on
+    unnormalised weights and embeddings:
 
         psi(theta) = (-1)^k cos(m theta) - 2k,   theta in [k pi / m, (k + 1) pi / m],
-        logit_y = s * ||x|| * (lambda * cos_y + psi(theta_y)) / (1 + lambda),
-        logit_j = s * ||x|| * cos_j   for j != y, and for every class at inference.
+        logit_y = s * ||w_y|| * ||x|| * (lambda * cos_y + psi(theta_y)) / (1 + lambda),
+        logit_j = s * ||w_j|| * ||x|| * cos_j = s * w_j . x   for j != y, and at inference.
 
-    `cos(m theta)` is the Chebyshev polynomial `T_m(cos)` (the paper's multiple-angle formula)
-    and k comes from comparing `cos` with `cos(j pi / m)`: no `acos`, smooth gradients.
+    `cos(m theta)` is the Chebyshev polynomial `T_m(cos)`, equal to the paper's Eq. 7
+    binomial expansion that pytorch-metric-learning evaluates; k comes from comparing `cos`
+    with `cos(j pi / m)`: no `acos`, finite gradients at `cos = +-1` (where PML's `acos`
+    gives NaN). `SphereFace` is this head with normalised weights (as PML's `SphereFaceLoss`
+    subclasses its `LargeMarginSoftmaxLoss`).
 
-    lambda anneals as in the authors' Caffe code (`MarginInnerProduct` layer): on each training
-    call with labels (whose labels are all valid), the non-trainable `iteration` counter goes
-    up by one and
+    lambda (the paper's annealing towards the margin, Sec. 5 and the authors' Caffe layer)
+    follows `lambda = max(lambda_min, base * (1 + gamma * iteration) ** (-power))` with a
+    saved, non-trainable `iteration` counter that each training call with valid labels
+    advances. The defaults `base=0, lambda_min=0` give lambda = 0, no annealing: exactly
+    pytorch-metric-learning's `LargeMarginSoftmaxLoss(num_classes, embedding_size, margin,
+    scale)`. For a hard margin (m = 4) the paper anneals from a large lambda (e.g.
+    `base=1000, lambda_min=0`, as `SphereFace`'s schedule).
 
-        lambda = max(lambda_min, base * (1 + gamma * iteration) ** (-power)).
-
-    Defaults are the paper's code (sphereface_model.prototxt): m = 4, base 1000, gamma 0.12,
-    power 1, lambda_min 5. The counter is saved with the model, so training resumes where the
-    schedule was. `base=0, lambda_min=0` gives the plain A-Softmax of the paper's Eq. with no
-    annealing, which is what pytorch-metric-learning's `SphereFaceLoss(margin=m, scale=s)`
-    computes.
+    Units: `margin` is PML's (and the paper's) integer angle multiplier m, no conversion;
+    `scale` is PML's extra factor on every logit (default 1: none, as in the paper).
 
     Args:
         num_classes: number of classes.
-        margin: m, an integer >= 1 (an angle multiplier, no unit), default 4.
-        scale: s, an extra factor on all logits, default 1 (none, as in the paper; the same as
-            pytorch-metric-learning's `scale`).
-        base, gamma, power, lambda_min: the lambda schedule above.
+        margin: m, an integer >= 1 (m = 1 is the plain softmax without bias), default 4.
+        scale: s, default 1.
+        base, gamma, power, lambda_min: the lambda schedule above (default: lambda = 0).
         sample_rate, seed, kernel_initializer, kernel_regularizer: see `ClassHead`
             (Partial FC and the class weights).
     """
+
+    normalize_weights = False
 
     def __init__(
         self,
         num_classes: int,
         margin: int = 4,
         scale: float = 1.0,
-        base: float = 1000.0,
+        base: float = 0.0,
         gamma: float = 0.12,
         power: float = 1.0,
-        lambda_min: float = 5.0,
+        lambda_min: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(num_classes, scale=scale, **kwargs)
-        if isinstance(margin, bool) or int(margin) != margin or margin < 1:
-            raise ValueError(f"`margin` must be an integer >= 1 (m of A-Softmax); got {margin!r}.")
+        integral = isinstance(margin, (int, float, np.number)) and float(margin).is_integer()
+        if isinstance(margin, bool) or not integral or margin < 1:
+            raise ValueError(
+                f"`margin` must be an integer >= 1 (the angle multiplier m); got {margin!r}."
+            )
         for value, name in ((base, "base"), (gamma, "gamma"), (power, "power")):
             check_range(value, name, 0.0)
         check_range(lambda_min, "lambda_min", 0.0)
@@ -342,6 +348,13 @@ class SphereFace(CosineHead):
     def scale_logits(self, values, norms):
         return self.scale * norms * values
 
+    def class_logits(self, embeddings, weights: tuple, labels=None, training: bool = False):
+        logits = super().class_logits(embeddings, weights, labels, training)
+        if self.normalize_weights:
+            return logits
+        w = ops.cast(weights[0], logits.dtype)
+        return logits * safe_sqrt(ops.einsum("cd,cd->c", w, w))
+
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
@@ -354,32 +367,67 @@ class SphereFace(CosineHead):
 
 
 @register
-class ProxyAnchorHead(CosineHead):
-    """One trainable proxy per class for `ProxyAnchorLoss` (Kim et al., "Proxy Anchor Loss for
-    Deep Metric Learning", CVPR 2020): `call(embeddings)` returns the cosine similarities
-    `(batch, num_classes)` between the embeddings and the proxies, with no scale and no margin
-    (the loss applies its own `alpha` and `margin`), so it needs no labels.
+class SphereFace(LargeMarginSoftmax):
+    """Multiplicative angular margin (SphereFace / A-Softmax): Liu et al., "SphereFace: Deep
+    Hypersphere Embedding for Face Recognition", CVPR 2017.
 
-    The proxies are the rows of `kernel` `(num_classes, dim)`, as in every `CosineHead`.
-    A `keras.losses.Loss` cannot own them on every backend (see DESIGN-NOTES), hence a layer:
+    `LargeMarginSoftmax` with normalised class weights (embeddings are not normalised:
+    logits scale with `||x||`, so, unlike the cosine heads, huge embeddings give huge
+    logits, which a float32 softmax cannot use):
 
-        model = ClusterModel(backbone, head=ProxyAnchorHead(num_classes, name="proxies"))
-        model.compile(keras.optimizers.AdamW(1e-4), loss=ProxyAnchorLoss())
+        psi(theta) = (-1)^k cos(m theta) - 2k,   theta in [k pi / m, (k + 1) pi / m],
+        logit_y = s * ||x|| * (lambda * cos_y + psi(theta_y)) / (1 + lambda),
+        logit_j = s * ||x|| * cos_j   for j != y, and for every class at inference.
 
-    The paper trains the proxies with a 100x larger learning rate: give them their own
-    optimizer with `keras.optimizers.MultiOptimizer` keyed on `".*proxies/kernel"`. The
-    similarities are also class scores (argmax = nearest proxy), so `metrics=["accuracy"]`
-    works.
+    lambda anneals as in the authors' Caffe code (`MarginInnerProduct` layer), with the
+    schedule of `LargeMarginSoftmax`; here the defaults are the paper's code
+    (sphereface_model.prototxt): m = 4, base 1000, gamma 0.12, power 1, lambda_min 5. The
+    counter is saved with the model, so training resumes where the schedule was.
+    `base=0, lambda_min=0` gives the plain A-Softmax of the paper's Eq. with no annealing,
+    which is what pytorch-metric-learning's `SphereFaceLoss(margin=m, scale=s)` computes.
 
     Args:
-        num_classes: number of classes (proxies).
-        proxy_initializer: initializer of the proxies (their scale does not matter: they are
-            normalised). Default `"he_normal"`, close to PML's Kaiming normal.
+        num_classes: number of classes.
+        margin: m, an integer >= 1 (an angle multiplier, no unit), default 4.
+        scale: s, an extra factor on all logits, default 1 (none, as in the paper; the same as
+            pytorch-metric-learning's `scale`).
+        base, gamma, power, lambda_min: the lambda schedule (see `LargeMarginSoftmax`).
+        sample_rate, seed, kernel_initializer, kernel_regularizer: see `ClassHead`
+            (Partial FC and the class weights).
     """
+
+    normalize_weights = True
+
+    def __init__(
+        self,
+        num_classes: int,
+        margin: int = 4,
+        scale: float = 1.0,
+        base: float = 1000.0,
+        gamma: float = 0.12,
+        power: float = 1.0,
+        lambda_min: float = 5.0,
+        **kwargs: Any,
+    ):
+        super().__init__(
+            num_classes, margin=margin, scale=scale, base=base, gamma=gamma, power=power,
+            lambda_min=lambda_min, **kwargs,
+        )
+
+
+class ProxyHead(CosineHead):
+    """Base class of the proxy heads: one trainable proxy per class, the rows of `kernel`
+    `(num_classes, dim)` as in every `CosineHead`; `call(embeddings)` returns the cosine
+    similarities `(batch, num_classes)` between the embeddings and the proxies, with no scale
+    and no margin (the proxy loss applies its own), so it needs no labels. A
+    `keras.losses.Loss` cannot own the proxies on every backend (see DESIGN-NOTES), hence a
+    layer. The similarities are also class scores (argmax = nearest proxy), so
+    `metrics=["accuracy"]` works. A weight regularizer (PML's `weight_regularizer`) is a
+    `kernel_regularizer`, e.g. `RegularFaceRegularizer()`."""
 
     uses_labels = False
 
-    def __init__(self, num_classes: int, proxy_initializer: Any = "he_normal", **kwargs: Any):
+    def __init__(self, num_classes: int, proxy_initializer: Any, **kwargs: Any):
         super().__init__(num_classes, scale=1.0, kernel_initializer=proxy_initializer, **kwargs)
 
     @property
@@ -397,3 +445,45 @@ class ProxyAnchorHead(CosineHead):
             del config[key]
         config["proxy_initializer"] = config.pop("kernel_initializer")
         return config
+
+
+@register
+class ProxyAnchorHead(ProxyHead):
+    """The proxies of `ProxyAnchorLoss` (Kim et al., "Proxy Anchor Loss for Deep Metric
+    Learning", CVPR 2020); see `ProxyHead`:
+
+        model = ClusterModel(backbone, head=ProxyAnchorHead(num_classes, name="proxies"))
+        model.compile(keras.optimizers.AdamW(1e-4), loss=ProxyAnchorLoss())
+
+    The paper trains the proxies with a 100x larger learning rate: give them their own
+    optimizer with `keras.optimizers.MultiOptimizer` keyed on `".*proxies/kernel"`.
+
+    Args:
+        num_classes: number of classes (proxies).
+        proxy_initializer: initializer of the proxies (their scale does not matter: they are
+            normalised). Default `"he_normal"`, close to PML's Kaiming normal.
+    """
+
+    def __init__(self, num_classes: int, proxy_initializer: Any = "he_normal", **kwargs: Any):
+        super().__init__(num_classes, proxy_initializer=proxy_initializer, **kwargs)
+
+
+@register
+class ProxyNCAHead(ProxyHead):
+    """The proxies of `ProxyNCALoss` (Movshovitz-Attias et al., "No Fuss Distance Metric
+    Learning using Proxies", ICCV 2017); see `ProxyHead`:
+
+        model = ClusterModel(backbone, head=ProxyNCAHead(num_classes, name="proxies"))
+        model.compile("adam", loss=ProxyNCALoss(softmax_scale=1.0))
+
+    Args:
+        num_classes: number of classes (proxies).
+        proxy_initializer: initializer of the proxies; default `None` is a standard normal
+            (`RandomNormal(stddev=1)`, PML's `torch.nn.init.normal_`). The scale does not
+            change the loss (proxies are normalised), only the size of a step relative to it.
+    """
+
+    def __init__(self, num_classes: int, proxy_initializer: Any = None, **kwargs: Any):
+        if proxy_initializer is None:
+            proxy_initializer = keras.initializers.RandomNormal(stddev=1.0)
+        super().__init__(num_classes, proxy_initializer=proxy_initializer, **kwargs)

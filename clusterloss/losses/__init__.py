@@ -28,7 +28,7 @@ from clusterloss.losses.lifted_structure import (
 )
 from clusterloss.losses.margin import MarginLoss, MarginLossLayer, margin_loss
 from clusterloss.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
-from clusterloss.losses.nca import NCALoss, nca_loss
+from clusterloss.losses.nca import NCALoss, ProxyNCALoss, nca_loss, proxy_nca_loss
 from clusterloss.losses.ntxent import NTXentLoss, SupConLoss, ntxent_loss, supcon_loss
 from clusterloss.losses.proxy_anchor import ProxyAnchorLoss, proxy_anchor_loss
 from clusterloss.losses.regularizers import LpRegularizer
@@ -57,6 +57,7 @@ __all__ += [
     "NCALoss",
     "NTXentLoss",
     "ProxyAnchorLoss",
+    "ProxyNCALoss",
     "SupConLoss",
     "TripletMarginLoss",
     "TupletMarginLoss",
@@ -73,6 +74,7 @@ __all__ += [
     "nca_loss",
     "ntxent_loss",
     "proxy_anchor_loss",
+    "proxy_nca_loss",
     "supcon_loss",
     "triplet_margin_loss",
     "tuplet_margin_loss",

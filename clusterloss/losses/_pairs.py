@@ -185,6 +185,17 @@ def farness(mat, distance: Distance):
     return -mat if distance.larger_is_closer else mat
 
 
+def proxy_batch(y_true, y_pred):
+    """`(cos, pos)` for a proxy loss: `y_pred` `(batch, num_classes)`, the cosines to one
+    proxy per class, upcast; `pos[i, j]`: sample i is of class j. Shapes and labels checked."""
+    check_embeddings(y_pred, "y_pred", allow_empty=False)
+    num_classes = y_pred.shape[-1]
+    labels = check_labels(y_true, num_classes=num_classes, name="y_true")
+    check_same_batch(labels, y_pred, ("y_true", "y_pred"))
+    pos = ops.equal(labels[:, None], ops.arange(num_classes, dtype=labels.dtype)[None, :])
+    return upcast(y_pred), pos
+
+
 def safe_divide(num, den):
     """`num / den` where `den > 0`, else 0, with finite gradients."""
     ok = den > 0

@@ -1,4 +1,4 @@
-"""Neighbourhood components analysis (NCA) loss."""
+"""Neighbourhood components analysis (NCA) loss, and ProxyNCA (NCA against class proxies)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,16 @@ from clusterloss.losses._pairs import (
     get_miner,
     masked_logsumexp,
     miner_sample_weights,
+    nan_unless_finite,
     pair_batch,
+    proxy_batch,
 )
+
+
+def nca_terms(logits, pos, every):
+    """`-log sum_{pos} softmax_{every}(logits)` per row: `logsumexp` over `every` minus
+    `logsumexp` over `pos` (0 for a row without `pos`)."""
+    return masked_logsumexp(logits, every, axis=1) - masked_logsumexp(logits, pos, axis=1)
 
 
 def nca_loss(
@@ -51,10 +59,8 @@ def nca_loss(
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
     logits = -softmax_scale * farness(pairs.matrix(distance), distance)
-    every = ops.logical_or(pairs.pos, pairs.neg)
     has_pos = ops.any(pairs.pos, axis=1)
-    losses = (masked_logsumexp(logits, every, axis=1)
-              - masked_logsumexp(logits, pairs.pos, axis=1))
+    losses = nca_terms(logits, pairs.pos, ops.logical_or(pairs.pos, pairs.neg))
     losses = ops.where(has_pos, losses * miner_sample_weights(miner, pairs), 0.0)
     return pairs.guard(batch_share(losses, ops.sum(ops.cast(has_pos, losses.dtype))))
 
@@ -98,4 +104,53 @@ class NCALoss(MetricLoss):
         )
 
 
-__all__ = ["NCALoss", "nca_loss"]
+def proxy_nca_loss(y_true, y_pred, softmax_scale: float = 1.0):
+    """ProxyNCA loss (Movshovitz-Attias et al., "No Fuss Distance Metric Learning using
+    Proxies", ICCV 2017) from labels and the cosine similarities `y_pred` `(batch,
+    num_classes)` between the embeddings and one proxy per class (a `ProxyNCAHead`):
+
+        l_i = -log softmax_j(-softmax_scale * d(x_i, p_j))[y_i],   d = 2 - 2 cos,
+
+    the NCA loss (`nca_loss`) with the proxies as the references: PML's `ProxyNCALoss`
+    with its default distance, the squared Euclidean distance between the L2-normalised
+    embeddings and proxies. The batch value is the mean over the samples; one value per
+    sample. PML drops a sample whose softmax underflows to 0 (float32, a scale over ~20);
+    here it keeps its large, finite loss. No miner, no other distance. NaN/inf gives NaN.
+    """
+    check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
+    cos, pos = proxy_batch(y_true, y_pred)
+    logits = -softmax_scale * (2.0 - 2.0 * cos)
+    return nan_unless_finite(nca_terms(logits, pos, ops.ones_like(pos)), cos)
+
+
+@register
+class ProxyNCALoss(MetricLoss):
+    """ProxyNCA loss on the output of a `ProxyNCAHead`, equal to PML's
+    `ProxyNCALoss(num_classes, embedding_size, softmax_scale)`; see `proxy_nca_loss`.
+
+    Example:
+        model = ClusterModel(backbone, head=ProxyNCAHead(num_classes, name="proxies"))
+        model.compile("adam", loss=ProxyNCALoss(softmax_scale=1.0))
+
+    Args:
+        softmax_scale: > 0 (default 1, PML's).
+    """
+
+    def __init__(
+        self,
+        softmax_scale: float = 1.0,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "proxy_nca_loss",
+        dtype: str | None = None,
+    ):
+        check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
+        super().__init__(
+            proxy_nca_loss,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            softmax_scale=float(softmax_scale),
+        )
+
+
+__all__ = ["NCALoss", "ProxyNCALoss", "nca_loss", "proxy_nca_loss"]

@@ -4,18 +4,17 @@ head's cosine similarities."""
 
 from __future__ import annotations
 
-
 from keras import ops
 
 from clusterloss._registry import register
-from clusterloss._validation import (
-    check_embeddings,
-    check_labels,
-    check_range,
-    check_same_batch,
-    upcast,
+from clusterloss._validation import check_range
+from clusterloss.losses._pairs import (
+    MetricLoss,
+    masked_logsumexp,
+    nan_unless_finite,
+    proxy_batch,
+    safe_divide,
 )
-from clusterloss.losses._pairs import MetricLoss, masked_logsumexp, nan_unless_finite, safe_divide
 
 
 def proxy_anchor_loss(y_true, y_pred, margin: float = 0.1, alpha: float = 32.0):
@@ -33,12 +32,8 @@ def proxy_anchor_loss(y_true, y_pred, margin: float = 0.1, alpha: float = 32.0):
     """
     check_range(margin, "margin", 0.0)
     check_range(alpha, "alpha", 0.0, low_open=True)
-    check_embeddings(y_pred, "y_pred", allow_empty=False)
-    num_classes = y_pred.shape[-1]
-    labels = check_labels(y_true, num_classes=num_classes, name="y_true")
-    check_same_batch(labels, y_pred, ("y_true", "y_pred"))
-    cos = upcast(y_pred)
-    pos = ops.equal(labels[:, None], ops.arange(num_classes)[None, :])
+    cos, pos = proxy_batch(y_true, y_pred)
+    num_classes = cos.shape[-1]
     neg = ops.logical_not(pos)
     pos_term = masked_logsumexp(-alpha * (cos - margin), pos, axis=0, add_one=True)
     neg_term = masked_logsumexp(alpha * (cos + margin), neg, axis=0, add_one=True)
