@@ -16,10 +16,13 @@ from clusterloss.layers import (
     CenterLoss,
     ClassHead,
     CosFace,
+    LargeMarginSoftmax,
     NormFace,
     ProxyAnchorHead,
+    ProxyNCAHead,
     SoftmaxHead,
     SphereFace,
+    SubCenterArcFace,
 )
 from clusterloss.models import ClusterModel
 from clusterloss.optimizers import center_optimizer
@@ -162,6 +165,28 @@ RECIPES: dict[str, Recipe] = {
     "cosface": _head_recipe(CosFace, "CosFace head", "additive cosine margin"),
     "sphereface": _head_recipe(SphereFace, "A-Softmax head", "multiplicative angular margin m"),
     "normface": _head_recipe(NormFace, "normalised softmax"),
+    "subcenter-arcface": Recipe(
+        lambda n, v: Parts(_crossentropy(), head=SubCenterArcFace(n, **v)),
+        _head_options(SubCenterArcFace, "additive angular margin (radians)") + (
+            option(SubCenterArcFace, "sub_centers", help="sub-centers per class (K)", low=1),
+        ),
+        "sub-center ArcFace head (Deng et al. 2020), robust to label noise",
+    ),
+    "lsoftmax": Recipe(
+        lambda n, v: Parts(_crossentropy(), head=LargeMarginSoftmax(n, **v)),
+        (
+            option(LargeMarginSoftmax, "margin", help="multiplicative angular margin m (an "
+                   "integer)", low=1),
+            option(LargeMarginSoftmax, "scale", help="scale of the logits"),
+            option(LargeMarginSoftmax, "base", help="lambda annealing: lambda starts at base "
+                   "and decays as base (1 + gamma t)^-power", default=1000.0,
+                   reason="without annealing m=4 trains poorly on the command line's small "
+                   "networks (digits 1-NN 0.51-0.78 against 0.93-0.94 annealed); the class "
+                   "keeps PML's lambda = 0."),
+            SAMPLE_RATE,
+        ),
+        "L-Softmax head (Liu et al. 2016), annealed",
+    ),
     "proxy-anchor": Recipe(
         lambda n, v: Parts(L.ProxyAnchorLoss(margin=v["margin"], alpha=v["alpha"]),
                            head=ProxyAnchorHead(n)),
@@ -170,6 +195,11 @@ RECIPES: dict[str, Recipe] = {
             option(L.ProxyAnchorLoss, "alpha", help="scaling alpha"),
         ),
         "proxy-anchor loss on learned proxies",
+    ),
+    "proxy-nca": Recipe(
+        lambda n, v: Parts(L.ProxyNCALoss(softmax_scale=v["softmax_scale"]), head=ProxyNCAHead(n)),
+        (option(L.ProxyNCALoss, "softmax_scale", help="scale of the negative squared distances"),),
+        "ProxyNCA (Movshovitz-Attias et al. 2017) on learned proxies",
     ),
     "triplet": _pair_recipe(
         _triplet,
