@@ -98,6 +98,16 @@ def _pair_recipe(make_loss: Callable[[Values], keras.losses.Loss], options: tupl
     )  # fmt: skip
 
 
+def _loss_recipe(cls, helps: Mapping[str, str], description: str, unit_norm: bool = False,
+                 **overrides: Any) -> Recipe:  # fmt: skip
+    """A pair recipe whose options are `cls`'s parameters of the same names (`helps`: name ->
+    help line; `overrides`: name -> extra `option` arguments)."""
+    options = tuple(option(cls, key, help=text, **overrides.get(key, {}))
+                    for key, text in helps.items())  # fmt: skip
+    return _pair_recipe(lambda v: cls(**{key: v[key] for key in helps}), options, description,
+                        unit_norm=unit_norm)  # fmt: skip
+
+
 def _margin_options(cls) -> tuple[Option, ...]:
     return (
         option(cls, "margin", help="margin alpha around the boundary beta"),
@@ -212,14 +222,8 @@ RECIPES: dict[str, Recipe] = {
         ),
         "triplet margin loss, FaceNet semi-hard mining",
     ),
-    "contrastive": _pair_recipe(
-        lambda v: L.ContrastiveLoss(pos_margin=v["pos_margin"], neg_margin=v["neg_margin"]),
-        (
-            option(L.ContrastiveLoss, "pos_margin", help="positive pairs' margin"),
-            option(L.ContrastiveLoss, "neg_margin", help="negative pairs' margin"),
-        ),
-        "contrastive loss",
-    ),
+    "contrastive": _loss_recipe(L.ContrastiveLoss, {"pos_margin": "positive pairs' margin",
+                                "neg_margin": "negative pairs' margin"}, "contrastive loss"),
     "multi-similarity": _pair_recipe(
         lambda v: L.MultiSimilarityLoss(
             alpha=v["alpha"], beta=v["beta"], base=v["base"],
@@ -232,41 +236,19 @@ RECIPES: dict[str, Recipe] = {
         ),
         "multi-similarity loss and miner",
     ),
-    "supcon": _pair_recipe(
-        lambda v: L.SupConLoss(temperature=v["temperature"]),
-        (option(L.SupConLoss, "temperature", help="softmax temperature"),),
-        "supervised contrastive loss",
-    ),
-    "ntxent": _pair_recipe(
-        lambda v: L.NTXentLoss(temperature=v["temperature"]),
-        (option(L.NTXentLoss, "temperature", help="softmax temperature"),),
-        "NT-Xent with same-class positives",
-    ),
-    "circle": _pair_recipe(
-        lambda v: L.CircleLoss(m=v["m"], gamma=v["gamma"]),
-        (
-            option(L.CircleLoss, "gamma", help="scale gamma"),
-            option(L.CircleLoss, "m", help="relaxation margin m"),
-        ),
-        "circle loss (Sun et al. 2020) on cosine similarities",
-    ),
-    "lifted": _pair_recipe(
-        lambda v: L.LiftedStructureLoss(neg_margin=v["neg_margin"], pos_margin=v["pos_margin"]),
-        (
-            option(L.LiftedStructureLoss, "neg_margin", help="negative pairs' margin"),
-            option(L.LiftedStructureLoss, "pos_margin", help="positive pairs' margin"),
-        ),
-        "lifted structure loss (Oh Song et al. 2016)",
-    ),
-    "generalized-lifted": _pair_recipe(
-        lambda v: L.GeneralizedLiftedStructureLoss(neg_margin=v["neg_margin"],
-                                                   pos_margin=v["pos_margin"]),
-        (
-            option(L.GeneralizedLiftedStructureLoss, "neg_margin", help="negative pairs' margin"),
-            option(L.GeneralizedLiftedStructureLoss, "pos_margin", help="positive pairs' margin"),
-        ),
-        "generalized lifted structure loss (Hermans et al. 2017)",
-    ),
+    "supcon": _loss_recipe(L.SupConLoss, {"temperature": "softmax temperature"},
+                           "supervised contrastive loss"),
+    "ntxent": _loss_recipe(L.NTXentLoss, {"temperature": "softmax temperature"},
+                           "NT-Xent with same-class positives"),
+    "circle": _loss_recipe(L.CircleLoss, {"gamma": "scale gamma", "m": "relaxation margin m"},
+                           "circle loss (Sun et al. 2020) on cosine similarities"),
+    "lifted": _loss_recipe(L.LiftedStructureLoss, {"neg_margin": "negative pairs' margin",
+                           "pos_margin": "positive pairs' margin"},
+                           "lifted structure loss (Oh Song et al. 2016)"),
+    "generalized-lifted": _loss_recipe(
+        L.GeneralizedLiftedStructureLoss,
+        {"neg_margin": "negative pairs' margin", "pos_margin": "positive pairs' margin"},
+        "generalized lifted structure loss (Hermans et al. 2017)"),
     "margin": _pair_recipe(
         lambda v: L.MarginLoss(margin=v["margin"], beta=v["beta"], nu=v["nu"],
                                miner=_distance_weighted()),
@@ -283,30 +265,16 @@ RECIPES: dict[str, Recipe] = {
         "margin loss with a learned global beta (a loss layer of the model)",
         classifier=False, pairs=True,
     ),
-    "nca": _pair_recipe(
-        lambda v: L.NCALoss(softmax_scale=v["softmax_scale"]),
-        (option(L.NCALoss, "softmax_scale", help="scale of the negative squared distances"),),
-        "neighbourhood components analysis (Goldberger et al. 2005)",
-    ),
-    "tuplet": _pair_recipe(
-        lambda v: L.TupletMarginLoss(margin=v["margin"], scale=v["scale"]),
-        (
-            option(L.TupletMarginLoss, "margin", help="angular margin, degrees (PML's unit)"),
-            option(L.TupletMarginLoss, "scale", help="scale of the cosines"),
-        ),
-        "tuplet margin loss (Yu and Tao 2019)",
-    ),
-    "angular": _pair_recipe(
-        lambda v: L.AngularLoss(alpha=v["alpha"]),
-        (option(L.AngularLoss, "alpha", help="angle alpha, degrees"),),
-        "angular loss (Wang et al. 2017) on unit-normalised embeddings",
-        unit_norm=True,
-    ),
-    "fastap": _pair_recipe(
-        lambda v: L.FastAPLoss(num_bins=v["num_bins"]),
-        (option(L.FastAPLoss, "num_bins", help="histogram bins of the distances", low=1),),
-        "FastAP, a differentiable average precision (Cakir et al. 2019)",
-    ),
+    "nca": _loss_recipe(L.NCALoss, {"softmax_scale": "scale of the negative squared distances"},
+                        "neighbourhood components analysis (Goldberger et al. 2005)"),
+    "tuplet": _loss_recipe(L.TupletMarginLoss, {"margin": "angular margin, degrees (PML's unit)",
+                           "scale": "scale of the cosines"}, "tuplet margin loss (Yu and Tao 2019)"),
+    "angular": _loss_recipe(L.AngularLoss, {"alpha": "angle alpha, degrees"},
+                            "angular loss (Wang et al. 2017) on unit-normalised embeddings",
+                            unit_norm=True),
+    "fastap": _loss_recipe(L.FastAPLoss, {"num_bins": "histogram bins of the distances"},
+                           "FastAP, a differentiable average precision (Cakir et al. 2019)",
+                           num_bins={"low": 1}),
 }  # fmt: skip
 
 
