@@ -120,3 +120,14 @@ def test_trains_in_a_compiled_fit_and_saves_its_queue(tmp_path):
         np.testing.assert_array_equal(to_np(getattr(loaded.memory, name)),
                                       to_np(getattr(memory, name)))
     assert loaded.memory.get_config() == memory.get_config()
+
+
+def test_embeddings_of_another_size_are_a_clear_error():
+    """The queue is built at construction, so the size is checked at every call (was a
+    backend broadcast error inside the call)."""
+    memory = cl.CrossBatchMemory(cl.ContrastiveLoss(), DIM, MEMORY)
+    x, y = _batches(steps=1)[0]
+    with pytest.raises(ValueError, match=r"`embeddings` must have embedding_size=8 columns; "
+                       r"got shape \(6, 16\)"):
+        memory(np.concatenate([x, x], axis=1), y, training=True)
+    assert np.all(to_np(memory.filled) == 0)  # nothing written

@@ -85,14 +85,17 @@ class CrossBatchMemory(keras.layers.Layer):
         # (tf.distribute cannot create variables there).
         self.build()
 
+    def _check_size(self, embeddings_shape) -> None:
+        dim = tuple(embeddings_shape)[-1]
+        if dim is not None and dim != self.embedding_size:
+            raise ValueError(
+                f"`embeddings` must have embedding_size={self.embedding_size} columns; "
+                f"got shape {tuple(embeddings_shape)}."
+            )
+
     def build(self, embeddings_shape=None, labels_shape=None):
         if embeddings_shape is not None:
-            dim = tuple(embeddings_shape)[-1]
-            if dim is not None and dim != self.embedding_size:
-                raise ValueError(
-                    f"`embeddings` must have embedding_size={self.embedding_size} columns; "
-                    f"got shape {tuple(embeddings_shape)}."
-                )
+            self._check_size(embeddings_shape)
         state = dict(initializer="zeros", trainable=False, aggregation="only_first_replica")
         self.embedding_memory = self.add_weight(
             shape=(self.memory_size, self.embedding_size), name="embedding_memory", **state)
@@ -104,6 +107,7 @@ class CrossBatchMemory(keras.layers.Layer):
 
     def call(self, embeddings, labels, training: bool = False):
         check_embeddings(embeddings, allow_empty=False)
+        self._check_size(embeddings.shape)  # built at construction: the shape is checked here
         check_same_batch(labels, embeddings)
         labels = check_labels(labels)
         batch = embeddings.shape[0]
