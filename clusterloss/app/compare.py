@@ -153,20 +153,34 @@ def write_tables(rows: list[dict[str, Any]], out: Path, base: TrainConfig, seeds
     write_text(out / "results.md", "\n".join(lines) + "\n")
 
 
-def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
-    """Bars of the retrieval/accuracy metrics per setting, with the std over seeds."""
+def plot_comparison(rows: list[dict[str, Any]], path: Path, columns: int = 4) -> None:
+    """One panel per metric (`columns` per row): a horizontal bar per setting with the std
+    over seeds, the axis zoomed to the values so that small differences show."""
     plt = _pyplot()
     names = [m for m in METRICS if m not in ("train_seconds", "eer") and any(m in r for r in rows)]
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) * len(names) / 3), 4.5), dpi=110)
-    width = 0.8 / max(len(rows), 1)
-    x = np.arange(len(names))
-    for i, r in enumerate(rows):
-        means = [r.get(m, np.nan) for m in names]
-        stds = [r.get(m + "_std", 0.0) for m in names]
-        ax.bar(x + i * width, means, width, yerr=stds, label=r["setting"], capsize=2)
-    ax.set_xticks(x + width * (len(rows) - 1) / 2, names, rotation=20, fontsize=8)
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(axis="y", alpha=0.3)
+    columns = max(1, min(columns, len(names)))
+    grid = (max(1, -(-len(names) // columns)), columns)
+    height = 0.28 * len(rows) + 1.0
+    fig, axes = plt.subplots(*grid, figsize=(3.6 * columns, height * grid[0]), dpi=110,
+                             squeeze=False)  # fmt: skip
+    colors = [f"C{i % 10}" for i in range(len(rows))]
+    y = np.arange(len(rows))[::-1]
+    for ax, name in zip(axes.flat, names):
+        means = np.array([r.get(name, np.nan) for r in rows], dtype=float)
+        stds = np.array([r.get(name + "_std", 0.0) for r in rows], dtype=float)
+        ax.barh(y, means, xerr=stds, color=colors, capsize=2)
+        finite = np.isfinite(means)
+        if finite.any():
+            low = np.min(means[finite] - stds[finite])
+            high = np.max(means[finite] + stds[finite])
+            pad = 0.15 * (high - low) + 1e-3
+            ax.set_xlim(max(0.0, low - pad), high + pad)
+        ax.set_title(name, fontsize=9)
+        ax.set_yticks(y, [r["setting"] for r in rows], fontsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
     fig.tight_layout()
     save_figure(fig, path)
 
