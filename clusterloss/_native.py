@@ -6,6 +6,9 @@ TensorFlow, JAX or PyTorch, and only inside the function that needs it:
 - `native_row_searchsorted`: row-wise `searchsorted` with PyTorch's batched kernel (the
   semi-hard triplet windows); `None` elsewhere.
 - `is_jax_tracer`: whether a value is traced by JAX (the seeded miners' generators).
+- `uniform`: seeded uniform draws from a `keras.random.SeedGenerator`. Keras 3.15's torch
+  `keras.random` turns the generator's seed into a Python int at every draw (a device sync
+  per draw on a GPU); on torch this hashes the generator's state on the device instead.
 - `materialize`: rows read from a variable that is then written in place, kept as their own
   buffer (JAX: `lax.optimization_barrier`), so that XLA does not fuse the read into a later
   computation and copy the whole variable to keep its old value.
@@ -247,3 +250,36 @@ def materialize(x):
     import jax
 
     return jax.lax.optimization_barrier(x)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x):
+    """murmur3's 32-bit finalizer on int64 tensors holding 32-bit values (torch)."""
+    x = x & _MASK32
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & _MASK32
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & _MASK32
+    return x ^ (x >> 16)
+
+
+def uniform(shape: tuple[int, ...], seed, dtype: str = "float32"):
+    """Uniform `[0, 1)` values of `shape` from `seed` (a `keras.random.SeedGenerator`, which
+    advances by one draw). JAX and TensorFlow: `keras.random.uniform`. PyTorch: a counter
+    hash of the generator's state, computed on the device (Keras's torch draw reads the seed
+    on the host): `u_i = (fmix32(i + fmix32(s0 * 0x9E3779B1 + s1)) >> 8) / 2**24` for
+    `i = 0 .. size - 1`, `(s0, s1)` the generator's state before the draw."""
+    if keras.backend.backend() != "torch" or not isinstance(seed, keras.random.SeedGenerator):
+        return keras.random.uniform(shape, dtype=dtype, seed=seed)
+    import torch
+
+    state = seed.next().to(torch.int64)
+    key = _mix32(state[0] * 0x9E3779B1 + state[1])
+    count = 1
+    for size in shape:
+        count *= size
+    counter = torch.arange(count, dtype=torch.int64, device=state.device)
+    bits = _mix32(counter + key) >> 8
+    return ops.cast(ops.reshape(bits.to(torch.float32) * 2.0**-24, shape), dtype)

@@ -381,8 +381,7 @@ def test_heads_losses_and_regularizers_never_copy_device_tensors_to_the_host(mon
     x, _ = _data(batch=12, scale=1.0)
     xt = torch.tensor(x.astype("float32"), requires_grad=True)
     y = np.arange(12) % 6
-    # No Partial FC here: Keras 3.15's torch `keras.random` copies the SeedGenerator's seed
-    # to the host in every draw (keras/src/backend/torch/random.py), outside clusterloss.
+    # Partial FC's draws (clusterloss._native.uniform): test_partial_fc.py's host-copy test.
     heads = [cl.LargeMarginSoftmax(6, kernel_regularizer=cl.RegularFaceRegularizer()),
              cl.SubCenterArcFace(6, sub_centers=2),
              cl.SubCenterArcFace(6, kernel_regularizer=cl.SparseCentersRegularizer(6, 3)),

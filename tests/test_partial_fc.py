@@ -17,10 +17,27 @@ SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 RNG = np.random.default_rng(0)
 
 
+def _fmix32(x):
+    x = x & 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def first_scores(num_classes, seed):
+    """The first draw of a fresh SeedGenerator(seed): Keras's on JAX and TensorFlow; on torch
+    the documented device-side hash of the generator's state (seed, 0), in Python integers."""
+    if BACKEND != "torch":
+        return to_np(keras.random.uniform((num_classes,), seed=keras.random.SeedGenerator(seed)))
+    key = _fmix32(seed * 0x9E3779B1 + 0)
+    return np.array([(_fmix32(i + key) >> 8) * 2.0**-24 for i in range(num_classes)], "float32")
+
+
 def numpy_sample(labels, num_classes, num_sampled, seed):
     """insightface's PartialFC_V2 sampling, on the scores of a fresh SeedGenerator(seed)."""
-    scores = to_np(keras.random.uniform((num_classes,), seed=keras.random.SeedGenerator(seed)))
-    scores = scores.copy()
+    scores = first_scores(num_classes, seed).copy()
     scores[labels] = 2.0
     index = np.sort(np.argsort(-scores, kind="stable")[:num_sampled])
     return index, np.searchsorted(index, labels)
@@ -190,7 +207,8 @@ def test_no_device_to_host_copy_in_a_torch_training_step():
             return original(*args, **kwargs)
         return wrapper
 
-    patches = {(torch.Tensor, n): getattr(torch.Tensor, n) for n in ("numpy", "item", "cpu", "tolist", "__array__")}
+    names = ("numpy", "item", "cpu", "tolist", "__array__", "__int__", "__float__", "__bool__", "__index__")
+    patches = {(torch.Tensor, n): getattr(torch.Tensor, n) for n in names}
     patches[(keras.ops, "convert_to_numpy")] = keras.ops.convert_to_numpy
     step = model.train_step
 

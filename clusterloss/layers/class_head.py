@@ -16,7 +16,8 @@ Face Recognition CNNs by Partial FC", CVPR 2022 (insightface `PartialFC_V2`). Ea
 step uses every class that has a sample in the batch (the positives) plus negatives drawn at
 random, `num_sampled = ceil(sample_rate * num_classes)` classes in all (a fixed shape), drawn
 as insightface does: uniform scores, 2.0 for the positives, top `num_sampled`, sorted. The
-scores come from a `keras.random.SeedGenerator(seed)`, so a seed fixes the sequence.
+scores come from a `keras.random.SeedGenerator(seed)` (`clusterloss._native.uniform`), so a
+seed fixes the sequence.
 Inference (and `training=False`) uses all classes. Only the sampled rows get a gradient;
 `RowSparse` (which `ClusterModel.compile` puts in place) then leaves the other rows and their
 optimizer slots untouched.
@@ -53,7 +54,7 @@ def sample_classes(labels, num_classes: int, num_sampled: int, seed):
     others; `positions`: each label's position in `index`; `ok`: a scalar bool, false when
     the batch has more distinct classes than `num_sampled` (some positives were left out).
     """
-    scores = keras.random.uniform((num_classes,), seed=seed)
+    scores = _native.uniform((num_classes,), seed)
     scores = ops.scatter_update(
         scores, ops.expand_dims(labels, 1), ops.full_like(labels, 2.0, dtype=scores.dtype)
     )

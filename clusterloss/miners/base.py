@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from clusterloss._native import is_jax_tracer
+from clusterloss._native import is_jax_tracer, uniform
 from clusterloss._validation import concrete
 from clusterloss.distances import get_distance
 from clusterloss.losses._pairs import Pairs, pair_batch
@@ -124,7 +124,8 @@ class SamplingMiner(Miner):
     """A miner that samples at random, with explicit, repeatable randomness: `seed` (an int,
     or `None` for a random one) starts a `keras.random.SeedGenerator` that the miner owns;
     each mining call draws from it. Two miners made with the same seed make the same draws
-    in the same order (on one backend: the generators differ between backends).
+    in the same order (on one backend: the generators differ between backends; on PyTorch the
+    draws come from `clusterloss._native.uniform`, which reads no seed on the host).
 
     In a compiled train step on JAX, a generator outside the model's state is read as a
     constant (it is not part of the step's state and cannot advance there); the draw is then
@@ -145,7 +146,7 @@ class SamplingMiner(Miner):
         if keras.backend.backend() == "jax":
             key = seed.state.value if is_jax_tracer(data) else seed.next()
             seed = key + ops.cast(_fingerprint(data), key.dtype)
-        return keras.random.uniform(shape, dtype=data.dtype, seed=seed)
+        return uniform(shape, seed, dtype=data.dtype)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "seed": self.seed}
