@@ -38,6 +38,7 @@ TensorFlow, JAX or PyTorch, and only inside the function that needs it:
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -277,9 +278,6 @@ def uniform(shape: tuple[int, ...], seed, dtype: str = "float32"):
 
     state = seed.next().to(torch.int64)
     key = _mix32(state[0] * 0x9E3779B1 + state[1])
-    count = 1
-    for size in shape:
-        count *= size
-    counter = torch.arange(count, dtype=torch.int64, device=state.device)
+    counter = torch.arange(math.prod(shape), dtype=torch.int64, device=state.device)
     bits = _mix32(counter + key) >> 8
     return ops.cast(ops.reshape(bits.to(torch.float32) * 2.0**-24, shape), dtype)

@@ -172,8 +172,8 @@ def _build(config: TrainConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
     return model, loss, recipe, data
 
 
-class _Divergence(keras.callbacks.TerminateOnNaN):
-    """`TerminateOnNaN` that remembers where the loss stopped being finite."""
+class _Divergence(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss (as `TerminateOnNaN`) and remembers where."""
 
     def __init__(self):
         super().__init__()
@@ -182,11 +182,11 @@ class _Divergence(keras.callbacks.TerminateOnNaN):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
-    def on_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and self.found is None and not np.isfinite(float(loss)):
+        if loss is not None and not np.isfinite(float(loss)):
             self.found = (self.epoch + 1, batch + 1, float(loss))
-        super().on_batch_end(batch, logs)
+            self.model.stop_training = True
 
     def check(self, config: TrainConfig) -> None:
         """RunError when training diverged (after `fit` stopped on it)."""
