@@ -17,8 +17,8 @@ from clusterloss._validation import (
     upcast,
 )
 from clusterloss.layers.labels import (
+    HostLabelCheck,
     all_finite,
-    check_host_labels,
     check_num_classes,
     guard_labels,
     nan_unless,
@@ -30,7 +30,7 @@ UPDATES = ("paper", "gradient")
 
 
 @register
-class CenterLoss(keras.layers.Layer):
+class CenterLoss(HostLabelCheck, keras.layers.Layer):
     """Class centers and the center loss of Wen et al., "A Discriminative Feature Learning
     Approach for Deep Face Recognition", ECCV 2016.
 
@@ -135,10 +135,6 @@ class CenterLoss(keras.layers.Layer):
             self._lambda.assign(float(value))
         else:  # a callback may set it before the first step builds the model
             self.initial_weight = float(value)
-
-    def __call__(self, *args, **kwargs):
-        check_host_labels(kwargs.get("labels", args[1] if len(args) > 1 else None), self.num_classes)
-        return super().__call__(*args, **kwargs)
 
     def call(self, embeddings, labels, training: bool = False):
         check_embeddings(embeddings)

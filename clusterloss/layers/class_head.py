@@ -34,7 +34,7 @@ from keras import ops
 from clusterloss import _native
 from clusterloss._registry import register
 from clusterloss._validation import check_embeddings, check_range, check_same_batch
-from clusterloss.layers.labels import check_host_labels, check_num_classes, guard_labels, nan_unless
+from clusterloss.layers.labels import HostLabelCheck, check_num_classes, guard_labels, nan_unless
 from clusterloss.layers.precision import full_precision
 from clusterloss.optimizers import mark_sparse_rows
 
@@ -77,7 +77,7 @@ def _row_index(index, rows: int):
     return ops.reshape(rows_of, (-1,))
 
 
-class ClassHead(keras.layers.Layer):
+class ClassHead(HostLabelCheck, keras.layers.Layer):
     """Base class: a head with one weight row per class in `kernel` `(num_classes, dim)`.
 
     A subclass defines `class_logits(embeddings, weights, labels, training)`, where
@@ -175,10 +175,6 @@ class ClassHead(keras.layers.Layer):
 
     def on_train_step(self, valid) -> None:
         """Called once per training call with labels; `valid`: all labels in range."""
-
-    def __call__(self, *args, **kwargs):
-        check_host_labels(kwargs.get("labels", args[1] if len(args) > 1 else None), self.num_classes)
-        return super().__call__(*args, **kwargs)
 
     def check_batch_size(self, batch_size: int) -> None:
         """ValueError when a training batch of `batch_size` may hold more classes than

@@ -35,6 +35,17 @@ def check_host_labels(labels: Any, num_classes: int | None, name: str = "labels"
         check_labels(np.asarray(labels), num_classes, name=name)
 
 
+class HostLabelCheck:
+    """Mixin for a layer called as `layer(embeddings, labels, ...)` with a `num_classes`
+    attribute: `check_host_labels` on the labels before `Layer.__call__` converts them."""
+
+    num_classes: int | None
+
+    def __call__(self, *args, **kwargs):
+        check_host_labels(kwargs.get("labels", args[1] if len(args) > 1 else None), self.num_classes)
+        return super().__call__(*args, **kwargs)
+
+
 def guard_labels(labels: Any, num_classes: int, name: str = "labels"):
     """`(safe_labels, valid)`: int32 labels of shape `(batch,)` with every label outside
     `[0, num_classes)` replaced by 0, and a scalar bool, true when all labels are valid.
