@@ -155,8 +155,9 @@ def run_backend(args) -> dict:
                 import torch
 
                 def step():
-                    t = torch.tensor(x, requires_grad=True)
+                    t = torch.tensor(x, device=_torch_device(), requires_grad=True)
                     fn(t).backward()
+                    _synchronize()
                     return t.grad
 
                 start = time.perf_counter()
@@ -179,19 +180,37 @@ def pml_step(name: str, batch: int, dim: int):
     import torch
 
     x, y = make_inputs(batch, dim)
-    labels = torch.tensor(y, dtype=torch.long)
+    device = _torch_device()
+    labels = torch.tensor(y, dtype=torch.long, device=device)
     loss, miner = pml(name, dim)
+    loss = loss.to(device)
     if name.startswith("xbm"):
         for _ in range(MEMORY // batch + 1):
-            loss(torch.tensor(x), labels)
+            loss(torch.tensor(x, device=device), labels)
 
     def step():
-        t = torch.tensor(x, requires_grad=True)
+        t = torch.tensor(x, device=device, requires_grad=True)
         indices = miner(t, labels) if miner is not None else None
         loss(t, labels, indices).backward()
+        _synchronize()
 
     step()
     return step
+
+
+def _torch_device():
+    """Where torch steps run: the GPU when there is one (as Keras's torch backend picks)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _synchronize() -> None:
+    """Wait for the GPU's queued work, so that a step's time is its own (no-op on CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _best_times(steps, repeats: int) -> list[float]:

@@ -12,6 +12,18 @@ TensorFlow, JAX or PyTorch, and only inside the function that needs it:
 - `materialize`: rows read from a variable that is then written in place, kept as their own
   buffer (JAX: `lax.optimization_barrier`), so that XLA does not fuse the read into a later
   computation and copy the whole variable to keep its old value.
+- `nonzero_rows`: the rows of a gradient with a non-zero (or NaN) entry. PyTorch: `any` of
+  the float tensor (no `(rows, dim)` temporary); XLA: `sum(|g|) != 0`, a fused reduction,
+  where XLA's `any` of a float array took 0.39 s for 1,000,000 x 512 (0.14 s now).
+- `row_norms`: the L2 norm of each row in one pass. Keras 3.15's torch `ops.norm` computes
+  float64 in float32; an einsum `cd,cd->c` is a batched matrix product there (9x slower).
+- `subtract_scaled_rows`: `a - s[:, None] * rows` for a temporary `a`, in place on PyTorch
+  (eager PyTorch would allocate and write two more `(num_classes, dim)` arrays; XLA fuses it).
+- `target_entries`, `with_target_entries`: read and replace one entry per row (each
+  sample's own class in a `(batch, classes)` logit matrix). Eager PyTorch is fastest with a
+  gather and a scatter (each a copy at most); under XLA (JAX, TensorFlow) a scatter is a
+  loop of its own that breaks fusion, while a mask `labels[:, None] == arange(classes)` and
+  `where` fuse into the neighbouring elementwise passes.
 
 - `scatter_rows`: write some rows of a variable in place (`variable[rows] = values`). Keras's
   `ops.scatter_update` returns a new full-size tensor on TensorFlow and PyTorch, so a
@@ -26,10 +38,11 @@ TensorFlow, JAX or PyTorch, and only inside the function that needs it:
 - `take_rows`: `variable[rows]`. On TensorFlow, `ops.take` reads the whole variable first;
   a later in-place write of that variable must then copy it (copy-on-write), so a
   `(1_000_000, 512)` table is copied on every step. `tf.gather` on the variable itself reads
-  only the rows.
+  only the rows. On PyTorch the rows of a variable are read with `embedding(sparse=True)`,
+  whose gradient is sparse (autodiff of `take` fills a dense `(num_classes, dim)` array).
 - `row_slices`: TensorFlow gives the gradient of a gather (a Partial FC head's sampled rows)
-  as `tf.IndexedSlices`, the rows and their values; converting it to a dense tensor would
-  allocate the whole `(num_classes, dim)` matrix.
+  as `tf.IndexedSlices`, PyTorch (above) as a sparse COO tensor: the rows and their values;
+  converting it to a dense tensor would allocate the whole `(num_classes, dim)` matrix.
 - `replicas_in_sync`, `any_replica`: under a TensorFlow distribution strategy each replica
   computes the loss of its part of the batch and the gradients are summed, so a loss term
   must be divided by the number of replicas (Keras does so for compiled losses), and a row
@@ -88,11 +101,12 @@ def scatter_rows(variable: keras.Variable, rows, values, sorted_unique: bool = F
     variable.assign(ops.scatter_update(variable.value, ops.expand_dims(rows, 1), values))
 
 
-def take_rows(x, rows, sorted_unique: bool = False):
+def take_rows(x, rows, sorted_unique: bool = False, sparse_gradient: bool = False):
     """`x[rows]` along axis 0. Reads only those rows of a TensorFlow variable (`ops.take`
     would read it all, and a later in-place write would then copy it); on JAX,
     `sorted_unique=True` promises sorted rows without duplicates (a faster gather and a
-    faster scatter-add in its gradient)."""
+    faster scatter-add in its gradient). `sparse_gradient=True` (only where the optimizer
+    takes one: `RowSparse`): the gradient of a PyTorch variable's rows is sparse."""
     backend = keras.backend.backend()
     if backend == "tensorflow" and isinstance(x, keras.Variable) and not _in_stateless_scope():
         import tensorflow as tf
@@ -102,6 +116,10 @@ def take_rows(x, rows, sorted_unique: bool = False):
             return tf.gather(value, rows)
     if backend == "jax" and sorted_unique:
         return ops.convert_to_tensor(x).at[rows].get(**_JAX_ROWS)
+    if backend == "torch" and sparse_gradient and isinstance(x, keras.Variable) and len(x.shape) == 2:
+        import torch
+
+        return torch.nn.functional.embedding(ops.convert_to_tensor(rows), x.value, sparse=True)
     return ops.take(x, rows, axis=0)
 
 
@@ -129,12 +147,17 @@ def any_replica(mask):
 
 
 def row_slices(gradient):
-    """`(indices, values)` of a row-sparse gradient (`tf.IndexedSlices`), else `None`."""
-    if keras.backend.backend() == "tensorflow" and "tensorflow" in sys.modules:
+    """`(indices, values)` of a row-sparse gradient (`tf.IndexedSlices`, a sparse COO torch
+    gradient; not coalesced, which on a GPU would wait for the device: duplicates add up in
+    the caller), else `None`."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow" and "tensorflow" in sys.modules:
         import tensorflow as tf
 
         if isinstance(gradient, tf.IndexedSlices):
             return gradient.indices, gradient.values
+    if backend == "torch" and getattr(gradient, "is_sparse", False):
+        return gradient._indices()[0], gradient._values()
     return None
 
 
@@ -251,6 +274,54 @@ def materialize(x):
     import jax
 
     return jax.lax.optimization_barrier(x)
+
+
+def nonzero_rows(values):
+    """`(rows,)` bool: the rows of `values` with at least one non-zero or NaN entry (a sum
+    of absolute values is zero only for a zero row, NaN for a NaN, inf when it overflows)."""
+    if len(values.shape) < 2:
+        return ops.cast(values, "bool")
+    axes = tuple(range(1, len(values.shape)))
+    if keras.backend.backend() == "torch":
+        return ops.any(values, axis=axes)
+    return ops.sum(ops.abs(values), axis=axes) != 0
+
+
+def row_norms(x):
+    """`||x_i||` for each row of a `(rows, dim)` matrix, in `x`'s dtype."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.linalg.vector_norm(x, dim=1)
+    return ops.norm(x, axis=1)
+
+
+def subtract_scaled_rows(a, scale, rows):
+    """`a - scale[:, None] * rows`. On PyTorch `a` is overwritten: pass only a temporary
+    that nothing else holds (a cosine head's kernel gradient; measured at 100,000 x 512 on
+    one thread: 17 ms in place against 200 ms for the two new arrays)."""
+    if keras.backend.backend() == "torch":
+        return a.addcmul_(scale[:, None], rows, value=-1)
+    return a - ops.expand_dims(scale, 1) * rows
+
+
+def _is_target(x, labels):
+    return ops.expand_dims(labels, 1) == ops.arange(ops.shape(x)[-1], dtype=labels.dtype)
+
+
+def target_entries(x, labels):
+    """`x[i, labels[i]]` for a `(batch, classes)` matrix, shape `(batch,)`."""
+    if keras.backend.backend() == "torch":
+        return ops.take_along_axis(x, ops.expand_dims(labels, 1), axis=-1)[:, 0]
+    return ops.sum(ops.where(_is_target(x, labels), x, ops.zeros_like(x)), axis=1)
+
+
+def with_target_entries(x, labels, values):
+    """`x` with `x[i, labels[i]]` replaced by `values[i]`."""
+    if keras.backend.backend() == "torch":
+        rows = ops.arange(ops.shape(labels)[0], dtype=labels.dtype)
+        return ops.scatter_update(x, ops.stack([rows, labels], axis=1), values)
+    return ops.where(_is_target(x, labels), ops.expand_dims(values, 1), x)
 
 
 _MASK32 = 0xFFFFFFFF

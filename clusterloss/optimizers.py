@@ -16,11 +16,12 @@ from typing import Any
 import keras
 from keras import ops
 
-from clusterloss._native import any_replica, row_slices, scatter_rows, take_rows
+from clusterloss._native import any_replica, nonzero_rows, row_slices, scatter_rows, take_rows
 from clusterloss._registry import register
 from clusterloss._validation import check_positive_int, check_range
 
 _SPARSE_ROWS = "_clusterloss_sparse_rows"
+_SPARSE_GRADIENT = "_clusterloss_sparse_gradient"
 
 
 def mark_sparse_rows(variable: keras.Variable, max_rows: int | None = None) -> None:
@@ -36,17 +37,17 @@ def mark_sparse_rows(variable: keras.Variable, max_rows: int | None = None) -> N
     setattr(variable, _SPARSE_ROWS, 0 if max_rows is None else check_positive_int(max_rows, "max_rows"))
 
 
+def takes_sparse_gradient(variable: keras.Variable) -> bool:
+    """True once a `RowSparse` with `takes_row_slices` has been built for `variable` with a
+    bound on its rows: a layer may then give the gradient of the variable's rows as row
+    slices (a sparse torch gradient), which other optimizers (and `LossScaleOptimizer`'s
+    finiteness check) do not take."""
+    return bool(getattr(variable, _SPARSE_GRADIENT, False))
+
+
 def sparse_rows_bound(variable: keras.Variable) -> int | None:
     """`None` if `variable` is not marked, 0 if marked with no bound, else the bound."""
     return getattr(variable, _SPARSE_ROWS, None)
-
-
-def _nonzero_rows(values):
-    """`(n,)` bool: the rows of `values` with at least one non-zero (or NaN) entry (`any` of
-    a float tensor: no `(n, dim)` bool temporary on torch)."""
-    if len(values.shape) > 1:
-        return ops.any(values, axis=tuple(range(1, len(values.shape))))
-    return ops.cast(values, "bool")
 
 
 def _row_mask(gradient, rows: int):
@@ -54,9 +55,9 @@ def _row_mask(gradient, rows: int):
     is a replica's own, before the optimizer sums them)."""
     slices = row_slices(gradient)
     if slices is None:
-        return any_replica(_nonzero_rows(gradient))
+        return any_replica(nonzero_rows(gradient))
     indices, values = slices
-    hits = ops.segment_sum(ops.cast(_nonzero_rows(values), "int32"), indices, num_segments=rows)
+    hits = ops.segment_sum(ops.cast(nonzero_rows(values), "int32"), indices, num_segments=rows)
     return any_replica(hits > 0)
 
 
@@ -70,7 +71,13 @@ def _gradient_rows(gradient, mask, rows):
         ops.full(mask.shape, -1, "int32"), ops.expand_dims(rows, 1),
         ops.arange(rows.shape[0], dtype="int32"),
     )
-    return ops.segment_sum(values, ops.take(position, indices), num_segments=rows.shape[0])
+    # A slice whose row was not gathered (-1) has an all-zero value (`mask` holds every row
+    # with a non-zero or NaN entry): adding it to row 0 changes nothing. The scatter adds
+    # up duplicates, in one pass (Keras's torch `segment_sum` makes several, and its
+    # `ops.scatter` loops over the rows in Python).
+    at = ops.expand_dims(ops.maximum(ops.take(position, indices), 0), 1)
+    zeros = ops.zeros((rows.shape[0],) + tuple(values.shape[1:]), values.dtype)
+    return ops.scatter_update(zeros, at, values, reduction="add")
 
 
 def _rows_like(mask, values):
@@ -127,6 +134,9 @@ class RowSparse(keras.optimizers.Optimizer):
             )
         super().__init__(learning_rate=0.0, name=name, loss_scale_factor=loss_scale_factor)
         self.optimizer = optimizer
+        # Set by `ClusterModel.compile` when this is the model's own optimizer (nothing wraps
+        # it): the gradients reach `apply` as they are, so sparse ones may be used.
+        self.takes_row_slices = False
         self.optimizer.loss_scale_factor = loss_scale_factor
 
     # ------------------------------------------------------------------ forwarding
@@ -186,6 +196,7 @@ class RowSparse(keras.optimizers.Optimizer):
                     )
                     pairs.append((full, slot))
                 self._plan[key] = ("gather", bound, scratch, pairs)
+                setattr(var, _SPARSE_GRADIENT, self.takes_row_slices)
             elif bound is not None and len(var.shape):
                 self._plan[key] = ("mask", [slot for slot, _, _ in slots[id(var)]])
             else:

@@ -133,6 +133,25 @@ def test_row_sparse_leaves_absent_classes_and_their_slots_bit_identical():
     np.testing.assert_array_equal(c2[[0, 1]], c1[[0, 1]])
 
 
+def test_sparse_row_gradients_give_the_dense_gradients_result():
+    # ClusterModel.compile lets the head give its sampled rows' gradient as row slices (a
+    # sparse torch gradient; TensorFlow's is IndexedSlices anyway) once RowSparse is built;
+    # RowSparse with `takes_row_slices=False` gets the dense gradient: same training.
+    x = RNG.normal(size=(4, 8)).astype("float32")
+    models = [_pfc_model(keras.optimizers.Adam(1e-2)) for _ in range(2)]
+    assert models[0].optimizer.takes_row_slices
+    models[1].optimizer.takes_row_slices = False
+    for y in (np.array([0, 1, 0, 1]), np.array([2, 3, 2, 3]), np.array([4, 0, 5, 1])):
+        for model in models:
+            model.train_on_batch(x, y)
+    np.testing.assert_allclose(to_np(models[0].head.kernel), to_np(models[1].head.kernel), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(_slot(models[0], models[0].head.kernel, "velocity"),
+                               _slot(models[1], models[1].head.kernel, "velocity"), rtol=1e-6, atol=1e-9)
+    if BACKEND == "torch":
+        assert models[0].head.kernel.value.grad.is_sparse
+        assert not models[1].head.kernel.value.grad.is_sparse
+
+
 def test_row_sparse_refuses_optimizers_that_are_not_element_wise():
     with pytest.raises(ValueError, match="element-wise optimizer; Lamb"):
         cl.RowSparse(keras.optimizers.Lamb())

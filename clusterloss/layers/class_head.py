@@ -36,15 +36,29 @@ from clusterloss._registry import register
 from clusterloss._validation import check_embeddings, check_range, check_same_batch
 from clusterloss.layers.labels import HostLabelCheck, check_num_classes, guard_labels, nan_unless
 from clusterloss.layers.precision import full_precision
-from clusterloss.optimizers import mark_sparse_rows
+from clusterloss.optimizers import mark_sparse_rows, takes_sparse_gradient
 
 
 def class_scores(x, kernel):
-    """`x @ kernel.T`: `(batch, dim)` x `(classes, dim)` -> `(batch, classes)`.
+    """`x @ kernel.T`: `(batch, dim)` x `(classes, dim)` -> `(batch, classes)`, in `x`'s dtype.
 
     An einsum rather than `ops.matmul`: Keras 3.15's torch `matmul` computes float64 inputs
-    in float32; `einsum` keeps float64 on every backend."""
+    in float32; `einsum` keeps float64 on every backend. On PyTorch the gradient is written
+    out so that the kernel's comes in the kernel's own layout: autodiff of the einsum gives it
+    transposed, and copying it into place cost 0.14 s of a 1.6 s step at 100,000 x 512
+    (XLA has no such copy, and TensorFlow's step was 40 % slower with the custom gradient)."""
+    if keras.backend.backend() == "torch":
+        return _scores(x, kernel)
     return ops.einsum("bd,cd->bc", x, kernel)
+
+
+@ops.custom_gradient
+def _scores(x, kernel):
+    def grad(*args, upstream=None):  # Keras's torch custom gradient passes `upstream=`
+        g = args[0] if upstream is None else upstream
+        return ops.einsum("bc,cd->bd", g, kernel), ops.einsum("bc,bd->cd", g, x)
+
+    return ops.einsum("bd,cd->bc", x, kernel), grad
 
 
 def sample_classes(labels, num_classes: int, num_sampled: int, seed):
@@ -165,7 +179,10 @@ class ClassHead(HostLabelCheck, keras.layers.Layer):
         if index is None:
             return tuple(ops.convert_to_tensor(v) for v in self.class_variables())
         return tuple(
-            _native.take_rows(v, _row_index(index, v.shape[0] // self.num_classes), sorted_unique=True)
+            _native.take_rows(
+                v, _row_index(index, v.shape[0] // self.num_classes), sorted_unique=True,
+                sparse_gradient=takes_sparse_gradient(v),
+            )
             for v in self.class_variables()
         )
 

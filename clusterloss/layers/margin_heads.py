@@ -24,6 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from clusterloss import _native
 from clusterloss._registry import register
 from clusterloss._validation import check_embeddings, check_range
 from clusterloss.distances import l2_normalize, safe_sqrt
@@ -32,9 +33,9 @@ from clusterloss.layers.class_head import ClassHead, class_scores
 
 def _inverse_norms(w):
     """`1 / ||w_j||` per row, 0 for a zero row."""
-    squares = ops.einsum("cd,cd->c", w, w)
-    nonzero = squares > 0
-    return ops.where(nonzero, ops.rsqrt(ops.where(nonzero, squares, ops.ones_like(squares))), 0.0)
+    norms = _native.row_norms(w)
+    nonzero = norms > 0
+    return ops.where(nonzero, 1.0 / ops.where(nonzero, norms, ops.ones_like(norms)), 0.0)
 
 
 @ops.custom_gradient
@@ -52,9 +53,11 @@ def _cosine_to_rows(x, w):
     def grad(*args, upstream=None):  # (upstream) on JAX/TF, (*args, upstream=) on torch
         g = args[0] if upstream is None else upstream
         scaled = g * inverse
-        radial = ops.sum(g * cos, axis=0) * inverse * inverse
+        # sum over the batch as a matrix-vector product: as a reduction, XLA fused it into
+        # the (classes, dim) subtraction below and recomputed it for each element of it
+        radial = ops.einsum("b,bc->c", ops.ones_like(g[:, 0]), g * cos) * inverse * inverse
         dx = ops.einsum("bc,cd->bd", scaled, w)
-        dw = ops.einsum("bc,bd->cd", scaled, x) - ops.expand_dims(radial, 1) * w
+        dw = _native.subtract_scaled_rows(ops.einsum("bc,bd->cd", scaled, x), radial, w)
         return dx, dw
 
     return cos, grad
@@ -64,11 +67,11 @@ class CosineHead(ClassHead):
     """Base class of the margin heads: computes the cosine logits from `kernel`.
 
     A subclass defines `target_logit(cos_target, training)`, the margin applied to the cosine
-    of each sample's own class (a `(batch,)` tensor), and may override `scale_logits` (the
+    of each sample's own class (a `(batch,)` tensor), and may override `logit_factor` (the
     factor from cosines to logits, `scale` here).
 
     `call(embeddings, labels=None, training=False)`:
-      - no labels: inference logits `scale_logits(cos)`, shape `(batch, num_classes)`;
+      - no labels: inference logits `logit_factor * cos`, shape `(batch, num_classes)`;
       - labels: the same, with the target class of each row replaced by its margin logit
         (over the sampled classes only in a Partial FC training call).
     Logits are float32 whatever the input dtype (float16/bfloat16 are upcast; float64 stays
@@ -86,10 +89,12 @@ class CosineHead(ClassHead):
         check_range(scale, "scale", 0.0, low_open=True)
         self.scale = float(scale)
 
-    def cosine(self, embeddings, kernel=None):
+    def cosine(self, embeddings, kernel=None, scaled: bool = False):
         """`(cos, norms)`: `cos[i, j]` between embedding i and kernel row j (all rows, or the
         rows given in `kernel`), in float32 (float64 stays float64), and the embedding
-        norms `||x_i||`, shape `(batch,)`.
+        norms `||x_i||`, shape `(batch,)`. With `scaled=True`, the logits
+        `logit_factor(norms)[i] * cos[i, j]` instead: the factor multiplies the unit
+        embeddings, `(batch, dim)`, not the `(batch, classes)` result.
 
         The kernel is not normalised as a matrix: the product with the raw rows is scaled by
         `1 / ||w_j||` per class, with a hand-written gradient (`_cosine_to_rows`), so a step
@@ -97,26 +102,32 @@ class CosineHead(ClassHead):
         that is what a large head costs besides the matrix products. A zero row gives zero
         cosines and a zero gradient."""
         x, norms = l2_normalize(embeddings, axis=-1, return_norm=True)
+        if scaled:
+            x = x * ops.expand_dims(ops.cast(self.logit_factor(norms), x.dtype), 1)
         w = ops.cast(self.kernel if kernel is None else kernel, x.dtype)
         return _cosine_to_rows(x, w), norms
 
-    def scale_logits(self, values, norms):
-        """From cosines (or margin cosines) to logits: `scale * values`."""
-        return self.scale * values
+    def logit_factor(self, norms):
+        """From cosines (and margin cosines) to logits, per row `(batch,)`: `scale`."""
+        return ops.full_like(norms, self.scale)
 
     def target_logit(self, cos_target, training: bool = False):
-        """The margin function applied to the target cosines, before `scale_logits`."""
+        """The margin function applied to the target cosines, before `logit_factor`."""
         raise NotImplementedError
 
     def class_logits(self, embeddings, weights: tuple, labels=None, training: bool = False):
-        cos, norms = self.cosine(embeddings, weights[0])
+        # Besides the matrix products, each (batch, classes) pass is a large part of a big
+        # head's step: the logits come scaled out of the product, and the margin replaces
+        # only the target entries (`_native.with_target_entries`).
+        logits, norms = self.cosine(embeddings, weights[0], scaled=True)
         if labels is None or not self.has_margin:
-            return self.scale_logits(cos, norms[:, None])
-        cos_target = ops.take_along_axis(cos, ops.expand_dims(labels, 1), axis=-1)[:, 0]
-        margin_cos = ops.cast(self.target_logit(cos_target, training=training), cos.dtype)
-        is_target = ops.expand_dims(labels, 1) == ops.arange(ops.shape(cos)[-1], dtype=labels.dtype)
-        values = ops.where(is_target, ops.expand_dims(margin_cos, 1), cos)
-        return self.scale_logits(values, norms[:, None])
+            return logits
+        factor = ops.cast(self.logit_factor(norms), logits.dtype)
+        positive = factor > 0
+        target = _native.target_entries(logits, labels)
+        cos_target = ops.where(positive, target / ops.where(positive, factor, 1.0), target * 0)
+        margin_cos = ops.cast(self.target_logit(cos_target, training=training), logits.dtype)
+        return _native.with_target_entries(logits, labels, factor * margin_cos)
 
     def load_own_variables(self, store):
         kernel = store["0"]
@@ -345,8 +356,8 @@ class LargeMarginSoftmax(CosineHead):
         lam = ops.cast(self.lambda_at(self.iteration), cos_target.dtype)
         return (lam * cos_target + self.psi(cos_target)) / (1.0 + lam)
 
-    def scale_logits(self, values, norms):
-        return self.scale * norms * values
+    def logit_factor(self, norms):
+        return self.scale * norms
 
     def class_logits(self, embeddings, weights: tuple, labels=None, training: bool = False):
         logits = super().class_logits(embeddings, weights, labels, training)

@@ -77,10 +77,10 @@ class SubCenterArcFace(ArcFace):
     def rows_per_class(self) -> int:
         return self.sub_centers
 
-    def cosine(self, embeddings, kernel=None):
+    def cosine(self, embeddings, kernel=None, scaled: bool = False):
         """`(cos, norms)` as `CosineHead.cosine`, with `cos[i, j]` the largest cosine between
-        embedding i and the sub-centers of class j."""
-        cos, norms = super().cosine(embeddings, kernel)
+        embedding i and the sub-centers of class j (scaled: the largest logit)."""
+        cos, norms = super().cosine(embeddings, kernel, scaled=scaled)
         k = self.sub_centers
         if k > 1:
             cos = ops.max(ops.reshape(cos, (-1, cos.shape[-1] // k, k)), axis=-1)

@@ -258,6 +258,8 @@ class ClusterModel(keras.Model):
                 optimizer = RowSparse(optimizer)
         self._compiled_loss_given = loss is not None
         super().compile(optimizer, loss, *args, **kwargs)
+        if isinstance(self.optimizer, RowSparse):  # not wrapped (e.g. in a LossScaleOptimizer)
+            self.optimizer.takes_row_slices = True
 
     def get_compile_config(self):
         config = super().get_compile_config()
