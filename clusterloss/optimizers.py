@@ -16,12 +16,17 @@ from typing import Any
 import keras
 from keras import ops
 
-from clusterloss._native import any_replica, nonzero_rows, row_slices, scatter_rows, take_rows
+from clusterloss._native import (
+    any_replica, nonzero_rows, route_gradient, row_slices, scatter_rows, take_rows,
+)
 from clusterloss._registry import register
 from clusterloss._validation import check_positive_int, check_range
 
 _SPARSE_ROWS = "_clusterloss_sparse_rows"
 _SPARSE_GRADIENT = "_clusterloss_sparse_gradient"
+_ROUTE = "_clusterloss_route"  # on a variable: its (stand-in, marker) pair
+_ROUTE_PART = "_clusterloss_route_part"  # on a stand-in or a marker
+_CODE_BASE = 4096  # a row index travels as two exact float32 digits in this base
 
 
 def mark_sparse_rows(variable: keras.Variable, max_rows: int | None = None) -> None:
@@ -43,6 +48,44 @@ def takes_sparse_gradient(variable: keras.Variable) -> bool:
     slices (a sparse torch gradient), which other optimizers (and `LossScaleOptimizer`'s
     finiteness check) do not take."""
     return bool(getattr(variable, _SPARSE_GRADIENT, False))
+
+
+def route_row_gradient(variable: keras.Variable, standin: keras.Variable, marker: keras.Variable) -> None:
+    """JAX: let the gradient of `variable`'s sampled rows reach `RowSparse` through
+    `standin` (`(max_rows,) + variable.shape[1:]`) and their index through `marker`
+    `(max_rows, 3)` (`routed_rows`), instead of as a dense array of `variable`'s shape.
+    Both are trainable zeros that nothing updates, and a layer leaves them out of its saved
+    variables (`is_route_part`): a saved model is the same on every backend."""
+    setattr(variable, _ROUTE, (standin, marker))
+    for part in (standin, marker):
+        setattr(part, _ROUTE_PART, True)
+
+
+def is_route_part(variable: keras.Variable) -> bool:
+    """Whether `variable` is a stand-in or marker of `route_row_gradient`."""
+    return bool(getattr(variable, _ROUTE_PART, False))
+
+
+def routed_rows(variable: keras.Variable, rows, values):
+    """`values` (`variable[rows]`, `rows` sorted without duplicates), whose gradient goes to
+    `variable`'s route when it has one that its `RowSparse` takes; `values` otherwise."""
+    route = getattr(variable, _ROUTE, None)
+    if route is None or not takes_sparse_gradient(variable):
+        return values
+    rows = ops.cast(rows, "int32")
+    code = ops.cast(
+        ops.stack([rows // _CODE_BASE, rows % _CODE_BASE, ops.ones_like(rows)], axis=1), "float32"
+    )
+    return route_gradient(values, route[0], route[1], code)
+
+
+def _routed_gradient(code, gradient):
+    """`(rows, gradient)` from a route's marker and stand-in gradients. A layer that read
+    the rows twice in one step sums two codes: the gradient is then NaN (training stops on
+    it) rather than applied to the wrong rows."""
+    rows = ops.cast(code[:, 0], "int32") * _CODE_BASE + ops.cast(code[:, 1], "int32")
+    once = ops.all(code[:, 2] == 1.0)
+    return rows, ops.where(once, gradient, ops.full_like(gradient, float("nan")))
 
 
 def sparse_rows_bound(variable: keras.Variable) -> int | None:
@@ -168,7 +211,10 @@ class RowSparse(keras.optimizers.Optimizer):
             return
         object.__setattr__(self, "_plan", {})  # holds variables: keep it out of tracking
         inner_vars, scratch_of = [], {}
+        keys = {self._var_key(var) for var in var_list}
         for var in var_list:
+            if is_route_part(var):
+                continue
             bound = sparse_rows_bound(var)
             rows = var.shape[0] if len(var.shape) else 0
             if bound is None or not rows:
@@ -185,7 +231,9 @@ class RowSparse(keras.optimizers.Optimizer):
         for var in var_list:
             key = self._var_key(var)
             bound = sparse_rows_bound(var)
-            if key in scratch_of:
+            if is_route_part(var):
+                self._plan[key] = ("route",)
+            elif key in scratch_of:
                 scratch = scratch_of[key]
                 pairs = []
                 for slot, initializer, slot_name in slots[id(scratch)]:
@@ -195,8 +243,13 @@ class RowSparse(keras.optimizers.Optimizer):
                         name=f"{var.path.replace('/', '_')}_{slot_name}",
                     )
                     pairs.append((full, slot))
-                self._plan[key] = ("gather", bound, scratch, pairs)
-                setattr(var, _SPARSE_GRADIENT, self.takes_row_slices)
+                route = getattr(var, _ROUTE, None)
+                if route is not None and not all(self._var_key(p) in keys for p in route):
+                    route = None
+                self._plan[key] = ("gather", bound, scratch, pairs, route)
+                # JAX has no row-slice gradient: only a complete route stands in for one.
+                jax_unrouted = keras.backend.backend() == "jax" and route is None
+                setattr(var, _SPARSE_GRADIENT, self.takes_row_slices and not jax_unrouted)
             elif bound is not None and len(var.shape):
                 self._plan[key] = ("mask", [slot for slot, _, _ in slots[id(var)]])
             else:
@@ -250,10 +303,13 @@ class RowSparse(keras.optimizers.Optimizer):
                 self.build(trainable_variables)
             self.built = True
         inner_grads, inner_vars, finish = [], [], []
+        grad_of = {self._var_key(var): grad for grad, var in zip(grads, trainable_variables)}
         for grad, var in zip(grads, trainable_variables):
             if grad is None:
                 continue
             plan = self._plan[self._var_key(var)]
+            if plan[0] == "route":
+                continue
             if plan[0] == "plain":
                 inner_grads.append(grad)
                 inner_vars.append(var)
@@ -264,15 +320,21 @@ class RowSparse(keras.optimizers.Optimizer):
                 inner_grads.append(ops.convert_to_tensor(grad))
                 inner_vars.append(var)
             else:
-                _, bound, scratch, pairs = plan
-                mask = _row_mask(grad, var.shape[0])
-                rows = ops.sort(ops.top_k(ops.cast(mask, "float32"), bound)[1])
+                _, bound, scratch, pairs, route = plan
+                if route is not None and takes_sparse_gradient(var):
+                    gradient, code = (grad_of[self._var_key(part)] for part in route)
+                    rows, grad_rows = _routed_gradient(code, gradient)
+                    keep = nonzero_rows(grad_rows)
+                else:
+                    mask = _row_mask(grad, var.shape[0])
+                    rows = ops.sort(ops.top_k(ops.cast(mask, "float32"), bound)[1])
+                    keep, grad_rows = ops.take(mask, rows), _gradient_rows(grad, mask, rows)
                 moved = [(var, scratch)] + pairs
                 before = [take_rows(full, rows, sorted_unique=True) for full, _ in moved]
                 for (_, part), value in zip(moved, before):
                     part.assign(value)
-                finish.append((_write_rows, (rows, ops.take(mask, rows), moved, before)))
-                inner_grads.append(_gradient_rows(grad, mask, rows))
+                finish.append((_write_rows, (rows, keep, moved, before)))
+                inner_grads.append(grad_rows)
                 inner_vars.append(scratch)
         self.optimizer.apply(inner_grads, inner_vars)
         for fn, args in finish:

@@ -36,7 +36,9 @@ from clusterloss._registry import register
 from clusterloss._validation import check_embeddings, check_range, check_same_batch
 from clusterloss.layers.labels import HostLabelCheck, check_num_classes, guard_labels, nan_unless
 from clusterloss.layers.precision import full_precision
-from clusterloss.optimizers import mark_sparse_rows, takes_sparse_gradient
+from clusterloss.optimizers import (
+    is_route_part, mark_sparse_rows, route_row_gradient, routed_rows, takes_sparse_gradient,
+)
 
 
 def class_scores(x, kernel):
@@ -136,6 +138,7 @@ class ClassHead(HostLabelCheck, keras.layers.Layer):
             )
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if self.sampled else None
+        self._routes_gradients = False
 
     @property
     def num_sampled(self) -> int:
@@ -164,8 +167,55 @@ class ClassHead(HostLabelCheck, keras.layers.Layer):
         self.build_class_variables(embedding_shape)
         if self.sampled:
             for variable in self.class_variables():
-                rows = variable.shape[0] // self.num_classes
-                mark_sparse_rows(variable, self.num_sampled * rows)
+                mark_sparse_rows(variable, self._rows_bound(variable))
+        if self._routes_gradients:
+            self._add_gradient_routes()
+
+    def _rows_bound(self, variable) -> int:
+        return self.num_sampled * (variable.shape[0] // self.num_classes)
+
+    def route_gradients(self) -> None:
+        """JAX, Partial FC: give the sampled rows' gradient to `RowSparse` through stand-in
+        variables (`route_row_gradient`), not as a dense `(num_classes, dim)` array.
+        `ClusterModel.compile` calls it when `RowSparse` is the model's own optimizer. It
+        adds two trainable variables per class variable (`routed_gradient_i`, zeros of
+        `(num_sampled, dim)`, and `routed_rows_i`), which count in `weights` and the model
+        summary but are never updated nor saved: a saved head is the same on every backend.
+        Does nothing on other backends or without sampling."""
+        if self._routes_gradients or not self.sampled or keras.backend.backend() != "jax":
+            return
+        self._routes_gradients = True
+        if self.built:
+            self._tracker.unlock()  # as keras.layers.Dense.enable_lora does
+            self._add_gradient_routes()
+            self._tracker.lock()
+
+    def _add_gradient_routes(self) -> None:
+        for i, variable in enumerate(self.class_variables()):
+            bound = self._rows_bound(variable)
+            standin = self.add_weight(
+                shape=(bound,) + tuple(variable.shape[1:]), initializer="zeros", name=f"routed_gradient_{i}"
+            )
+            marker = self.add_weight(shape=(bound, 3), initializer="zeros", name=f"routed_rows_{i}")
+            route_row_gradient(variable, standin, marker)
+
+    def _saved_variables(self) -> list:
+        return [v for v in self._trainable_variables + self._non_trainable_variables if not is_route_part(v)]
+
+    def save_own_variables(self, store) -> None:
+        for i, variable in enumerate(self._saved_variables()):
+            store[f"{i}"] = variable
+
+    def load_own_variables(self, store) -> None:
+        variables = self._saved_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"Layer '{self.name}' expected {len(variables)} variables, but received "
+                f"{len(store.keys())} variables during loading. Expected: "
+                f"{[v.name for v in variables]}"
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[f"{i}"])
 
     def build_class_variables(self, embedding_shape) -> None:
         """Create per-class variables besides `kernel` (e.g. a bias)."""
@@ -178,13 +228,12 @@ class ClassHead(HostLabelCheck, keras.layers.Layer):
         """The per-class variables as tensors, restricted to the classes in `index`."""
         if index is None:
             return tuple(ops.convert_to_tensor(v) for v in self.class_variables())
-        return tuple(
-            _native.take_rows(
-                v, _row_index(index, v.shape[0] // self.num_classes), sorted_unique=True,
-                sparse_gradient=takes_sparse_gradient(v),
-            )
-            for v in self.class_variables()
-        )
+        weights = []
+        for v in self.class_variables():
+            rows = _row_index(index, v.shape[0] // self.num_classes)
+            values = _native.take_rows(v, rows, sorted_unique=True, sparse_gradient=takes_sparse_gradient(v))
+            weights.append(routed_rows(v, rows, values))
+        return tuple(weights)
 
     def class_logits(self, embeddings, weights: tuple, labels=None, training: bool = False):
         """Logits `(batch, len(weights[0]))`; margin on each label's column if given."""

@@ -260,6 +260,8 @@ class ClusterModel(keras.Model):
         super().compile(optimizer, loss, *args, **kwargs)
         if isinstance(self.optimizer, RowSparse):  # not wrapped (e.g. in a LossScaleOptimizer)
             self.optimizer.takes_row_slices = True
+            if isinstance(self.head, ClassHead):
+                self.head.route_gradients()
 
     def get_compile_config(self):
         config = super().get_compile_config()
