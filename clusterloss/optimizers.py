@@ -244,7 +244,9 @@ class RowSparse(keras.optimizers.Optimizer):
                     )
                     pairs.append((full, slot))
                 route = getattr(var, _ROUTE, None)
-                if route is not None and not all(self._var_key(p) in keys for p in route):
+                if not self.takes_row_slices or (
+                    route is not None and not all(self._var_key(p) in keys for p in route)
+                ):
                     route = None
                 self._plan[key] = ("gather", bound, scratch, pairs, route)
                 # JAX has no row-slice gradient: only a complete route stands in for one.
@@ -321,7 +323,7 @@ class RowSparse(keras.optimizers.Optimizer):
                 inner_vars.append(var)
             else:
                 _, bound, scratch, pairs, route = plan
-                if route is not None and takes_sparse_gradient(var):
+                if route is not None:
                     gradient, code = (grad_of[self._var_key(part)] for part in route)
                     rows, grad_rows = _routed_gradient(code, gradient)
                     keep = nonzero_rows(grad_rows)
