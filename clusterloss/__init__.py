@@ -21,7 +21,7 @@ from clusterloss.index import Index, KNNClassifier  # noqa: E402,F401
 from clusterloss.layers import *  # noqa: E402,F401,F403
 from clusterloss.losses import *  # noqa: E402,F401,F403
 from clusterloss.miners import *  # noqa: E402,F401,F403
-from clusterloss.models import ClusterModel, make_backbone  # noqa: E402,F401
+from clusterloss.models import ClusterModel, export_embeddings, make_backbone, serving_model  # noqa: E402,F401
 from clusterloss.optimizers import RowSparse, center_optimizer, mark_sparse_rows  # noqa: E402,F401
 from clusterloss.sampling import MPerClassSampler  # noqa: E402,F401
 
@@ -30,3 +30,6 @@ __version__ = "0.1.0"
 # Own data, backbones and watching retrieval during training.
 from clusterloss.data import Batches, DataError, ImageFiles  # noqa: E402,F401
 from clusterloss.evaluation import RetrievalEvaluation, embed  # noqa: E402,F401
+
+# Recognition: enrolment, calibrated open-set search.
+from clusterloss.gallery import Calibration, CalibrationError, Gallery  # noqa: E402,F401

@@ -144,10 +144,11 @@ class RowSparse(keras.optimizers.Optimizer):
     `keras.optimizers.MultiOptimizer` (`center_optimizer` builds one), e.g.
     `OptimizerMap(RowSparse(keras.optimizers.AdamW()), {".*centers": RowSparse(SGD(0.5))})`.
 
-    Works with the element-wise optimizers of Keras (SGD, Adam, AdamW, Adamax, Nadam,
-    RMSprop, Adagrad, Adadelta, Lion, Ftrl): their update of one element depends only on
-    that element's gradient, value and slots. Lamb (a per-variable trust ratio) and the
-    optimizers whose state does not have the variable's shape (Adafactor, Muon) raise a
+    Works with the element-wise optimizers of Keras (SGD, Adam, AdamW, Adamax, RMSprop,
+    Adagrad, Adadelta, Lion, Ftrl): their update of one element depends only on that
+    element's gradient, value and slots. Lamb (a per-variable trust ratio), Muon (each
+    matrix's update orthogonalised as a whole) and the optimizers with state that is not
+    per element (Adafactor's factored moments, Nadam's momentum product) raise a
     ValueError. Clipping (`clipnorm`, `global_clipnorm`) applies per wrapped optimizer;
     `use_ema` and `gradient_accumulation_steps` are not supported.
 
@@ -164,11 +165,13 @@ class RowSparse(keras.optimizers.Optimizer):
                 f"`optimizer` must be a plain Keras optimizer (Adam, SGD, ...); got "
                 f"{type(optimizer).__name__}. Put RowSparse inside a MultiOptimizer instead."
             )
-        if isinstance(optimizer, keras.optimizers.Lamb):
-            raise ValueError(
-                "RowSparse needs an element-wise optimizer; Lamb scales each variable's update "
-                "by a norm over the whole variable. Use Adam, AdamW, SGD, ..."
-            )
+        whole = {keras.optimizers.Lamb: "scales each variable's update by a norm over the "
+                 "whole variable", keras.optimizers.Muon: "orthogonalises each matrix's update "
+                 "as a whole (Newton-Schulz)"}  # fmt: skip
+        for kind, why in whole.items():
+            if isinstance(optimizer, kind):
+                raise ValueError(f"RowSparse needs an element-wise optimizer; {kind.__name__} "
+                                 f"{why}. Use Adam, AdamW, SGD, ...")  # fmt: skip
         if optimizer.use_ema or optimizer.gradient_accumulation_steps:
             raise ValueError(
                 "RowSparse does not support `use_ema` or `gradient_accumulation_steps` of the "

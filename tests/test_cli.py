@@ -95,7 +95,7 @@ def fails(capsys, *argv: str) -> str:
         (["search", "r", "-q", "val:1"], "expected SET:INDICES"),
         (["search", "r", "-q", "test:a"], "expected indices like 0,5,7"),
         (["index", "build", "r", "--approximate", "lsh"], "invalid choice: 'lsh'"),
-        (["index", "build", "r", "--far", "2"], "argument --far: must be in [0, 1); got 2"),
+        (["index", "build", "r", "--far", "2"], "argument --far: must be in (0, 1]; got 2"),
         (["compare", "center:centr_weight=0.1"], "unknown option 'centr_weight' for loss center"),
         (["compare", "softmax", "--seeds", "x"], "argument --seeds: expected class ids"),
     ],

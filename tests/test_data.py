@@ -130,3 +130,67 @@ def test_batches_are_seeded_per_epoch():
     assert np.array_equal(yb, xb.ravel() % 2)
     with pytest.raises(IndexError):
         resumed[3]
+
+
+def test_deep_images_keep_their_bit_depth(tmp_path):
+    """16-bit PNGs (Pillow mode I;16) scaled by 65535, not clipped to 8 bits (all white);
+    32-bit int and float images by their modes' ranges."""
+    from clusterloss.data.images import to_pixels
+
+    rng = np.random.default_rng(0)
+    saved = {}
+    for k in range(2):
+        (tmp_path / "deep" / f"c{k}").mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 65536, (6, 6), dtype=np.uint16)
+            path = tmp_path / "deep" / f"c{k}" / f"{i}.png"
+            Image.fromarray(pixels).save(path)
+            saved[str(path)] = pixels / 65535.0
+    data = load_dataset(tmp_path / "deep", val_split=0.0, test_split=0.3, image_size=6)
+    assert data.input_shape == (6, 6, 1)
+    for i, path in enumerate(data.x_train.paths):
+        np.testing.assert_allclose(data.x_train[i][..., 0], saved[path], atol=1e-6)
+    assert data.x_train[np.arange(len(data.y_train))].mean() < 0.6  # was 1.0: blank images
+    rgb = ImageFiles(data.x_train.paths[:1], (3, 3), channels=3)[0]
+    assert rgb.shape == (3, 3, 3) and np.array_equal(rgb[..., 0], rgb[..., 2]) and rgb.max() < 1
+    wide = Image.fromarray(np.array([[0, 2**30], [2**31 - 1, 7]], np.int32))
+    np.testing.assert_allclose(to_pixels(wide, (2, 2), 1)[..., 0], [[0, 0.5], [1, 7 / (2**31 - 1)]])
+    real = Image.fromarray(np.array([[0.25, 1.0]], np.float32))
+    np.testing.assert_allclose(to_pixels(real, (1, 2), 1).ravel(), [0.25, 1.0])
+    with pytest.raises(ValueError, match=r"mode F pixels in \[0\.25, 2\], outside its range \[0, 1\]"):
+        to_pixels(Image.fromarray(np.array([[0.25, 2.0]], np.float32)), (1, 2), 1)
+
+
+@pytest.mark.parametrize("problem", ["truncated jpeg", "truncated png", "decompression bomb"])
+def test_images_that_cannot_be_decoded_fail_at_the_scan(tmp_path, problem, monkeypatch):
+    """Found when the folder is scanned (before training), in one line naming the file."""
+    root = tmp_path / "bad"
+    make_image_folder(root, classes=2, per_class=3, size=40)
+    bad = root / "class_1" / "img_001.png"
+    if problem == "decompression bomb":
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # 40 x 40 > 2 x 300
+        message = r"class_0/img_000\.png: not a readable image \(Image size \(1600 pixels\) exceeds"
+    else:
+        kind = "JPEG" if problem == "truncated jpeg" else "PNG"
+        if kind == "JPEG":
+            bad.unlink()
+            bad = bad.with_suffix(".jpg")
+            Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)).save(bad)
+        data = bad.read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+        message = rf"class_1/{bad.name}: not a readable image \(.*[Tt]runcated"
+    with pytest.raises(DataError, match=message):
+        load_dataset(root)
+
+
+def test_a_broken_class_link_is_an_error(tmp_path):
+    """A class folder that is a dangling link (an unmounted disk) is named, not dropped."""
+    root = tmp_path / "linked"
+    make_image_folder(root, classes=3, per_class=3, size=8)
+    (root / "class_3").symlink_to(tmp_path / "unmounted" / "class_3")
+    with pytest.raises(DataError, match=r"linked/class_3: a broken link \(to .*unmounted/class_3\)"):
+        load_dataset(root)
+    (root / "class_3").unlink()
+    (root / "class_2" / "more").symlink_to(tmp_path / "gone")  # inside a class folder too
+    with pytest.raises(DataError, match=r"class_2/more: a broken link"):
+        load_dataset(root)

@@ -88,11 +88,11 @@ def test_evaluate_index_build_and_search_cli(digits_run, capsys):
         assert after[key] == pytest.approx(before[key], abs=1e-4), key
 
     printed = run_main(capsys, "index", "build", str(out), "--verbose", "0")
-    assert "948 embeddings of train, 8-D, cosine, flat (exact" in printed
-    info = json.loads((out / "index" / "info.json").read_text())
-    assert info["size"] == 948 and info["exact"] and info["class_names"][-1] == "6"
-    assert info["open_set"]["far"] == 0.01 and info["open_set"]["chosen_on"] == "test"
-    assert -1 <= info["open_set"]["threshold"] <= 1 and len(info["model_sha256"]) == 64
+    assert "948 items of 7 classes, 8-D, cosine, flat (exact" in printed
+    assert "316 probes of the run's test split" in printed and "<- chosen" in printed
+    saved = json.loads((out / "index" / "calibration.json").read_text())["calibration"]
+    assert saved["target"] == {"far": 0.01} and saved["num_strangers"] == saved["num_mated"] == 316
+    assert saved["far"] <= 0.01 and -1 <= saved["threshold"] <= 1
 
     printed = run_main(
         capsys, "search", str(out), "--query", "test:0,5", "-q", "unknown:2", "-k", "4", "--json"
@@ -102,9 +102,9 @@ def test_evaluate_index_build_and_search_cli(digits_run, capsys):
     for query in found:
         scores = [n["score"] for n in query["neighbors"]]
         assert len(scores) == 4 and scores == sorted(scores, reverse=True)
-        assert query["score"] == scores[0] and query["threshold"] == info["open_set"]["threshold"]
-        assert all(n["match"] == (n["label"] == query["label"]) for n in query["neighbors"])
-        assert all(0 <= n["gallery_index"] < 948 for n in query["neighbors"])
+        assert query["score"] == scores[0] and query["threshold"] == saved["threshold"]
+        assert all(n["match"] == (n["class"] == query["class"]) for n in query["neighbors"])
+        assert all(1 <= n["id"] <= 948 for n in query["neighbors"])
         known = scores[0] >= query["threshold"]
         assert query["prediction"] == (query["neighbors"][0]["class"] if known else "unknown")
     assert found[2]["class"] in ("7", "8", "9")  # unseen classes keep their names
@@ -115,9 +115,9 @@ def test_search_among_unseen_and_argument_errors(digits_run, capsys):
     out, _ = digits_run
     printed = run_main(capsys, "search", str(out), "-q", "unknown:0", "--gallery", "unknown",
                        "-k", "3", "--verbose", "0")  # fmt: skip
-    assert re.search(r"^unknown\[0\]  label [789] ", printed, flags=re.M) and "no open-set threshold" in printed
-    rows = re.findall(r"^\s+\d+\s+\d+\s+\S+\s+[-\d.]+\s+#(\d+)", printed, flags=re.M)
-    assert len(rows) == 3 and "0" not in rows  # a query is never its own neighbour
+    assert re.search(r"^unknown\[0\]  class [789] ", printed, flags=re.M) and "no open-set threshold" in printed
+    rows = re.findall(r"^\s+\d+\s+\S+\s+[-\d.]+\s+#(\d+)", printed, flags=re.M)
+    assert len(rows) == 3 and "1" not in rows  # a query (id = position + 1) is never its own neighbour
     with pytest.raises(SystemExit):
         main(["search", str(out), "-q", "test:1,500"])
     assert "test has 316 samples (0-315); got indices [500]" in capsys.readouterr().err

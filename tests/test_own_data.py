@@ -74,7 +74,7 @@ def test_index_and_search_new_images(folder_run, capsys):
     assert main(["index", "build", str(folder_run), "--data", str(gallery), "--far", "0.05",
                  "--verbose", "0"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
-    assert f"50 embeddings of {gallery}" in printed and "(FAR 0.05 on the validation split)" in printed
+    assert "50 items of 5 classes" in printed and "48 probes of the run's validation split" in printed
     _, data, _ = load_run(folder_run)
     held_out = np.array(data.x_test.paths)  # test images, never trained on
     known_files = [p for p in held_out if "class_5" not in p]
@@ -110,7 +110,8 @@ def test_npz_feature_vectors(tmp_path, capsys):
     assert metrics["config"]["backbone"] == "auto" and metrics["knn_accuracy"] > 0.5
     model, data, _ = load_run(out)
     assert model.backbone.input_shape == (None, 6) and data.class_names == ["a", "b", "c", "d"]
-    np.savez(tmp_path / "queries.npz", x=data.x_test[:3], y=data.y_test[:3])
+    raw_ids = np.array([1, 11, 21, 31])[data.y_test[:3]]  # the ids the run was trained on
+    np.savez(tmp_path / "queries.npz", x=data.x_test[:3], y=raw_ids)
     capsys.readouterr()
     assert main(["search", str(out), "--npz", str(tmp_path / "queries.npz"), "-k", "2", "--json"]) == 0
     found = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -118,4 +119,4 @@ def test_npz_feature_vectors(tmp_path, capsys):
     assert [r["class"] for r in found] == [data.class_names[c] for c in data.y_test[:3]]
     for r in found:
         assert len(r["neighbors"]) == 2 and all(n["match"] == (n["class"] == r["class"]) for n in r["neighbors"])
-        assert "path" not in r["neighbors"][0]  # arrays have no files
+        assert r["neighbors"][0]["path"] is None  # arrays have no files

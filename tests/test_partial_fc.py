@@ -214,6 +214,22 @@ def test_row_sparse_refuses_optimizers_that_are_not_element_wise():
     cl.mark_sparse_rows(table, max_rows=2)
     with pytest.raises(ValueError, match="element-wise optimizer; Adafactor keeps state that"):
         cl.RowSparse(keras.optimizers.Adafactor()).build([table])
+    # Muon's state has the variable's shape, but its update of a matrix is not per element
+    with pytest.raises(ValueError, match="element-wise optimizer; Muon orthogonalises each matrix"):
+        cl.RowSparse(keras.optimizers.Muon())
+    with pytest.raises(ValueError, match=r"element-wise optimizer; Nadam keeps state that is not per"):
+        cl.RowSparse(keras.optimizers.Nadam()).build([table])
+    listed = cl.RowSparse.__doc__.split("element-wise optimizers of Keras (")[1].split(")")[0]
+    accepted = " ".join(listed.split())
+    assert accepted == "SGD, Adam, AdamW, Adamax, RMSprop, Adagrad, Adadelta, Lion, Ftrl"
+
+
+def test_partial_fc_that_samples_one_class_is_refused():
+    """A softmax over the one sampled class has zero loss: it would train nothing."""
+    with pytest.raises(ValueError, match=r"`sample_rate` must sample at least 2 of the 10 classes; "
+                       r"got 0\.1, which samples 1: .* Use sample_rate >= 0\.2\."):
+        cl.ArcFace(10, sample_rate=0.1).build((None, 4))
+    cl.ArcFace(10, sample_rate=0.2).build((None, 4))
 
 
 def test_softmax_head_equals_dense():

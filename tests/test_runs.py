@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import keras
@@ -21,7 +22,7 @@ from conftest import BACKEND
 from clusterloss.app.cli.args import config_from_args
 from clusterloss.app.cli.main import build_parser, main
 from clusterloss.app.errors import RunError
-from clusterloss.app.rundir import atomic_path
+from clusterloss.app.rundir import RunDir, atomic_path
 from clusterloss.app.runs import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,8 @@ TINY = ["--epochs", "1", "--train-limit", "200", "--test-limit", "100", "--embed
 
 
 def fails(capsys, *argv: str) -> str:
+    """The one line of a command that exits with status 2 (earlier output dropped)."""
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(list(argv))
     err = capsys.readouterr().err
@@ -70,13 +73,23 @@ def test_stale_index_is_refused(tmp_path, capsys):
     assert main(["search", str(out), "-q", "test:0"]) == 0
 
 
+HOLDER = ("import fcntl, json, os, socket, sys, time\n"
+          "handle = open(sys.argv[1], 'a+')\n"
+          "fcntl.flock(handle, fcntl.LOCK_EX)\n"
+          "json.dump({'pid': os.getpid(), 'host': socket.gethostname()}, handle)\n"
+          "handle.flush()\n"
+          "print('locked', flush=True)\n"
+          "time.sleep(60)\n")  # fmt: skip
+
+
 def test_one_writer_at_a_time(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen(["sleep", "60"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out / ".lock")],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
+        assert holder.stdout.readline() == "locked\n"
         lock = {"pid": holder.pid, "host": socket.gethostname()}
-        (out / ".lock").write_text(json.dumps(lock))
         err = fails(capsys, "train", *TINY, "--out", str(out))
         assert f"{out} is in use by process {holder.pid}" in err
         assert json.loads((out / ".lock").read_text()) == lock  # still the holder's
@@ -88,6 +101,61 @@ def test_one_writer_at_a_time(tmp_path, capsys):
     assert main(["train", *TINY, "--out", str(out)]) == 0
     assert f"taking over the lock of process {holder.pid}, which no longer runs" in capsys.readouterr().err
     assert not (out / ".lock").exists() and (out / "metrics.json").is_file()
+
+
+def _finished_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_a_stale_lock_is_taken_over_by_exactly_one_writer(tmp_path):
+    """8 writers race for the lock of a dead process: one gets in, 7 are refused (before,
+    a slower taker deleted the faster one's fresh lock: up to 5 inside at once)."""
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.path.mkdir()
+    lock = run_dir / ".lock"
+    writers = 8
+    for _ in range(5):
+        lock.write_text(json.dumps({"pid": _finished_pid(), "host": socket.gethostname()}))
+        start, tried = threading.Barrier(writers), threading.Barrier(writers)
+        inside, refused = [], []
+
+        def writer():
+            start.wait()
+            try:
+                with run_dir.lock():
+                    inside.append(1)
+                    tried.wait()  # stay inside until every writer has tried
+            except RunError as error:
+                refused.append(str(error))
+                tried.wait()
+
+        threads = [threading.Thread(target=writer) for _ in range(writers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert (len(inside), len(refused)) == (1, writers - 1), (inside, refused)
+        assert all("is in use by process" in message for message in refused)
+        assert not lock.exists()
+
+
+def test_an_empty_lock_and_killed_temporaries_do_not_block(tmp_path, capsys):
+    """A lock file left empty (killed between create and write) does not block the directory
+    for ever; temporaries of killed writes go when the lock is taken."""
+    run_dir = RunDir(tmp_path / "run")
+    (run_dir.path / "checkpoint").mkdir(parents=True)
+    (run_dir / ".lock").write_text("")
+    dead = _finished_pid()
+    stale = [run_dir / f".tmp-{dead}-model.keras", run_dir / "checkpoint" / f".tmp-{dead}-epoch-2.weights.h5"]
+    live = run_dir / f".tmp-{os.getpid()}-metrics.json"  # this process's: kept
+    for path in stale + [live]:
+        path.write_text("half")
+    with run_dir.lock():
+        assert json.loads((run_dir / ".lock").read_text())["pid"] == os.getpid()
+        assert [p.exists() for p in stale] == [False, False] and live.exists()
+    assert not (run_dir / ".lock").exists()
 
 
 def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
@@ -151,7 +219,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, capsys):
     assert "holds no checkpoint to resume" in err
 
 
-class _Explode(keras.callbacks.Callback):
+class ExplodeWeights(keras.callbacks.Callback):
     """Makes the weights NaN after the second batch, as a diverging optimizer would."""
 
     def on_train_batch_end(self, batch, logs=None):
@@ -166,5 +234,5 @@ def test_diverged_training_stops_with_a_hint(tmp_path):
     args = build_parser().parse_args(["train", *TINY, "--out", str(tmp_path / "r")])
     with pytest.raises(RunError, match=r"training diverged: the loss became nan at epoch 1, "
                        r"batch 3, so nothing was evaluated; lower --learning-rate"):
-        train(config_from_args(args, args.loss, args.seed, args.out), callbacks=[_Explode()])
+        train(config_from_args(args, args.loss, args.seed, args.out), callbacks=[ExplodeWeights()])
     assert not (tmp_path / "r" / "metrics.json").exists()

@@ -2,8 +2,10 @@
 
 Like `keras.callbacks.BackupAndRestore` (weights with the optimizer state at every epoch
 end), plus what that callback does not keep: the history of the epochs already done and the
-best monitored value with its weights (the best model of a run with validation), and
-atomicity. Each epoch writes `epoch-<N>.weights.h5` (and `best-<N>.weights.h5` when the
+best monitored value with its weights (the best model of a run with validation), the
+state of every `keras.random.SeedGenerator` of the model and its loss (Partial FC's class
+sampling, a sampling miner: a resumed run continues their draws instead of replaying them),
+and atomicity. Each epoch writes `epoch-<N>.weights.h5` (and `best-<N>.weights.h5` when the
 monitored value improves), then `state.json` by rename, which names the weights files it
 belongs to, then deletes the files it no longer names; a process killed at any moment
 leaves a consistent checkpoint.
@@ -18,10 +20,39 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from clusterloss.app.rundir import atomic_path, write_text
+from clusterloss.miners import Miner
 
 STATE = "state.json"
+# Objects whose attributes may hold a seed generator outside the model's layers (a loss's
+# miner, a loss layer's miner).
+_HOLDERS = (keras.layers.Layer, keras.losses.Loss, Miner)
+
+
+def seed_generators(model: keras.Model) -> list[keras.random.SeedGenerator]:
+    """Every `SeedGenerator` of `model`'s layers and of its compiled loss (through miners),
+    in a fixed order."""
+    found: list[keras.random.SeedGenerator] = []
+    seen: dict[int, Any] = {}  # holds what it saw: no id is reused by a new object meanwhile
+    todo: list[Any] = [model, model.loss]
+    while todo:
+        item = todo.pop(0)
+        if id(item) in seen:
+            continue
+        seen[id(item)] = item
+        if isinstance(item, keras.random.SeedGenerator):
+            found.append(item)
+        elif isinstance(item, (list, tuple)):
+            todo += list(item)
+        elif isinstance(item, dict):
+            todo += list(item.values())
+        elif isinstance(item, _HOLDERS):
+            todo += [v for k, v in vars(item).items() if not k.startswith("_")]
+            if isinstance(item, keras.layers.Layer):
+                todo += list(item._seed_generators) + item._flatten_layers(include_self=False)
+    return found
 
 
 class TrainingCheckpoint(keras.callbacks.Callback):
@@ -85,6 +116,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             self.state["best"], self.state["best_epoch"] = float(value), epoch + 1
             self.state["best_weights"] = self._save_weights(f"best-{epoch + 1}.weights.h5")
         self.state["weights"] = self._save_weights(f"epoch-{epoch + 1}.weights.h5")
+        self.state["seeds"] = [np.asarray(keras.ops.convert_to_numpy(g.state)).tolist()
+                               for g in seed_generators(self.model)]  # fmt: skip
         self.state["epoch"] = epoch + 1
         write_text(self.directory / STATE, json.dumps(self.state, indent=1) + "\n")
         for name in old - {self.state["weights"], self.state["best_weights"], None}:
@@ -92,6 +125,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                 (self.directory / name).unlink()
 
     def restore(self, model: keras.Model, best: bool = False) -> None:
-        """Load the last (or the best) saved weights, optimizer state included."""
+        """Load the last (or the best) saved weights, optimizer state included; the last
+        also sets the seed generators to their state then."""
         name = self.state["best_weights" if best else "weights"]
         model.load_weights(self.directory / name)
+        if not best:
+            for generator, values in zip(seed_generators(model), self.state.get("seeds", [])):
+                generator.state.assign(np.asarray(values, generator.state.dtype))

@@ -53,6 +53,14 @@ def fraction(text: str) -> float:
     return _number(text, float, 0.0, high=1.0)
 
 
+def rate(text: str) -> float:
+    """A rate in (0, 1] (a FAR or TAR target)."""
+    value = _number(text, float, float("-inf"))
+    if not 0.0 < value <= 1.0:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be in (0, 1]; got {text}")
+    return value
+
+
 def class_ids(text: str) -> list[int]:
     """'0-4' or '0,2,5' or '0-4,7' -> a list of class ids."""
     ids: list[int] = []

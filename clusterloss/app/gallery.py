@@ -1,25 +1,26 @@
-"""A run's searchable gallery: `RUN_DIR/index/` holds an `Index` of gallery embeddings with
-their labels, the gallery's file paths, and `info.json`: where the gallery came from, the
-class names, a hash of the `model.keras` that embedded it (a later model makes the index
-stale: refused), and the open-set threshold.
+"""A run's searchable gallery, `RUN_DIR/index/`: a `clusterloss.Gallery` (SQLite database,
+the source of truth, with its index cache) named by `index/CURRENT`, and `calibration.json`,
+the open-set trade-off as last printed.
 
-The open-set threshold is chosen on held-out data of the run (its validation split, else its
-test split), as if each of those images were a query of a class the gallery does not hold:
-its score is the similarity to the nearest training image of *another* class, and the
-threshold is the smallest one that at most a fraction `far` of these scores pass (the false
-accept rate of open-set identification, FPIR in NIST's terms). A query whose nearest
-gallery item does not pass it (cosine below it; a Euclidean distance above it) is "unknown".
-A rate `far` needs at least 1/far held-out images.
+`index build` writes a whole new database beside the old one and then replaces `CURRENT`
+(one atomic rename): a failed or killed build leaves the old gallery as it was. `index add`
+and `index remove` change the current database in one transaction each (no retraining, the
+other items are not embedded again) and the gallery recalibrates itself on its stored
+probes. The gallery records a hash of the `model.keras` that embedded it: a later model
+makes it stale (refused).
+
+The probes that calibrate the open-set threshold (see `clusterloss.gallery.calibration`) are
+held-out images: the run's validation split (else its test split), or `--calibrate PATH`, a
+folder of class sub-folders whose images are not in the gallery. The classes of the gallery
+are matched to the probes' by name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,15 @@ import numpy as np
 
 from clusterloss.app.errors import RunError
 from clusterloss.app.results import embed_all
-from clusterloss.app.rundir import INDEX, atomic_path, write_text
+from clusterloss.app.rundir import INDEX, write_text
 from clusterloss.data import DATASETS, Dataset, ImageFiles, load_dataset
-from clusterloss.evaluation.verification import impostor_threshold
-from clusterloss.index import Index
+from clusterloss.data.folder import labelled_images, read_npz
+from clusterloss.gallery import Calibration, CalibrationError, Gallery
+from clusterloss.gallery.calibration import DEFAULT_FAR
 
-INDEX_FILE = Path(INDEX) / "gallery.index"
-INFO_FILE = Path(INDEX) / "info.json"
-PATHS_FILE = Path(INDEX) / "paths.txt"
-DEFAULT_FAR = 0.01
-QUERY_BATCH = 1024  # held-out queries searched at a time for the threshold
+CURRENT = Path(INDEX) / "CURRENT"
+CALIBRATION_FILE = Path(INDEX) / "calibration.json"
+LEGACY = ("gallery.index", "info.json", "paths.txt")  # an index of clusterloss before galleries
 
 
 def model_hash(run_dir: str | Path) -> str:
@@ -54,195 +54,246 @@ def input_format(model) -> tuple[tuple[int, int] | None, int | None]:
     return (shape[:2], shape[2]) if len(shape) == 3 else (None, None)
 
 
-def gallery_data(model, data: Dataset, source: str | None) -> tuple[Any, np.ndarray, list[str]]:
-    """`(x, labels, class_names)` of the gallery: the run's training set, or every sample
-    of `source` (a folder, an .npz, or a built-in set's training part) in the model's
-    input format."""
-    if source is None:
-        return data.x_train, data.y_train, data.class_names
+def run_model(run_dir: str | Path):
+    """The run's model alone (its data is not read)."""
+    import keras
+
+    path = Path(run_dir) / "model.keras"
+    if not path.is_file():
+        raise RunError(f"{run_dir} holds no model.keras (make a run with `clusterloss train --out {run_dir}`)")
+    return keras.saving.load_model(path)
+
+
+def _load(model, source: str, **splits: Any) -> Dataset:
+    """A folder, an .npz or a built-in set in the model's input format."""
     size, channels = input_format(model)
+    builtin = source in DATASETS
     try:
-        builtin = source in DATASETS
-        found = load_dataset(source if builtin else os.path.abspath(source), val_split=0.0,
-                             test_split=None if builtin else 0.0, channels=channels,
-                             **({"image_size": size} if size else {}))  # fmt: skip
+        return load_dataset(source if builtin else os.path.abspath(source), channels=channels,
+                            **splits, **({"image_size": size} if size else {}))  # fmt: skip
     except ValueError as error:
         raise RunError(str(error)) from None
-    return found.x_train, found.y_train, found.class_names
 
 
-def nearest_other_class(index: Index, queries: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per query, the score of its nearest indexed item of another class (searching past
-    the largest class's size, so one is always found; NaN if every item shares its class)."""
-    depth = min(len(index), int(np.bincount(index.labels).max()) + 1)
-    found = np.full(len(queries), np.nan)
-    for start in range(0, len(queries), QUERY_BATCH):
-        scores, rows = index.search(queries[start : start + QUERY_BATCH], depth)
-        other = (index.labels[rows] != labels[start : start + QUERY_BATCH, None]) & (rows >= 0)
-        first = np.argmax(other, axis=1)
-        hit = other[np.arange(len(first)), first]
-        found[start : start + len(first)][hit] = scores[np.arange(len(first)), first][hit]
-    return found
+def gallery_data(model, data: Dataset, source: str | None) -> tuple[Any, list[str]]:
+    """`(x, class names)` of the gallery: the run's training set, or every sample of
+    `source` (a folder, an .npz, or a built-in set's training part)."""
+    if source is None:
+        return data.x_train, [data.class_names[i] for i in data.y_train]
+    builtin = source in DATASETS
+    found = _load(model, source, val_split=0.0, test_split=None if builtin else 0.0)
+    return found.x_train, [found.class_names[i] for i in found.y_train]
 
 
-def open_set_threshold(model, data: Dataset, metric: str, far: float,
-                       train_emb: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
-    """The open-set threshold at `far` (see the module docstring): chosen on the run's
-    validation split (else its test split) against its training images."""
-    part, x, y = ("validation", data.x_val, data.y_val) if len(data.y_val) else ("test", data.x_test, data.y_test)
-    found = {"far": far, "threshold": None, "chosen_on": part, "num_queries": int(len(y))}
-    if not len(y):
-        return found
-    train_emb = embed_all(model, data.x_train) if train_emb is None else train_emb
-    index = Index(train_emb.shape[1], metric=metric)
-    index.add(train_emb, labels=data.y_train)
-    scores = nearest_other_class(index, embed_all(model, x), y)
-    scores = scores[np.isfinite(scores)]
-    if metric == "euclidean":
-        scores = -scores  # threshold_at_far wants "higher is more alike"
-    threshold = impostor_threshold(scores, far)
-    if math.isfinite(threshold):
-        found["threshold"] = threshold if metric == "cosine" else -threshold
-    return found
+def probe_data(model, data: Dataset, calibrate: str | None) -> tuple[Any, list[str], str]:
+    """`(x, class names, description)` of the calibration probes: `calibrate` (a folder of
+    class sub-folders, an .npz or a built-in set), else the run's validation split, else
+    its test split."""
+    if calibrate is not None:
+        found = _load(model, calibrate, val_split=0.0, test_split=None if calibrate in DATASETS else 0.0)
+        return found.x_train, [found.class_names[i] for i in found.y_train], str(calibrate)
+    if len(data.y_val):
+        return data.x_val, [data.class_names[i] for i in data.y_val], "the run's validation split"
+    return data.x_test, [data.class_names[i] for i in data.y_test], "the run's test split"
 
 
-def build_index(run_dir: str | Path, model, data: Dataset, source: str | None = None, *,
-                metric: str = "cosine", kind: str = "flat", far: float = DEFAULT_FAR,
-                verbose: Any = 0) -> dict[str, Any]:  # fmt: skip
-    """Embed the gallery, save `RUN_DIR/index/` (see the module docstring); return the info."""
-    run_dir = Path(run_dir)
-    start = time.perf_counter()
-    x, labels, class_names = gallery_data(model, data, source)
-    emb = embed_all(model, x, verbose)
-    index = Index(emb.shape[1], metric=metric, kind=kind, verbose=verbose not in (0, "0"))
-    index.add(emb, labels=labels, ids=np.arange(len(emb)))
-    (run_dir / INDEX).mkdir(exist_ok=True)
-    with atomic_path(run_dir / INDEX_FILE) as temporary:
-        index.save(temporary)
+def calibrate_gallery(gallery: Gallery, model, data: Dataset, calibrate: str | None, *,
+                      far: float | None, tar: float | None, verbose: Any = 0) -> str:  # fmt: skip
+    """Calibrate `gallery` on the probes (see `probe_data`); the lines to print (the table
+    and the chosen rule, or why there is no threshold)."""
+    x, names, described = probe_data(model, data, calibrate)
+    if not len(names):
+        raise RunError("no held-out images to calibrate on (the run has no validation or test split); "
+                       "pass --calibrate PATH, a folder of labelled images that are not in the gallery")  # fmt: skip
     paths = getattr(x, "paths", None)
-    if paths is not None:
-        write_text(run_dir / PATHS_FILE, "".join(p + "\n" for p in paths))
-    info = {
-        "source": "train" if source is None else str(Path(source).resolve()) if source not in DATASETS else source,
-        "size": len(index), "dim": index.dim, "metric": index.metric, "kind": index.kind,
-        "backend": index.backend, "exact": index.is_exact, "class_names": list(class_names),
-        "paths": str(PATHS_FILE) if paths is not None else None,
-        "model_sha256": model_hash(run_dir),
-        "open_set": open_set_threshold(model, data, metric, far, emb if source is None else None),
-        "seconds": round(time.perf_counter() - start, 3),
-    }  # fmt: skip
-    write_text(run_dir / INFO_FILE, json.dumps(info, indent=2) + "\n")
-    return info
-
-
-def load_index(run_dir: str | Path) -> tuple[Index, dict[str, Any], list[str] | None] | None:
-    """`(index, info, paths)` of RUN_DIR/index/, None if there is none; a `RunError` if it
-    was built from another model.keras than the run's present one."""
-    run_dir = Path(run_dir)
-    if not (run_dir / INFO_FILE).is_file() or not (run_dir / INDEX_FILE).is_file():
-        return None
-    info = json.loads((run_dir / INFO_FILE).read_text())
-    if info.get("model_sha256") != model_hash(run_dir):
-        raise RunError(f"{run_dir / INDEX} was built from another model.keras than the run's "
-                       f"present one (stale); rebuild it: clusterloss index build {run_dir}")  # fmt: skip
+    if paths is not None and gallery.count_paths(paths):
+        raise RunError(f"{described}: images that are in the gallery cannot calibrate it (a probe would find "
+                       "itself); pass images that are not enrolled")  # fmt: skip
     try:
-        index = Index.load(run_dir / INDEX_FILE)
-    except (OSError, ValueError) as error:
-        raise RunError(f"{run_dir / INDEX_FILE}: {error}; rebuild it: clusterloss index build {run_dir}") from None
-    paths = None
-    if info.get("paths"):
-        paths = (run_dir / info["paths"]).read_text().splitlines()
-    return index, info, paths
+        gallery.calibrate(embed_all(model, x, verbose), names, far=far, tar=tar, paths=paths)
+    except CalibrationError:
+        pass
+    return describe_calibration(gallery, f"{len(names)} probes of {described}")
 
 
-@dataclass
-class Gallery:
-    """A searchable gallery: its index, class names, files (or None), open-set threshold
-    (or None) and a description for people."""
-
-    index: Index
-    class_names: list[str]
-    paths: list[str] | None
-    threshold: float | None
-    description: str
-
-    def class_of(self, label: int) -> str:
-        return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
-
-    def accepts(self, score: float) -> bool:
-        """Whether a nearest score passes the open-set threshold (always, without one)."""
-        if self.threshold is None:
-            return True
-        return score >= self.threshold if self.index.metric == "cosine" else score <= self.threshold
-
-    def answer(self, queries: np.ndarray, k: int, skip: list[int | None] | None = None) -> list[dict[str, Any]]:
-        """Per query: `prediction` (the nearest item's class, or "unknown"), its `score`,
-        the `threshold` and the `neighbors` (rank, gallery_index, label, class, score, path).
-        `skip[i]`: a gallery position that query i must not get (itself)."""
-        scores, found = self.index.search(queries, k + (1 if skip else 0))
-        answers = []
-        for row in range(len(queries)):
-            hits = [(float(score), int(j)) for score, j in zip(scores[row], found[row])
-                    if j >= 0 and not (skip and int(self.index.ids[j]) == skip[row])][:k]  # fmt: skip
-            neighbors = [
-                {"rank": rank + 1, "gallery_index": int(self.index.ids[j]),
-                 "label": int(self.index.labels[j]), "class": self.class_of(int(self.index.labels[j])),
-                 "score": score, **({"path": self.paths[int(self.index.ids[j])]} if self.paths else {})}
-                for rank, (score, j) in enumerate(hits)
-            ]  # fmt: skip
-            best = neighbors[0]["score"] if neighbors else math.nan
-            answers.append({
-                "prediction": neighbors[0]["class"] if neighbors and self.accepts(best) else "unknown",
-                "score": best, "threshold": self.threshold, "neighbors": neighbors,
-            })  # fmt: skip
-        return answers
+def describe_calibration(gallery: Gallery, probes: str | None = None) -> str:
+    """The trade-off table and the rule in force (or why there is none), for people."""
+    calibration: Calibration | None = gallery.calibration
+    error = gallery.stats()["calibration_error"]
+    if calibration is None:
+        reason = error or "not calibrated (clusterloss calibrate RUN_DIR)"
+        return f"no open-set threshold ({reason}); search names the nearest class for every query"
+    lines = [f"open-set calibration{f' on {probes}' if probes else ''}:", calibration.format_table(),
+             calibration.summary()]  # fmt: skip
+    if calibration.note:
+        lines.append(f"note: {calibration.note}")
+    if calibration.warning():
+        lines.append(f"warning: {calibration.warning()}")
+    return "\n".join(lines)
 
 
-def open_gallery(run_dir: str | Path, model, data: Dataset, part: str = "train", verbose: Any = 0) -> Gallery:
-    """The gallery searched: for `"train"`, RUN_DIR/index/ if built (refused if stale), else
-    the training set embedded now (with its open-set threshold); `"test"` and `"unknown"` are
-    those parts of the run's data, embedded now (no threshold)."""
-    if part == "train":
-        loaded = load_index(run_dir)
-        if loaded:
-            index, info, paths = loaded
-            description = f"{Path(run_dir) / INDEX_FILE} ({info['size']} items of {info['source']})"
-            return Gallery(index, info["class_names"], paths, info["open_set"]["threshold"], description)
+def write_calibration(run_dir: str | Path, gallery: Gallery) -> None:
+    """RUN_DIR/index/calibration.json: the calibration in force (or the reason there is none)."""
+    calibration = gallery.calibration
+    body = {"calibration": None if calibration is None else calibration.to_dict(),
+            "error": gallery.stats()["calibration_error"], "gallery_generation": gallery.stats()["generation"]}  # fmt: skip
+    write_text(Path(run_dir) / CALIBRATION_FILE, json.dumps(body, indent=2) + "\n")
+
+
+def current(run_dir: str | Path) -> dict[str, str] | None:
+    """RUN_DIR/index/CURRENT: `{"database": file name, "source": "train" or the --data
+    path}` of the run's gallery, or None."""
+    file = Path(run_dir) / CURRENT
+    if not file.is_file():
+        return None
+    try:
+        found = json.loads(file.read_text())
+        database = Path(run_dir) / INDEX / found["database"]
+        if "/" in found["database"] or not database.is_file():
+            raise ValueError(f"no file {database}")
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunError(f"{file} does not name a gallery ({error}); rebuild it: clusterloss index build {run_dir}") from None
+    return found
+
+
+def gallery_path(run_dir: str | Path) -> Path | None:
+    """The current gallery database of a run, or None."""
+    found = current(run_dir)
+    return None if found is None else Path(run_dir) / INDEX / found["database"]
+
+
+def open_run_gallery(run_dir: str | Path, model_sha256: str | None = None) -> Gallery:
+    """The run's gallery; a `RunError` if there is none or it was built from another
+    model.keras than the run's present one (stale)."""
+    run_dir = Path(run_dir)
+    path = gallery_path(run_dir)
+    if path is None:
+        legacy = any((run_dir / INDEX / name).exists() for name in LEGACY)
+        why = "was built by an older clusterloss" if legacy else "has no gallery"
+        raise RunError(f"{run_dir} {why}; build one: clusterloss index build {run_dir}")
+    try:
+        gallery = Gallery(path)
+    except ValueError as error:
+        raise RunError(f"{error}; rebuild it: clusterloss index build {run_dir}") from None
+    if gallery.stale(model_sha256 or model_hash(run_dir)):
+        gallery.close()
+        raise RunError(f"{run_dir / INDEX} was built from another model.keras than the run's present one "
+                       f"(stale); rebuild it: clusterloss index build {run_dir}")  # fmt: skip
+    return gallery
+
+
+def build_gallery(run_dir: str | Path, model, data: Dataset, source: str | None = None, *,
+                  metric: str = "cosine", kind: str = "flat", far: float | None = DEFAULT_FAR,
+                  tar: float | None = None, calibrate: str | None = None,
+                  verbose: Any = 0) -> tuple[Gallery, str]:  # fmt: skip
+    """Embed the gallery and calibrate it into a new database, then make it the run's
+    current one (see the module docstring); `(gallery, lines to print)`."""
+    run_dir = Path(run_dir)
+    x, names = gallery_data(model, data, source)
+    emb = embed_all(model, x, verbose)
+    folder = run_dir / INDEX
+    folder.mkdir(exist_ok=True)
+    name = f"gallery-{time.time_ns()}-{os.getpid()}.sqlite"
+    gallery = Gallery(folder / name, dim=emb.shape[1], metric=metric, kind=kind, model_sha256=model_hash(run_dir))
+    try:
+        gallery.add(emb, names, getattr(x, "paths", None))
+        lines = calibrate_gallery(gallery, model, data, calibrate, far=far, tar=tar, verbose=verbose)
+        gallery.flush()
+        write_calibration(run_dir, gallery)
+        source_name = "train" if source is None else source if source in DATASETS else os.path.abspath(source)
+        write_text(run_dir / CURRENT, json.dumps({"database": name, "source": source_name}) + "\n")  # atomic
+    except BaseException:
+        gallery.close()
+        _remove_database(folder / name)
+        raise
+    for stale in folder.iterdir():
+        if stale.name.startswith("gallery-") and not stale.name.startswith(name) or stale.name in LEGACY:
+            _remove_database(stale)
+    return gallery, lines
+
+
+def _remove_database(path: Path) -> None:
+    for file in path.parent.glob(path.name + "*"):
+        file.unlink(missing_ok=True)
+
+
+def enrol(run_dir: str | Path, model, source: str, class_name: str | None, verbose: Any = 0) -> tuple[Gallery, int, str]:
+    """Embed the images of `source` and add them to the run's gallery; `(gallery, count,
+    lines to print)`."""
+    gallery = open_run_gallery(run_dir)
+    size, channels = input_format(model)
+    if size is None:
+        raise RunError("index add takes images; this run's model takes vectors (rebuild with index build --data)")
+    paths, names = labelled_images(source, class_name)
+    gallery.add(embed_all(model, ImageFiles(paths, size, channels), verbose), names, [os.path.abspath(p) for p in paths])
+    gallery.flush()
+    write_calibration(run_dir, gallery)
+    return gallery, len(paths), describe_calibration(gallery)
+
+
+def unenrol(run_dir: str | Path, classes: list[str] | None, paths: list[str] | None) -> tuple[Gallery, int, str]:
+    """Remove classes or files from the run's gallery; `(gallery, count, lines to print)`."""
+    gallery = open_run_gallery(run_dir)
+    missing = sorted(set(classes or ()) - set(gallery.class_names))
+    if missing:
+        raise RunError(f"no class {missing[0]!r} in the gallery ({len(gallery.class_names)} classes)")
+    count = gallery.remove(classes=classes, paths=[os.path.abspath(p) for p in paths] if paths else None)
+    if paths and not count:
+        raise RunError(f"none of {', '.join(paths)} is in the gallery")
+    gallery.flush()
+    write_calibration(run_dir, gallery)
+    return gallery, count, describe_calibration(gallery)
+
+
+def run_set_gallery(model, data: Dataset, part: str, verbose: Any = 0) -> tuple[Gallery, str]:
+    """An in-memory gallery of one part of the run's data, embedded now: the training set
+    (calibrated on the held-out split) or the test / unknown set (no threshold)."""
     x, y = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test),
             "unknown": (data.x_unknown, data.y_unknown)}[part]  # fmt: skip
     if not len(y):
         raise RunError(f"the {part} set is empty (unknown holds the classes left out of training: "
                        "olivetti's people 30-39, or train with --known-classes)")  # fmt: skip
     emb = embed_all(model, x, verbose)
-    index = Index(emb.shape[1], metric="cosine")
-    index.add(emb, labels=y, ids=np.arange(len(y)))
-    threshold = open_set_threshold(model, data, "cosine", DEFAULT_FAR, emb)["threshold"] if part == "train" else None
-    description = (f"the run's {part} set, embedded now ({len(y)} items; `clusterloss index "
-                   "build` saves an index)")  # fmt: skip
-    return Gallery(index, data.all_class_names, getattr(x, "paths", None), threshold, description)
+    gallery = Gallery(dim=emb.shape[1])
+    gallery.add(emb, [data.all_class_names[i] for i in y], getattr(x, "paths", None))
+    if part == "train":
+        calibrate_gallery(gallery, model, data, None, far=DEFAULT_FAR, tar=None)
+    return gallery, (f"the run's {part} set, embedded now ({len(y)} items; `clusterloss index build` "
+                     "saves a gallery)")  # fmt: skip
 
 
-def read_queries(model, images: list[str] | None, npz: str | None) -> tuple[Any, np.ndarray | None, list[str]]:
-    """`(x, labels or None, names)` of query files: images (in the model's input format) or
-    an .npz with `x` (and optional `y`)."""
+def _has(npz: str, key: str) -> bool:
+    with np.load(npz, allow_pickle=False) as arrays:
+        return key in arrays.files
+
+
+def read_queries(model, images: list[str] | None, npz: str | None,
+                 trained_on: str | None = None) -> tuple[Any, list[str] | None, list[str]]:  # fmt: skip
+    """`(x, class names or None, names)` of query files: images (in the model's input
+    format) or an .npz with `x` (and optional `y`, the ids of the .npz the run was trained
+    on, `trained_on`, whose class names they get; or with its own `class_names`), checked
+    against the model's input."""
+    size, channels = input_format(model)
     if images:
-        size, channels = input_format(model)
         if size is None:
             raise RunError("--images needs a model that takes images; this one takes vectors (use --npz)")
         missing = [p for p in images if not Path(p).is_file()]
         if missing:
             raise RunError(f"{missing[0]}: no such file")
         return ImageFiles(images, size, channels), None, list(images)
-    try:
+    x, labels, class_names = read_npz(npz, queries=True)
+    classes = None if labels is None else [class_names[i] for i in labels]
+    if classes is not None and trained_on and str(trained_on).endswith(".npz") and not _has(npz, "class_names"):
         with np.load(npz, allow_pickle=False) as arrays:
-            if "x" not in arrays.files:
-                raise RunError(f"{npz}: needs an array 'x' (and optionally 'y'); found {sorted(arrays.files)}")
-            x = arrays["x"]
-            y = arrays["y"].astype(np.int64) if "y" in arrays.files else None
-    except (OSError, ValueError) as error:
-        raise RunError(f"{npz}: not a readable .npz file ({error})") from None
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-    if x.ndim == 3:
-        x = x[..., None]
-    return x.astype(np.float32), y, [f"{npz}[{i}]" for i in range(len(x))]
+            raw = arrays["y"]
+        with np.load(trained_on, allow_pickle=False) as arrays:
+            ids = np.unique(arrays["y"])
+        _, _, trained_names = read_npz(trained_on)
+        names_of = dict(zip(ids.tolist(), trained_names))
+        classes = [names_of.get(int(i), str(int(i))) for i in raw]
+    expected = tuple(model.backbone.input_shape[1:])
+    if x.shape[1:] != expected:
+        raise RunError(f"{npz}: queries of shape {x.shape[1:]} per sample; the model takes {expected}")
+    if not np.isfinite(x).all():
+        raise RunError(f"{npz}: queries hold NaN or inf values")
+    return x, classes, [f"{npz}[{i}]" for i in range(len(x))]

@@ -1,11 +1,13 @@
-"""What a run directory holds, read and written: `metrics.json`, `embeddings.npz`, and the
-model with its data (`load_run`); `summarize`, the statistics stored with the embeddings."""
+"""What a run directory holds, read and written: `metrics.json`, `embeddings.npz`, the
+files its own data had and its split (`files.json`), and the model with its data
+(`load_run`); `summarize`, the statistics stored with the embeddings."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,16 @@ import numpy as np
 
 from clusterloss.app.config import TrainConfig
 from clusterloss.app.errors import RunError
-from clusterloss.app.rundir import atomic_path, write_text
-from clusterloss.data import Batches, Dataset
+from clusterloss.app.rundir import FILES, atomic_path, write_text
+from clusterloss.data import Batches, Dataset, ImageFiles
+from clusterloss.data.folder import class_files
 from clusterloss.evaluation import embed
 from clusterloss.evaluation.embedding_stats import class_means, intra_inter_ratio, knn_accuracy
 from clusterloss.models import ClusterModel
 
 BATCH = 256  # rows per embedding / prediction batch
+PARTS = ("train", "val", "test", "unknown")  # the Dataset parts x_<part>
+SHOWN_NAMES = 3  # file names a "data changed" message lists per kind of change
 
 
 def clean(value: Any) -> Any:
@@ -91,8 +96,83 @@ def load_embeddings(run_dir: str | Path) -> dict[str, np.ndarray]:
         return dict(saved)
 
 
+def _data_files(config: TrainConfig) -> dict[str, list[int]]:
+    """Every file of the run's own data (a folder's images, relative to it; or the .npz)
+    with its size and modification time (nothing where the data is gone)."""
+    root = Path(config.data)
+    if root.is_dir():
+        paths = [p for found in class_files(root).values() for p in found]
+    else:
+        paths = [str(root)] if root.is_file() else []
+    base = root if root.is_dir() else root.parent
+    stats = {os.path.relpath(p, base): os.stat(p) for p in paths}
+    return {name: [found.st_size, found.st_mtime_ns] for name, found in stats.items()}
+
+
+def _split(config: TrainConfig, data: Dataset) -> dict[str, list[str]] | None:
+    """The files of each part of a folder's split, relative to the folder (None for arrays)."""
+    if not isinstance(data.x_train, ImageFiles):
+        return None
+    return {part: [os.path.relpath(p, config.data) for p in getattr(data, f"x_{part}").paths]
+            for part in PARTS}  # fmt: skip
+
+
+def record_data(run_dir: str | Path, config: TrainConfig, data: Dataset) -> None:
+    """Write `files.json`: the own data's files (size, modification time) and split that
+    the run trains on (nothing for a built-in data set)."""
+    if not config.is_builtin:
+        record = {"data": config.data, "files": _data_files(config), "split": _split(config, data)}
+        write_text(Path(run_dir) / FILES, json.dumps(record) + "\n")
+
+
+def _names(kind: str, names: list[str]) -> str:
+    more = f", ... ({len(names)})" if len(names) > SHOWN_NAMES else ""
+    return f"{kind} {', '.join(names[:SHOWN_NAMES])}{more}"
+
+
+def _record(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / FILES
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _changed(run_dir: str | Path, config: TrainConfig, changes: list[str]) -> RunError:
+    return RunError(
+        f"{config.data} changed since {run_dir} was trained ({'; '.join(changes)}): its split "
+        "would not be the one the run trained on; restore the files, or train a new run on "
+        "the data as it is"
+    )
+
+
+def check_data(run_dir: str | Path, config: TrainConfig) -> None:
+    """RunError when the own data no longer holds the files `files.json` recorded (added,
+    removed, changed): the run's test images could be images it trained on. Runs without
+    `files.json` (older ones) are not checked."""
+    record = _record(run_dir)
+    if record is None:
+        return
+    then, now = record["files"], _data_files(config)
+    changes = [
+        _names(kind, names) for kind, names in (
+            ("added", sorted(set(now) - set(then))),
+            ("removed", sorted(set(then) - set(now))),
+            ("changed", sorted(k for k in set(now) & set(then) if now[k] != then[k])),
+        ) if names
+    ]  # fmt: skip
+    if changes:
+        raise _changed(run_dir, config, changes)
+
+
+def check_split(run_dir: str | Path, config: TrainConfig, data: Dataset) -> None:
+    """RunError when `data` (the same files, `check_data`) is split otherwise than
+    `files.json` recorded."""
+    record = _record(run_dir)
+    if record is not None and record["split"] not in (None, _split(config, data)):
+        raise _changed(run_dir, config, ["the same files, split otherwise"])
+
+
 def load_run(run_dir: str | Path) -> tuple[ClusterModel, Dataset, dict[str, Any]]:
-    """The model, the data set (same split) and `metrics.json` of a run directory."""
+    """The model, the data set (same split, checked against `files.json`) and
+    `metrics.json` of a run directory."""
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir)
     if not (run_dir / "model.keras").is_file():
@@ -105,4 +185,7 @@ def load_run(run_dir: str | Path) -> tuple[ClusterModel, Dataset, dict[str, Any]
         raise RunError(f"{run_dir}/metrics.json has settings this clusterloss does not know: {unknown}")
     config = TrainConfig(**saved)
     model = keras.saving.load_model(run_dir / "model.keras")
-    return model, config.load_data(), metrics
+    check_data(run_dir, config)
+    data = config.load_data()
+    check_split(run_dir, config, data)
+    return model, data, metrics

@@ -3,10 +3,12 @@
 - Every file is written under a temporary name in the same directory, then renamed over
   the final name (`atomic_path`): a reader never sees half a file, a crash leaves the old
   file or the new one.
-- `RunDir.lock()` creates `RUN_DIR/.lock` exclusively (`O_CREAT | O_EXCL`) holding the
-  writer's pid and host; a second writer is refused while that process lives. A lock left
-  by a process that no longer runs (same host, e.g. a killed `train`) is taken over, with
-  a warning naming the dead pid; one from another host is refused (delete it by hand).
+- `RunDir.lock()`: one writer at a time, decided by `fcntl.flock` on `RUN_DIR/.lock`
+  (see `RunDir.lock`); the file's pid and host are for messages only. The kernel drops
+  the lock of a process that dies, so a killed writer's lock (even an empty file, killed
+  between create and write) is taken over at once, with a warning, and atomically: of
+  any number of writers, exactly one gets in. Temporaries of killed writes
+  (`.tmp-<pid>-*` of pids that no longer run) are removed when the lock is taken.
 - `RunDir.prepare(overwrite, resume)`: a directory that holds a run is refused unless
   `overwrite` (which deletes every file and folder clusterloss writes there: the model,
   metrics, plots, report, `index/`, `logs/`, the checkpoint; nothing else) or `resume`.
@@ -15,8 +17,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -29,12 +33,14 @@ LOCK = ".lock"
 CHECKPOINT = "checkpoint"
 INDEX = "index"
 LOGS = "logs"
+FILES = "files.json"  # the files and split of a run's own data (clusterloss.app.results)
 # Everything `train`, `evaluate` and `index build` write (what --overwrite deletes).
 RUN_FILES = (
     "model.keras", "metrics.json", "embeddings.npz", "features.png", "history.png", "roc.png",
-    "neighbors.png", "neighbors_unseen.png", "report.html",
+    "neighbors.png", "neighbors_unseen.png", "report.html", FILES,
 )  # fmt: skip
-RUN_FOLDERS = (INDEX, LOGS, CHECKPOINT)
+RUN_FOLDERS = (INDEX, LOGS, CHECKPOINT, "export")
+TEMPORARY = re.compile(r"\.tmp-(\d+)-")  # the name `atomic_path` gives a temporary
 
 
 @contextlib.contextmanager
@@ -108,55 +114,93 @@ class RunDir:
 
     @contextlib.contextmanager
     def lock(self, create: bool = True) -> Iterator[None]:
-        """Hold `RUN_DIR/.lock` for the block (see the module docstring); `create` the
-        directory if needed (else a missing one is a `RunError`)."""
+        """Hold the run directory for the block; `create` it if needed (else a missing one
+        is a `RunError`). A writer holds an exclusive `flock` on `RUN_DIR/.lock`, whose
+        content (pid, host) only names the holder in messages: the kernel releases the lock
+        when its process dies, so a lock file left by a killed writer, empty or not, never
+        blocks the directory, and taking it over needs no guess about liveness. The holder
+        deletes the file at the end; a taker that locked a file which was meanwhile deleted
+        or replaced (its inode is no longer the path's) retries on the new file, so two
+        writers never hold two different files. Another writer holding it: a `RunError`."""
         if not create and not self.path.is_dir():
             raise RunError(f"{self.path}: no such run directory")
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"--out {self.path} is a file, not a run directory; choose another --out")
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         lock = self.path / LOCK
-        mine = {"pid": os.getpid(), "host": socket.gethostname()}
-        for attempt in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if attempt or not self._take_over(lock):
-                    raise RunError(self._held_message(lock)) from None
-                continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump(mine, handle)
-            break
+        handle = self._acquire(lock)
         try:
+            left = handle.read().strip()
+            if left:
+                print(f"clusterloss: {self.path}: taking over the lock of process "
+                      f"{_holder(left).get('pid', '?')}, which no longer runs", file=sys.stderr)  # fmt: skip
+            handle.seek(0)
+            handle.truncate()
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, handle)
+            handle.flush()
+            self.remove_temporaries()
             yield
         finally:
-            with contextlib.suppress(OSError, ValueError):
-                if json.loads(lock.read_text()) == mine:
-                    lock.unlink()
+            with contextlib.suppress(OSError):
+                lock.unlink()  # still flocked: a waiting taker sees another inode and retries
+            handle.close()
             if created:  # a command that failed before writing anything leaves no folder
                 with contextlib.suppress(OSError):
                     self.path.rmdir()
 
-    def holder(self) -> dict | None:
-        """The pid and host in the lock file, or None."""
+    def _acquire(self, lock: Path):
+        """The open lock file, flocked by this process and still at `lock`."""
+        while True:
+            handle = open(lock, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                raise RunError(self._held_message(lock)) from None
+            except BaseException:
+                handle.close()
+                raise
+            try:
+                same = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                handle.seek(0)
+                return handle
+            handle.close()
+
+    def remove_temporaries(self) -> None:
+        """Delete the temporaries (`.tmp-<pid>-*`) of writes killed midway: those of pids that
+        no longer run, here and in the run's folders."""
+        folders = [self.path] + [self.path / name for name in RUN_FOLDERS]
+        for folder in folders:
+            found = folder.rglob(".tmp-*") if folder != self.path else folder.glob(".tmp-*")
+            for path in list(found):
+                match = TEMPORARY.match(path.name)
+                if match and int(match[1]) != os.getpid() and not _alive(int(match[1])):
+                    if path.is_dir() and not path.is_symlink():  # a folder export's temporary
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+
+    def holder(self) -> dict:
+        """The pid and host the lock file names (empty if none can be read)."""
         try:
-            return json.loads((self.path / LOCK).read_text())
-        except (OSError, ValueError):
-            return None
+            return _holder((self.path / LOCK).read_text())
+        except OSError:
+            return {}
 
     def _held_message(self, lock: Path) -> str:
-        holder = self.holder() or {}
+        holder = self.holder()
         return (f"{self.path} is in use by process {holder.get('pid', '?')} on "
                 f"{holder.get('host', '?')} ({lock}); wait for it to finish or stop it")  # fmt: skip
 
-    def _take_over(self, lock: Path) -> bool:
-        """Remove a lock whose process is gone (same host); False if it may still run."""
-        holder = self.holder()
-        if holder is None:  # being written right now, or unreadable: leave it
-            return False
-        if holder.get("host") != socket.gethostname() or _alive(int(holder.get("pid", 0))):
-            return False
-        print(f"clusterloss: {self.path}: taking over the lock of process {holder['pid']}, "
-              "which no longer runs", file=sys.stderr)  # fmt: skip
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
-        return True
+
+def _holder(text: str) -> dict:
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import time
+from pathlib import Path
 from typing import Any, Iterable
 
 import keras
@@ -27,7 +28,9 @@ from clusterloss.app.evaluate import evaluate_run, run_title
 from clusterloss.app.projector import export_projector
 from clusterloss.app.recipes import Recipe, build_model, get_recipe
 from clusterloss.app.report.plots import plot_features, plot_history
-from clusterloss.app.results import save_embeddings, summarize, write_metrics
+from clusterloss.app.results import (
+    check_data, check_split, read_metrics, record_data, save_embeddings, summarize, write_metrics,
+)
 from clusterloss.app.rundir import CHECKPOINT, LOGS, RunDir, atomic_path
 from clusterloss.app.tensorboard import EpochScalars
 from clusterloss.data import Batches, Dataset, ImageFiles
@@ -38,6 +41,10 @@ from clusterloss.models.backbones import TRUNK
 from clusterloss.optimizers import center_optimizer
 from clusterloss.sampling import MPerClassSampler
 
+# A run killed during its final evaluation: neither --resume (nothing left to train) nor a
+# new `train` (it holds a run) continues it.
+_UNEVALUATED = ("{0} finished training but its evaluation did not end (stopped during it?); "
+                "`clusterloss evaluate {0}` finishes it")  # fmt: skip
 MONITOR = "val_map_at_r"  # the validation metric that picks the model kept
 LOADER_THREADS = 4  # threads reading image files during training
 
@@ -92,6 +99,13 @@ def _configure(model: ClusterModel, loss, config: TrainConfig, frozen: bool) -> 
     model.optimizer.build(model.trainable_variables)
 
 
+def _sampler_shape(config: TrainConfig, data: Dataset) -> tuple[int, int]:
+    """`(m, classes)` of the M-per-class batches: as many classes per batch as fit (at most
+    all of them), each with `batch_size // classes` samples."""
+    classes = max(2, min(config.batch_size // config.options["m_per_class"], data.num_classes))
+    return config.batch_size // classes, classes
+
+
 def _training_data(config: TrainConfig, data: Dataset, recipe: Recipe, epoch: int):
     """Batches for `fit` from `epoch` on: shuffled rows, or M-per-class batches for losses
     that need pairs; both drawn from (seed, epoch), so a resumed run sees the same ones."""
@@ -99,9 +113,7 @@ def _training_data(config: TrainConfig, data: Dataset, recipe: Recipe, epoch: in
     if not recipe.pairs:
         return Batches(data.x_train, data.y_train, config.batch_size, shuffle=True,
                        seed=config.seed, epoch=epoch, **threads)  # fmt: skip
-    # M per class, with as many classes per batch as fit (at most all of them).
-    classes = max(2, min(config.batch_size // config.options["m_per_class"], data.num_classes))
-    m = config.batch_size // classes
+    m, classes = _sampler_shape(config, data)
     sampler = MPerClassSampler(data.x_train, data.y_train, m=m, batch_size=m * classes,
                                seed=config.seed, **threads)  # fmt: skip
     for _ in range(epoch):
@@ -109,15 +121,76 @@ def _training_data(config: TrainConfig, data: Dataset, recipe: Recipe, epoch: in
     return sampler
 
 
-def _check_resume(config: TrainConfig, state: dict[str, Any] | None, run_dir) -> None:
+def _check_pair_batches(config: TrainConfig, data: Dataset) -> None:
+    """RunError unless every class has the training samples an M-per-class batch takes."""
+    m, classes = _sampler_shape(config, data)
+    counts = np.bincount(data.y_train, minlength=data.num_classes)
+    fewest = int(counts.min())
+    if fewest >= m:
+        return
+    name = data.class_names[int(counts.argmin())]
+    if fewest < 2:
+        raise RunError(f"class {name!r} has {fewest} training sample(s); a pair loss needs 2 "
+                       "per class: use more samples per class, or lower --val-split / "
+                       "--test-split")  # fmt: skip
+    fix = f"--batch-size {fewest * classes} or less"
+    if fewest < config.options["m_per_class"]:
+        fix += f" and --m-per-class {fewest}"
+    raise RunError(
+        f"--batch-size {config.batch_size} makes pair-loss batches of {classes} classes x {m} "
+        f"samples, but class {name!r} has only {fewest} training samples; use {fix}"
+    )
+
+
+def _identical(x: Any) -> bool:
+    """Whether every sample of `x` is the same (files: byte for byte); stops at the first
+    that differs."""
+    if isinstance(x, ImageFiles):
+        first = Path(x.paths[0]).read_bytes()
+        return all(Path(p).read_bytes() == first for p in x.paths[1:])
+    return all(np.array_equal(x[i], x[0]) for i in range(1, len(x)))
+
+
+def _check_evaluable(config: TrainConfig, data: Dataset) -> None:
+    """RunError, before anything is trained or written, when the run could not be
+    evaluated: a test split without 2 classes and 2 samples of one class (no verification
+    pairs, no retrieval), or training samples that are all the same."""
+    counts = np.bincount(data.y_test, minlength=data.num_classes)
+    if (counts > 0).sum() < 2 or counts.max() < 2:
+        held = ", ".join(f"{data.class_names[c]} {counts[c]}" for c in np.flatnonzero(counts)[:4])
+        hint = "raise --test-limit" if config.test_limit else "raise --test-split (or lower --val-split)"
+        raise RunError(
+            f"the test split holds {len(data.y_test)} sample(s) ({held or 'none'}); evaluating "
+            "needs 2 classes and 2 samples of one class in it: "
+            f"{hint}{'' if config.is_builtin else ', or add samples per class'}"
+        )
+    if _identical(data.x_train):
+        what = "files are byte for byte" if isinstance(data.x_train, ImageFiles) else "samples are"
+        raise RunError(f"{config.data}: all {len(data.y_train)} training {what} the same; "
+                       "nothing tells the classes apart")  # fmt: skip
+
+
+def _unevaluated(run_dir: RunDir) -> bool:
+    """A run whose training finished and whose evaluation was asked for but did not end
+    (killed during it): `metrics.json` without `evaluate_seconds`."""
+    try:
+        metrics = read_metrics(run_dir.path)
+    except (RunError, ValueError):
+        return False
+    return bool(metrics.get("config", {}).get("evaluate")) and "evaluate_seconds" not in metrics
+
+
+def _check_resume(config: TrainConfig, state: dict[str, Any] | None, run_dir: RunDir) -> None:
+    if state is None and _unevaluated(run_dir):
+        raise RunError(_UNEVALUATED.format(run_dir.path))
     if state is None:
-        raise RunError(f"{run_dir} holds no checkpoint to resume (nothing was stopped there, "
+        raise RunError(f"{run_dir.path} holds no checkpoint to resume (nothing was stopped there, "
                        "or it finished); train without --resume")  # fmt: skip
     saved, now = state["config"], dataclasses.asdict(config)
     changed = [k for k in now if k not in PRESENTATION and saved.get(k) != now[k]]
     if changed:
         diffs = ", ".join(f"{k} {saved.get(k)!r} (now {now[k]!r})" for k in changed[:3])
-        raise RunError(f"--resume continues {run_dir} with the settings it started with; "
+        raise RunError(f"--resume continues {run_dir.path} with the settings it started with; "
                        f"these differ: {diffs}; run the same command with --resume")  # fmt: skip
 
 
@@ -142,7 +215,9 @@ def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         raise RunError(str(error)) from None
     config.learning_rate = config.resolved_learning_rate()
     if resume:  # checked before taking the lock: a mistake leaves a stopped run as it is
-        _check_resume(config, TrainingCheckpoint.read(run_dir / CHECKPOINT), run_dir.path)
+        _check_resume(config, TrainingCheckpoint.read(run_dir / CHECKPOINT), run_dir)
+    elif not overwrite and _unevaluated(run_dir):
+        raise RunError(_UNEVALUATED.format(run_dir.path) + "; or pass --overwrite to replace it")
     with run_dir.lock():
         run_dir.prepare(overwrite=overwrite, resume=resume)
         return _train(config, run_dir, resume, list(callbacks))
@@ -151,6 +226,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
 def _build(config: TrainConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
     try:
         data = config.load_data()
+        _check_evaluable(config, data)
         if config.freeze_backbone_epochs >= config.epochs:
             raise ValueError(f"`freeze_backbone_epochs` must be < `epochs` ({config.epochs}); "
                              f"got {config.freeze_backbone_epochs}.")  # fmt: skip
@@ -166,9 +242,10 @@ def _build(config: TrainConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
             if config.batch_size < 2 * m:
                 raise ValueError(f"`batch_size` must hold 2 classes of `m_per_class` = {m} "
                                  f"samples (>= {2 * m}); got {config.batch_size}.")  # fmt: skip
+            _check_pair_batches(config, data)
+        model.build((None, *data.input_shape))
     except ValueError as error:  # bad settings for this data, or bad data (DataError)
         raise RunError(_as_flags(str(error))) from None
-    model.build((None, *data.input_shape))
     return model, loss, recipe, data
 
 
@@ -201,7 +278,13 @@ class _Divergence(keras.callbacks.Callback):
 def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) -> dict[str, Any]:
     state = TrainingCheckpoint.read(run_dir / CHECKPOINT) if resume else None
     keras.utils.set_random_seed(config.seed)
+    if resume:
+        check_data(run_dir.path, config)
     model, loss, recipe, data = _build(config)
+    if resume:
+        check_split(run_dir.path, config, data)
+    else:
+        record_data(run_dir.path, config, data)
     has_val = len(data.y_val) > 0
     checkpoint = TrainingCheckpoint(run_dir / CHECKPOINT, dataclasses.asdict(config),
                                     MONITOR if has_val else None, "max", state)  # fmt: skip

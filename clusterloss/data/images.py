@@ -4,33 +4,50 @@ embedding in batches (Pillow, which matplotlib already needs; no TensorFlow)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from clusterloss.data.errors import DataError
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+# The value range of each grayscale mode deeper than 8 bits (16-bit PNGs open as "I;16"):
+# its pixels are scaled by it to [0, 1], not clipped to 8 bits.
+DEEP_RANGES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0,
+               "I": 2.0**31 - 1, "F": 1.0}  # fmt: skip
+GRAY_MODES = ("1", "L", "LA", *DEEP_RANGES)
 # Files whose header is read to decide grayscale or RGB (spread over the list).
 CHANNEL_SAMPLE = 64
 
 
-def _open(path: str):
-    from PIL import Image, UnidentifiedImageError
+@contextlib.contextmanager
+def _open(path: str) -> Iterator[Any]:
+    """The opened image; any failure to open or decode it in the block (not an image,
+    truncated, a decompression bomb, pixels out of range) is a `DataError` naming `path`."""
+    from PIL import Image
 
     try:
-        return Image.open(path)
-    except (OSError, UnidentifiedImageError) as error:
+        with Image.open(path) as image:
+            yield image
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: not a readable image ({error})") from None
 
 
 def check_image(path: str) -> str:
-    """The image mode of `path` from its header (a `DataError` naming the file if it is
-    not an image)."""
+    """The image mode of `path`, after reading all of its data (a `DataError` naming the
+    file if it is not an image, is truncated or is a decompression bomb): PNG chunks are
+    checked without decoding, JPEG decoded at 1/8 scale, other formats decoded."""
     with _open(path) as image:
-        return image.mode
+        mode = image.mode
+        if image.format == "PNG":
+            image.verify()
+        else:
+            if image.format == "JPEG":
+                image.draft(None, (1, 1))
+            image.load()
+    return mode
 
 
 def detect_channels(paths: Sequence[str]) -> int:
@@ -40,20 +57,59 @@ def detect_channels(paths: Sequence[str]) -> int:
     return 1 if modes and modes <= set(GRAY_MODES) else 3
 
 
-def read_image(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
-    """One image as float32 in [0, 1], shape `(height, width, channels)`, resized
-    (bilinear) to `size = (height, width)`."""
+def to_pixels(image: Any, size: tuple[int, int], channels: int) -> np.ndarray:
+    """A Pillow image as float32 in [0, 1], shape `(height, width, channels)`, resized
+    (bilinear) to `size = (height, width)`. Grayscale deeper than 8 bits (16-bit, 32-bit
+    int, float: `DEEP_RANGES`) keeps its depth, scaled by its mode's range; values outside
+    that range (a negative int, a float outside [0, 1]) are a ValueError. Other modes are
+    converted to 8-bit L or RGB."""
     from PIL import Image
 
+    if image.mode in DEEP_RANGES:
+        high = DEEP_RANGES[image.mode]
+        values = np.asarray(image, dtype=np.float64)
+        low, top = float(values.min()), float(values.max())
+        if low < 0 or top > high:
+            raise ValueError(f"mode {image.mode} pixels in [{low:g}, {top:g}], outside "
+                             f"its range [0, {high:g}]")  # fmt: skip
+        image = Image.fromarray((values / high).astype(np.float32))  # mode F
+        scale = 1.0
+    else:
+        image = image.convert("L" if channels == 1 else "RGB")
+        scale = 255.0
+    if image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.BILINEAR)
+    pixels = np.asarray(image, dtype=np.float32) / scale
+    if pixels.ndim == 2:  # a deep grayscale image: one channel, repeated for RGB
+        pixels = np.repeat(pixels[..., None], channels, axis=-1)
+    return pixels.reshape(size[0], size[1], channels)
+
+
+def read_image(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
+    """One image file as `to_pixels` gives it (a `DataError` naming the file if it cannot
+    be read)."""
     with _open(path) as image:
-        try:
-            image = image.convert("L" if channels == 1 else "RGB")
-            if image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.BILINEAR)
-            pixels = np.asarray(image, dtype=np.float32)
-        except OSError as error:  # truncated or corrupt data past the header
-            raise DataError(f"{path}: not a readable image ({error})") from None
-    return (pixels / 255.0).reshape(size[0], size[1], channels)
+        return to_pixels(image, size, channels)
+
+
+def decode_image(data: bytes, size: tuple[int, int], channels: int, max_pixels: int = 50_000_000) -> np.ndarray:
+    """An encoded image in memory (PNG, JPEG, ...) as `to_pixels` gives it; a `DataError`
+    if it is not an image, is truncated or corrupt, or has more than `max_pixels` pixels
+    (read from its header, before decoding)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = image.width * image.height
+            if pixels <= max_pixels:
+                return to_pixels(image, size, channels)
+    except UnidentifiedImageError:
+        raise DataError("not an image (no format that Pillow reads)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DataError(f"not a readable image ({error})") from None
+    raise DataError(f"an image of {pixels:,} pixels; at most {max_pixels:,} are decoded")
 
 
 def load_images(paths: Sequence[str], size: tuple[int, int], channels: int) -> np.ndarray:

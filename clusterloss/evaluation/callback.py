@@ -3,15 +3,20 @@ every N epochs like Keras' own `val_*` metrics."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Sequence
 
 import keras
+import numpy as np
+
 from clusterloss._validation import as_labels, check_positive_int
 from clusterloss.evaluation.embed import embed
 from clusterloss.evaluation.keys import far_key
 from clusterloss.evaluation.retrieval import _select, retrieval_metrics
 from clusterloss.evaluation.verification import roc_metrics, verification_scores
+
+RECALL_AT = inspect.signature(retrieval_metrics).parameters["recall_at"].default
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):
@@ -45,6 +50,9 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         prefix: of the logged keys.
         batch_size: of the embedding passes.
         seed: of pair sampling and of k-means (for `nmi`/`ami`).
+
+    A model whose embeddings are NaN or inf (training diverged) logs NaN for every key,
+    so that the divergence (`keras.callbacks.TerminateOnNaN`, the loss) is what reports it.
     """
 
     def __init__(
@@ -64,6 +72,10 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         seed: int = 0,
     ):
         super().__init__()
+        if len(x) == 0:
+            raise ValueError("`x` must hold at least one validation sample; got an empty set.")
+        if reference is not None and len(reference[0]) == 0:
+            raise ValueError("`reference` must hold at least one sample; got an empty set.")
         self.x = x
         self.y = as_labels(y, "y", length=len(x), length_name="x")
         if reference is not None:
@@ -91,6 +103,8 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             ref, ref_labels = None, None
         else:
             ref, ref_labels = embed(self.model, self.reference[0], self.batch_size), self.reference[1]
+        if not all(np.isfinite(e).all() for e in (emb, ref) if e is not None):
+            return dict.fromkeys(self._keys(), float("nan"))
         found = retrieval_metrics(emb, self.y, ref, ref_labels, include=self.include,
                                   metric=self.metric, seed=self.seed)  # fmt: skip
         if self.verification:
@@ -101,6 +115,15 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             for far in self.far_targets:
                 found[f"tar_at_far_{far_key(far)}"] = roc[f"tar_at_far_{far_key(far)}"]
         return found
+
+    def _keys(self) -> list[str]:
+        """The keys `evaluate` returns."""
+        keys = []
+        for name in self.include:
+            keys += [f"recall_at_{k}" for k in RECALL_AT] if name == "recall_at_k" else [name]
+        if self.verification:
+            keys += ["roc_auc", "eer"] + [f"tar_at_far_{far_key(far)}" for far in self.far_targets]
+        return keys
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is None or not self._due(epoch):

@@ -33,7 +33,8 @@ def knn_accuracy(query, query_labels, reference, reference_labels) -> float:
 def intra_inter_ratio(test, test_labels, train, train_labels) -> float:
     """Mean distance of a test embedding to its class's train mean, divided by the mean
     distance between two class means (over all pairs of distinct classes). Smaller is
-    tighter clusters; it does not change when the embeddings are scaled."""
+    tighter clusters; it does not change when the embeddings are scaled. NaN when the class
+    means coincide (a collapsed embedding): the ratio is undefined."""
     means = class_means(train, train_labels)
     x = as_embeddings(test, "test")
     y = as_labels(test_labels, "test_labels", length=len(x), length_name="test")
@@ -41,4 +42,4 @@ def intra_inter_ratio(test, test_labels, train, train_labels) -> float:
     valid = means[~np.isnan(means).any(axis=1)]
     diffs = np.linalg.norm(valid[:, None, :] - valid[None, :, :], axis=-1)
     inter = float(diffs[np.triu_indices(len(valid), 1)].mean())
-    return intra / inter
+    return intra / inter if inter > 0 else float("nan")

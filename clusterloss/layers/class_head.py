@@ -106,6 +106,7 @@ class ClassHead(HostLabelCheck, keras.layers.Layer):
     Args:
         num_classes: number of classes (an int, NumPy ints accepted), >= 2.
         sample_rate: Partial FC, in (0, 1]; 1 (default) uses every class in every step.
+            Below 1 it must sample at least 2 classes (checked when the head is built).
         kernel_initializer, kernel_regularizer: for `kernel`. A regularizer would touch every
             class in every step, so it is refused with `sample_rate < 1` (use the optimizer's
             `weight_decay`, which `RowSparse` applies to the sampled rows).
@@ -152,6 +153,12 @@ class ClassHead(HostLabelCheck, keras.layers.Layer):
 
     def build(self, embedding_shape):
         check_embeddings(keras.KerasTensor(embedding_shape), "embeddings")
+        if self.sampled and self.num_sampled < 2:
+            raise ValueError(
+                f"`sample_rate` must sample at least 2 of the {self.num_classes} classes; got "
+                f"{self.sample_rate}, which samples 1: a softmax over one class has no loss to "
+                f"train. Use sample_rate >= {2 / self.num_classes:g}."
+            )
         if embedding_shape[-1] is None:
             raise ValueError(
                 f"The embedding dimension must be known to build {type(self).__name__}; "

@@ -16,7 +16,8 @@ and a feature activation:
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import keras
 from keras import layers, ops
@@ -105,10 +106,11 @@ def make_trunk(input_shape: tuple[int, ...], kind: str = "auto", weights: str | 
                 f"`{kind}` needs images of at least {MIN_APPLICATION_SIZE}x"
                 f"{MIN_APPLICATION_SIZE}; got input shape {tuple(input_shape)}."
             )
-        network = getattr(keras.applications, constructor)(
-            include_top=False, weights=weights, input_shape=(*input_shape[:2], 3),
-            pooling="avg", **kwargs,
-        )  # fmt: skip
+        with _loading(weights):
+            network = getattr(keras.applications, constructor)(
+                include_top=False, weights=weights, input_shape=(*input_shape[:2], 3),
+                pooling="avg", **kwargs,
+            )  # fmt: skip
         x = network(ImageNetPreprocessing(mode, name="preprocessing")(inputs))
         return keras.Model(inputs, x, name=TRUNK)
     if weights == "imagenet":
@@ -128,8 +130,26 @@ def make_trunk(input_shape: tuple[int, ...], kind: str = "auto", weights: str | 
         x = layers.Flatten()(x)
     trunk = keras.Model(inputs, x, name=TRUNK)
     if weights is not None:
-        trunk.load_weights(weights)
+        with _loading(weights):
+            trunk.load_weights(weights)
     return trunk
+
+
+@contextlib.contextmanager
+def _loading(weights: str | None) -> Iterator[None]:
+    """A failure to load `weights` (a damaged or foreign file; ImageNet weights that Keras
+    cannot download) as one ValueError naming them. Keras raises a bare `Exception` for a
+    failed download, so everything but a `KeyboardInterrupt` is caught here."""
+    try:
+        yield
+    except Exception as error:
+        if weights is None:
+            raise
+        text = str(error).strip()
+        first = text.splitlines()[0].rstrip(":") if text else type(error).__name__
+        where = ("ImageNet weights (Keras downloads them once into ~/.keras/models: offline?)"
+                 if weights == "imagenet" else f"{weights!r}, not weights of this trunk")  # fmt: skip
+        raise ValueError(f"`weights`: cannot load {where}: {first}") from None
 
 
 def make_backbone(

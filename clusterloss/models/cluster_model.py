@@ -304,6 +304,19 @@ class ClusterModel(keras.Model):
         """Embeddings of `x` as a NumPy array (the backbone alone, no head)."""
         return np.asarray(self.backbone.predict(x, batch_size=batch_size, verbose=verbose))
 
+    def export(self, filepath, format: str = "tf_saved_model", verbose: Any = None,
+               input_signature: Any = None, preprocessing: Any = None, **kwargs) -> None:  # fmt: skip
+        """`keras.Model.export` of the **embeddings**: the backbone alone, not the head's
+        logits, on every backend that can export `format` (also after `load_model`; see
+        `clusterloss.models.export`). Formats and arguments as Keras's (`"tf_saved_model"`,
+        `"onnx"`, `"litert"`, ...). `preprocessing` None: the inputs of `embed`; a scale or an
+        `export.Preprocessing`: that input scaling inside (e.g. `1 / 255` for raw images).
+        `export.export_embeddings` also writes `preprocessing.json` and checks the export."""
+        from clusterloss.models.export import Preprocessing, keras_export, serving_model
+
+        serving = serving_model(self, Preprocessing() if preprocessing is None else preprocessing)
+        keras_export(serving, filepath, format, verbose, input_signature, **kwargs)
+
     def get_config(self) -> dict[str, Any]:
         serialize = keras.saving.serialize_keras_object
         return {

@@ -15,14 +15,14 @@ import sys
 
 import keras
 
-from clusterloss._backend import BACKENDS
+from clusterloss._backend import BACKENDS, installed_backends
 from clusterloss.app.cli.args import Parser, fail
 from clusterloss.app.errors import RunError
 from clusterloss.data import DataError
 
 # Each module in clusterloss.app.cli named here provides `add_parser(subparsers)` (returns the
 # parsers that take options) and `run(args)`.
-SUBCOMMANDS = ("train", "evaluate", "index", "search", "compare")
+SUBCOMMANDS = ("train", "evaluate", "index", "calibrate", "search", "serve", "export", "compare")
 BACKEND_HELP = "Keras backend (default: $KERAS_BACKEND or keras.json, else the first installed)"
 
 
@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.backend and args.backend != keras.backend.backend():
+        if args.backend not in installed_backends():
+            fail(args, f"--backend {args.backend}: {args.backend} is not installed (installed: "
+                       f"{', '.join(installed_backends())}); pip install {args.backend}")  # fmt: skip
         env = {**os.environ, "KERAS_BACKEND": args.backend}
         os.execve(sys.executable, [sys.executable, "-m", "clusterloss", *argv], env)
     try:

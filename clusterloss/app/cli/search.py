@@ -33,9 +33,9 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
         description="Embed the queries with RUN_DIR/model.keras and print, per query, its k "
         "nearest gallery items: label, class, score (cosine similarity, or Euclidean distance "
         "for a euclidean index) and file path; and a decision: the nearest item's class, or "
-        "'unknown' when its score does not pass the threshold in RUN_DIR/index/info.json. The "
+        "'unknown' when its score does not pass the gallery's calibrated open-set threshold. The "
         "gallery is RUN_DIR/index/ (`clusterloss index build`; refused if built from another "
-        "model.keras), else the run's training set, embedded now.",
+        "model.keras), else the run's training set, embedded now and calibrated on its held-out split.",
     )
     add_run_dir(parser)
     queries = parser.add_mutually_exclusive_group(required=True)
@@ -83,45 +83,76 @@ def _set_queries(args, data):
     return x, labels, [f"{n}[{p}]" for n, p in picked], own
 
 
+def open_gallery(args, model, data):
+    """`(gallery, description, set)`: RUN_DIR's gallery when built (searching the training
+    set), else the run's set, embedded now; `set`: the run's set the gallery holds in order
+    (its items' ids are positions + 1), or None."""
+    from clusterloss.app.gallery import current, open_run_gallery, run_set_gallery
+
+    built = current(args.run_dir) if args.gallery == "train" else None
+    if built is not None:
+        gallery = open_run_gallery(args.run_dir)
+        described = f"{args.run_dir}/index ({len(gallery)} items of {len(gallery.class_names)} classes of {built['source']})"
+        return gallery, described, "train" if built["source"] == "train" else None
+    return (*run_set_gallery(model, data, args.gallery, 0 if args.json else args.verbose), args.gallery)
+
+
 def run(args: argparse.Namespace) -> int:
-    from clusterloss.app.gallery import open_gallery, read_queries
+    from clusterloss.app.gallery import read_queries
     from clusterloss.app.results import embed_all, load_run
 
     verbose = 0 if args.json else args.verbose  # stdout is the JSON alone
-    model, data, _ = load_run(args.run_dir)
+    model, data, metrics = load_run(args.run_dir)
     if args.query:
         x, labels, names, own = _set_queries(args, data)
-        label_names = data.all_class_names
+        classes = [data.all_class_names[int(label)] for label in labels]
     else:
-        x, labels, names = read_queries(model, args.images, args.npz)
-        own = label_names = None
-    gallery = open_gallery(args.run_dir, model, data, args.gallery, verbose)
-    label_names = label_names or gallery.class_names
+        x, classes, names = read_queries(model, args.images, args.npz, metrics["config"].get("data"))
+        own = None
+    gallery, description, held = open_gallery(args, model, data)
+    own = own if held == args.gallery else None
+    k = args.k + (1 if own else 0)
     results = []
-    for i, answer in enumerate(gallery.answer(embed_all(model, x), args.k, own)):
+    for i, answer in enumerate(gallery.search(embed_all(model, x, verbose if len(x) > 256 else 0), k)):
+        if own:  # items of the run's sets have ids = position + 1: a query never finds itself
+            answer["neighbors"] = [n for n in answer["neighbors"] if n["id"] != (own[i] or 0) + 1]
+            for rank, neighbor in enumerate(answer["neighbors"], 1):
+                neighbor["rank"] = rank
+            answer["neighbors"] = answer["neighbors"][: args.k]
+            answer = {**answer, **gallery_decision(gallery, answer["neighbors"])}
         result = {"query": names[i]}
-        if labels is not None:
-            result["label"], result["class"] = int(labels[i]), label_names[int(labels[i])]
+        if classes is not None:
+            result["class"] = classes[i]
             for neighbor in answer["neighbors"]:
-                neighbor["match"] = neighbor["class"] == result["class"]
+                neighbor["match"] = neighbor["class"] == classes[i]
         results.append({**result, **answer})
     if args.json:
         for result in results:
-            print(json.dumps(result))
+            print(json.dumps(result, default=str))
     else:
-        _print_table(results, gallery.description, gallery.index.metric, gallery.threshold)
+        _print_table(results, description, gallery)
     return 0
 
 
-def _print_table(results, source: str, metric: str, threshold) -> None:
+def gallery_decision(gallery, neighbors) -> dict:
+    """`prediction`, `known` and `score` from the nearest of `neighbors`."""
+    best = neighbors[0]
+    known = gallery.calibration is None or gallery.calibration.accepts(best["score"])
+    return {"prediction": best["class"] if known else "unknown", "known": known, "score": best["score"]}
+
+
+def _print_table(results, source: str, gallery) -> None:
+    metric = gallery.metric
     score_name = "cosine" if metric == "cosine" else "distance"
-    rule = "no open-set threshold" if threshold is None else f"unknown {'below' if metric == 'cosine' else 'above'} {threshold:.4f}"
+    threshold = gallery.threshold
+    rule = (f"no open-set threshold ({gallery.stats()['calibration_error'] or 'not calibrated'})" if threshold is None
+            else f"unknown {'below' if metric == 'cosine' else 'above'} {threshold:.4f}")  # fmt: skip
     print(f"gallery: {source}, {metric}; {rule}")
     for r in results:
-        truth = f"  label {r['label']} ({r['class']})" if "label" in r else ""
+        truth = f"  class {r['class']}" if "class" in r else ""
         print(f"\n{r['query']}{truth}  ->  {r['prediction']} ({score_name} {r['score']:.4f})")
-        print(f"  {'rank':>4}  {'label':>5}  {'class':<16} {score_name:>8}  item")
+        print(f"  {'rank':>4}  {'class':<16} {score_name:>8}  item")
         for n in r["neighbors"]:
-            item = n.get("path", f"#{n['gallery_index']}")
+            item = n["path"] or f"#{n['id']}"
             mark = "" if "match" not in n else ("  yes" if n["match"] else "  no")
-            print(f"  {n['rank']:>4}  {n['label']:>5}  {n['class'][:16]:<16} {n['score']:>8.4f}  {item}{mark}")
+            print(f"  {n['rank']:>4}  {n['class'][:16]:<16} {n['score']:>8.4f}  {item}{mark}")

@@ -1,0 +1,80 @@
+"""`clusterloss serve RUN_DIR`: search and enrol over HTTP, and a web page (needs the
+`serve` extra: FastAPI, uvicorn, python-multipart)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+
+from clusterloss.app.cli.evaluate import add_run_dir
+from clusterloss.app.config import count, positive_int
+from clusterloss.app.errors import RunError
+
+TOKEN_ENV = "CLUSTERLOSS_TOKEN"
+
+
+def add_parser(subparsers) -> list[argparse.ArgumentParser]:
+    parser = subparsers.add_parser(
+        "serve",
+        help="answer searches and enrolments over HTTP, with a web page (RUN_DIR's gallery)",
+        description="Serve RUN_DIR's gallery (clusterloss index build) and model over HTTP: POST "
+        "/search (an image: multipart field 'image', JSON {\"image\": base64} or an image/* body; "
+        "k), POST /enroll (name and images), DELETE /classes/NAME, GET /health, GET /stats, "
+        "GET /items/ID/image and a page at /. Concurrent queries are embedded and searched "
+        "together (one model call per batch). Binds 127.0.0.1 by default; another address needs "
+        f"a token (--token or ${TOKEN_ENV}), which enrolment and removal then require.",
+    )
+    add_run_dir(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=count, default=8000, help="port (default 8000; 0: any free one)")
+    parser.add_argument("--token", default=None,
+                        help=f"bearer token for enrolment and removal (default: ${TOKEN_ENV})")  # fmt: skip
+    parser.add_argument("--max-batch", type=positive_int, default=32,
+                        help="images embedded in one model call at most (default 32)")  # fmt: skip
+    parser.add_argument("--max-queue", type=positive_int, default=256,
+                        help="requests waiting at most; more are answered 503 (default 256)")  # fmt: skip
+    parser.add_argument("--max-bytes", type=positive_int, default=10 * 2**20,
+                        help="largest request body in bytes; larger ones are answered 413 (default 10 MiB)")  # fmt: skip
+    parser.set_defaults(run=run)
+    return [parser]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    local = is_loopback(args.host)
+    if not local and token is None:
+        raise RunError(f"--host {args.host} is not a loopback address: set a token (--token or ${TOKEN_ENV}) so "
+                       "that enrolment and removal are not open to the network")  # fmt: skip
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401
+        import uvicorn
+    except ImportError as error:
+        raise RunError(f"clusterloss serve needs FastAPI, uvicorn and python-multipart ({error}): "
+                       "pip install 'clusterloss[serve]'") from None  # fmt: skip
+    try:
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        listener = socket.create_server((args.host, args.port), family=family)
+    except (OSError, OverflowError) as error:
+        raise RunError(f"cannot listen on {args.host}:{args.port} ({error})") from None
+    from clusterloss.app.serve import open_service
+
+    with listener:
+        host, port = listener.getsockname()[:2]
+        app, summary = open_service(args.run_dir, token=token, max_batch=args.max_batch, max_queue=args.max_queue,
+                                    max_bytes=args.max_bytes, show_paths=local)  # fmt: skip
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        print(f"clusterloss serve: http://{shown}:{port}/ - {summary}; Ctrl-C stops", flush=True)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])
+    return 0

@@ -1,0 +1,45 @@
+"""`clusterloss serve`: a run's gallery searched and enrolled into over HTTP (FastAPI on
+uvicorn), with a web page. `open_service` loads the run and returns the ASGI app; the model
+is compiled and warmed up before it returns, so the first query pays no compilation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clusterloss.app.errors import RunError
+from clusterloss.app.rundir import INDEX
+
+UPLOADS = Path(INDEX) / "uploads"  # images enrolled over HTTP, kept for their thumbnails
+
+
+def open_service(run_dir: str | Path, *, token: str | None = None, max_batch: int = 32, max_queue: int = 256,
+                 max_bytes: int = 10 * 2**20, show_paths: bool = True):  # fmt: skip
+    """`(app, summary)`: the service of RUN_DIR's gallery and model, and a line about it."""
+    from clusterloss.app.gallery import gallery_path, input_format, open_run_gallery, run_model
+    from clusterloss.app.serve.app import Settings, create_app
+    from clusterloss.app.serve.batcher import Batcher
+    from clusterloss.app.serve.embedder import Embedder
+
+    run_dir = Path(run_dir)
+    model = run_model(run_dir)
+    if input_format(model)[0] is None:
+        raise RunError(f"{run_dir}'s model takes vectors; clusterloss serve answers images")
+    gallery = open_run_gallery(run_dir)
+    opened = Path(gallery.path).resolve()
+
+    def is_current() -> bool:
+        try:
+            return (gallery_path(run_dir) or Path()).resolve() == opened
+        except RunError:
+            return False
+
+    embedder = Embedder(model.backbone, max_batch)
+    seconds = embedder.warm_up()
+    settings = Settings(token=token, max_bytes=max_bytes, uploads=run_dir / UPLOADS, show_paths=show_paths,
+                        is_current=is_current)  # fmt: skip
+    app = create_app(gallery, Batcher(embedder, gallery, max_batch, max_queue), embedder.input_shape, settings)
+    stats = gallery.stats()
+    threshold = "no open-set threshold" if stats["threshold"] is None else f"threshold {stats['threshold']:.4f}"
+    summary = (f"{stats['size']} items of {stats['num_classes']} classes ({stats['kind']}, {stats['metric']}, "
+               f"{threshold}); model compiled in {seconds:.1f} s")  # fmt: skip
+    return app, summary
