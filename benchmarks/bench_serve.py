@@ -165,6 +165,41 @@ def load(port: int, images: list[bytes], clients: int, requests: int, k: int = 5
             "p99": float(np.percentile(ms, 99)), "failures": failures[0]}  # fmt: skip
 
 
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "image/png"
+local f = io.open(os.getenv("BENCH_IMAGE"), "rb")
+wrk.body = f:read("*a")
+f:close()
+"""
+
+
+def _ms(text: str) -> float:
+    """wrk's '1.23ms' / '456.00us' / '1.20s' in milliseconds."""
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    raise ValueError(text)
+
+
+def load_wrk(port: int, image: bytes, clients: int, seconds: int, root: Path) -> dict[str, float] | None:
+    """`wrk` (Debian's, a C load generator much lighter than Python threads) with `clients`
+    connections for `seconds` s, one thread per core: requests/s, p50, p99, non-2xx. None
+    without wrk."""
+    if shutil.which("wrk") is None:
+        return None
+    (root / "post.lua").write_text(WRK_SCRIPT)
+    (root / "query.png").write_bytes(image)
+    out = subprocess.run(["wrk", "-t", str(min(2, clients)), "-c", str(clients), "-d", f"{seconds}s", "--latency",
+                          "-s", str(root / "post.lua"), f"http://127.0.0.1:{port}/search?k=5"],
+                         capture_output=True, text=True, check=True, env={**os.environ, "BENCH_IMAGE": str(root / "query.png")})  # fmt: skip
+    lines = out.stdout.splitlines()
+    value = {line.split()[0]: line.split()[1] for line in lines if line.strip().startswith(("50%", "99%"))}
+    rps = next(float(line.split()[1]) for line in lines if line.startswith("Requests/sec:"))
+    total = next(int(line.split()[0]) for line in lines if "requests in" in line)
+    failed = next((int(line.split()[-1]) for line in lines if "Non-2xx" in line), 0)
+    return {"requests": total, "rps": rps, "p50": _ms(value["50%"]), "p99": _ms(value["99%"]), "failures": failed}
+
+
 def in_process(run: Path, images: list[bytes], repeats: int) -> dict[str, float]:
     """One query at a time (decode + embed + search) and batches of 32 (embed + search)."""
     model = run_model(run)
@@ -224,6 +259,15 @@ def part_latency(root: Path, args) -> list[str]:
                 rows.append(f"| {how} | {clients} | {found['requests']} | {found['rps']:,.0f} | {found['p50']:.2f} | "
                             f"{found['p99']:.2f} | {found['rps'] / base['batched_rps']:.2f}x | {found['failures']} |")  # fmt: skip
                 print(rows[-1], flush=True)
+        for clients in args.clients:
+            found = load_wrk(server.port, images[0], clients, args.wrk_seconds, root)
+            if found is None:
+                print("wrk is not installed (apt-get install wrk): no wrk rows", flush=True)
+                break
+            rows.append(f"| POST /search, image/png body, wrk | {clients} | {found['requests']} | {found['rps']:,.0f} | "
+                        f"{found['p50']:.2f} | {found['p99']:.2f} | {found['rps'] / base['batched_rps']:.2f}x | "
+                        f"{found['failures']} |")  # fmt: skip
+            print(rows[-1], flush=True)
         stats = server.get("/stats")[1]["service"]
         rows.append(f"\nserver: {stats['jobs']} queries in {stats['batches']} model calls (mean batch "
                     f"{stats['mean_batch']:.1f}, largest {stats['largest_batch']}); decoding one 32x32 PNG in "
@@ -287,7 +331,8 @@ def part_scale(root: Path, args) -> list[str]:
         shutil.copytree(run, folder)
         (folder / "index").mkdir()
         name = f"gallery-bench-{kind}.sqlite"
-        gallery = Gallery(folder / "index" / name, dim=128, kind=kind, model_sha256=model_hash(folder))
+        beam = {"ef_search": args.ef_search} if kind == "hnsw" else {}
+        gallery = Gallery(folder / "index" / name, dim=128, kind=kind, model_sha256=model_hash(folder), **beam)
         start = time.perf_counter()
         step = 50_000
         for i in range(0, args.scale, step):
@@ -308,7 +353,7 @@ def part_scale(root: Path, args) -> list[str]:
         found = [[n["id"] for n in a["neighbors"]] for a in gallery.search(queries, 10)]
         if kind == "flat":
             truth = found
-        cache = next((folder / "index").glob(name + ".g*.index"))
+        cache = next((folder / "index").glob(f"{name}.{kind}.g*.index"))
         raw = folder / "index" / "raw.faiss"
         import faiss
 
@@ -325,7 +370,7 @@ def part_scale(root: Path, args) -> list[str]:
 
         alone, index_file, opened = probe("faiss", raw), probe("index", cache), probe("gallery", folder / "index" / name)
         raw.unlink()
-        server = Server(folder)
+        server = Server(folder, *(["--ef-search", str(args.ef_search)] if beam else []))
         try:
             rss, peak = server.rss_gib()
             served = load(server.port, images, 1, args.scale_requests, k=10)
@@ -357,6 +402,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=600, help="requests per client count (at least 20 each)")
+    parser.add_argument("--ef-search", type=int, default=128, help="HNSW search beam of the scale part")
+    parser.add_argument("--wrk-seconds", type=int, default=10, help="seconds of each wrk load (Debian's wrk)")
     parser.add_argument("--scale", type=int, default=1_000_000, help="gallery size of part 2 (0: skip)")
     parser.add_argument("--scale-requests", type=int, default=50, help="POST /search requests at scale")
     args = parser.parse_args(argv)

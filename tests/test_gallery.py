@@ -193,7 +193,7 @@ def test_other_processes_changes_and_stale_caches(tmp_path):
     writer.add(x[:2], "p9")
     assert reader.refresh() and len(reader) == 17 and sorted(reader.class_names) == ["p1", "p2", "p3", "p9"]
     # the cache on disk is from before the removal: a new reader rebuilds from the database
-    assert [f for f in os.listdir(tmp_path) if f.endswith(".index")] == ["g.sqlite.g2.index"]
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".index")] == ["g.sqlite.flat.g2.index"]
     fresh = Gallery(path)
     assert len(fresh) == 17 and fresh.search(x[:1], 1)[0]["prediction"] == "p9"
     copy = writer.save(tmp_path / "copy.sqlite")

@@ -5,6 +5,7 @@ folders (30 people trained, 5 unseen enrolled, 5 unseen strangers) at the defaul
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,14 @@ def test_npz_queries_keep_the_run_s_class_ids(tmp_path, capsys):
     np.savez(tmp_path / "bad.npz", x=np.ones((2, 5), np.float32))
     assert "queries of shape (5,) per sample; the model takes (3,)" in fails(capsys, "search", str(out), "--npz",
                                                                             str(tmp_path / "bad.npz"))  # fmt: skip
+    import keras  # a diverged model: NaN weights give NaN embeddings, said in one line
+
+    model = keras.saving.load_model(out / "model.keras")
+    layer = model.backbone.layers[-1]
+    layer.set_weights([np.full_like(w, np.nan) for w in layer.get_weights()])
+    model.save(out / "model.keras")
+    err = fails(capsys, "search", str(out), "--npz", str(tmp_path / "q.npz"))
+    assert re.search(r"the model gives NaN or inf embeddings for (\d+) of \1 inputs of the train set", err), err
 
 
 def test_readme_digits_run_gets_a_reachable_threshold_or_a_refusal(tmp_path, capsys):

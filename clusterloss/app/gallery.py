@@ -75,6 +75,16 @@ def _load(model, source: str, **splits: Any) -> Dataset:
         raise RunError(str(error)) from None
 
 
+def embed_checked(model, x: Any, what: str, verbose: Any = 0) -> np.ndarray:
+    """`embed_all`, with a `RunError` naming `what` when the model gives NaN or inf."""
+    emb = embed_all(model, x, verbose)
+    bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+    if len(bad):
+        raise RunError(f"the model gives NaN or inf embeddings for {len(bad)} of {len(emb)} inputs of {what} "
+                       f"(the first: #{bad[0]}); a diverged model: retrain it (lower --learning-rate)")  # fmt: skip
+    return emb
+
+
 def gallery_data(model, data: Dataset, source: str | None) -> tuple[Any, list[str]]:
     """`(x, class names)` of the gallery: the run's training set, or every sample of
     `source` (a folder, an .npz, or a built-in set's training part)."""
@@ -110,7 +120,7 @@ def calibrate_gallery(gallery: Gallery, model, data: Dataset, calibrate: str | N
         raise RunError(f"{described}: images that are in the gallery cannot calibrate it (a probe would find "
                        "itself); pass images that are not enrolled")  # fmt: skip
     try:
-        gallery.calibrate(embed_all(model, x, verbose), names, far=far, tar=tar, paths=paths)
+        gallery.calibrate(embed_checked(model, x, described, verbose), names, far=far, tar=tar, paths=paths)
     except CalibrationError:
         pass
     return describe_calibration(gallery, f"{len(names)} probes of {described}")
@@ -162,9 +172,10 @@ def gallery_path(run_dir: str | Path) -> Path | None:
     return None if found is None else Path(run_dir) / INDEX / found["database"]
 
 
-def open_run_gallery(run_dir: str | Path, model_sha256: str | None = None) -> Gallery:
-    """The run's gallery; a `RunError` if there is none or it was built from another
-    model.keras than the run's present one (stale)."""
+def open_run_gallery(run_dir: str | Path, model_sha256: str | None = None, **options: Any) -> Gallery:
+    """The run's gallery (`options`: `kind`, `ef_search` of `Gallery`); a `RunError` if
+    there is none or it was built from another model.keras than the run's present one
+    (stale)."""
     run_dir = Path(run_dir)
     path = gallery_path(run_dir)
     if path is None:
@@ -172,7 +183,7 @@ def open_run_gallery(run_dir: str | Path, model_sha256: str | None = None) -> Ga
         why = "was built by an older clusterloss" if legacy else "has no gallery"
         raise RunError(f"{run_dir} {why}; build one: clusterloss index build {run_dir}")
     try:
-        gallery = Gallery(path)
+        gallery = Gallery(path, **options)
     except ValueError as error:
         raise RunError(f"{error}; rebuild it: clusterloss index build {run_dir}") from None
     if gallery.stale(model_sha256 or model_hash(run_dir)):
@@ -190,7 +201,7 @@ def build_gallery(run_dir: str | Path, model, data: Dataset, source: str | None 
     current one (see the module docstring); `(gallery, lines to print)`."""
     run_dir = Path(run_dir)
     x, names = gallery_data(model, data, source)
-    emb = embed_all(model, x, verbose)
+    emb = embed_checked(model, x, "the gallery", verbose)
     folder = run_dir / INDEX
     folder.mkdir(exist_ok=True)
     name = f"gallery-{time.time_ns()}-{os.getpid()}.sqlite"
@@ -225,7 +236,7 @@ def enrol(run_dir: str | Path, model, source: str, class_name: str | None, verbo
     if size is None:
         raise RunError("index add takes images; this run's model takes vectors (rebuild with index build --data)")
     paths, names = labelled_images(source, class_name)
-    gallery.add(embed_all(model, ImageFiles(paths, size, channels), verbose), names, [os.path.abspath(p) for p in paths])
+    gallery.add(embed_checked(model, ImageFiles(paths, size, channels), source, verbose), names, [os.path.abspath(p) for p in paths])
     gallery.flush()
     write_calibration(run_dir, gallery)
     return gallery, len(paths), describe_calibration(gallery)
@@ -253,7 +264,7 @@ def run_set_gallery(model, data: Dataset, part: str, verbose: Any = 0) -> tuple[
     if not len(y):
         raise RunError(f"the {part} set is empty (unknown holds the classes left out of training: "
                        "olivetti's people 30-39, or train with --known-classes)")  # fmt: skip
-    emb = embed_all(model, x, verbose)
+    emb = embed_checked(model, x, f"the {part} set", verbose)
     gallery = Gallery(dim=emb.shape[1])
     gallery.add(emb, [data.all_class_names[i] for i in y], getattr(x, "paths", None))
     if part == "train":

@@ -2,7 +2,7 @@
 
 The SQLite database (`clusterloss.gallery.store`) is the source of truth; the nearest-
 neighbour `Index` is derived from it. On disk, `PATH` (the database) has beside it a cache of
-the index, `PATH.g<generation>.index`, written by `flush()`: opening a gallery loads that
+the index, `PATH.<kind>.g<generation>.index`, written by `flush()`: opening a gallery loads that
 file and then only the items added since (a removal since it means a rebuild from the
 database). So a crash can leave a stale cache, never a wrong answer.
 
@@ -33,7 +33,7 @@ from clusterloss.index import Index
 from clusterloss.index.index import KINDS
 
 UNKNOWN = "unknown"
-_CACHE = re.compile(r"\.g(\d+)\.index$")
+_CACHE = re.compile(r"\.(\w+)\.g(\d+)\.index$")
 
 
 def _names(classes: str | Sequence[str], n: int, name: str = "classes") -> list[str]:
@@ -62,8 +62,12 @@ class Gallery:
     Args:
         path: the database file; opened if it exists, else created (which needs `dim`).
             None: a gallery in memory (`save` writes it to a file).
-        dim, metric, kind: for a new gallery: embedding size, `"cosine"` or `"euclidean"`,
-            and the index kind (`"flat"` exact, `"hnsw"` or `"ivf"` approximate; see `Index`).
+        dim, metric: for a new gallery: embedding size, `"cosine"` or `"euclidean"`.
+        kind: the index kind (`"flat"` exact, `"hnsw"` or `"ivf"` approximate; see `Index`):
+            a new gallery's (default "flat"), or another one to search an existing gallery
+            with (its own is kept in the database).
+        ef_search: HNSW's search beam (`Index`'s default 64): larger is slower and finds
+            more of the true neighbours.
         model_sha256: for a new gallery, the hash of the model that embeds its items
             (`stale(hash)` compares it).
         backend: the `Index` backend (`"auto"`, `"faiss"` or `"numpy"`).
@@ -71,8 +75,8 @@ class Gallery:
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, dim: int | None = None,
-                 metric: str = "cosine", kind: str = "flat", model_sha256: str | None = None,
-                 backend: str = "auto", timeout: float = 30.0):  # fmt: skip
+                 metric: str = "cosine", kind: str | None = None, model_sha256: str | None = None,
+                 backend: str = "auto", ef_search: int | None = None, timeout: float = 30.0):  # fmt: skip
         self.path = None if path is None else os.fspath(path)
         if self.path is not None and not os.path.exists(self.path) and dim is None:
             raise FileNotFoundError(f"{self.path}: no such gallery (pass `dim` to create one)")
@@ -83,13 +87,15 @@ class Gallery:
                 if dim is None:
                     raise ValueError(f"{self.path}: not a clusterloss gallery (no gallery tables)")
                 self._store.create({"dim": check_positive_int(dim, "dim"), "metric": check_metric(metric),
-                                    "kind": check_choice(kind, "kind", KINDS), "model_sha256": model_sha256})  # fmt: skip
+                                    "kind": check_choice(kind or "flat", "kind", KINDS),
+                                    "model_sha256": model_sha256})  # fmt: skip
         except sqlite3.DatabaseError as error:
             raise ValueError(f"{self.path}: not a clusterloss gallery (SQLite: {error})") from None
         self.dim = int(self._store.meta("dim"))
         self.metric = self._store.meta("metric")
-        self.kind = self._store.meta("kind")
+        self.kind = check_choice(kind or self._store.meta("kind"), "kind", KINDS)
         self._backend = backend
+        self._ef_search = None if ef_search is None else check_positive_int(ef_search, "ef_search")
         self._generation = -1
         self._calibration_error: str | None = None
         self._load()
@@ -100,7 +106,8 @@ class Gallery:
     # ------------------------------------------------------------------ state
 
     def _new_index(self) -> Index:
-        return Index(self.dim, metric=self.metric, kind=self.kind, backend=self._backend)
+        options = {} if self._ef_search is None else {"ef_search": self._ef_search}
+        return Index(self.dim, metric=self.metric, kind=self.kind, backend=self._backend, **options)
 
     def _load(self) -> None:
         """The index from the newest usable cache file plus the items added since, else
@@ -112,6 +119,7 @@ class Gallery:
             if removed <= cached_generation <= generation:
                 with contextlib.suppress(OSError, ValueError):
                     self._index = Index.load(file, backend=self._backend)
+                    self._index.ef_search = self._ef_search or self._index.ef_search
                     break
         self._catch_up()
         self._read_meta(generation)
@@ -136,14 +144,14 @@ class Gallery:
         self._calibration_error = self._store.meta("calibration_error")
 
     def _caches(self) -> list[tuple[int, str]]:
-        """`(generation, file)` of the index caches on disk, newest first."""
+        """`(generation, file)` of the index caches of this kind on disk, newest first."""
         if self.path is None:
             return []
         found = []
-        for file in glob.glob(glob.escape(self.path) + ".g*.index"):
+        for file in glob.glob(glob.escape(self.path) + f".{self.kind}.g*.index"):
             match = _CACHE.search(file)
-            if match:
-                found.append((int(match.group(1)), file))
+            if match and match.group(1) == self.kind:
+                found.append((int(match.group(2)), file))
         return sorted(found, reverse=True)
 
     def refresh(self) -> bool:
@@ -180,7 +188,7 @@ class Gallery:
         with self._lock:
             if self.path is None or self._cached_generation == self._generation:
                 return
-            final = f"{self.path}.g{self._generation}.index"
+            final = f"{self.path}.{self.kind}.g{self._generation}.index"
             temporary = f"{os.path.dirname(final) or '.'}/.tmp-{os.getpid()}-{os.path.basename(final)}"
             try:
                 self._index.save(temporary)

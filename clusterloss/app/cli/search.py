@@ -98,8 +98,8 @@ def open_gallery(args, model, data):
 
 
 def run(args: argparse.Namespace) -> int:
-    from clusterloss.app.gallery import read_queries
-    from clusterloss.app.results import embed_all, load_run
+    from clusterloss.app.gallery import embed_checked, read_queries
+    from clusterloss.app.results import load_run
 
     verbose = 0 if args.json else args.verbose  # stdout is the JSON alone
     model, data, metrics = load_run(args.run_dir)
@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     own = own if held == args.gallery else None
     k = args.k + (1 if own else 0)
     results = []
-    for i, answer in enumerate(gallery.search(embed_all(model, x, verbose if len(x) > 256 else 0), k)):
+    queries = embed_checked(model, x, "the queries", verbose if len(x) > 256 else 0)
+    for i, answer in enumerate(gallery.search(queries, k)):
         if own:  # items of the run's sets have ids = position + 1: a query never finds itself
             answer["neighbors"] = [n for n in answer["neighbors"] if n["id"] != (own[i] or 0) + 1]
             for rank, neighbor in enumerate(answer["neighbors"], 1):

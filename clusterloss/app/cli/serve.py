@@ -37,6 +37,11 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
                         help="requests waiting at most; more are answered 503 (default 256)")  # fmt: skip
     parser.add_argument("--max-bytes", type=positive_int, default=10 * 2**20,
                         help="largest request body in bytes; larger ones are answered 413 (default 10 MiB)")  # fmt: skip
+    parser.add_argument("--approximate", choices=("hnsw", "ivf"),
+                        help="search with an approximate FAISS index instead of the gallery's own "
+                        "(built at the first start and kept beside the gallery)")  # fmt: skip
+    parser.add_argument("--ef-search", type=positive_int, default=None,
+                        help="HNSW search beam (default 64): larger finds more true neighbours, slower")
     parser.set_defaults(run=run)
     return [parser]
 
@@ -73,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     with listener:
         host, port = listener.getsockname()[:2]
         app, summary = open_service(args.run_dir, token=token, max_batch=args.max_batch, max_queue=args.max_queue,
-                                    max_bytes=args.max_bytes, show_paths=local)  # fmt: skip
+                                    max_bytes=args.max_bytes, show_paths=local, kind=args.approximate,
+                                    ef_search=args.ef_search)  # fmt: skip
         shown = f"[{host}]" if family == socket.AF_INET6 else host
         print(f"clusterloss serve: http://{shown}:{port}/ - {summary}; Ctrl-C stops", flush=True)
         uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])

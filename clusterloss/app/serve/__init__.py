@@ -13,8 +13,11 @@ UPLOADS = Path(INDEX) / "uploads"  # images enrolled over HTTP, kept for their t
 
 
 def open_service(run_dir: str | Path, *, token: str | None = None, max_batch: int = 32, max_queue: int = 256,
-                 max_bytes: int = 10 * 2**20, show_paths: bool = True):  # fmt: skip
-    """`(app, summary)`: the service of RUN_DIR's gallery and model, and a line about it."""
+                 max_bytes: int = 10 * 2**20, show_paths: bool = True, kind: str | None = None,
+                 ef_search: int | None = None):  # fmt: skip
+    """`(app, summary)`: the service of RUN_DIR's gallery and model, and a line about it;
+    `kind` / `ef_search`: search the gallery with another index (e.g. "hnsw", built once and
+    kept beside the database)."""
     from clusterloss.app.gallery import gallery_path, input_format, open_run_gallery, run_model
     from clusterloss.app.serve.app import Settings, create_app
     from clusterloss.app.serve.batcher import Batcher
@@ -24,7 +27,8 @@ def open_service(run_dir: str | Path, *, token: str | None = None, max_batch: in
     model = run_model(run_dir)
     if input_format(model)[0] is None:
         raise RunError(f"{run_dir}'s model takes vectors; clusterloss serve answers images")
-    gallery = open_run_gallery(run_dir)
+    gallery = open_run_gallery(run_dir, kind=kind, ef_search=ef_search)
+    gallery.flush()  # an index of another kind is built once, then loaded at the next start
     opened = Path(gallery.path).resolve()
 
     def is_current() -> bool:

@@ -123,15 +123,20 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
             return decode(images, name)
         return await run_in_threadpool(decode, images, name)
 
-    async def run_job(pixels: np.ndarray, k: int | None) -> Any:
+    def submit(pixels: np.ndarray, k: int | None):
         try:
-            future = batcher.submit(pixels, k)
+            return batcher.submit(pixels, k)
         except Busy as error:
             raise HTTPException(503, str(error), {"Retry-After": "1"}) from None
+
+    async def answer(future) -> Any:
         try:
             return await asyncio.wrap_future(future)
         except ValueError as error:  # the gallery's word: e.g. empty
             raise bad(str(error), 409) from None
+
+    async def run_job(pixels: np.ndarray, k: int | None) -> Any:
+        return await answer(submit(pixels, k))
 
     def present(answer: dict[str, Any]) -> dict[str, Any]:
         for neighbor in answer["neighbors"]:
@@ -142,16 +147,20 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
 
     @app.post("/search")
     async def search(request: Request) -> JSONResponse:
-        images, fields = await read_request(request, ("image",), ("k",), 1)
-        k = fields.get("k", "5")
-        if not (k.isdigit() and 1 <= int(k) <= MAX_K):
-            raise bad(f"k must be an integer from 1 to {MAX_K}; got {k!r}")
-        if not images.get("image"):
-            raise bad("missing field 'image' (an image file; in JSON, base64)")
-        if not len(gallery):
-            raise bad("the gallery is empty: enrol someone first (POST /enroll)", 409)
-        pixels = await decoded(images["image"], "image")
-        answers = await run_job(pixels, int(k))
+        batcher.incoming += 1  # the batch worker may wait for this one
+        try:
+            images, fields = await read_request(request, ("image",), ("k",), 1)
+            k = fields.get("k", "5")
+            if not (k.isdigit() and 1 <= int(k) <= MAX_K):
+                raise bad(f"k must be an integer from 1 to {MAX_K}; got {k!r}")
+            if not images.get("image"):
+                raise bad("missing field 'image' (an image file; in JSON, base64)")
+            if not len(gallery):
+                raise bad("the gallery is empty: enrol someone first (POST /enroll)", 409)
+            future = submit(await decoded(images["image"], "image"), int(k))
+        finally:
+            batcher.incoming -= 1
+        answers = await answer(future)
         return JSONResponse(present(answers[0]))
 
     @app.post("/enroll", status_code=201)

@@ -2,9 +2,11 @@
 
 One worker thread owns the model: it takes the oldest queued job and every other job already
 waiting (up to `max_batch` images), embeds them in one model call, searches the gallery once
-for all the queries among them, and answers each job's future. A single client waits for no
-one (a batch of one); under load the batches grow by themselves. The queue is bounded: a job
-that finds it full is refused at once (`Busy`), never left to wait without bound.
+for all the queries among them, and answers each job's future. While requests are still
+being read and decoded (`incoming`, counted by the app), it waits for them a little (at most
+`MAX_WAIT` seconds): a single client waits for no one (a batch of one), and under load the
+batches grow. The queue is bounded: a job that finds it full is refused at once (`Busy`),
+never left to wait without bound.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+
+
+MAX_WAIT = 0.002  # seconds a batch waits for requests that are being read
 
 
 class Busy(Exception):
@@ -49,6 +54,7 @@ class Batcher:
         self.max_batch = int(max_batch)
         self.max_queue = int(max_queue)
         self._queue: queue.Queue[Job | None] = queue.Queue(self.max_queue)
+        self.incoming = 0  # requests being read and decoded, not yet submitted (the app counts them)
         self._thread = threading.Thread(target=self._work, name="clusterloss-batcher", daemon=True)
         self.counts = {"jobs": 0, "batches": 0, "images": 0, "largest_batch": 0, "refused": 0, "busy_seconds": 0.0}
 
@@ -87,10 +93,14 @@ class Batcher:
             if job is None:
                 return
             jobs, images = [job], len(job.pixels)
+            deadline = time.perf_counter() + MAX_WAIT
             while images < self.max_batch:
+                left = deadline - time.perf_counter()
                 try:
-                    job = self._queue.get_nowait()
+                    job = self._queue.get(timeout=left) if self.incoming > 0 and left > 0 else self._queue.get_nowait()
                 except queue.Empty:
+                    if self.incoming > 0 and deadline > time.perf_counter():
+                        continue
                     break
                 if job is None:
                     stop = True

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_FIELDS = 16
+DRAIN_FACTOR = 8  # a refused body is read up to this many times the limit before the answer
 
 
 class TooLarge(Exception):
@@ -23,7 +24,9 @@ class TooLarge(Exception):
 
 class BodyLimit:
     """Refuse (413) a request whose body is, or turns out to be, larger than `max_bytes`:
-    from its Content-Length at once, else counted as it streams in."""
+    from its Content-Length at once, else counted as it streams in. The rest of the body is
+    read and dropped first (up to `DRAIN_FACTOR` times the limit), so the client gets the
+    answer rather than a connection reset."""
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
@@ -58,6 +61,14 @@ class BodyLimit:
                 await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Read (and drop) what the client is still sending, up to a bound: closing a socket
+        # with unread data resets it, and the client would see a reset, not this answer.
+        drained = 0
+        while drained <= DRAIN_FACTOR * self.max_bytes:
+            message = await receive()
+            drained += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
         message = f"the request body is larger than {self.max_bytes:,} bytes (the server's --max-bytes)"
         await JSONResponse({"error": message}, 413, {"Connection": "close"})(scope, receive, send)
 
