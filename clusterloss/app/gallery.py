@@ -122,7 +122,7 @@ def calibrate_gallery(gallery: Gallery, model, data: Dataset, calibrate: str | N
     try:
         gallery.calibrate(embed_checked(model, x, described, verbose), names, far=far, tar=tar, paths=paths)
     except CalibrationError:
-        pass
+        pass  # the gallery keeps no threshold and the reason, which describe_calibration prints
     return describe_calibration(gallery, f"{len(names)} probes of {described}")
 
 

@@ -96,8 +96,6 @@ class Gallery:
         self.kind = check_choice(kind or self._store.meta("kind"), "kind", KINDS)
         self._backend = backend
         self._ef_search = None if ef_search is None else check_positive_int(ef_search, "ef_search")
-        self._generation = -1
-        self._calibration_error: str | None = None
         self._load()
 
     def _has_schema(self) -> bool:
