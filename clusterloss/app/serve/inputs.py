@@ -35,9 +35,11 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.max_bytes:
-            return await self._refuse(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:  # the HTTP parser holds the body to its declared length
+            if not length.isdigit() or int(length) > self.max_bytes:
+                return await self._refuse(scope, receive, send)
+            return await self.app(scope, receive, send)
         received = 0
         started = False
 
