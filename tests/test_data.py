@@ -194,3 +194,20 @@ def test_a_broken_class_link_is_an_error(tmp_path):
     (root / "class_2" / "more").symlink_to(tmp_path / "gone")  # inside a class folder too
     with pytest.raises(DataError, match=r"class_2/more: a broken link"):
         load_dataset(root)
+
+
+def test_a_folder_of_splits_is_not_read_as_classes(tmp_path):
+    """`data/train/CLASS`, `data/val/CLASS` (the most common layout on disk) would train as two
+    classes, "train" and "val": refused, naming a split to pass instead."""
+    make_image_folder(tmp_path / "data" / "train", classes=3, per_class=4, size=8)
+    make_image_folder(tmp_path / "data" / "Val", classes=3, per_class=2, size=8, seed=1)
+    with pytest.raises(DataError, match=r"data: its sub-folders Val, train look like the splits of a data set.*--data .*data/Val"):
+        load_dataset(tmp_path / "data")
+    found = load_dataset(tmp_path / "data" / "train", val_split=0.0, test_split=0.25)
+    assert found.class_names == ["class_0", "class_1", "class_2"]
+    # classes that happen to have a split's name but hold images: still classes
+    for name in ("train", "test"):
+        (tmp_path / "flat" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (8, 8), 40 * i).save(tmp_path / "flat" / name / f"{i}.png")
+    assert load_dataset(tmp_path / "flat", val_split=0.0, test_split=0.34).class_names == ["test", "train"]

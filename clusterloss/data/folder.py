@@ -56,13 +56,24 @@ def _images_under(folder: Path, seen: frozenset[str] = frozenset()) -> list[str]
     return found
 
 
+# Folder names that mean a split of a data set, not a class (compared in lower case).
+SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "eval"})
+
+
 def class_files(root: str | os.PathLike) -> dict[str, list[str]]:
     """`{class: image paths}` of a folder `root/CLASS/...image files`, classes sorted (no
     count checked, no image read)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
-    return {e.name: _images_under(Path(e.path)) for e in _visible(root) if e.is_dir()}
+    folders = [e for e in _visible(root) if e.is_dir()]
+    names = [e.name for e in folders]
+    if len(names) >= 2 and all(n.lower() in SPLIT_NAMES for n in names) and any(
+            any(d.is_dir() for d in _visible(Path(e.path))) for e in folders):  # fmt: skip
+        raise DataError(f"{root}: its sub-folders {', '.join(names)} look like the splits of a data set, each "
+                        f"with class folders, not classes; pass one of them (--data {root / names[0]}): "
+                        "clusterloss makes its own splits (--val-split, --test-split)")  # fmt: skip
+    return {e.name: _images_under(Path(e.path)) for e in folders}
 
 
 def scan_image_folder(root: str | os.PathLike, check: bool = True):
