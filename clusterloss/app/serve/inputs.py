@@ -41,12 +41,13 @@ class BodyLimit:
                 return await self._refuse(scope, receive, send)
             return await self.app(scope, receive, send)
         received = 0
-        started = False
+        started = ended = False
 
         async def counted() -> Message:
-            nonlocal received
+            nonlocal received, ended
             message = await receive()
             received += len(message.get("body", b""))
+            ended = message["type"] != "http.request" or not message.get("more_body")
             if received > self.max_bytes:
                 raise TooLarge
             return message
@@ -60,13 +61,14 @@ class BodyLimit:
             await self.app(scope, counted, watched)
         except TooLarge:
             if not started:
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, drain=not ended)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, drain: bool = True) -> None:
         # Read (and drop) what the client is still sending, up to a bound: closing a socket
-        # with unread data resets it, and the client would see a reset, not this answer.
+        # with unread data resets it, and the client would see a reset, not this answer. (Once
+        # the body has ended, `receive` would wait for the client to leave: no more reading.)
         drained = 0
-        while drained <= DRAIN_FACTOR * self.max_bytes:
+        while drain and drained <= DRAIN_FACTOR * self.max_bytes:
             message = await receive()
             drained += len(message.get("body", b""))
             if message["type"] != "http.request" or not message.get("more_body"):
