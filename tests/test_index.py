@@ -33,9 +33,17 @@ def _brute(q, x, k, metric):
     return np.take_along_axis(scores, order, axis=1), order
 
 
+@pytest.fixture(params=["small searches on NumPy", "every search on FAISS"])
+def search_path(request, monkeypatch):
+    """Both paths of an exact FAISS index: searches of at most `_SMALL_SEARCH` scores run on
+    NumPy (FAISS's threads cost more than the arithmetic), larger ones on FAISS."""
+    if request.param == "every search on FAISS":
+        monkeypatch.setattr("clusterloss.index.index._SMALL_SEARCH", 0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_exact_search_equals_brute_force(backend, metric):
+def test_exact_search_equals_brute_force(backend, metric, search_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(700, 12)).astype("float32")
     q = rng.normal(size=(50, 12)).astype("float32")
@@ -52,7 +60,7 @@ def test_exact_search_equals_brute_force(backend, metric):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_ties_go_to_the_lower_position(backend, metric):
+def test_ties_go_to_the_lower_position(backend, metric, search_path):
     # Every stored vector is one of two points, so scores tie in big groups.
     x = np.zeros((60, 3), "float32")
     x[::2] = [1.0, 0.0, 0.0]
