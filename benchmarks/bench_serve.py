@@ -48,7 +48,8 @@ from bench_index import make_data  # noqa: E402
 from synthetic import make_image_folder  # noqa: E402
 
 from clusterloss.app.cli.main import main as cli  # noqa: E402
-from clusterloss.app.gallery import CURRENT, input_format, model_hash, open_run_gallery, run_model  # noqa: E402
+from clusterloss.app.gallery import CURRENT, input_format, model_hash, open_run_gallery  # noqa: E402
+from clusterloss.app.results import run_model  # noqa: E402
 from clusterloss.app.serve.embedder import Embedder  # noqa: E402
 from clusterloss.data.images import decode_image  # noqa: E402
 from clusterloss.gallery import Gallery  # noqa: E402

@@ -54,16 +54,6 @@ def input_format(model) -> tuple[tuple[int, int] | None, int | None]:
     return (shape[:2], shape[2]) if len(shape) == 3 else (None, None)
 
 
-def run_model(run_dir: str | Path):
-    """The run's model alone (its data is not read)."""
-    import keras
-
-    path = Path(run_dir) / "model.keras"
-    if not path.is_file():
-        raise RunError(f"{run_dir} holds no model.keras (make a run with `clusterloss train --out {run_dir}`)")
-    return keras.saving.load_model(path)
-
-
 def _load(model, source: str, **splits: Any) -> Dataset:
     """A folder, an .npz or a built-in set in the model's input format."""
     size, channels = input_format(model)
@@ -273,9 +263,13 @@ def run_set_gallery(model, data: Dataset, part: str, verbose: Any = 0) -> tuple[
                      "saves a gallery)")  # fmt: skip
 
 
-def _has(npz: str, key: str) -> bool:
+def _names_by_id(npz: str) -> dict[str, str]:
+    """`{str(id): class name}` of the .npz a run was trained on, reading its `y` and
+    `class_names` only (read_npz's naming: the names in sorted id order, else the ids)."""
     with np.load(npz, allow_pickle=False) as arrays:
-        return key in arrays.files
+        ids = [str(i) for i in np.unique(arrays["y"]).tolist()]
+        names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays.files else ids
+    return dict(zip(ids, names))
 
 
 def read_queries(model, images: list[str] | None, npz: str | None,
@@ -294,14 +288,12 @@ def read_queries(model, images: list[str] | None, npz: str | None,
         return ImageFiles(images, size, channels), None, list(images)
     x, labels, class_names = read_npz(npz, queries=True)
     classes = None if labels is None else [class_names[i] for i in labels]
-    if classes is not None and trained_on and str(trained_on).endswith(".npz") and not _has(npz, "class_names"):
+    if classes is not None and str(trained_on).endswith(".npz"):
         with np.load(npz, allow_pickle=False) as arrays:
-            raw = arrays["y"]
-        with np.load(trained_on, allow_pickle=False) as arrays:
-            ids = np.unique(arrays["y"])
-        _, _, trained_names = read_npz(trained_on)
-        names_of = dict(zip(ids.tolist(), trained_names))
-        classes = [names_of.get(int(i), str(int(i))) for i in raw]
+            own_names = "class_names" in arrays.files
+        if not own_names:  # the names are the ids: those the run was trained on name them
+            names_of = _names_by_id(trained_on)
+            classes = [names_of.get(c, c) for c in classes]
     expected = tuple(model.backbone.input_shape[1:])
     if x.shape[1:] != expected:
         raise RunError(f"{npz}: queries of shape {x.shape[1:]} per sample; the model takes {expected}")

@@ -170,13 +170,21 @@ def check_split(run_dir: str | Path, config: TrainConfig, data: Dataset) -> None
         raise _changed(run_dir, config, ["the same files, split otherwise"])
 
 
+def run_model(run_dir: str | Path) -> ClusterModel:
+    """The run's model alone (its data is not read)."""
+    path = Path(run_dir) / "model.keras"
+    if not path.is_file():
+        raise RunError(f"{run_dir} holds no model.keras (the run did not finish, or it is not a run: "
+                       f"make one with `clusterloss train --out {run_dir}`)")  # fmt: skip
+    return keras.saving.load_model(path)
+
+
 def load_run(run_dir: str | Path) -> tuple[ClusterModel, Dataset, dict[str, Any]]:
     """The model, the data set (same split, checked against `files.json`) and
     `metrics.json` of a run directory."""
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir)
-    if not (run_dir / "model.keras").is_file():
-        raise RunError(f"{run_dir} holds no model.keras (the run did not finish)")
+    model = run_model(run_dir)
     saved = dict(metrics["config"])
     if "dataset" in saved:  # the name of `data` in runs made before own data existed
         saved["data"] = saved.pop("dataset")
@@ -184,7 +192,6 @@ def load_run(run_dir: str | Path) -> tuple[ClusterModel, Dataset, dict[str, Any]
     if unknown:
         raise RunError(f"{run_dir}/metrics.json has settings this clusterloss does not know: {unknown}")
     config = TrainConfig(**saved)
-    model = keras.saving.load_model(run_dir / "model.keras")
     check_data(run_dir, config)
     data = config.load_data()
     check_split(run_dir, config, data)

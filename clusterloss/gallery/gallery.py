@@ -306,34 +306,18 @@ class Gallery:
             self._recalibrate()
         return ids
 
-    def replace(self, embeddings, classes: Sequence[str], paths: Sequence[str | None] | None = None) -> np.ndarray:
-        """Replace every item in one transaction (the calibration probes are dropped)."""
-        embeddings = as_embeddings(embeddings, "embeddings", dim=self.dim, allow_empty=True)
-        names, paths = _names(classes, len(embeddings)), _paths(paths, len(embeddings))
-        with self._change(removes=True):
-            self._store.delete("1", ())
-            self._store.set_probes(np.empty((0, self.dim), np.float32), [], [])
-            self._store.set_meta(calibration=None, calibration_error=None, calibration_target=None)
-            ids = self._store.insert(embeddings, self._store.class_ids(names, create=True), paths, self.model_sha256)
-            self._rebuild()
-        return ids
-
     def remove(self, *, classes: Sequence[str] | str | None = None, paths: Sequence[str] | None = None,
                ids: Sequence[int] | None = None) -> int:  # fmt: skip
         """Remove every item of `classes`, with a source path in `paths`, or with an id in
         `ids` (one transaction); the number removed. A class left with no item is gone."""
-        groups = {"class_id IN (SELECT id FROM classes WHERE name IN ({}))": classes,
-                  "path IN ({})": paths, "id IN ({})": ids}  # fmt: skip
-        given = {where: [values] if isinstance(values, (str, os.PathLike)) else list(values)
-                 for where, values in groups.items() if values is not None}  # fmt: skip
+        groups = {"class_id IN (SELECT id FROM classes WHERE name IN ({}))": (classes, str),
+                  "path IN ({})": (paths, os.fspath), "id IN ({})": (ids, int)}  # fmt: skip
+        given = {where: [kind(v) for v in ([values] if isinstance(values, (str, os.PathLike)) else values)]
+                 for where, (values, kind) in groups.items() if values is not None}  # fmt: skip
         if not given:
             raise ValueError("`remove` needs `classes`, `paths` or `ids`; got none.")
-        count = 0
         with self._change(removes=True):
-            for where, values in given.items():
-                for start in range(0, len(values), 500):  # SQLite's variable limit
-                    part = [int(v) if where.startswith("id") else os.fspath(v) for v in values[start : start + 500]]
-                    count += self._store.delete(where.format(",".join("?" * len(part))), part)
+            count = sum(self._store.delete(where, values) for where, values in given.items())
             if count:
                 self._rebuild()
                 self._recalibrate()

@@ -40,6 +40,15 @@ CREATE TABLE IF NOT EXISTS probes (id INTEGER PRIMARY KEY, class TEXT NOT NULL, 
                                    embedding BLOB NOT NULL);
 """
 
+VARIABLES = 500  # values bound in one statement (older SQLite builds allow at most 999)
+
+
+def _in_parts(values: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
+    """`(marks, part)`: `values` in parts that one statement can bind, with their "?,?,..."."""
+    for start in range(0, len(values), VARIABLES):
+        part = list(values[start : start + VARIABLES])
+        yield ",".join("?" * len(part)), part
+
 
 class Store:
     """A connection to a gallery database (`":memory:"` for one in memory)."""
@@ -127,27 +136,22 @@ class Store:
         return np.asarray(ids, np.int64), np.asarray(classes, np.int64), vectors
 
     def paths(self, ids: Sequence[int]) -> dict[int, str | None]:
-        ids = [int(i) for i in ids]
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        return dict(self.conn.execute(f"SELECT id, path FROM items WHERE id IN ({marks})", ids))
+        found: dict[int, str | None] = {}
+        for marks, part in _in_parts([int(i) for i in ids]):
+            found.update(self.conn.execute(f"SELECT id, path FROM items WHERE id IN ({marks})", part))
+        return found
 
     def count_paths(self, paths: Sequence[str]) -> int:
-        return sum(self.conn.execute(f"SELECT COUNT(*) FROM items WHERE path IN ({','.join('?' * len(part))})",
-                                     part).fetchone()[0]
-                   for part in (paths[i : i + 500] for i in range(0, len(paths), 500)))  # fmt: skip
+        return sum(self.conn.execute(f"SELECT COUNT(*) FROM items WHERE path IN ({marks})", part).fetchone()[0]
+                   for marks, part in _in_parts(paths))  # fmt: skip
 
     def delete(self, where: str, values: Sequence[Any]) -> int:
-        """Delete the items matching `where` (inside `write()`), then classes left empty."""
-        count = self.conn.execute(f"DELETE FROM items WHERE {where}", values).rowcount
+        """Delete the items matching `where`, a condition with `{}` where the `?` marks of
+        `values` go, e.g. "path IN ({})" (inside `write()`), then the classes left empty."""
+        count = sum(self.conn.execute(f"DELETE FROM items WHERE {where.format(marks)}", part).rowcount
+                    for marks, part in _in_parts(values))  # fmt: skip
         self.conn.execute("DELETE FROM classes WHERE id NOT IN (SELECT DISTINCT class_id FROM items)")
         return count
-
-    def counts(self) -> tuple[int, int]:
-        """`(items, classes)`."""
-        return (self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0],
-                self.conn.execute("SELECT COUNT(*) FROM classes").fetchone()[0])  # fmt: skip
 
     # ------------------------------------------------------------------ probes
 
@@ -157,9 +161,8 @@ class Store:
                               ((c, p, e.tobytes()) for c, p, e in zip(classes, paths, embeddings)))  # fmt: skip
 
     def drop_probes(self, paths: Sequence[str]) -> None:
-        for start in range(0, len(paths), 500):
-            part = paths[start : start + 500]
-            self.conn.execute(f"DELETE FROM probes WHERE path IN ({','.join('?' * len(part))})", part)
+        for marks, part in _in_parts(paths):
+            self.conn.execute(f"DELETE FROM probes WHERE path IN ({marks})", part)
 
     def probes(self) -> tuple[np.ndarray, list[str]]:
         rows = self.conn.execute("SELECT class, embedding FROM probes ORDER BY id").fetchall()

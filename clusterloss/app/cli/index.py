@@ -108,7 +108,8 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from clusterloss.app.gallery import enrol, run_model
+    from clusterloss.app.gallery import enrol
+    from clusterloss.app.results import run_model
 
     model = run_model(args.run_dir)
     gallery, count, lines = enrol(args.run_dir, model, args.data, args.class_name, args.verbose)

@@ -18,7 +18,8 @@ def open_service(run_dir: str | Path, *, token: str | None = None, max_batch: in
     """`(app, summary)`: the service of RUN_DIR's gallery and model, and a line about it;
     `kind` / `ef_search`: search the gallery with another index (e.g. "hnsw", built once and
     kept beside the database)."""
-    from clusterloss.app.gallery import gallery_path, input_format, open_run_gallery, run_model
+    from clusterloss.app.gallery import gallery_path, input_format, open_run_gallery
+    from clusterloss.app.results import run_model
     from clusterloss.app.serve.app import Settings, create_app
     from clusterloss.app.serve.batcher import Batcher
     from clusterloss.app.serve.embedder import Embedder
