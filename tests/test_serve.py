@@ -26,7 +26,7 @@ import pytest
 from conftest import BACKEND
 from synthetic import make_image_folder
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'clusterloss[serve]'")
+pytest.importorskip("starlette", reason="the serve extra is not installed: pip install 'clusterloss[serve]'")
 uvicorn = pytest.importorskip("uvicorn")
 
 from clusterloss.app.serve.batcher import Batcher, Busy  # noqa: E402
@@ -297,7 +297,7 @@ def test_bad_requests_are_one_clear_4xx_and_the_server_goes_on(server):
     for method, path, status, message in [
         ("GET", "/nowhere", 404, "no route GET /nowhere"),
         ("PUT", "/search", 405, "PUT is not allowed on /search"),
-        ("GET", "/items/abc/image", 400, "item_id: Input should be a valid integer"),
+        ("GET", "/items/abc/image", 400, "item_id must be a positive integer; got 'abc'"),
         ("GET", "/items/999999/image", 404, "item 999999 has no image"),
     ]:
         assert call(server, method, path)[1]["error"].startswith(message), path
@@ -433,3 +433,42 @@ def test_page_searches_and_enrols_in_headless_chromium(server, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape[1] == 1000 and pixels.std() > 20  # text and thumbnails, not blank
     assert remove(server, "visitor")[1]["removed"] == 4
+
+
+@server_test
+@pytest.mark.slow
+def test_workers_share_the_gallery(server, tmp_path):
+    """`serve --workers 2`: two processes answer on one port, and an enrolment or removal
+    through one is seen by searches answered by either (the gallery is the database)."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(server.run, run, ignore=shutil.ignore_patterns("uploads"))
+    process = subprocess.Popen([sys.executable, "-m", "clusterloss", "serve", str(run), "--port", "0", "--workers",
+                                "2", "--token", TOKEN], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("clusterloss serve: http://127.0.0.1:") and "2 workers" in line, line
+        there = SimpleNamespace(port=int(line.split("127.0.0.1:")[1].split("/")[0]))
+        pids: set[int] = set()
+        deadline = time.monotonic() + 180
+        while len(pids) < 2 and time.monotonic() < deadline:  # each worker answers once it has compiled
+            try:
+                pids.add(call(there, "GET", "/stats")[1]["service"]["pid"])
+            except OSError:
+                time.sleep(0.2)
+        assert len(pids) == 2 and process.pid not in pids
+        grey = [png(p) for p in files(server.queries, "class_5")]
+        assert enrol(there, "class_5", grey[:6])[0] == 201
+        with ThreadPoolExecutor(4) as pool:  # new connections: the kernel spreads them over both workers
+            answers = list(pool.map(lambda image: search(there, image, k=1), grey[6:] * 4))
+        assert all(status == 200 and found["neighbors"][0]["class"] == "class_5" for status, found in answers)
+        assert remove(there, "class_5")[1]["removed"] == 6
+        answers = list(ThreadPoolExecutor(4).map(lambda image: search(there, image, k=1), grey[6:] * 4))
+        assert all(found["neighbors"][0]["class"] != "class_5" for _, found in answers)
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0

@@ -1,10 +1,11 @@
 """`clusterloss serve RUN_DIR`: search and enrol over HTTP, and a web page (needs the
-`serve` extra: FastAPI, uvicorn, python-multipart)."""
+`serve` extra: Starlette, uvicorn, python-multipart)."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 import socket
 
@@ -42,6 +43,9 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
                         "(built at the first start and kept beside the gallery)")  # fmt: skip
     parser.add_argument("--ef-search", type=positive_int, default=None,
                         help="HNSW search beam (default 64): larger finds more true neighbours, slower")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="server processes sharing the port, each with its own model and batches "
+                        "(default 1); the gallery stays one (its database)")  # fmt: skip
     parser.set_defaults(run=run)
     return [parser]
 
@@ -62,25 +66,37 @@ def run(args: argparse.Namespace) -> int:
         raise RunError(f"--host {args.host} is not a loopback address: set a token (--token or ${TOKEN_ENV}) so "
                        "that enrolment and removal are not open to the network")  # fmt: skip
     try:
-        import fastapi  # noqa: F401
         import python_multipart  # noqa: F401
+        import starlette  # noqa: F401
         import uvicorn
     except ImportError as error:
-        raise RunError(f"clusterloss serve needs FastAPI, uvicorn and python-multipart ({error}): "
+        raise RunError(f"clusterloss serve needs Starlette, uvicorn and python-multipart ({error}): "
                        "pip install 'clusterloss[serve]'") from None  # fmt: skip
     try:
         family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
         listener = socket.create_server((args.host, args.port), family=family)
     except (OSError, OverflowError) as error:
         raise RunError(f"cannot listen on {args.host}:{args.port} ({error})") from None
-    from clusterloss.app.serve import open_service
+    from clusterloss.app.serve import SERVICE_ENV, gallery_summary, open_service
 
+    options = {"run_dir": os.fspath(args.run_dir), "token": token, "max_batch": args.max_batch,
+               "max_queue": args.max_queue, "max_bytes": args.max_bytes, "show_paths": local,
+               "kind": args.approximate, "ef_search": args.ef_search}  # fmt: skip
     with listener:
         host, port = listener.getsockname()[:2]
-        app, summary = open_service(args.run_dir, token=token, max_batch=args.max_batch, max_queue=args.max_queue,
-                                    max_bytes=args.max_bytes, show_paths=local, kind=args.approximate,
-                                    ef_search=args.ef_search)  # fmt: skip
         shown = f"[{host}]" if family == socket.AF_INET6 else host
-        print(f"clusterloss serve: http://{shown}:{port}/ - {summary}; Ctrl-C stops", flush=True)
-        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])
+        if args.workers == 1:
+            app, summary = open_service(**options)
+            print(f"clusterloss serve: http://{shown}:{port}/ - {summary}; Ctrl-C stops", flush=True)
+            uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])
+            return 0
+        # Each worker process (spawned) opens the service from SERVICE_ENV; the gallery (and an
+        # approximate index, built once here) is opened first so that a missing one is said now.
+        summary = gallery_summary(args.run_dir, kind=args.approximate, ef_search=args.ef_search)
+        os.environ[SERVICE_ENV] = json.dumps(options)
+        print(f"clusterloss serve: http://{shown}:{port}/ - {summary}; {args.workers} workers (each compiles the "
+              "model first); Ctrl-C stops", flush=True)  # fmt: skip
+        config = uvicorn.Config("clusterloss.app.serve:service_from_env", factory=True, workers=args.workers,
+                                log_level="warning", access_log=False)  # fmt: skip
+        uvicorn.supervisors.Multiprocess(config, sockets=[listener]).run()
     return 0

@@ -1,15 +1,19 @@
-"""`clusterloss serve`: a run's gallery searched and enrolled into over HTTP (FastAPI on
+"""`clusterloss serve`: a run's gallery searched and enrolled into over HTTP (Starlette on
 uvicorn), with a web page. `open_service` loads the run and returns the ASGI app; the model
-is compiled and warmed up before it returns, so the first query pays no compilation."""
+is compiled and warmed up before it returns, so the first query pays no compilation.
+`service_from_env` is the same for each process of `serve --workers N`."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from clusterloss.app.errors import RunError
 from clusterloss.app.rundir import INDEX
 
 UPLOADS = Path(INDEX) / "uploads"  # images enrolled over HTTP, kept for their thumbnails
+SERVICE_ENV = "CLUSTERLOSS_SERVICE"  # open_service's options (JSON) for each worker process
 
 
 def open_service(run_dir: str | Path, *, token: str | None = None, max_batch: int = 32, max_queue: int = 256,
@@ -43,8 +47,28 @@ def open_service(run_dir: str | Path, *, token: str | None = None, max_batch: in
     settings = Settings(token=token, max_bytes=max_bytes, uploads=run_dir / UPLOADS, show_paths=show_paths,
                         is_current=is_current)  # fmt: skip
     app = create_app(gallery, Batcher(embedder, gallery, max_batch, max_queue), embedder.input_shape, settings)
+    return app, f"{describe(gallery)}; model compiled in {seconds:.1f} s"
+
+
+def service_from_env():
+    """The app of `open_service(**options)`, the options read from `SERVICE_ENV`."""
+    return open_service(**json.loads(os.environ[SERVICE_ENV]))[0]
+
+
+def gallery_summary(run_dir: str | Path, kind: str | None = None, ef_search: int | None = None) -> str:
+    """Open RUN_DIR's gallery once (building an approximate index of `kind` if it has none):
+    a line about it."""
+    from clusterloss.app.gallery import open_run_gallery
+
+    gallery = open_run_gallery(run_dir, kind=kind, ef_search=ef_search)
+    try:
+        gallery.flush()
+        return describe(gallery)
+    finally:
+        gallery.close()
+
+
+def describe(gallery) -> str:
     stats = gallery.stats()
     threshold = "no open-set threshold" if stats["threshold"] is None else f"threshold {stats['threshold']:.4f}"
-    summary = (f"{stats['size']} items of {stats['num_classes']} classes ({stats['kind']}, {stats['metric']}, "
-               f"{threshold}); model compiled in {seconds:.1f} s")  # fmt: skip
-    return app, summary
+    return f"{stats['size']} items of {stats['num_classes']} classes ({stats['kind']}, {stats['metric']}, {threshold})"

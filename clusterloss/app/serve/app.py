@@ -1,4 +1,4 @@
-"""The HTTP routes of `clusterloss serve` (FastAPI): search, enrol, remove, health, stats,
+"""The HTTP routes of `clusterloss serve` (Starlette): search, enrol, remove, health, stats,
 gallery thumbnails and the page at `/`. Every mistake is a 4xx with `{"error": message}`;
 the server goes on serving."""
 
@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import hmac
 import io
+import os
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -16,14 +17,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
 
 from clusterloss.app.serve.batcher import Batcher, Busy
-from clusterloss.app.serve.inputs import BodyLimit, bad, read_request
+from clusterloss.app.serve.inputs import BodyLimit, Refusal, bad, read_request
 from clusterloss.data import DataError
 from clusterloss.data.images import decode_image
 from clusterloss.gallery import UNKNOWN
@@ -56,13 +59,13 @@ class Settings:
     is_current: Callable[[], bool] = lambda: True
 
 
-def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], settings: Settings) -> FastAPI:
+def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], settings: Settings) -> Starlette:
     """The ASGI app over an open `Gallery` and an unstarted `Batcher` (started and stopped
     with the app; the gallery is flushed and closed when the app stops)."""
     size, channels = input_shape[:2], input_shape[2]
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: Starlette):
         batcher.start()
         try:
             yield
@@ -71,23 +74,14 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
             gallery.flush()
             gallery.close()
 
-    app = FastAPI(title="clusterloss serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_bytes)
-
-    @app.exception_handler(StarletteHTTPException)  # fastapi's HTTPException, the router's 404 and 405
-    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        """A route's refusal as `{"error": ...}`; the router's own 404 and 405 named."""
         message = {404: f"no route {request.method} {request.url.path}",
                    405: f"{request.method} is not allowed on {request.url.path}"}.get(error.status_code)  # fmt: skip
-        if not isinstance(error, HTTPException) and message:  # the router's own, not a route's
-            return JSONResponse({"error": message}, error.status_code, error.headers)
-        return JSONResponse({"error": str(error.detail)}, error.status_code, error.headers)
+        if isinstance(error, Refusal) or not message:
+            message = str(error.detail)
+        return JSONResponse({"error": message}, error.status_code, error.headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0]
-        return JSONResponse({"error": f"{first['loc'][-1]}: {first['msg']}"}, 400)
-
-    @app.exception_handler(Exception)
     async def failed(request: Request, error: Exception) -> JSONResponse:
         return JSONResponse({"error": f"internal error: {type(error).__name__}: {error}"}, 500)
 
@@ -96,10 +90,10 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given:
-            raise HTTPException(401, "enrolment and removal need the server's token: send the header "
+            raise Refusal(401, "enrolment and removal need the server's token: send the header "
                                 "'Authorization: Bearer TOKEN'", {"WWW-Authenticate": "Bearer"})  # fmt: skip
         if not hmac.compare_digest(given.strip().encode(), settings.token.encode()):
-            raise HTTPException(403, "wrong token")
+            raise Refusal(403, "wrong token")
 
     def check_current() -> None:
         if not settings.is_current():
@@ -127,7 +121,7 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
         try:
             return batcher.submit(pixels, k)
         except Busy as error:
-            raise HTTPException(503, str(error), {"Retry-After": "1"}) from None
+            raise Refusal(503, str(error), {"Retry-After": "1"}) from None
 
     async def answer(future) -> Any:
         try:
@@ -145,7 +139,6 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
                 del neighbor["path"]
         return answer
 
-    @app.post("/search")
     async def search(request: Request) -> JSONResponse:
         batcher.incoming += 1  # the batch worker may wait for this one
         try:
@@ -163,7 +156,6 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
         answers = await answer(future)
         return JSONResponse(present(answers[0]))
 
-    @app.post("/enroll", status_code=201)
     async def enroll(request: Request) -> JSONResponse:
         check_token(request)
         images, fields = await read_request(request, ("images", "image"), ("name",), MAX_IMAGES)
@@ -189,8 +181,8 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
         return JSONResponse({"class": name, "added": len(ids), "ids": [int(i) for i in ids],
                              "size": len(gallery)}, 201)  # fmt: skip
 
-    @app.delete("/classes/{name}")
-    async def remove(name: str, request: Request) -> JSONResponse:
+    async def remove(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
         check_token(request)
         check_current()
         count = await run_in_threadpool(gallery.remove, classes=[name])
@@ -199,8 +191,11 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
         await run_in_threadpool(shutil.rmtree, class_folder(name), True)
         return JSONResponse({"class": name, "removed": count, "size": len(gallery)})
 
-    @app.get("/items/{item_id}/image")
-    async def item_image(item_id: int) -> Response:
+    async def item_image(request: Request) -> Response:
+        text = request.path_params["item_id"]
+        if not text.isdigit():
+            raise bad(f"item_id must be a positive integer; got {text!r}")
+        item_id = int(text)
         path = await run_in_threadpool(gallery.path_of, item_id) if 0 < item_id < 2**63 else None
         if path is None:
             raise bad(f"item {item_id} has no image (not in the gallery, or enrolled without a file)", 404)
@@ -210,14 +205,12 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
             raise bad(f"item {item_id}: its image file cannot be read", 404) from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
+    async def health(request: Request) -> JSONResponse:
         if not batcher.alive:
             return JSONResponse({"status": "down", "error": "the batch worker stopped"}, 503)
         return JSONResponse({"status": "ok", "size": len(gallery), "waiting": batcher.waiting})
 
-    @app.get("/stats")
-    async def stats() -> JSONResponse:
+    async def stats(request: Request) -> JSONResponse:
         found = await run_in_threadpool(gallery.stats)
         if not settings.show_paths:
             found.pop("path", None)
@@ -225,15 +218,14 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
         service = {
             "input_shape": list(input_shape), "max_batch": batcher.max_batch, "max_queue": batcher.max_queue,
             "max_bytes": settings.max_bytes, "max_k": MAX_K, "token_required": settings.token is not None,
-            "waiting": batcher.waiting, "current": settings.is_current(), **counts,
+            "waiting": batcher.waiting, "current": settings.is_current(), "pid": os.getpid(), **counts,
             "mean_batch": counts["images"] / counts["batches"] if counts["batches"] else None,
         }  # fmt: skip
         return JSONResponse({"gallery": found, "service": service})
 
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
-    @app.get("/")
-    async def index() -> HTMLResponse:
+    async def index(request: Request) -> HTMLResponse:
         return HTMLResponse(page)
 
     def class_folder(name: str) -> Path:
@@ -255,7 +247,17 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
             paths.append(str(path))
         return paths, written
 
-    return app
+    routes = [
+        Route("/search", search, methods=["POST"]),
+        Route("/enroll", enroll, methods=["POST"]),
+        Route("/classes/{name}", remove, methods=["DELETE"]),
+        Route("/items/{item_id}/image", item_image, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/stats", stats, methods=["GET"]),
+        Route("/", index, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(BodyLimit, max_bytes=settings.max_bytes)],
+                     exception_handlers={HTTPException: http_error, Exception: failed}, lifespan=lifespan)  # fmt: skip
 
 
 def header_pixels(data: bytes) -> int:

@@ -9,8 +9,9 @@ import binascii
 import json
 from typing import Any
 
-from fastapi import HTTPException, Request
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -77,8 +78,12 @@ class BodyLimit:
         await JSONResponse({"error": message}, 413, {"Connection": "close"})(scope, receive, send)
 
 
-def bad(message: str, status: int = 400) -> HTTPException:
-    return HTTPException(status, message)
+class Refusal(HTTPException):
+    """A route's answer to a request it cannot serve (not the router's own 404 or 405)."""
+
+
+def bad(message: str, status: int = 400) -> Refusal:
+    return Refusal(status, message)
 
 
 def _base64(value: Any, name: str) -> bytes:
