@@ -269,10 +269,35 @@ def part_latency(root: Path, args) -> list[str]:
                         f"{found['p50']:.2f} | {found['p99']:.2f} | {found['rps'] / base['batched_rps']:.2f}x | "
                         f"{found['failures']} |")  # fmt: skip
             print(rows[-1], flush=True)
+        for workers in args.workers:
+            rows += served_by_workers(run, images, workers, base, args, root)
         stats = server.get("/stats")[1]["service"]
         rows.append(f"\nserver: {stats['jobs']} queries in {stats['batches']} model calls (mean batch "
                     f"{stats['mean_batch']:.1f}, largest {stats['largest_batch']}); decoding one 32x32 PNG in "
                     f"process: {base['decode_ms']:.3f} ms")  # fmt: skip
+    finally:
+        server.stop()
+    return rows
+
+
+def served_by_workers(run: Path, images: list[bytes], workers: int, base: dict[str, float], args,
+                      root: Path) -> list[str]:  # fmt: skip
+    """The wrk rows against `serve --workers N` (once every worker answers)."""
+    rows = []
+    server = Server(run, "--workers", str(workers))
+    try:
+        pids, deadline = set(), time.monotonic() + 300
+        while len(pids) < workers and time.monotonic() < deadline:
+            pids.add(server.get("/stats")[1]["service"]["pid"])
+        load(server.port, images, 4, 100)
+        for clients in args.clients:
+            found = load_wrk(server.port, images[0], clients, args.wrk_seconds, root)
+            if found is None:
+                break
+            rows.append(f"| POST /search, image/png body, wrk, --workers {workers} | {clients} | {found['requests']} | "
+                        f"{found['rps']:,.0f} | {found['p50']:.2f} | {found['p99']:.2f} | "
+                        f"{found['rps'] / base['batched_rps']:.2f}x | {found['failures']} |")  # fmt: skip
+            print(rows[-1], flush=True)
     finally:
         server.stop()
     return rows
@@ -402,6 +427,8 @@ def part_scale(root: Path, args) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--workers", type=int, nargs="*", default=[2],
+                        help="also serve with these --workers counts (wrk rows only)")  # fmt: skip
     parser.add_argument("--requests", type=int, default=600, help="requests per client count (at least 20 each)")
     parser.add_argument("--ef-search", type=int, default=128, help="HNSW search beam of the scale part")
     parser.add_argument("--wrk-seconds", type=int, default=10, help="seconds of each wrk load (Debian's wrk)")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up .venv (first run) and run the whole test suite on the JAX, TensorFlow and PyTorch
-# backends, one after the other. Extra arguments go to pytest (e.g. -x, -k center).
+# Set up .venv (first run) and run the whole test suite, slow tests included, on the JAX,
+# TensorFlow and PyTorch backends: side by side when the machine has the cores (6 or more),
+# else one after the other. Extra arguments go to pytest (e.g. -x, -k center, -m "not slow").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -11,9 +12,22 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 fi
+BACKENDS=(jax tensorflow torch)
+# `-m ""`: the slow tests too (a plain `pytest` leaves them out: pyproject.toml's addopts).
+run_backend() { KERAS_BACKEND=$1 .venv/bin/python -m pytest -p no:cacheprovider -m "" "${@:2}"; }
 status=0
-for backend in jax tensorflow torch; do
-  echo "=== KERAS_BACKEND=$backend"
-  KERAS_BACKEND=$backend .venv/bin/python -m pytest -p no:cacheprovider "$@" || status=$?
-done
+if [ "$(nproc)" -ge 6 ]; then
+  logs=$(mktemp -d)
+  for backend in "${BACKENDS[@]}"; do
+    run_backend "$backend" --basetemp="$logs/tmp-$backend" "$@" >"$logs/$backend.log" 2>&1 &
+  done
+  for backend in "${BACKENDS[@]}"; do wait -n || status=$?; done
+  for backend in "${BACKENDS[@]}"; do echo "=== KERAS_BACKEND=$backend"; cat "$logs/$backend.log"; done
+  rm -rf "$logs"
+else
+  for backend in "${BACKENDS[@]}"; do
+    echo "=== KERAS_BACKEND=$backend"
+    run_backend "$backend" "$@" || status=$?
+  done
+fi
 exit $status
