@@ -216,3 +216,40 @@ def test_bad_input(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         retrieval_metrics(**args)
+
+
+def test_a_registered_metric_is_computed_like_the_built_in_ones():
+    """`register_metric`: precision@2 as one function equals a loop over the queries (self
+    excluded), is listed and selectable; a second metric of the same name is refused."""
+    from clusterloss.evaluation import register_metric
+    from clusterloss.evaluation.retrieval import PER_QUERY
+
+    @register_metric("test_precision_at_2")
+    def precision_at_2(ranking):
+        return ranking.same[:, :2].mean(axis=1)
+
+    try:
+        rng = np.random.default_rng(3)
+        x, y, _ = _data(rng, 60, 4, 3, clustered=True)
+        found = retrieval_metrics(x, y, include=["test_precision_at_2"], k=2)
+        normed = x / np.linalg.norm(x, axis=1, keepdims=True)
+        expected = []
+        for i in range(len(x)):
+            order = [j for j in np.argsort(-(normed @ normed[i]), kind="stable") if j != i]
+            expected.append(np.mean(y[order[:2]] == y[i]))
+        assert found == {"test_precision_at_2": pytest.approx(np.mean(expected))}
+        assert "test_precision_at_2" in retrieval_metrics(x, y, k=2, exclude=["nmi", "ami"])
+        with pytest.raises(ValueError, match="exists already"):
+            register_metric("map_at_r")(precision_at_2)
+    finally:
+        PER_QUERY.pop("test_precision_at_2", None)
+
+
+def test_self_matches_are_dropped_with_their_scores():
+    from clusterloss.index import drop_self_matches
+
+    found = np.array([[0, 4, 5], [9, 8, 7], [2, 1, 0]])
+    scores = found * 10.0
+    kept, kept_scores = drop_self_matches(np.array([0, 1, 2]), found, scores)
+    np.testing.assert_array_equal(kept, [[4, 5], [9, 8], [1, 0]])  # row 1: itself absent, the last dropped
+    np.testing.assert_array_equal(kept_scores, kept * 10.0)

@@ -100,7 +100,7 @@ def _neighbor_grid(path, q_images, q_labels, q_emb, r_images, r_labels, r_emb,
     """Nearest references of a few queries, drawn by `plot_neighbors` (images only: no grid
     for feature vectors)."""
     from clusterloss.app.report.plots import plot_neighbors
-    from clusterloss.index import Index
+    from clusterloss.index import Index, drop_self_matches
 
     if len(q_images.shape) != 4:
         return
@@ -111,11 +111,8 @@ def _neighbor_grid(path, q_images, q_labels, q_emb, r_images, r_labels, r_emb,
     index = Index(r_emb.shape[1], metric=METRIC)
     index.add(r_emb, r_labels)
     scores, found = index.search(q_emb[rows], k + (1 if same_source else 0))
-    if same_source:  # drop each query's own row (or the last one if it is not among them)
-        keep = found != rows[:, None]
-        keep[keep.all(axis=1), -1] = False
-        scores = scores[keep].reshape(len(rows), k)
-        found = found[keep].reshape(len(rows), k)
+    if same_source:
+        found, scores = drop_self_matches(rows, found, scores)
     neighbors = r_images[found.reshape(-1)]  # an array or ImageFiles: read these only
     plot_neighbors(
         path, q_images[rows], q_labels[rows], neighbors.reshape(*found.shape, *neighbors.shape[1:]),

@@ -8,7 +8,7 @@ from clusterloss.evaluation.embed import embed
 from clusterloss.evaluation.embedding_stats import intra_inter_ratio, knn_accuracy
 from clusterloss.evaluation.keys import PML_NAMES, far_key
 from clusterloss.evaluation.open_set import class_centers, open_set_metrics, open_set_scores
-from clusterloss.evaluation.retrieval import METRIC_NAMES, cluster_labels, retrieval_metrics
+from clusterloss.evaluation.retrieval import METRIC_NAMES, Ranking, cluster_labels, register_metric, retrieval_metrics
 from clusterloss.evaluation.verification import (
     make_pairs,
     pair_scores,
@@ -24,6 +24,7 @@ from clusterloss.evaluation.verification import (
 __all__ = [
     "METRIC_NAMES",
     "PML_NAMES",
+    "Ranking",
     "RetrievalEvaluation",
     "class_centers",
     "cluster_labels",
@@ -36,6 +37,7 @@ __all__ = [
     "open_set_metrics",
     "open_set_scores",
     "pair_scores",
+    "register_metric",
     "retrieval_metrics",
     "roc_curve",
     "roc_metrics",

@@ -25,6 +25,7 @@ from clusterloss._validation import (
     check_range,
     normalize_rows,
 )
+from clusterloss.evaluation.embedding_stats import class_means
 from clusterloss.index.index import Index
 
 
@@ -36,9 +37,7 @@ def class_centers(reference, reference_labels, metric: str = "cosine"):
     if check_metric(metric) == "cosine":
         x = normalize_rows(x)
     classes, inverse = np.unique(y, return_inverse=True)
-    sums = np.zeros((len(classes), x.shape[1]), np.float64)
-    np.add.at(sums, inverse, x)
-    centers = (sums / np.bincount(inverse)[:, None]).astype(np.float32)
+    centers = class_means(x, inverse, len(classes))
     if metric == "cosine":
         centers = normalize_rows(centers)
     return centers, classes

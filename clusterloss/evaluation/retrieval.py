@@ -19,6 +19,9 @@ gives PML's name of each), computed in bounded memory through `clusterloss.index
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
 
 import numpy as np
 
@@ -29,31 +32,103 @@ from clusterloss._validation import (
     check_positive_int,
     normalize_rows,
 )
-from clusterloss.index.index import _RESULT_ELEMENTS, Index, _progbar
+from clusterloss.index.index import _RESULT_ELEMENTS, Index, _progbar, drop_self_matches
 
-KNN_METRICS = (
-    "precision_at_1",
-    "r_precision",
-    "map_at_r",
-    "mean_average_precision",
-    "mean_reciprocal_rank",
-    "recall_at_k",
-)
+
+@dataclass(frozen=True)
+class Ranking:
+    """The neighbours of a batch of queries, as a per-query metric sees them.
+
+    Attributes:
+        same: `(b, depth)` bool, whether the i-th nearest reference has the query's label.
+        relevant: `(b,)` R, the references of the query's class (itself excluded).
+        num_k: the neighbours a metric reads (`k`), at most `depth`.
+    """
+
+    same: np.ndarray
+    relevant: np.ndarray
+    num_k: int
+
+    @cached_property
+    def head(self) -> np.ndarray:
+        return self.same[:, : self.num_k]
+
+    @cached_property
+    def ranks(self) -> np.ndarray:
+        return np.arange(1, self.num_k + 1, dtype=np.float64)
+
+    @cached_property
+    def within_r(self) -> np.ndarray:
+        """PML's relevance mask: the first R ranks of each query."""
+        return np.arange(self.num_k)[None, :] < self.relevant[:, None]
+
+
 CLUSTERING_METRICS = ("nmi", "ami")
+RECALL = "recall_at_k"  # Recall@k for each k of `recall_at`: `recall_at_1`, `recall_at_2`, ...
+PER_QUERY: dict[str, Callable[[Ranking], np.ndarray]] = {}
+"""Metric key -> its value for each query of a `Ranking`; the reported number is the mean
+over the queries (or over classes, `avg_of_avgs`). `register_metric` adds one."""
+
+
+def register_metric(name: str):
+    """Decorator: `fn(ranking) -> (b,) values` becomes the neighbour metric `name`."""
+
+    def add(fn: Callable[[Ranking], np.ndarray]) -> Callable[[Ranking], np.ndarray]:
+        if name in PER_QUERY or name in CLUSTERING_METRICS or name.startswith("recall_at_"):
+            raise ValueError(f"a retrieval metric named {name!r} exists already.")
+        PER_QUERY[name] = fn
+        return fn
+
+    return add
+
+
+@register_metric("precision_at_1")
+def _precision_at_1(r: Ranking) -> np.ndarray:
+    return r.head[:, 0].astype(np.float64)
+
+
+@register_metric("r_precision")
+def _r_precision(r: Ranking) -> np.ndarray:
+    return (r.head & r.within_r).sum(axis=1) / r.within_r.sum(axis=1).astype(np.float64)
+
+
+def _average_precision(hits: np.ndarray, r: Ranking) -> np.ndarray:
+    return (np.cumsum(hits, axis=1) * hits / r.ranks).sum(axis=1) / r.relevant
+
+
+@register_metric("map_at_r")
+def _map_at_r(r: Ranking) -> np.ndarray:
+    return _average_precision(r.head & r.within_r, r)
+
+
+@register_metric("mean_average_precision")
+def _mean_average_precision(r: Ranking) -> np.ndarray:
+    return _average_precision(r.head, r)
+
+
+@register_metric("mean_reciprocal_rank")
+def _mean_reciprocal_rank(r: Ranking) -> np.ndarray:
+    return np.where(r.head.any(axis=1), 1.0 / (np.argmax(r.head, axis=1) + 1.0), 0.0)
+
+
+KNN_METRICS = (*PER_QUERY, RECALL)
 METRIC_NAMES = KNN_METRICS + CLUSTERING_METRICS
 
 
+def _known_names() -> tuple[str, ...]:
+    return (*PER_QUERY, RECALL, *CLUSTERING_METRICS)
+
+
 def _select(include, exclude) -> list[str]:
+    names = _known_names()
     for value, name in ((include, "include"), (exclude, "exclude")):
         if isinstance(value, str) or not isinstance(value, (tuple, list, set, frozenset)):
             raise ValueError(f"`{name}` must be a list or tuple of metric names; got {value!r}.")
-        unknown = [m for m in value if m not in METRIC_NAMES]
+        unknown = [m for m in value if m not in names]
         if unknown:
-            raise ValueError(
-                f"`{name}` must hold names from {list(METRIC_NAMES)}; got unknown {unknown}."
-            )
-    chosen = list(include) if include else list(METRIC_NAMES)
-    return [m for m in METRIC_NAMES if m in chosen and m not in exclude]
+            raise ValueError(f"`{name}` must hold names from {list(names)}; got unknown {unknown}.")
+    chosen = list(include) if include else list(names)
+    return [m for m in names if m in chosen and m not in exclude]
 
 
 def _check_k(k):
@@ -72,31 +147,12 @@ def _recall_ks(recall_at) -> tuple[int, ...]:
     return tuple(sorted({check_positive_int(v, "recall_at") for v in recall_at}))
 
 
-def _per_query(same: np.ndarray, relevant: np.ndarray, num_k: int, chosen, recall_ks):
-    """Per-query values of each metric. `same` (b, K) bool: retrieved label == query label;
-    `relevant` (b,) int: R, the number of references of the query's class (self excluded)."""
-    out = {}
-    head = same[:, :num_k]
-    ranks = np.arange(1, num_k + 1, dtype=np.float64)
-    if "precision_at_1" in chosen:
-        out["precision_at_1"] = head[:, 0].astype(np.float64)
-    if "r_precision" in chosen or "map_at_r" in chosen:
-        mask = np.arange(num_k)[None, :] < relevant[:, None]  # PML's relevance mask
-        hits = head & mask
-        if "r_precision" in chosen:
-            out["r_precision"] = hits.sum(axis=1) / mask.sum(axis=1).astype(np.float64)
-        if "map_at_r" in chosen:
-            precision = np.cumsum(hits, axis=1) * hits / ranks
-            out["map_at_r"] = precision.sum(axis=1) / relevant
-    if "mean_average_precision" in chosen:
-        precision = np.cumsum(head, axis=1) * head / ranks
-        out["mean_average_precision"] = precision.sum(axis=1) / relevant
-    if "mean_reciprocal_rank" in chosen:
-        first = np.argmax(head, axis=1)
-        out["mean_reciprocal_rank"] = np.where(head.any(axis=1), 1.0 / (first + 1.0), 0.0)
-    if "recall_at_k" in chosen:
-        for r in recall_ks:
-            out[f"recall_at_{r}"] = same[:, :r].any(axis=1).astype(np.float64)
+def _per_query(ranking: Ranking, chosen, recall_ks) -> dict[str, np.ndarray]:
+    """Per-query values of each chosen neighbour metric."""
+    out = {name: PER_QUERY[name](ranking) for name in chosen if name in PER_QUERY}
+    if RECALL in chosen:
+        for k in recall_ks:
+            out[f"recall_at_{k}"] = ranking.same[:, :k].any(axis=1).astype(np.float64)
     return out
 
 
@@ -161,8 +217,9 @@ def retrieval_metrics(
         metric: `"cosine"` or `"euclidean"` (PML's default ranking).
         recall_at: k values of Recall@k (fraction of queries with a same-class reference
             among their k nearest).
-        include, exclude: metric names, from `METRIC_NAMES` (`"recall_at_k"` covers all
-            `recall_at_*` keys). Only what is needed is computed (k-means only for nmi/ami).
+        include, exclude: metric names, from `METRIC_NAMES` and `register_metric`'s
+            (`"recall_at_k"` covers all `recall_at_*` keys). Only what is needed is computed
+            (k-means only for nmi/ami).
         avg_of_avgs: average per class, then over classes (PML's option; off by default).
         seed: k-means seed for NMI/AMI.
         backend, batch_size, verbose: neighbour search (`Index`) settings; `verbose` shows a
@@ -170,8 +227,9 @@ def retrieval_metrics(
 
     Returns:
         A dict of floats: `precision_at_1`, `r_precision`, `map_at_r`,
-        `mean_average_precision`, `mean_reciprocal_rank`, `nmi`, `ami` and `recall_at_<k>`
-        (`clusterloss.evaluation.keys`; `PML_NAMES` maps them to PML's names). Queries whose class has no other reference are left
+        `mean_average_precision`, `mean_reciprocal_rank`, `nmi`, `ami`, `recall_at_<k>`
+        and any registered metric (`clusterloss.evaluation.keys`; `PML_NAMES` maps them to
+        PML's names). Queries whose class has no other reference are left
         out of the neighbour metrics (NaN if no query is left, with a warning), as in PML;
         NMI/AMI cluster all queries.
     """
@@ -218,7 +276,7 @@ def retrieval_metrics(
     self_count = int(bool(ref_includes_query))
 
     results: dict[str, float] = {}
-    knn_chosen = [m for m in chosen if m in KNN_METRICS]
+    knn_chosen = [m for m in chosen if m in PER_QUERY or m == RECALL]
     if knn_chosen:
         # R per query: references of its class, minus itself when it is a reference.
         classes, counts = np.unique(r_labels, return_counts=True)
@@ -243,7 +301,7 @@ def retrieval_metrics(
                     stacklevel=2,
                 )
         num_k = min(num_k, available)
-        depth = min(max(num_k, max(recall_ks) if "recall_at_k" in knn_chosen else 0), available)
+        depth = min(max(num_k, max(recall_ks) if RECALL in knn_chosen else 0), available)
         per_query: dict[str, list[np.ndarray]] = {}
         kept_labels = q_labels[not_lone]
         if num_k < 1 or not not_lone.any():
@@ -264,15 +322,16 @@ def retrieval_metrics(
                 which = todo[start : start + rows]
                 _, found_idx = index.search(q[which], search_k, batch_size=rows, verbose=False)
                 if self_count:
-                    found_idx = _remove_self(found_idx, which)
+                    (found_idx,) = drop_self_matches(which, found_idx)
                 same = r_labels[found_idx] == q_labels[which][:, None]
                 same &= found_idx >= 0  # padding from an approximate index
-                for name, values in _per_query(same, relevant[which], num_k, knn_chosen, recall_ks).items():
+                ranking = Ranking(same, relevant[which], num_k)
+                for name, values in _per_query(ranking, knn_chosen, recall_ks).items():
                     per_query.setdefault(name, []).append(values)
                 if bar is not None:
                     bar.update(min(start + rows, len(todo)))
-        names = [m for m in knn_chosen if m != "recall_at_k"]
-        if "recall_at_k" in knn_chosen:
+        names = [m for m in knn_chosen if m != RECALL]
+        if RECALL in knn_chosen:
             names += [f"recall_at_{r_}" for r_ in recall_ks]
         for name in names:
             values = np.concatenate(per_query[name]) if name in per_query else np.empty(0)
@@ -287,12 +346,3 @@ def retrieval_metrics(
         if "ami" in chosen:
             results["ami"] = float(adjusted_mutual_info_score(q_labels, clusters))
     return results
-
-
-def _remove_self(found_idx: np.ndarray, query_rows: np.ndarray) -> np.ndarray:
-    """Drop each row's own index (PML's rule: if it is not among the results, drop the last
-    column instead), leaving one column fewer."""
-    is_self = found_idx == query_rows[:, None]
-    missing = ~is_self.any(axis=1)
-    is_self[missing, -1] = True
-    return found_idx[~is_self].reshape(len(found_idx), -1)

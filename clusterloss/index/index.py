@@ -101,6 +101,16 @@ def _progbar(target: int, unit: str):
 # ----------------------------------------------------------------------------- NumPy top-k
 
 
+def drop_self_matches(query_rows: np.ndarray, found: np.ndarray, *aligned: np.ndarray) -> tuple[np.ndarray, ...]:
+    """`found` (and each array of its shape in `aligned`, e.g. the scores) without each
+    query's own row: the queries are references `query_rows` of the searched set. Where a
+    query's own row is not among its results, its last result is dropped instead (PML's
+    rule), so every row keeps one column fewer."""
+    is_self = found == np.asarray(query_rows)[:, None]
+    is_self[~is_self.any(axis=1), -1] = True
+    return tuple(a[~is_self].reshape(len(found), -1) for a in (found, *aligned))
+
+
 def _smallest_k(key: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the `k` smallest values of `key` and their columns, sorted by (value, column).
 
