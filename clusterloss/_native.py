@@ -392,23 +392,29 @@ def uniform(shape: tuple[int, ...], seed, dtype: str = "float32"):
     return ops.cast(ops.reshape(bits.to(torch.float32) * 2.0**-24, shape), dtype)
 
 
-def inference_call(model: keras.Model):
-    """`x (NumPy float32) -> NumPy outputs` of `model` in inference mode, compiled for the
-    backend (JAX compiles once per input shape)."""
+def inference_call(model: keras.Model, live: bool = False):
+    """`x (NumPy) -> NumPy outputs` of `model` in inference mode, compiled for the backend
+    (JAX compiles once per input shape). The weights are those of the moment of the call
+    with `live` (a model still training), else a copy taken now (a server's fixed model)."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
         import jax.numpy as jnp
 
+        call = jax.jit(lambda t, f, x: model.stateless_call(t, f, x, training=False)[0])
+        if live:
+            return lambda x: np.asarray(
+                call([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables], x)
+            )
         # copies: Keras's own jitted calls (predict, fit) donate the variables' buffers
         trainable = [jnp.array(v.value) for v in model.trainable_variables]
         fixed = [jnp.array(v.value) for v in model.non_trainable_variables]
-        call = jax.jit(lambda t, f, x: model.stateless_call(t, f, x, training=False)[0])
         return lambda x: np.asarray(call(trainable, fixed, x))
     if backend == "tensorflow":
         import tensorflow as tf
 
-        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        dtype = getattr(model.inputs[0], "dtype", "float32") if getattr(model, "inputs", None) else "float32"
+        spec = tf.TensorSpec((None, *model.input_shape[1:]), dtype)
         graph = tf.function(lambda x: model(x, training=False), input_signature=[spec])
         return lambda x: graph(x).numpy()
     import torch

@@ -226,3 +226,26 @@ def test_same_values_on_every_backend_for_the_same_weights(tmp_path):
     assert steps == 2 * 4 + 4  # 2 epochs of 4 batches here, 1 epoch on torch
     history = model.fit(x, np.arange(len(x)) % 10, batch_size=32, epochs=1, verbose=0).history
     assert np.isfinite(history["loss"]).all() and int(to_np(model.optimizer.iterations)) == steps + 4
+
+
+def test_embed_of_a_few_rows_is_the_compiled_backbone_with_current_weights():
+    """`embed` of up to QUICK_ROWS array rows (a compiled call, padded for JAX) equals
+    `predict`, batch norm in inference mode, and follows the weights as training moves them."""
+    from clusterloss.models.cluster_model import QUICK_ROWS
+
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(8)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    backbone = keras.Model(inputs, keras.layers.Dense(3)(x))
+    model = cl.ClusterModel(backbone, num_classes=4)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    data = np.random.default_rng(0).normal(size=(40, 6)).astype("float32")
+    labels = np.arange(40) % 4
+    for rows in (1, 3, QUICK_ROWS, QUICK_ROWS + 1):
+        np.testing.assert_allclose(model.embed(data[:rows]), backbone.predict(data[:rows], verbose=0),
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+    before = model.embed(data[:3])
+    model.fit(data, labels, epochs=2, batch_size=8, verbose=0)
+    after = model.embed(data[:3])
+    assert np.abs(after - before).max() > 1e-3
+    np.testing.assert_allclose(after, backbone.predict(data[:3], verbose=0), rtol=1e-5, atol=1e-6)

@@ -19,6 +19,13 @@ from clusterloss.layers.labels import check_num_classes, guard_labels, nan_unles
 from clusterloss.models import inputs
 from clusterloss.optimizers import RowSparse
 
+QUICK_ROWS = 32  # `embed` of at most this many array rows: a compiled call, not predict
+
+
+def _quick(backbone: keras.Model) -> bool:
+    """Whether `backbone` can be called compiled on an array: built, one input."""
+    return backbone.built and len(getattr(backbone, "inputs", None) or ()) == 1
+
 HEAD_LABELS = "head_labels"  # y_pred key: the labels of the training logits (Partial FC)
 _RESERVED = ("loss", "classification_loss", "embedding_loss")
 
@@ -301,8 +308,23 @@ class ClusterModel(keras.Model):
             raise
 
     def embed(self, x, batch_size: int = 256, verbose: Any = 0):
-        """Embeddings of `x` as a NumPy array (the backbone alone, no head)."""
+        """Embeddings of `x` as a NumPy array (the backbone alone, no head). A few rows of an
+        array (at most `QUICK_ROWS`, e.g. one query) go through a compiled call of the
+        backbone, not `predict` (whose set-up costs more than the call: 45 ms on TensorFlow)."""
+        if isinstance(x, np.ndarray) and 0 < len(x) <= min(QUICK_ROWS, batch_size) and _quick(self.backbone):
+            return self._quick_embed(x)
         return np.asarray(self.backbone.predict(x, batch_size=batch_size, verbose=verbose))
+
+    def _quick_embed(self, x: np.ndarray) -> np.ndarray:
+        if getattr(self, "_quick_call", None) is None:
+            self._quick_call = _native.inference_call(self.backbone, live=True)
+        if np.issubdtype(x.dtype, np.floating):
+            x = x.astype(keras.backend.floatx(), copy=False)
+        rows = len(x)
+        padded = 1 << (rows - 1).bit_length()  # JAX compiles once per shape: powers of two
+        if padded > rows:
+            x = np.concatenate([x, np.zeros((padded - rows, *x.shape[1:]), x.dtype)])
+        return np.asarray(self._quick_call(x))[:rows]
 
     def export(self, filepath, format: str = "tf_saved_model", verbose: Any = None,
                input_signature: Any = None, preprocessing: Any = None, **kwargs) -> None:  # fmt: skip
