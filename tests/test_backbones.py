@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -10,9 +12,10 @@ from conftest import BACKEND
 from synthetic import make_image_folder
 
 from clusterloss.app.cli.args import config_from_args
-from clusterloss.app.cli.main import build_parser
+from clusterloss.app import runs
+from clusterloss.app.cli.main import build_parser, main
 from clusterloss.app.runs import train
-from clusterloss.models.backbones import APPLICATIONS, ImageNetPreprocessing, make_backbone
+from clusterloss.models.backbones import APPLICATIONS, ImageNetPreprocessing, make_backbone, make_trunk
 
 # The training tests use the minimalistic MobileNetV3Small (the smallest application; on JAX
 # every distinct weight shape compiles its initializer once per process, ~20 s for the full one).
@@ -101,3 +104,52 @@ def test_local_weights_then_frozen_then_unfrozen(tmp_path, monkeypatch):
     assert not np.allclose(snapshots.features[0], snapshots.features[1])  # trained throughout
     loaded = keras.saving.load_model(tmp_path / "run" / "model.keras")  # preprocessing registered
     assert loaded.backbone.input_shape == (None, 32, 32, 3)
+    # BatchNormalization settles within the 3 unfrozen steps: momentum exp(-10 / 3), not 0.999
+    norms = [layer for layer in network_of(loaded.backbone).layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.momentum == pytest.approx(math.exp(-10 / 3)) for layer in norms)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="Keras's weights files, the same on every backend; "
+                    "built on the TensorFlow pass (JAX compiles each initializer shape)")  # fmt: skip
+@pytest.mark.parametrize("kind", [pytest.param("resnet50", marks=pytest.mark.slow), "efficientnetv2b0", "mobilenetv3small"])
+def test_a_local_weights_file_loads_into_each_application(kind, tmp_path):
+    """What docs/cli.md shows: a network's `save_weights` file (saved at another image size)
+    is `--weights FILE` of its trunk, grayscale input included."""
+    keras.utils.set_random_seed(1)
+    network = getattr(keras.applications, APPLICATIONS[kind][0])(
+        include_top=False, weights=None, input_shape=(48, 48, 3), pooling="avg")
+    path = tmp_path / f"{kind}.weights.h5"
+    network.save_weights(path)
+    keras.utils.set_random_seed(2)  # another random start, which the file replaces
+    trunk = make_trunk((32, 32, 1), kind, weights=str(path))
+    loaded = trunk.layers[-1].get_weights()
+    saved = network.get_weights()
+    assert len(loaded) == len(saved) > 50
+    assert all(np.array_equal(a, b) for a, b in zip(loaded, saved))
+
+
+def test_a_random_application_trunk_is_warned_about_and_not_frozen(tmp_path, monkeypatch, capsys):
+    """`--weights none` on a keras.applications trunk: one warning line at the start; with
+    `--freeze-backbone-epochs`, one error line, exit 2, nothing written."""
+    make_image_folder(tmp_path / "photos", classes=2, per_class=4, size=8)
+    command = ["train", "--data", str(tmp_path / "photos"), "--backbone", "mobilenetv3small",
+               "--epochs", "2", "--out", str(tmp_path / "run")]  # fmt: skip
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--freeze-backbone-epochs", "1"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and not (tmp_path / "run").exists()
+    assert err.splitlines() == [
+        "clusterloss train: error: --freeze-backbone-epochs 1 would freeze a randomly initialised "
+        "trunk (--weights none): pass --weights imagenet or a weights file, or drop "
+        "--freeze-backbone-epochs"]
+
+
+    def stop(*args):  # what comes before training only
+        raise runs.RunError("stopped before training")
+
+    monkeypatch.setattr(runs, "_train", stop)
+    with pytest.raises(SystemExit):
+        main(command)
+    assert capsys.readouterr().err.splitlines() == [runs.RANDOM_TRUNK.format("mobilenetv3small"),
+                                                    "clusterloss train: error: stopped before training"]
+    assert "near chance" in runs.RANDOM_TRUNK and "--weights imagenet" in runs.RANDOM_TRUNK
