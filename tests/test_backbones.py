@@ -152,4 +152,4 @@ def test_a_random_application_trunk_is_warned_about_and_not_frozen(tmp_path, mon
         main(command)
     assert capsys.readouterr().err.splitlines() == [runs.RANDOM_TRUNK.format("mobilenetv3small"),
                                                     "clusterloss train: error: stopped before training"]
-    assert "near chance" in runs.RANDOM_TRUNK and "--weights imagenet" in runs.RANDOM_TRUNK
+    assert "lower accuracy" in runs.RANDOM_TRUNK and "--weights imagenet" in runs.RANDOM_TRUNK

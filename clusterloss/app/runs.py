@@ -48,9 +48,9 @@ _UNEVALUATED = ("{0} finished training but its evaluation did not end (stopped d
                 "`clusterloss evaluate {0}` finishes it")  # fmt: skip
 # Said at the start of a run with a keras.applications trunk and no weights (docs/cli.md,
 # "Backbones", has the measurement behind it).
-RANDOM_TRUNK = ("warning: a randomly initialised {} trunk (--weights none) learns little from a "
-                "small data set (thousands of images): expect test accuracy near chance; use "
-                "--weights imagenet or a weights file, or --backbone cnn")  # fmt: skip
+RANDOM_TRUNK = ("warning: a randomly initialised {} trunk (--weights none) is made for "
+                "ImageNet-sized data: on a few thousand images expect lower accuracy than with "
+                "--weights imagenet (or a weights file) or --backbone cnn")  # fmt: skip
 MONITOR = "val_map_at_r"  # the validation metric that picks the model kept
 LOADER_THREADS = 4  # threads reading image files during training
 
