@@ -15,7 +15,7 @@ from clusterloss.app.cli.args import config_from_args
 from clusterloss.app import runs
 from clusterloss.app.cli.main import build_parser, main
 from clusterloss.app.runs import train
-from clusterloss.models.backbones import APPLICATIONS, ImageNetPreprocessing, make_backbone, make_trunk
+from clusterloss.models.backbones import APPLICATIONS, ImageNetPreprocessing, make_backbone
 
 # The training tests use the minimalistic MobileNetV3Small (the smallest application; on JAX
 # every distinct weight shape compiles its initializer once per process, ~20 s for the full one).
@@ -49,15 +49,6 @@ def test_imagenet_preprocessing_matches_keras():
                                np.repeat(gray, 3, axis=-1) * 255.0, rtol=1e-6)  # fmt: skip
     with pytest.raises(ValueError, match="needs images of at least 32x32"):
         make_backbone((16, 16, 3), 4, "mobilenetv3small")
-
-
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="the same Keras graph on every backend; built "
-                    "on the TensorFlow pass (JAX compiles each initializer shape: ~60 s)")  # fmt: skip
-@pytest.mark.parametrize("kind,width", [("resnet50", 2048), ("efficientnetv2b0", 1280), ("mobilenetv3small", 576)])
-def test_other_applications_build(kind, width):
-    backbone = make_backbone((32, 32, 1), 16, kind, weights=None)  # --weights none
-    assert network_of(backbone).output_shape == (None, width)
-    assert backbone.output_shape == (None, 16) and backbone.input_shape == (None, 32, 32, 1)
 
 
 class Snapshots(keras.callbacks.Callback):
@@ -109,10 +100,10 @@ def test_local_weights_then_frozen_then_unfrozen(tmp_path, monkeypatch):
     assert norms and all(layer.momentum == pytest.approx(math.exp(-10 / 3)) for layer in norms)
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="Keras's weights files, the same on every backend; "
-                    "built on the TensorFlow pass (JAX compiles each initializer shape)")  # fmt: skip
-@pytest.mark.parametrize("kind", [pytest.param("resnet50", marks=pytest.mark.slow), "efficientnetv2b0", "mobilenetv3small"])
-def test_a_local_weights_file_loads_into_each_application(kind, tmp_path):
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the same Keras graph and weights files on every "
+                    "backend; built on the TensorFlow pass (JAX compiles each initializer shape: ~60 s)")  # fmt: skip
+@pytest.mark.parametrize("kind,width", [("resnet50", 2048), ("efficientnetv2b0", 1280), ("mobilenetv3small", 576)])
+def test_each_application_builds_and_loads_a_local_weights_file(kind, width, tmp_path):
     """What docs/cli.md shows: a network's `save_weights` file (saved at another image size)
     is `--weights FILE` of its trunk, grayscale input included."""
     keras.utils.set_random_seed(1)
@@ -121,9 +112,10 @@ def test_a_local_weights_file_loads_into_each_application(kind, tmp_path):
     path = tmp_path / f"{kind}.weights.h5"
     network.save_weights(path)
     keras.utils.set_random_seed(2)  # another random start, which the file replaces
-    trunk = make_trunk((32, 32, 1), kind, weights=str(path))
-    loaded = trunk.layers[-1].get_weights()
-    saved = network.get_weights()
+    backbone = make_backbone((32, 32, 1), 16, kind, weights=str(path))
+    assert network_of(backbone).output_shape == (None, width)
+    assert backbone.output_shape == (None, 16) and backbone.input_shape == (None, 32, 32, 1)
+    loaded, saved = network_of(backbone).get_weights(), network.get_weights()
     assert len(loaded) == len(saved) > 50
     assert all(np.array_equal(a, b) for a, b in zip(loaded, saved))
 
