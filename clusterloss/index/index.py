@@ -87,7 +87,7 @@ def _warn_numpy_once(reason: str):
     global _warned_numpy
     if not _warned_numpy:
         _warned_numpy = True
-        logging.getLogger(__name__).warning(
+        logging.getLogger("clusterloss.index").warning(
             "clusterloss: %s; exact NumPy search (same results, slower): "
             "pip install 'clusterloss[faiss]' for speed", reason
         )
