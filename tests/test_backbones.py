@@ -15,7 +15,7 @@ from clusterloss.app.cli.args import config_from_args
 from clusterloss.app import runs
 from clusterloss.app.cli.main import build_parser, main
 from clusterloss.app.runs import train
-from clusterloss.models.backbones import APPLICATIONS, ImageNetPreprocessing, make_backbone
+from clusterloss.models.backbones import APPLICATIONS, ImageNetPreprocessing, make_backbone, settle_batch_norm
 
 # The training tests use the minimalistic MobileNetV3Small (the smallest application; on JAX
 # every distinct weight shape compiles its initializer once per process, ~20 s for the full one).
@@ -49,6 +49,18 @@ def test_imagenet_preprocessing_matches_keras():
                                np.repeat(gray, 3, axis=-1) * 255.0, rtol=1e-6)  # fmt: skip
     with pytest.raises(ValueError, match="needs images of at least 32x32"):
         make_backbone((16, 16, 3), 4, "mobilenetv3small")
+
+
+def test_settle_batch_norm_lowers_only_momenta_too_slow_for_the_steps():
+    """exp(-10 / steps): after `steps` updates the initial statistics weigh e**-10."""
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(momentum=0.999, name="slow")])
+    model = keras.Sequential([keras.Input((4,)), inner, keras.layers.BatchNormalization(momentum=0.5, name="fast")])
+    assert settle_batch_norm(model, 54) == pytest.approx({"slow": 0.830950}, rel=1e-5)  # exp(-10 / 54)
+    assert inner.layers[0].momentum ** 54 == pytest.approx(math.exp(-10))
+    assert model.get_layer("fast").momentum == 0.5
+    assert settle_batch_norm(model, 100_000) == {}  # a long run keeps what it has
+    with pytest.raises(ValueError, match="`steps` must be a positive int; got 0"):
+        settle_batch_norm(model, 0)
 
 
 class Snapshots(keras.callbacks.Callback):
@@ -96,7 +108,8 @@ def test_local_weights_then_frozen_then_unfrozen(tmp_path, monkeypatch):
     loaded = keras.saving.load_model(tmp_path / "run" / "model.keras")  # preprocessing registered
     assert loaded.backbone.input_shape == (None, 32, 32, 3)
     # BatchNormalization settles within the 3 unfrozen steps: momentum exp(-10 / 3), not 0.999
-    norms = [layer for layer in network_of(loaded.backbone).layers if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [layer for layer in network_of(loaded.backbone).layers
+             if isinstance(layer, keras.layers.BatchNormalization)]  # fmt: skip
     assert norms and all(layer.momentum == pytest.approx(math.exp(-10 / 3)) for layer in norms)
 
 

@@ -120,7 +120,8 @@ class TrainConfig:
         "trunk weights: none, imagenet (keras.applications trunks; downloaded once by Keras) "
         "or a weights file", weights_source, metavar="none|imagenet|FILE"))
     freeze_backbone_epochs: int = field(default=0, metadata=arg(
-        "train only the embedding layer (and head) for this many epochs, then everything",
+        "train only the embedding layer (and head) for this many epochs, then everything "
+        "(needs --weights: a random trunk is not frozen)",
         count, metavar="N"))
     feature: str = field(default="linear", metadata=arg(
         "activation of the embedding layer: linear (metric learning) or prelu (LeNets++, "

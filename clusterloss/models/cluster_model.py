@@ -314,7 +314,8 @@ class ClusterModel(keras.Model):
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.evaluate`; `x` may also be `ImageFiles`, read batch by batch."""
-        kwargs = _arguments(keras.Model.evaluate, inputs.checked_data(x, y, self._label_check()), y, args, kwargs)
+        x_checked = inputs.checked_data(x, y, self._label_check())
+        kwargs = _arguments(keras.Model.evaluate, x_checked, y, args, kwargs)
         if isinstance(x, ImageFiles):
             kwargs.update(x=inputs.image_batches(x, y, kwargs.get("batch_size")), y=None, batch_size=None)
         try:
