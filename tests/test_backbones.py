@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -10,9 +12,10 @@ from conftest import BACKEND
 from synthetic import make_image_folder
 
 from clusterloss.app.cli.args import config_from_args
-from clusterloss.app.cli.main import build_parser
+from clusterloss.app import runs
+from clusterloss.app.cli.main import build_parser, main
 from clusterloss.app.runs import train
-from clusterloss.models.backbones import APPLICATIONS, ImageNetPreprocessing, make_backbone
+from clusterloss.models.backbones import APPLICATIONS, ImageNetPreprocessing, make_backbone, settle_batch_norm
 
 # The training tests use the minimalistic MobileNetV3Small (the smallest application; on JAX
 # every distinct weight shape compiles its initializer once per process, ~20 s for the full one).
@@ -48,13 +51,16 @@ def test_imagenet_preprocessing_matches_keras():
         make_backbone((16, 16, 3), 4, "mobilenetv3small")
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="the same Keras graph on every backend; built "
-                    "on the TensorFlow pass (JAX compiles each initializer shape: ~60 s)")  # fmt: skip
-@pytest.mark.parametrize("kind,width", [("resnet50", 2048), ("efficientnetv2b0", 1280), ("mobilenetv3small", 576)])
-def test_other_applications_build(kind, width):
-    backbone = make_backbone((32, 32, 1), 16, kind, weights=None)  # --weights none
-    assert network_of(backbone).output_shape == (None, width)
-    assert backbone.output_shape == (None, 16) and backbone.input_shape == (None, 32, 32, 1)
+def test_settle_batch_norm_lowers_only_momenta_too_slow_for_the_steps():
+    """exp(-10 / steps): after `steps` updates the initial statistics weigh e**-10."""
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(momentum=0.999, name="slow")])
+    model = keras.Sequential([keras.Input((4,)), inner, keras.layers.BatchNormalization(momentum=0.5, name="fast")])
+    assert settle_batch_norm(model, 54) == pytest.approx({"slow": 0.830950}, rel=1e-5)  # exp(-10 / 54)
+    assert inner.layers[0].momentum ** 54 == pytest.approx(math.exp(-10))
+    assert model.get_layer("fast").momentum == 0.5
+    assert settle_batch_norm(model, 100_000) == {}  # a long run keeps what it has
+    with pytest.raises(ValueError, match="`steps` must be a positive int; got 0"):
+        settle_batch_norm(model, 0)
 
 
 class Snapshots(keras.callbacks.Callback):
@@ -101,3 +107,54 @@ def test_local_weights_then_frozen_then_unfrozen(tmp_path, monkeypatch):
     assert not np.allclose(snapshots.features[0], snapshots.features[1])  # trained throughout
     loaded = keras.saving.load_model(tmp_path / "run" / "model.keras")  # preprocessing registered
     assert loaded.backbone.input_shape == (None, 32, 32, 3)
+    # BatchNormalization settles within the 3 unfrozen steps: momentum exp(-10 / 3), not 0.999
+    norms = [layer for layer in network_of(loaded.backbone).layers
+             if isinstance(layer, keras.layers.BatchNormalization)]  # fmt: skip
+    assert norms and all(layer.momentum == pytest.approx(math.exp(-10 / 3)) for layer in norms)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the same Keras graph and weights files on every "
+                    "backend; built on the TensorFlow pass (JAX compiles each initializer shape: ~60 s)")  # fmt: skip
+@pytest.mark.parametrize("kind,width", [("resnet50", 2048), ("efficientnetv2b0", 1280), ("mobilenetv3small", 576)])
+def test_each_application_builds_and_loads_a_local_weights_file(kind, width, tmp_path):
+    """What docs/cli.md shows: a network's `save_weights` file (saved at another image size)
+    is `--weights FILE` of its trunk, grayscale input included."""
+    keras.utils.set_random_seed(1)
+    network = getattr(keras.applications, APPLICATIONS[kind][0])(
+        include_top=False, weights=None, input_shape=(48, 48, 3), pooling="avg")
+    path = tmp_path / f"{kind}.weights.h5"
+    network.save_weights(path)
+    keras.utils.set_random_seed(2)  # another random start, which the file replaces
+    backbone = make_backbone((32, 32, 1), 16, kind, weights=str(path))
+    assert network_of(backbone).output_shape == (None, width)
+    assert backbone.output_shape == (None, 16) and backbone.input_shape == (None, 32, 32, 1)
+    loaded, saved = network_of(backbone).get_weights(), network.get_weights()
+    assert len(loaded) == len(saved) > 50
+    assert all(np.array_equal(a, b) for a, b in zip(loaded, saved))
+
+
+def test_a_random_application_trunk_is_warned_about_and_not_frozen(tmp_path, monkeypatch, capsys):
+    """`--weights none` on a keras.applications trunk: one warning line at the start; with
+    `--freeze-backbone-epochs`, one error line, exit 2, nothing written."""
+    make_image_folder(tmp_path / "photos", classes=2, per_class=4, size=8)
+    command = ["train", "--data", str(tmp_path / "photos"), "--backbone", "mobilenetv3small",
+               "--epochs", "2", "--out", str(tmp_path / "run")]  # fmt: skip
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--freeze-backbone-epochs", "1"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and not (tmp_path / "run").exists()
+    assert err.splitlines() == [
+        "clusterloss train: error: --freeze-backbone-epochs 1 would freeze a randomly initialised "
+        "trunk (--weights none): pass --weights imagenet or a weights file, or drop "
+        "--freeze-backbone-epochs"]
+
+
+    def stop(*args):  # what comes before training only
+        raise runs.RunError("stopped before training")
+
+    monkeypatch.setattr(runs, "_train", stop)
+    with pytest.raises(SystemExit):
+        main(command)
+    assert capsys.readouterr().err.splitlines() == [runs.RANDOM_TRUNK.format("mobilenetv3small"),
+                                                    "clusterloss train: error: stopped before training"]
+    assert "lower accuracy" in runs.RANDOM_TRUNK and "--weights imagenet" in runs.RANDOM_TRUNK

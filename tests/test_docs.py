@@ -1,5 +1,8 @@
 """Every Python block of README.md and docs/*.md runs as written, on tiny input.
 
+README.md's blocks also run as its own install has them (`pip install -e ".[jax]"`): in a
+fresh interpreter with an empty HOME, no backend chosen, and only JAX importable.
+
 The blocks of one file run in order in one namespace (a later block may use what an earlier
 one made), which starts with tiny labelled data under the names the docs use: `x`, `y`
 (200 of scikit-learn's 8x8 digits as 64-D vectors in [0, 1], labels 0-9) and `x_train`,
@@ -12,6 +15,9 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -47,6 +53,10 @@ def test_the_convention_is_found():
 
 @pytest.mark.parametrize("path", DOCS, ids=[p.name for p in DOCS])
 def test_python_blocks_run(path, tmp_path, monkeypatch):
+    import keras
+
+    if path.name == "README.md" and keras.backend.backend() == "jax":
+        pytest.skip("on JAX, test_readme_runs_in_its_own_install_on_a_fresh_home runs it")
     blocks = [b for b in python_blocks(path.read_text()) if not b[2]]
     if not blocks:
         pytest.skip(f"{path.name} has no Python block to run")
@@ -58,3 +68,41 @@ def test_python_blocks_run(path, tmp_path, monkeypatch):
         except Exception as error:  # the block's place, then the error
             raise AssertionError(f"{os.path.relpath(path, ROOT)}, block at line {line}: "
                                  f"{type(error).__name__}: {error}") from error  # fmt: skip
+
+
+# Runs README.md's blocks in order (argv: the tests folder, README.md), then names the backend.
+FRESH_INSTALL = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from test_docs import python_blocks, tiny_inputs
+namespace = {"__name__": "__docs__", **tiny_inputs()}
+for line, code, fragment in python_blocks(open(sys.argv[2]).read()):
+    if not fragment:
+        exec(compile(code, f"README.md:{line}", "exec"), namespace)
+import keras
+print("backend", keras.backend.backend())
+"""
+NOT_IN_README_INSTALL = ("tensorflow", "torch", "faiss")  # pip install -e ".[jax]" has JAX only
+
+
+def test_readme_runs_in_its_own_install_on_a_fresh_home(tmp_path):
+    """No TensorFlow, PyTorch or FAISS to import (the installed packages but those, linked
+    into a folder that replaces site-packages), an empty HOME, no backend chosen."""
+    import keras  # here, not at the top: the fresh interpreter imports this module's helpers
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("the README's install is JAX only: run once, on the JAX pass")
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    for folder in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+        for entry in Path(folder).iterdir():
+            if re.split(r"[-.]", entry.name)[0] not in NOT_IN_README_INSTALL and not (site / entry.name).exists():
+                (site / entry.name).symlink_to(entry)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "KERAS_HOME", "PYTHONPATH")}
+    env.update(HOME=str(home), PYTHONPATH=os.pathsep.join([str(ROOT), str(site)]))
+    done = subprocess.run([sys.executable, "-S", "-c", FRESH_INSTALL, str(ROOT / "tests"), str(ROOT / "README.md")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "backend jax"

@@ -73,6 +73,45 @@ def test_train_evaluates_digits_with_unseen_classes(digits_run):
     assert metrics["evaluate_seconds"] > 0 and len(metrics["history"]["loss"]) == 2
 
 
+def test_report_names_what_was_trained(digits_run):
+    """The title and the settings name the trunk, its weights and the image size, and show
+    the value a default resolved to, not n/a."""
+    out, _ = digits_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resolved"] == {"backbone": "mlp", "weights": "none", "image_size": "8x8",
+                                   "val_split": 0.0, "test_split": "the set's own", "learning_rate": 0.01}  # fmt: skip
+    text = (out / "report.html").read_text()
+    assert "<h1>clusterloss run: digits / softmax / 8-D / mlp, random init / 8x8 / seed 0</h1>" in text
+    settings = text[text.index("<h2>Settings</h2>"):]
+    for key, shown in (("backbone", "mlp (auto)"), ("weights", "none (default)"),
+                       ("image_size", "8x8 (default)"), ("val_split", "0.0000 (default)"),
+                       ("test_split", "the set&#x27;s own (default)")):  # fmt: skip
+        assert f"<tr><th>{key}</th><td>{shown}</td></tr>" in settings, key
+    assert '<tr><th>learning_rate</th><td class="num">0.0100</td></tr>' in settings
+
+
+def test_history_plot_marks_the_frozen_epochs_and_the_kept_one(monkeypatch, tmp_path):
+    from clusterloss.app.report import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.append(fig))
+    history = {"loss": [3.0, 2.0, 1.5, 1.4], "accuracy": [0.2, 0.4, 0.6, 0.7],
+               "val_map_at_r": [0.2, 0.5, 0.7, 0.6]}  # fmt: skip
+    metrics = {"config": {"freeze_backbone_epochs": 2}, "best_epoch": 3, "history": history}
+    plots.plot_history(history, tmp_path / "history.png", "title", **plots.history_marks(metrics))
+    for ax in drawn[0].axes:
+        (span,) = ax.patches  # epochs 1-2 shaded: x from 0.5 to 2.5
+        assert (span.get_x(), span.get_width()) == (0.5, 2.0)
+        assert span.get_label() == "trunk frozen (epochs 1-2)"
+        kept = [line for line in ax.lines if line.get_label() == "kept: epoch 3"]
+        assert len(kept) == 1 and list(kept[0].get_xdata()) == [3, 3]
+    stars = [line for line in drawn[0].axes[1].lines if line.get_marker() == "*"]
+    assert [(list(s.get_xdata()), list(s.get_ydata())) for s in stars] == [([3], [0.7])]
+    drawn.clear()
+    plots.plot_history(history, tmp_path / "history.png", **plots.history_marks({"history": history}))
+    assert not drawn[0].axes[0].patches and not any(line.get_marker() == "*" for line in drawn[0].axes[1].lines)
+
+
 def test_evaluate_index_build_and_search_cli(digits_run, capsys):
     out, _ = digits_run
     before = json.loads((out / "metrics.json").read_text())

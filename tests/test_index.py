@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -86,7 +88,7 @@ def test_k_larger_than_index_pads(backend):
 
 @needs_faiss
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_numpy_fallback_equals_faiss(monkeypatch, metric):
+def test_numpy_fallback_equals_faiss(monkeypatch, caplog, metric):
     rng = np.random.default_rng(1)
     x, _ = _clustered(rng, 3000)
     q, _ = _clustered(rng, 200)
@@ -95,17 +97,28 @@ def test_numpy_fallback_equals_faiss(monkeypatch, metric):
     assert with_faiss.backend == "faiss"
     monkeypatch.setattr(index_module, "_load_faiss", lambda: None)
     monkeypatch.setattr(index_module, "_warned_numpy", False)
-    with pytest.warns(RuntimeWarning, match="FAISS is not installed"):
+    with caplog.at_level("WARNING", logger="clusterloss.index"):
         fallback = Index(16, metric=metric)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # said once per process only
-        Index(16, metric=metric)
+        Index(16, metric=metric)  # said once per process only
+    assert [r.getMessage() for r in caplog.records] == [
+        "clusterloss: FAISS is not installed; exact NumPy search (same results, slower): "
+        "pip install 'clusterloss[faiss]' for speed"]
     assert fallback.backend == "numpy"
     fallback.add(x)
     s1, i1 = with_faiss.search(q, 10)
     s2, i2 = fallback.search(q, 10)
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_allclose(s1, s2, atol=1e-5)
+
+
+def test_missing_faiss_is_one_line_once():
+    """As a command says it: one line on stderr, no source line, however many indexes."""
+    script = "import numpy as np, clusterloss as cl; cl.Index(4).add(np.ones((2, 4))); cl.Index(4)"
+    env = {**os.environ, "CLUSTERLOSS_DISABLE_FAISS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    said = [line for line in done.stderr.splitlines() if "faiss" in line.lower() or "Index(" in line]
+    assert said == ["clusterloss: FAISS is not installed; exact NumPy search (same results, "
+                    "slower): pip install 'clusterloss[faiss]' for speed"], done.stderr
 
 
 def test_env_var_forces_numpy(monkeypatch):

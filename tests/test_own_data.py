@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 from synthetic import make_image_folder
 
 from clusterloss.app.cli.main import main
@@ -120,3 +121,34 @@ def test_npz_feature_vectors(tmp_path, capsys):
     for r in found:
         assert len(r["neighbors"]) == 2 and all(n["match"] == (n["class"] == r["class"]) for n in r["neighbors"])
         assert r["neighbors"][0]["path"] is None  # arrays have no files
+
+
+def test_python_api_takes_image_files(tmp_path):
+    """`fit`, `evaluate`, `embed` and `RetrievalEvaluation` take `ImageFiles`: the same
+    numbers as the images read into an array (the same batches: no shuffling)."""
+    import keras
+
+    import clusterloss as cl
+
+    make_image_folder(tmp_path / "photos", classes=3, per_class=8, size=12)
+    paths = sorted(str(p) for p in (tmp_path / "photos").glob("*/*.png"))
+    y = np.array([int(p.split("class_")[1][0]) for p in paths])
+    files = cl.ImageFiles(paths, (12, 12))
+    images = np.stack([np.asarray(Image.open(p), np.float32) / 255 for p in paths])  # independent read
+    runs = []
+    for x in (images, files):
+        keras.utils.set_random_seed(0)
+        backbone = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Flatten(), keras.layers.Dense(4)])
+        model = cl.ClusterModel(backbone, num_classes=3)
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        watch = cl.RetrievalEvaluation(x[:12], y[:12])
+        history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+                            validation_data=(x[12:], y[12:]), callbacks=[watch])  # fmt: skip
+        runs.append((history.history, model.evaluate(x, y, batch_size=5, verbose=0), model.embed(x, batch_size=7)))
+    (h_array, loss_array, emb_array), (h_files, loss_files, emb_files) = runs
+    assert sorted(h_files) == sorted(h_array) and "val_map_at_r" in h_files and "val_loss" in h_files
+    for key in h_array:
+        np.testing.assert_allclose(h_files[key], h_array[key], rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(loss_files, loss_array, rtol=1e-5)
+    np.testing.assert_allclose(emb_files, emb_array, rtol=1e-5, atol=1e-6)
+    assert emb_files.shape == (24, 4)

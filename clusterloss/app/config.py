@@ -120,7 +120,8 @@ class TrainConfig:
         "trunk weights: none, imagenet (keras.applications trunks; downloaded once by Keras) "
         "or a weights file", weights_source, metavar="none|imagenet|FILE"))
     freeze_backbone_epochs: int = field(default=0, metadata=arg(
-        "train only the embedding layer (and head) for this many epochs, then everything",
+        "train only the embedding layer (and head) for this many epochs, then everything "
+        "(needs --weights: a random trunk is not frozen)",
         count, metavar="N"))
     feature: str = field(default="linear", metadata=arg(
         "activation of the embedding layer: linear (metric learning) or prelu (LeNets++, "
@@ -180,6 +181,21 @@ class TrainConfig:
 
     def backbone_kind(self, data: Dataset) -> str:
         return resolve_kind(self.backbone, data.input_shape)
+
+    def resolved(self, data: Dataset) -> dict[str, Any]:
+        """The values the run used where a field left them to a default (`metrics.json`
+        "resolved"; the report and the plots' titles show them)."""
+        shape = data.input_shape
+        return {
+            "backbone": self.backbone_kind(data),
+            "weights": os.path.basename(self.weights) if self.weights else "none",
+            "image_size": f"{shape[0]}x{shape[1]}" if len(shape) == 3 else None,
+            "val_split": ((0.0 if self.is_builtin else DEFAULT_VAL_SPLIT)
+                          if self.val_split is None else self.val_split),
+            "test_split": ("the set's own" if self.is_builtin
+                           else DEFAULT_TEST_SPLIT if self.test_split is None else self.test_split),
+            "learning_rate": self.resolved_learning_rate(),
+        }
 
     @property
     def uses_application(self) -> bool:

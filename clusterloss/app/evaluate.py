@@ -121,11 +121,18 @@ def _neighbor_grid(path, q_images, q_labels, q_emb, r_images, r_labels, r_emb,
 
 
 def run_title(metrics: dict[str, Any]) -> str:
-    """`'digits / center / 2-D / seed 0'`, the title of a run's plots."""
-    return (
-        f"{metrics.get('dataset')} / {metrics.get('loss')} / "
-        f"{metrics.get('embedding_dim')}-D / seed {metrics.get('seed')}"
-    )
+    """`'photos / arcface / 128-D / mobilenetv3small, imagenet weights / 224x224 / seed 0'`
+    (`'digits / center / 2-D / mlp, random init / 8x8 / seed 0'`),
+    the title of a run's plots and report (trunk and image size from `metrics["resolved"]`,
+    where the run recorded them)."""
+    resolved = metrics.get("resolved") or {}
+    parts = [str(metrics.get("dataset")), str(metrics.get("loss")), f"{metrics.get('embedding_dim')}-D"]
+    if resolved.get("backbone"):
+        weights = resolved.get("weights", "none")
+        parts.append(f"{resolved['backbone']}, " + ("random init" if weights == "none" else f"{weights} weights"))
+    if resolved.get("image_size"):
+        parts.append(str(resolved["image_size"]))
+    return " / ".join([*parts, f"seed {metrics.get('seed')}"])
 
 
 def evaluate_run(
@@ -172,7 +179,7 @@ def evaluate_run(
 
     # 1. embeddings (recomputed from the model unless train() just did)
     if embeddings is None:
-        from clusterloss.app.report.plots import plot_features, plot_history
+        from clusterloss.app.report.plots import history_marks, plot_features, plot_history
 
         stats, embeddings = summarize(model, data)
         metrics.update(stats)
@@ -180,7 +187,7 @@ def evaluate_run(
         plot_features(embeddings["test"], data.y_test, run_dir / "features.png",
                       embeddings["centers"], data.class_names, title)  # fmt: skip
         if metrics.get("history"):
-            plot_history(metrics["history"], run_dir / "history.png", title)
+            plot_history(metrics["history"], run_dir / "history.png", title, **history_marks(metrics))
     train_emb, test_emb = embeddings["train"], embeddings["test"]
     unknown_emb = embeddings["unknown"] if len(data.y_unknown) else None
     y_train, y_test, y_unknown = data.y_train, data.y_test, data.y_unknown

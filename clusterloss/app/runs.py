@@ -14,6 +14,7 @@ import dataclasses
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -27,7 +28,7 @@ from clusterloss.app.errors import RunError
 from clusterloss.app.evaluate import evaluate_run, run_title
 from clusterloss.app.projector import export_projector
 from clusterloss.app.recipes import Recipe, build_model, get_recipe
-from clusterloss.app.report.plots import plot_features, plot_history
+from clusterloss.app.report.plots import history_marks, plot_features, plot_history
 from clusterloss.app.results import (
     check_data, check_split, read_metrics, record_data, save_embeddings, summarize, write_metrics,
 )
@@ -37,7 +38,7 @@ from clusterloss.data import Batches, Dataset, ImageFiles
 from clusterloss.evaluation import RetrievalEvaluation
 from clusterloss.layers import ClassHead
 from clusterloss.models import ClusterModel, make_backbone
-from clusterloss.models.backbones import TRUNK
+from clusterloss.models.backbones import APPLICATIONS, TRUNK, settle_batch_norm
 from clusterloss.optimizers import center_optimizer
 from clusterloss.sampling import MPerClassSampler
 
@@ -45,6 +46,11 @@ from clusterloss.sampling import MPerClassSampler
 # new `train` (it holds a run) continues it.
 _UNEVALUATED = ("{0} finished training but its evaluation did not end (stopped during it?); "
                 "`clusterloss evaluate {0}` finishes it")  # fmt: skip
+# Said at the start of a run with a keras.applications trunk and no weights (docs/cli.md,
+# "Backbones", has the measurement behind it).
+RANDOM_TRUNK = ("warning: a randomly initialised {} trunk (--weights none) is made for "
+                "ImageNet-sized data: on a few thousand images expect lower accuracy than with "
+                "--weights imagenet (or a weights file) or --backbone cnn")  # fmt: skip
 MONITOR = "val_map_at_r"  # the validation metric that picks the model kept
 LOADER_THREADS = 4  # threads reading image files during training
 
@@ -214,6 +220,12 @@ def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     except ValueError as error:
         raise RunError(str(error)) from None
     config.learning_rate = config.resolved_learning_rate()
+    if config.freeze_backbone_epochs and config.weights is None:
+        raise RunError(f"--freeze-backbone-epochs {config.freeze_backbone_epochs} would freeze a "
+                       "randomly initialised trunk (--weights none): pass --weights imagenet or "
+                       "a weights file, or drop --freeze-backbone-epochs")  # fmt: skip
+    if config.backbone in APPLICATIONS and config.weights is None:
+        print(RANDOM_TRUNK.format(config.backbone), file=sys.stderr)
     if resume:  # checked before taking the lock: a mistake leaves a stopped run as it is
         _check_resume(config, TrainingCheckpoint.read(run_dir / CHECKPOINT), run_dir)
     elif not overwrite and _unevaluated(run_dir):
@@ -281,6 +293,8 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     if resume:
         check_data(run_dir.path, config)
     model, loss, recipe, data = _build(config)
+    unfrozen = config.epochs - config.freeze_backbone_epochs  # the BatchNormalization settles in them
+    settle_batch_norm(_trunk(model), len(_training_data(config, data, recipe, 0)) * unfrozen)
     if resume:
         check_split(run_dir.path, config, data)
     else:
@@ -340,6 +354,7 @@ def _write_run(config: TrainConfig, run_dir: RunDir, model: ClusterModel, data: 
         "num_val": int(len(data.y_val)),
         "num_test": int(len(data.y_test)),
         "config": dataclasses.asdict(config),
+        "resolved": config.resolved(data),
         "history": state["history"],
     }
     if state["best_epoch"] is not None:
@@ -348,7 +363,7 @@ def _write_run(config: TrainConfig, run_dir: RunDir, model: ClusterModel, data: 
     title = run_title(metrics)
     plot_features(emb["test"], data.y_test, out / "features.png", emb["centers"],
                   data.class_names, title)  # fmt: skip
-    plot_history(state["history"], out / "history.png", title)
+    plot_history(state["history"], out / "history.png", title, **history_marks(metrics))
     save_embeddings(out, emb)
     write_metrics(out, metrics)
     if config.tensorboard:

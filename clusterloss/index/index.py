@@ -2,7 +2,8 @@
 
 FAISS is optional (`pip install clusterloss[faiss]`) and imported lazily, here only. Without
 it, exact search runs on NumPy (chunked matrix products + `argpartition`, bounded memory): the
-same results, slower; a warning says so once per process.
+same results, slower; one line on stderr says so once per process (the `clusterloss.index`
+logger's warning: `logging` configures or silences it).
 
 Conventions (both backends):
 
@@ -20,10 +21,10 @@ Conventions (both backends):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import struct
-import warnings
 import zipfile
 from typing import Any
 
@@ -81,14 +82,14 @@ def faiss_available() -> bool:
 
 
 def _warn_numpy_once(reason: str):
+    """One line, once per process, without a source line (a logging warning: Python prints
+    it to stderr unless logging is configured otherwise)."""
     global _warned_numpy
     if not _warned_numpy:
         _warned_numpy = True
-        warnings.warn(
-            f"clusterloss.index: {reason}; using exact NumPy search (same results, slower). "
-            "Install FAISS for speed and approximate indexes: pip install 'clusterloss[faiss]'.",
-            RuntimeWarning,
-            stacklevel=3,
+        logging.getLogger("clusterloss.index").warning(
+            "clusterloss: %s; exact NumPy search (same results, slower): "
+            "pip install 'clusterloss[faiss]' for speed", reason
         )
 
 
@@ -248,7 +249,7 @@ class Index:
         kind: `"flat"` (exact: FAISS `IndexFlatIP`/`IndexFlatL2` or NumPy), `"hnsw"`
             (FAISS `IndexHNSWFlat`) or `"ivf"` (FAISS `IndexIVFFlat`, trained on the first
             `add`, or on `train(x)` if called first). Approximate kinds need FAISS.
-        backend: `"auto"` (FAISS if importable, else NumPy with a one-time warning; an
+        backend: `"auto"` (FAISS if importable, else NumPy with a one-line warning once; an
             approximate kind then runs exact), `"faiss"` (error without FAISS) or `"numpy"`
             (exact only).
         hnsw_m, ef_construction, ef_search: HNSW graph degree and beam widths

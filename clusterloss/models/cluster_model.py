@@ -4,6 +4,7 @@ per-sample loss layers (the center loss, a cross-batch memory, ...), trained wit
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any
 
@@ -13,6 +14,7 @@ from keras import ops
 
 from clusterloss import _native
 from clusterloss._registry import register
+from clusterloss.data import ImageFiles
 from clusterloss.layers.centers import CenterLoss
 from clusterloss.layers.class_head import ClassHead, SoftmaxHead
 from clusterloss.layers.labels import check_num_classes, guard_labels, nan_unless
@@ -44,6 +46,14 @@ def _portable(config: Any) -> Any:
     if isinstance(config, (list, tuple)):
         return type(config)(_portable(value) for value in config)
     return config
+
+
+def _arguments(method, x, y, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The arguments of a call of `method(self, x, y, *args, **kwargs)` by name."""
+    bound = inspect.signature(method).bind(None, x, y, *args, **kwargs).arguments
+    bound.pop("self")
+    extra = bound.pop("kwargs", {})
+    return {**bound, **extra}
 
 
 def _uses_labels(head) -> bool:
@@ -289,30 +299,46 @@ class ClusterModel(keras.Model):
         return inputs.LabelCheck(self.num_classes, name="y")
 
     def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`; `x` and `validation_data=(x_val, y_val)` may also be
+        `ImageFiles`, read batch by batch (`x` shuffled every epoch unless `shuffle=False`)."""
         check = self._label_check()
-        x = inputs.checked_data(x, y, check)
-        if kwargs.get("validation_data") is not None:
-            kwargs["validation_data"] = inputs.checked_validation_data(kwargs["validation_data"], check)
+        kwargs = _arguments(keras.Model.fit, inputs.checked_data(x, y, check), y, args, kwargs)
+        size = kwargs.get("batch_size")
+        if isinstance(x, ImageFiles):
+            kwargs.update(x=inputs.image_batches(x, y, size, kwargs.get("shuffle", True)), y=None,
+                          batch_size=None, shuffle=False)  # fmt: skip
+        validation = kwargs.get("validation_data")
+        if validation is not None:  # a tuple's labels are checked now, a dataset's per batch
+            kwargs["validation_data"] = inputs.checked_validation_data(validation, check)
+            if isinstance(validation, (tuple, list)) and len(validation) == 2:
+                size = kwargs.get("validation_batch_size") or size
+                kwargs["validation_data"] = inputs.image_batches(*validation, size)
         try:
-            return super().fit(x, y, *args, **kwargs)
+            return super().fit(**kwargs)
         except Exception as error:
             inputs.raise_label_error(error)
             raise
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        x = inputs.checked_data(x, y, self._label_check())
+        """`keras.Model.evaluate`; `x` may also be `ImageFiles`, read batch by batch."""
+        x_checked = inputs.checked_data(x, y, self._label_check())
+        kwargs = _arguments(keras.Model.evaluate, x_checked, y, args, kwargs)
+        if isinstance(x, ImageFiles):
+            kwargs.update(x=inputs.image_batches(x, y, kwargs.get("batch_size")), y=None, batch_size=None)
         try:
-            return super().evaluate(x, y, *args, **kwargs)
+            return super().evaluate(**kwargs)
         except Exception as error:
             inputs.raise_label_error(error)
             raise
 
     def embed(self, x, batch_size: int = 256, verbose: Any = 0):
-        """Embeddings of `x` as a NumPy array (the backbone alone, no head). A few rows of an
-        array (at most `QUICK_ROWS`, e.g. one query) go through a compiled call of the
-        backbone, not `predict` (whose set-up costs more than the call: 45 ms on TensorFlow)."""
+        """Embeddings of `x` (an array, a dataset, or `ImageFiles`: read batch by batch) as a
+        NumPy array (the backbone alone, no head). A few rows of an array (at most
+        `QUICK_ROWS`, e.g. one query) go through a compiled call of the backbone, not
+        `predict` (whose set-up costs more than the call: 45 ms on TensorFlow)."""
         if isinstance(x, np.ndarray) and 0 < len(x) <= min(QUICK_ROWS, batch_size) and _quick(self.backbone):
             return self._quick_embed(x)
+        x = inputs.image_batches(x, batch_size=batch_size)
         return np.asarray(self.backbone.predict(x, batch_size=batch_size, verbose=verbose))
 
     def _quick_embed(self, x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Label checks on the host, for every kind of data `ClusterModel.fit`/`evaluate` take.
+"""Label checks on the host, for every kind of data `ClusterModel.fit`/`evaluate` take, and
+the library's own `ImageFiles` as batches Keras reads.
 
 The labels are checked where they are NumPy values, before they become backend tensors: once
 for arrays, per batch for a `keras.utils.PyDataset` (clusterloss's `MPerClassSampler`
@@ -18,6 +19,7 @@ import numpy as np
 
 from clusterloss import _native
 from clusterloss._validation import check_labels
+from clusterloss.data import Batches, ImageFiles
 
 
 class LabelCheck:
@@ -106,3 +108,14 @@ def raise_label_error(error: Exception) -> None:
     message = _native.label_error(error)
     if message is not None:
         raise ValueError(f"{message} (in a batch of the tf.data pipeline).") from error
+
+
+def image_batches(x: Any, y: Any = None, batch_size: int | None = None, shuffle: bool = False) -> Any:
+    """`ImageFiles` as `Batches` of `(x, y)` (or `x` when `y` is None), read batch by batch
+    (32 rows when `batch_size` is None; with `shuffle`, a new order every epoch, seeded by
+    NumPy's global generator, which `keras.utils.set_random_seed` fixes); anything else:
+    `x` (or `(x, y)`) unchanged."""
+    if not isinstance(x, ImageFiles):
+        return x if y is None else (x, y)
+    seed = int(np.random.randint(2**31 - 1)) if shuffle else 0
+    return Batches(x, y, batch_size or 32, shuffle=shuffle, seed=seed)

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from clusterloss.app.evaluate import run_title
 from clusterloss.app.rundir import write_text
 
 # (title, note, keys) of the metric tables; keys ending in "*" match by prefix.
@@ -140,9 +141,17 @@ def _metric_sections(metrics: dict[str, Any]) -> str:
 
 
 def _settings(metrics: dict[str, Any]) -> str:
+    """The run's config; a value it left to a default shows what the run used
+    (metrics.json "resolved"), marked "(default)"."""
     config = dict(metrics.get("config") or {})
+    resolved = metrics.get("resolved") or {}
     options = config.pop("options", None) or {}
-    rows = [(k, v) for k, v in config.items()]
+    rows = []
+    for key, value in config.items():
+        used = resolved.get(key)
+        if used is not None and (value is None or (key == "backbone" and value != used)):
+            value = f"{_fmt(used)} ({'auto' if key == 'backbone' else 'default'})"
+        rows.append((key, value))
     rows += [(f"options.{k}", v) for k, v in options.items()]
     if not rows:
         return '<p class="missing">No settings in metrics.json.</p>'
@@ -166,10 +175,7 @@ def render_report(run_dir: str | Path, metrics: dict[str, Any] | None = None) ->
     run_dir = Path(run_dir)
     if metrics is None:
         metrics = json.loads((run_dir / "metrics.json").read_text())
-    title = (
-        f"{metrics.get('dataset', '?')} / {metrics.get('loss', '?')} / "
-        f"{metrics.get('embedding_dim', '?')}-D / seed {metrics.get('seed', '?')}"
-    )
+    title = run_title(metrics)
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     figures = {name: _figure(run_dir, name, caption) for name, caption in FIGURES}
     pair = figures.pop("features.png") + figures.pop("roc.png")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -80,20 +80,35 @@ def plot_features(
         save_figure(fig, path)
 
 
-def plot_history(history: Mapping[str, Sequence[float]], path: str | Path, title: str = "") -> None:
-    """Loss parts (left) and accuracy-like metrics (right) per epoch."""
+def history_marks(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """`plot_history`'s marks of a run's metrics.json: its frozen epochs and kept epoch."""
+    config = metrics.get("config") or {}
+    return {"frozen_epochs": int(config.get("freeze_backbone_epochs") or 0),
+            "kept_epoch": metrics.get("best_epoch")}  # fmt: skip
+
+
+def plot_history(history: Mapping[str, Sequence[float]], path: str | Path, title: str = "",
+                 frozen_epochs: int = 0, kept_epoch: int | None = None) -> None:  # fmt: skip
+    """Loss parts (left) and accuracy-like metrics (right) per epoch; the first
+    `frozen_epochs` (trunk frozen) shaded, and the epoch whose model was kept (1-based) a
+    dotted line with a star on the validation metric that chose it (`val_map_at_r`)."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    epochs = None
     for name, values in history.items():
         values = np.array([np.nan if v is None else v for v in values], dtype=float)
         epochs = np.arange(1, len(values) + 1)
         target = left if "loss" in name else right
         style = "--" if name.startswith("val_") else "-"
         target.plot(epochs, values, style, label=name)
+        if name == "val_map_at_r" and kept_epoch is not None and kept_epoch <= len(values):
+            target.plot([kept_epoch], [values[kept_epoch - 1]], "*", color="black", markersize=12)
     left.set(title="loss", xlabel="epoch")
     right.set(title="metrics", xlabel="epoch")
     for ax in (left, right):
+        if frozen_epochs:
+            ax.axvspan(0.5, frozen_epochs + 0.5, color="0.85", label=f"trunk frozen (epochs 1-{frozen_epochs})")
+        if kept_epoch is not None:
+            ax.axvline(kept_epoch, color="black", linestyle=":", label=f"kept: epoch {kept_epoch}")
         if ax.lines:
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
