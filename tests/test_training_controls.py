@@ -151,8 +151,42 @@ def test_mixed_precision_trains_with_half_compute(tmp_path, mode):
     model = keras.saving.load_model(out / "model.keras")
     dense = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Dense)]
     assert dense and all(d.compute_dtype == mode and d.variable_dtype == "float32" for d in dense)
+    if mode == "float16":  # Keras's compile wraps the optimizer for the mixed_float16 policy
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     embeddings = model.embed(np.zeros((2, 8, 8, 1), "float32"))
     assert keras.backend.standardize_dtype(embeddings.dtype) == "float32"
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Ctrl-C after epoch 2's checkpoint is written."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_with_the_same_schedule_augmentation_and_patience(tmp_path, capsys):
+    """Interrupted inside the unfrozen phase and resumed: the same history as an
+    uninterrupted run (the schedule's step, the augmentation draws, the patience count)."""
+    from clusterloss.app.cli.args import config_from_args
+    from clusterloss.app.cli.main import build_parser
+    from clusterloss.app.runs import train
+
+    argv = [*TINY, "--epochs", "4", "--val-split", "0.2", "--optimizer", "sgd",
+            "--lr-schedule", "step", "--warmup-epochs", "1", "--augment", "crop-flip-color",
+            "--freeze-backbone-epochs", "1", "--patience", "3"]  # fmt: skip
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert main([*argv, "--out", str(whole)]) == 0
+    args = build_parser().parse_args([*argv, "--out", str(resumed)])
+    with pytest.raises(KeyboardInterrupt):
+        train(config_from_args(args, args.loss, args.seed, args.out), callbacks=[Interrupt()])
+    assert main([*argv, "--out", str(resumed), "--resume"]) == 0
+    a, b = (json.loads((run / "metrics.json").read_text()) for run in (resumed, whole))
+    assert set(a["history"]) == set(b["history"]) and "learning_rate" in a["history"]
+    for key, values in b["history"].items():
+        np.testing.assert_allclose(a["history"][key], values, rtol=1e-6, atol=1e-7, err_msg=key)
+    assert a["stopped_epoch"] == b["stopped_epoch"] and a["best_epoch"] == b["best_epoch"]
 
 
 @pytest.mark.parametrize(("argv", "message"), [
