@@ -119,7 +119,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata=arg("seed of the weights, splits and batches", count))
     batch_size: int = field(default=64, metadata=arg("samples per batch", positive_int))
     learning_rate: float | None = field(default=None, metadata=arg(
-        "Adam's (default: " + ", ".join(f"{v:g} {k}" for k, v in LEARNING_RATES.items())
+        "the learning rate (default, tuned for adam: " + ", ".join(f"{v:g} {k}" for k, v in LEARNING_RATES.items())
         + f", {DEFAULT_LEARNING_RATE:g} own data); the peak of --lr-schedule", positive_float))
     optimizer: str = field(default="adam", metadata=arg(
         "adam, adamw or sgd (momentum 0.9)", choices=OPTIMIZERS))
