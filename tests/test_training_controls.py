@@ -181,6 +181,9 @@ def test_interrupted_run_resumes_with_the_same_schedule_augmentation_and_patienc
     args = build_parser().parse_args([*argv, "--out", str(resumed)])
     with pytest.raises(KeyboardInterrupt):
         train(config_from_args(args, args.loss, args.seed, args.out), callbacks=[Interrupt()])
+    with pytest.raises(SystemExit):  # a changed control is refused, naming it
+        main([*argv, "--out", str(resumed), "--resume", "--lr-schedule", "cosine"])
+    assert "lr_schedule 'step' (now 'cosine')" in capsys.readouterr().err
     assert main([*argv, "--out", str(resumed), "--resume"]) == 0
     a, b = (json.loads((run / "metrics.json").read_text()) for run in (resumed, whole))
     assert set(a["history"]) == set(b["history"]) and "learning_rate" in a["history"]
