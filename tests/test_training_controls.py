@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import BACKEND, to_np
 
-from clusterloss import WarmupSchedule
+from clusterloss import TrainingOnly, WarmupSchedule
 from clusterloss.app.cli.main import main
 from clusterloss.app.training import augmentation, make_optimizer
 
@@ -122,6 +122,10 @@ def test_augmentation_is_seeded_and_only_in_training():
     changed = np.abs(first - images).reshape(16, -1).max(1) > 1e-3
     assert changed.all()  # every image on its own (at least the colour jitter)
     np.testing.assert_array_equal(to_np(a(images, training=False)), images)
+    only = TrainingOnly(augmentation("crop-flip-color", 3))  # Keras's layers augment without `training`
+    np.testing.assert_array_equal(to_np(only(images)), images)
+    np.testing.assert_array_equal(to_np(only(images, training=False)), images)
+    np.testing.assert_array_equal(to_np(only(images, training=True)), first)
 
 
 def test_augmented_run_embeds_validation_and_test_images_unchanged(tmp_path):
@@ -130,9 +134,10 @@ def test_augmented_run_embeds_validation_and_test_images_unchanged(tmp_path):
                  "--val-split", "0.2"]) == 0  # fmt: skip
     model = keras.saving.load_model(out / "model.keras")
     outer = model.backbone
-    inner = next(layer for layer in outer.layers if isinstance(layer, keras.Model) and layer.name != "augment")
+    inner = next(layer for layer in outer.layers if isinstance(layer, keras.Model))
     images = np.random.default_rng(1).random((8, 8, 8, 1)).astype("float32")
     np.testing.assert_allclose(to_np(model.embed(images)), to_np(inner(images)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_np(outer(images)), to_np(inner(images)), rtol=1e-5, atol=1e-6)
     assert not np.allclose(to_np(outer(images, training=True)), to_np(inner(images)))
     saved = np.load(out / "embeddings.npz")
     from clusterloss.app.config import TrainConfig

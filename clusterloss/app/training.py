@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import keras
 from keras import layers
 
+from clusterloss.layers import TrainingOnly
 from clusterloss.optimizers import WarmupSchedule
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -62,7 +63,7 @@ def augmentation(kind: str, seed: int) -> keras.Sequential:
     20%) and `RandomTranslation` (up to 10%, reflected at the border), i.e. a random crop of
     80-100% of each side resized back; `crop-flip-color`: then `RandomBrightness` and
     `RandomContrast` (factor 0.2, images in [0, 1]). Each transforms every image on its own,
-    only when called with `training=True`."""
+    whenever called without `training=False` (`wrap_backbone` puts them in `TrainingOnly`)."""
     parts: list[layers.Layer] = []
     if kind.startswith("crop"):
         parts += [layers.RandomZoom((-CROP, 0.0), seed=seed), layers.RandomTranslation(SHIFT, SHIFT, seed=seed + 1)]
@@ -70,15 +71,16 @@ def augmentation(kind: str, seed: int) -> keras.Sequential:
     if kind.endswith("color"):
         parts += [layers.RandomBrightness(JITTER, value_range=(0.0, 1.0), seed=seed + 3),
                   layers.RandomContrast(JITTER, value_range=(0.0, 1.0), seed=seed + 4)]  # fmt: skip
-    return keras.Sequential(parts, name="augment")
+    return keras.Sequential(parts, name="augmentation")
 
 
 def wrap_backbone(backbone: keras.Model, augment: str, seed: int, float32_output: bool) -> keras.Model:
-    """`backbone` behind `augmentation(augment, seed)` (unless "none"), and with its
+    """`backbone` behind `augmentation(augment, seed)` (unless "none"; in training steps
+    only, `TrainingOnly`), and with its
     embeddings cast to float32 (`float32_output`, for mixed precision: the model's outputs
     and what is stored stay float32)."""
     inputs = keras.Input(backbone.input_shape[1:])
-    x = augmentation(augment, seed)(inputs) if augment != "none" else inputs
+    x = TrainingOnly(augmentation(augment, seed), name="augment")(inputs) if augment != "none" else inputs
     x = backbone(x)
     if float32_output:
         x = layers.Activation("linear", dtype="float32", name="float32_embeddings")(x)
