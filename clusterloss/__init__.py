@@ -22,7 +22,7 @@ from clusterloss.layers import *  # noqa: E402,F401,F403
 from clusterloss.losses import *  # noqa: E402,F401,F403
 from clusterloss.miners import *  # noqa: E402,F401,F403
 from clusterloss.models import ClusterModel, export_embeddings, make_backbone, serving_model  # noqa: E402,F401
-from clusterloss.optimizers import RowSparse, center_optimizer, mark_sparse_rows  # noqa: E402,F401
+from clusterloss.optimizers import RowSparse, WarmupSchedule, center_optimizer, mark_sparse_rows  # noqa: E402,F401
 from clusterloss.sampling import MPerClassSampler  # noqa: E402,F401
 
 __version__ = "0.1.0"

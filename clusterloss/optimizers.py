@@ -7,10 +7,13 @@
   with trainable centers, classes absent from a step would still drift.
 - `center_optimizer(default, centers)`: the centers of `CenterLoss(update="gradient")` get
   their own optimizer (SGD 0.5 in pytorch-center-loss), the rest of the model `default`.
+- `WarmupSchedule`: a learning rate per step with a linear warm-up, then constant, cosine or
+  step decay (what `clusterloss train --lr-schedule` uses).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -20,7 +23,7 @@ from clusterloss._native import (
     any_replica, nonzero_rows, route_gradient, row_slices, scatter_rows, take_rows,
 )
 from clusterloss._registry import register
-from clusterloss._validation import check_positive_int, check_range
+from clusterloss._validation import check_choice, check_positive_int, check_range
 
 _SPARSE_ROWS = "_clusterloss_sparse_rows"
 _SPARSE_GRADIENT = "_clusterloss_sparse_gradient"
@@ -400,3 +403,66 @@ def center_optimizer(
     return keras.optimizers.MultiOptimizer(
         keras.optimizers.OptimizerMap(RowSparse(default), {pattern: RowSparse(centers)})
     )
+
+
+@register
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The learning rate of step `s` (0-based, counting from `offset`) of `total_steps`:
+
+    - warm-up, `s < warmup_steps`: `learning_rate * (s + 1) / warmup_steps`;
+    - then `"constant"`: `learning_rate`;
+      `"cosine"`: `learning_rate * (1 + cos(pi * p)) / 2`, `p = (s - warmup_steps) /
+      (total_steps - warmup_steps)`, from the peak after the warm-up towards 0 at the end;
+      `"step"`: `learning_rate * factor ** k`, `k` the number of `boundaries` (fractions of
+      `total_steps`) that `s / total_steps` has reached (x0.1 from 50% and from 75% of the
+      run by default).
+
+    `offset` is added to the optimizer's step count: an optimizer made for the second part
+    of a run (after a frozen trunk) continues the schedule where the first left it.
+    """
+
+    DECAYS = ("constant", "cosine", "step")
+
+    def __init__(self, learning_rate: float, total_steps: int, decay: str = "constant",
+                 warmup_steps: int = 0, boundaries: tuple[float, ...] = (0.5, 0.75),
+                 factor: float = 0.1, offset: int = 0, name: str | None = None):  # fmt: skip
+        check_range(learning_rate, "learning_rate", 0.0, low_open=True)
+        check_positive_int(total_steps, "total_steps")
+        check_choice(decay, "decay", self.DECAYS)
+        for value, key in ((warmup_steps, "warmup_steps"), (offset, "offset")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{key}` must be an integer >= 0; got {value!r}.")
+        if warmup_steps >= total_steps:
+            raise ValueError(f"`warmup_steps` must be < `total_steps` ({total_steps}); got {warmup_steps}.")
+        boundaries = tuple(float(b) for b in boundaries)
+        if boundaries:
+            check_range(boundaries, "boundaries", 0.0, 1.0, low_open=True)
+        if list(boundaries) != sorted(set(boundaries)):
+            raise ValueError(f"`boundaries` must be increasing; got {boundaries!r}.")
+        check_range(factor, "factor", 0.0, low_open=True)
+        self.learning_rate, self.total_steps, self.decay = float(learning_rate), total_steps, decay
+        self.warmup_steps, self.boundaries, self.factor = warmup_steps, boundaries, float(factor)
+        self.offset, self.name = offset, name
+
+    def __call__(self, step):
+        s = ops.cast(step, "float32") + float(self.offset)
+        peak = self.learning_rate
+        if self.decay == "cosine":
+            p = ops.clip((s - self.warmup_steps) / (self.total_steps - self.warmup_steps), 0.0, 1.0)
+            after = peak * 0.5 * (1.0 + ops.cos(math.pi * p))
+        elif self.decay == "step":
+            reached = sum(ops.cast(s >= b * self.total_steps, "float32") for b in self.boundaries)
+            after = peak * ops.power(self.factor, reached)
+        else:
+            after = ops.full_like(s, peak)
+        if not self.warmup_steps:
+            return after
+        return ops.where(s < self.warmup_steps, peak * (s + 1.0) / self.warmup_steps, after)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "learning_rate": self.learning_rate, "total_steps": self.total_steps,
+            "decay": self.decay, "warmup_steps": self.warmup_steps,
+            "boundaries": list(self.boundaries), "factor": self.factor, "offset": self.offset,
+            "name": self.name,
+        }  # fmt: skip

@@ -90,7 +90,7 @@ def test_every_key_round_trips_into_the_objects(name):
         owner, parameter = option.source
         if option.key == "center_lr":  # the optimizer of trainable centers
             model.center_loss.update = "gradient"
-            optimizer = keras.saving.serialize_keras_object(_optimizer(config, model))
+            optimizer = keras.saving.serialize_keras_object(_optimizer(config, model, keras.optimizers.Adam()))
             assert values["center_lr"] in list(config_values(optimizer, "learning_rate"))
         elif option.key == "m_per_class":  # the sampler of pair losses
             data = load_dataset("digits", train_limit=200)

@@ -5,11 +5,13 @@ made from, so a default is written once, here."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from clusterloss.app.training import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, default_weight_decay
 from clusterloss.data import DATASETS, Dataset, load_dataset
 from clusterloss.data.datasets import DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT
 from clusterloss.models.backbones import APPLICATIONS, BACKBONES, FEATURES, default_image_size, resolve_kind
@@ -28,6 +30,8 @@ def _number(text: str, kind: type, low: float, low_open: bool = False, high: flo
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}; got {text!r}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
     if value < low or (low_open and value == low) or (high is not None and value >= high):
         bound = f"> {low:g}" if low_open else f">= {low:g}"
         if high is not None:
@@ -47,6 +51,10 @@ def count(text: str) -> int:
 
 def positive_float(text: str) -> float:
     return _number(text, float, 0.0, low_open=True)
+
+
+def non_negative_float(text: str) -> float:
+    return _number(text, float, 0.0)
 
 
 def fraction(text: str) -> float:
@@ -111,8 +119,28 @@ class TrainConfig:
     seed: int = field(default=0, metadata=arg("seed of the weights, splits and batches", count))
     batch_size: int = field(default=64, metadata=arg("samples per batch", positive_int))
     learning_rate: float | None = field(default=None, metadata=arg(
-        "Adam's (default: " + ", ".join(f"{v:g} {k}" for k, v in LEARNING_RATES.items())
-        + f", {DEFAULT_LEARNING_RATE:g} own data)", positive_float))
+        "the learning rate (default, tuned for adam: " + ", ".join(f"{v:g} {k}" for k, v in LEARNING_RATES.items())
+        + f", {DEFAULT_LEARNING_RATE:g} own data); the peak of --lr-schedule", positive_float))
+    optimizer: str = field(default="adam", metadata=arg(
+        "adam, adamw or sgd (momentum 0.9)", choices=OPTIMIZERS))
+    weight_decay: float | None = field(default=None, metadata=arg(
+        "decoupled weight decay, w -= learning rate x decay x w each step (default: "
+        f"AdamW's {default_weight_decay('adamw'):g} for adamw, 0 = off for adam and sgd)",
+        non_negative_float))
+    lr_schedule: str = field(default="constant", metadata=arg(
+        "learning rate per step after the warm-up: constant, cosine (to 0 at the end) or step "
+        "(x0.1 from half and from three quarters of the steps)", choices=SCHEDULES))
+    warmup_epochs: int = field(default=0, metadata=arg(
+        "raise the learning rate linearly over the first N epochs' steps", count, metavar="N"))
+    patience: int = field(default=0, metadata=arg(
+        "stop when validation MAP@R has not improved for N evaluations (0: off; needs "
+        "--val-split)", count, metavar="N"))
+    augment: str = field(default="none", metadata=arg(
+        "random changes of each training image (keras.layers, seeded): flip, crop-flip, "
+        "crop-flip-color", choices=AUGMENTATIONS))
+    mixed_precision: str = field(default="none", metadata=arg(
+        "compute in float16 or bfloat16 (Keras's mixed_float16 / mixed_bfloat16 policy; "
+        "variables and losses stay float32)", choices=PRECISIONS))
     backbone: str = field(default="auto", metadata=arg(
         "the trunk: auto (mlp for vectors and images up to 16x16, else cnn), or a "
         "keras.applications network", choices=("auto", *BACKBONES)))
@@ -168,6 +196,9 @@ class TrainConfig:
         if self.learning_rate is not None:
             return self.learning_rate
         return LEARNING_RATES.get(self.data, DEFAULT_LEARNING_RATE)
+
+    def resolved_weight_decay(self) -> float:
+        return default_weight_decay(self.optimizer) if self.weight_decay is None else self.weight_decay
 
     def load_data(self) -> Dataset:
         """The data set and split of this run (the same every time for the same config)."""

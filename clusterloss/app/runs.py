@@ -34,6 +34,9 @@ from clusterloss.app.results import (
 )
 from clusterloss.app.rundir import CHECKPOINT, LOGS, RunDir, atomic_path
 from clusterloss.app.tensorboard import EpochScalars
+from clusterloss.app.training import (
+    LearningRateLog, Patience, make_learning_rate, make_optimizer, precision, wrap_backbone,
+)
 from clusterloss.data import Batches, Dataset, ImageFiles
 from clusterloss.evaluation import RetrievalEvaluation
 from clusterloss.layers import ClassHead
@@ -87,22 +90,28 @@ def _trunk(model: ClusterModel) -> keras.layers.Layer:
     raise ValueError("the backbone has no layer named 'trunk' (make it with make_backbone).")
 
 
-def _optimizer(config: TrainConfig, model: ClusterModel) -> keras.optimizers.Optimizer:
-    adam = keras.optimizers.Adam(config.learning_rate)
+def _optimizer(config: TrainConfig, model: ClusterModel, base: keras.optimizers.Optimizer):
+    """`base` for the model, or with trainable centers `center_optimizer(base, ...)`."""
     layer = model.center_loss
     if layer is not None and layer.update == "gradient":
-        return center_optimizer(adam, centers=config.options["center_lr"])
-    return adam
+        return center_optimizer(base, centers=config.options["center_lr"])
+    return base
 
 
-def _configure(model: ClusterModel, loss, config: TrainConfig, frozen: bool) -> None:
+def _configure(model: ClusterModel, loss, config: TrainConfig, phase: Phase,
+               steps_per_epoch: int) -> keras.optimizers.Optimizer:  # fmt: skip
     """Freeze or unfreeze the trunk and compile with a new optimizer, built (so that a
-    checkpoint's optimizer state can be loaded into it)."""
+    checkpoint's optimizer state can be loaded into it); returns the optimizer that holds
+    the learning rate (its schedule continues from `phase.begin`)."""
     if config.freeze_backbone_epochs:
-        _trunk(model).trainable = not frozen
-    model.compile(optimizer=_optimizer(config, model), loss=loss,
+        _trunk(model).trainable = not phase.frozen
+    rate = make_learning_rate(config.learning_rate, config.lr_schedule, config.epochs,
+                              config.warmup_epochs, steps_per_epoch, phase.begin)  # fmt: skip
+    base = make_optimizer(config.optimizer, rate, config.weight_decay)
+    model.compile(optimizer=_optimizer(config, model, base), loss=loss,
                   metrics=["accuracy"] if model.head is not None else None)  # fmt: skip
     model.optimizer.build(model.trainable_variables)
+    return base
 
 
 def _sampler_shape(config: TrainConfig, data: Dataset) -> tuple[int, int]:
@@ -226,13 +235,27 @@ def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                        "a weights file, or drop --freeze-backbone-epochs")  # fmt: skip
     if config.backbone in APPLICATIONS and config.weights is None:
         print(RANDOM_TRUNK.format(config.backbone), file=sys.stderr)
+    config.weight_decay = config.resolved_weight_decay()
     if resume:  # checked before taking the lock: a mistake leaves a stopped run as it is
         _check_resume(config, TrainingCheckpoint.read(run_dir / CHECKPOINT), run_dir)
     elif not overwrite and _unevaluated(run_dir):
         raise RunError(_UNEVALUATED.format(run_dir.path) + "; or pass --overwrite to replace it")
     with run_dir.lock():
         run_dir.prepare(overwrite=overwrite, resume=resume)
-        return _train(config, run_dir, resume, list(callbacks))
+        with precision(config.mixed_precision):
+            return _train(config, run_dir, resume, list(callbacks))
+
+
+def _check_controls(config: TrainConfig, data: Dataset) -> None:
+    """ValueError for training controls this data cannot take."""
+    if config.warmup_epochs >= config.epochs:
+        raise ValueError(f"`warmup_epochs` must be < `epochs` ({config.epochs}); got {config.warmup_epochs}.")
+    if config.augment != "none" and len(data.input_shape) != 3:
+        raise ValueError(f"`augment` {config.augment} needs images; {data.name} holds feature "
+                         f"vectors of shape {tuple(data.input_shape)}")  # fmt: skip
+    if config.patience and not len(data.y_val):
+        raise ValueError(f"`patience` stops on validation MAP@R, and {data.name} has no "
+                         "validation split: set `val_split` (e.g. 0.1)")  # fmt: skip
 
 
 def _build(config: TrainConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
@@ -242,10 +265,14 @@ def _build(config: TrainConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
         if config.freeze_backbone_epochs >= config.epochs:
             raise ValueError(f"`freeze_backbone_epochs` must be < `epochs` ({config.epochs}); "
                              f"got {config.freeze_backbone_epochs}.")  # fmt: skip
+        _check_controls(config, data)
         backbone = make_backbone(
             data.input_shape, config.embedding_dim, config.backbone_kind(data),
             weights=config.weights, feature=config.feature, batch_norm=config.batch_norm,
         )  # fmt: skip
+        if config.augment != "none" or config.mixed_precision != "none":
+            backbone = wrap_backbone(backbone, config.augment, config.seed,
+                                     float32_output=config.mixed_precision != "none")  # fmt: skip
         model, loss, recipe = build_model(config.loss, backbone, data.num_classes, config.options)
         if isinstance(model.head, ClassHead):
             model.head.check_batch_size(config.batch_size)
@@ -306,8 +333,11 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     if has_val:
         own.append(RetrievalEvaluation(data.x_val, data.y_val, every=config.eval_every,
                                        seed=config.seed))  # fmt: skip
-    divergence = _Divergence()
-    own += [divergence, checkpoint]
+    patience = Patience(MONITOR, config.patience, checkpoint.history, verbose=int(config.verbose != 0))
+    if config.patience:
+        own.append(patience)
+    divergence, rates = _Divergence(), LearningRateLog()
+    own += [rates, divergence, checkpoint]
     if config.tensorboard:
         own.append(EpochScalars(run_dir / LOGS))
     start, phases = checkpoint.epoch, _phases(config)
@@ -316,25 +346,28 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     for phase in phases:
         if phase.end <= start and phase is not saved:
             continue
-        _configure(model, loss, config, phase.frozen)
+        first = max(start, phase.begin)
+        batches = _training_data(config, data, recipe, first)
+        rates.optimizer = _configure(model, loss, config, phase, len(batches))
         if phase is saved:
             checkpoint.restore(model)
         if phase.end <= start:
             continue
-        first = max(start, phase.begin)
-        model.fit(_training_data(config, data, recipe, first), initial_epoch=first,
-                  epochs=phase.end, callbacks=own + callbacks, verbose=config.verbose,
-                  shuffle=False)  # fmt: skip
+        model.fit(batches, initial_epoch=first, epochs=phase.end, callbacks=own + callbacks,
+                  verbose=config.verbose, shuffle=False)  # fmt: skip
         divergence.check(config)
+        if patience.stopped:
+            break
     train_seconds = time.perf_counter() - began
     best = checkpoint.state["best_weights"]
     if best:
         checkpoint.restore(model, best=True)
-    return _write_run(config, run_dir, model, data, checkpoint, train_seconds)
+    return _write_run(config, run_dir, model, data, checkpoint, train_seconds, patience.stopped)
 
 
 def _write_run(config: TrainConfig, run_dir: RunDir, model: ClusterModel, data: Dataset,
-               checkpoint: TrainingCheckpoint, train_seconds: float) -> dict[str, Any]:  # fmt: skip
+               checkpoint: TrainingCheckpoint, train_seconds: float,
+               stopped: int | None) -> dict[str, Any]:  # fmt: skip
     out = run_dir.path
     with atomic_path(out / "model.keras") as temporary:
         model.save(temporary)
@@ -357,6 +390,8 @@ def _write_run(config: TrainConfig, run_dir: RunDir, model: ClusterModel, data: 
         "resolved": config.resolved(data),
         "history": state["history"],
     }
+    if config.patience:
+        metrics["stopped_epoch"] = stopped  # None: it ran all epochs
     if state["best_epoch"] is not None:
         metrics["best_epoch"] = state["best_epoch"]
         metrics["best_" + MONITOR] = state["best"]

@@ -15,6 +15,7 @@ from clusterloss.layers.margin_heads import (
     SphereFace,
 )
 from clusterloss.layers.sub_center import SubCenterArcFace, SubCenterOutliers
+from clusterloss.layers.training_only import TrainingOnly
 from clusterloss.layers.weight_regularizers import (
     CenterInvariantRegularizer,
     RegularFaceRegularizer,
@@ -40,5 +41,6 @@ __all__ = [
     "SphereFace",
     "SubCenterArcFace",
     "SubCenterOutliers",
+    "TrainingOnly",
     "WeightRegularizer",
 ]

@@ -9,7 +9,7 @@ from clusterloss.app.cli.args import add_config_arguments, add_recipe_arguments,
 
 SHOWN = (
     "test_accuracy", "knn_accuracy", "intra_inter_ratio", "precision_at_1", "map_at_r",
-    "best_epoch", "best_val_map_at_r", "unseen_map_at_r", "verification_set", "roc_auc", "eer",
+    "best_epoch", "best_val_map_at_r", "stopped_epoch", "unseen_map_at_r", "verification_set", "roc_auc", "eer",
     "open_set_auroc", "train_seconds", "evaluate_seconds",
 )  # fmt: skip
 
