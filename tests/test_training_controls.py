@@ -22,6 +22,17 @@ TINY = ["train", "--train-limit", "128", "--test-limit", "60", "--embedding-dim"
 STEPS = 2  # 128 training rows in batches of 64
 
 
+@pytest.fixture(scope="module")
+def trunk_weights(tmp_path_factory) -> str:
+    """A weights file of the digits trunk (the MLP): a frozen phase needs given weights."""
+    from clusterloss.data import load_dataset
+    from clusterloss.models.backbones import make_trunk
+
+    path = tmp_path_factory.mktemp("weights") / "mlp.weights.h5"
+    make_trunk(load_dataset("digits").input_shape, "mlp").save_weights(path)
+    return str(path)
+
+
 def expected_rate(step: int, peak: float, total: int, decay: str, warmup: int) -> float:
     """The learning rate of step `step` (0-based), written out from the docs."""
     if step < warmup:
@@ -71,14 +82,14 @@ def test_optimizer_choice(name, kind, decay):
         assert optimizer.momentum == 0.9
 
 
-def test_schedule_and_optimizer_in_a_run(tmp_path):
+def test_schedule_and_optimizer_in_a_run(tmp_path, trunk_weights):
     """cosine with a one-epoch warm-up, across a frozen first epoch (a new optimizer that
     continues the schedule): the logged learning rate at each epoch's end is the formula at
     step epochs x steps; the saved model's optimizer is AdamW with the schedule."""
     out = tmp_path / "run"
     assert main([*TINY, "--epochs", "4", "--out", str(out), "--optimizer", "adamw",
                  "--lr-schedule", "cosine", "--warmup-epochs", "1", "--learning-rate", "0.02",
-                 "--freeze-backbone-epochs", "1", "--tensorboard"]) == 0  # fmt: skip
+                 "--freeze-backbone-epochs", "1", "--weights", trunk_weights, "--tensorboard"]) == 0  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["weight_decay"] == 0.004  # AdamW's default, recorded
     expected = [expected_rate(e * STEPS, 0.02, 4 * STEPS, "cosine", STEPS) for e in (1, 2, 3, 4)]
@@ -98,13 +109,13 @@ def test_schedule_and_optimizer_in_a_run(tmp_path):
         np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-9)
 
 
-def test_patience_stops_and_counts_across_the_frozen_phase(tmp_path):
+def test_patience_stops_and_counts_across_the_frozen_phase(tmp_path, trunk_weights):
     """With a learning rate of 1e-12 the validation MAP@R never improves after epoch 1:
     patience 2 stops at the end of epoch 3, although epoch 1 was a phase of its own."""
     out = tmp_path / "run"
     assert main([*TINY, "--epochs", "6", "--out", str(out), "--optimizer", "sgd",
                  "--learning-rate", "1e-12", "--val-split", "0.2", "--patience", "2",
-                 "--freeze-backbone-epochs", "1"]) == 0  # fmt: skip
+                 "--freeze-backbone-epochs", "1", "--weights", trunk_weights]) == 0  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     values = metrics["history"]["val_map_at_r"]
     assert len(values) == 3 and len(set(values)) == 1
@@ -171,7 +182,7 @@ class Interrupt(keras.callbacks.Callback):
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_with_the_same_schedule_augmentation_and_patience(tmp_path, capsys):
+def test_interrupted_run_resumes_with_the_same_schedule_augmentation_and_patience(tmp_path, capsys, trunk_weights):
     """Interrupted inside the unfrozen phase and resumed: the same history as an
     uninterrupted run (the schedule's step, the augmentation draws, the patience count)."""
     from clusterloss.app.cli.args import config_from_args
@@ -180,7 +191,7 @@ def test_interrupted_run_resumes_with_the_same_schedule_augmentation_and_patienc
 
     argv = [*TINY, "--epochs", "4", "--val-split", "0.2", "--optimizer", "sgd",
             "--lr-schedule", "step", "--warmup-epochs", "1", "--augment", "crop-flip-color",
-            "--freeze-backbone-epochs", "1", "--patience", "3"]  # fmt: skip
+            "--freeze-backbone-epochs", "1", "--weights", trunk_weights, "--patience", "3"]  # fmt: skip
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     assert main([*argv, "--out", str(whole)]) == 0
     args = build_parser().parse_args([*argv, "--out", str(resumed)])
