@@ -25,15 +25,12 @@ from clusterloss.app.report.plots import _pyplot, plot_features, save_figure
 from clusterloss.app.results import load_embeddings
 from clusterloss.app.rundir import write_text
 from clusterloss.app.runs import train
+from clusterloss.app.summaries import shown
 
-# Metrics shown in the table when the runs have them, in this order.
-# `unseen_*`: retrieval among classes never seen in training (class-disjoint); the
-# verification keys are on the unseen classes when there are any (metrics.json says which).
-METRICS = (
-    "test_accuracy", "knn_accuracy", "intra_inter_ratio", "precision_at_1", "r_precision",
-    "map_at_r", "nmi", "unseen_precision_at_1", "unseen_r_precision", "unseen_map_at_r",
-    "roc_auc", "eer", "tar_at_far_1e-2", "open_set_auroc", "train_seconds",
-)  # fmt: skip
+# The table's columns: `summaries.shown("compare")`, those the runs have. `unseen_*`: retrieval
+# among classes never seen in training (class-disjoint); the verification keys are on the
+# unseen classes when there are any (metrics.json says which).
+METRICS = shown("compare")
 
 
 @dataclass(frozen=True)

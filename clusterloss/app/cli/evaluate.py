@@ -7,12 +7,7 @@ import contextlib
 import json
 
 from clusterloss.app.config import verbosity
-
-SHOWN = (
-    "knn_accuracy", "precision_at_1", "r_precision", "map_at_r", "nmi",
-    "unseen_precision_at_1", "unseen_map_at_r", "verification_set", "roc_auc", "eer",
-    "tar_at_far_1e-2", "open_set_auroc", "evaluate_seconds",
-)  # fmt: skip
+from clusterloss.app.summaries import summary
 
 
 def add_run_dir(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +49,6 @@ def run(args: argparse.Namespace) -> int:
 
     with locked_run(args.run_dir) as (run_dir, model, data, metrics):
         metrics = evaluate_run(run_dir, model, data, metrics, verbose=args.verbose)
-    print(json.dumps({k: metrics[k] for k in SHOWN if k in metrics}, indent=2))
+    print(json.dumps(summary(metrics, "evaluate"), indent=2))
     print(f"wrote {args.run_dir}/metrics.json, roc.png, neighbors.png, report.html")
     return 0

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from clusterloss.app.cli.args import add_config_arguments, add_recipe_arguments, config_from_args, recipe_values
-
-SHOWN = (
-    "test_accuracy", "knn_accuracy", "intra_inter_ratio", "precision_at_1", "map_at_r",
-    "best_epoch", "best_val_map_at_r", "stopped_epoch", "unseen_map_at_r", "verification_set", "roc_auc", "eer",
-    "open_set_auroc", "train_seconds", "evaluate_seconds",
-)  # fmt: skip
+from clusterloss.app.cli.args import (
+    add_config_arguments,
+    add_recipe_arguments,
+    config_from_args,
+    recipe_values,
+)
+from clusterloss.app.summaries import summary
 
 
 def add_parser(subparsers) -> list[argparse.ArgumentParser]:
@@ -45,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args, args.loss, args.seed, args.out, recipe_values(args))
     metrics = train(config, overwrite=args.overwrite, resume=args.resume)
     out = config.run_dir()
-    print(json.dumps({k: metrics[k] for k in SHOWN if k in metrics}, indent=2))
+    print(json.dumps(summary(metrics, "train"), indent=2))
     print(f"wrote {out}/: " + ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
     return 0

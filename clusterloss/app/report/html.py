@@ -14,6 +14,7 @@ from typing import Any
 
 from clusterloss.app.evaluate import run_title
 from clusterloss.app.rundir import write_text
+from clusterloss.app.summaries import shown
 
 # (title, note, keys) of the metric tables; keys ending in "*" match by prefix.
 GROUPS = (
@@ -43,7 +44,7 @@ GROUPS = (
     ("Validation during training",
      "Retrieval among the validation images (leave-one-out), logged by RetrievalEvaluation; "
      "the model kept is the one of best_epoch.",
-     ("best_epoch", "best_val_*", "num_val")),
+     ("best_epoch", "best_val_*", "stopped_epoch", "num_val")),
     ("Run",
      "",
      ("dataset", "loss", "embedding_dim", "epochs", "seed", "metric", "backend", "num_classes", "num_train", "num_test", "num_unknown",
@@ -184,8 +185,7 @@ def render_report(run_dir: str | Path, metrics: dict[str, Any] | None = None) ->
     if not figures_html:
         figures_html = '<p class="missing">No plots in the run directory.</p>'
     headline = []
-    for key in ("test_accuracy", "precision_at_1", "map_at_r", "roc_auc", "eer",
-                "open_set_auroc", "unseen_map_at_r"):  # fmt: skip
+    for key in shown("headline"):
         if metrics.get(key) is not None:
             headline.append(f"{key} <b>{html.escape(_fmt(metrics[key]))}</b>")
     return f"""<!DOCTYPE html>
