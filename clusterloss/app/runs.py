@@ -11,6 +11,7 @@ While training, `checkpoint/` lets `train(..., resume=True)` continue a killed r
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import numpy as np
 
 from clusterloss.app.checkpoint import TrainingCheckpoint
 from clusterloss.app.config import CLI_FIELDS, PRESENTATION, TrainConfig
+from clusterloss.app.devices import Devices, plan
 from clusterloss.app.errors import RunError
 from clusterloss.app.evaluate import evaluate_run, run_title
 from clusterloss.app.projector import export_projector
@@ -280,7 +282,11 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     keras.utils.set_random_seed(config.seed)
     if resume:
         check_data(run_dir.path, config)
-    model, loss, recipe, data = _build(config)
+    devices = plan(config.distribute)
+    with devices.scope():  # the variables are made for the devices
+        model, loss, recipe, data = _build(config)
+    devices.check(math.prod(_sampler_shape(config, data)) if recipe.pairs else config.batch_size,
+                  recipe.pairs, config.options.get("sample_rate", 1.0))  # fmt: skip
     if resume:
         check_split(run_dir.path, config, data)
     else:
@@ -288,7 +294,7 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     has_val = len(data.y_val) > 0
     checkpoint = TrainingCheckpoint(run_dir / CHECKPOINT, dataclasses.asdict(config),
                                     MONITOR if has_val else None, "max", state)  # fmt: skip
-    own: list[keras.callbacks.Callback] = []
+    own: list[keras.callbacks.Callback] = devices.callbacks()
     if has_val:
         own.append(RetrievalEvaluation(data.x_val, data.y_val, every=config.eval_every,
                                        seed=config.seed))  # fmt: skip
@@ -299,28 +305,30 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     start, phases = checkpoint.epoch, _phases(config)
     saved = next((p for p in phases if p.begin < start <= p.end), None)  # the checkpoint's phase
     began = time.perf_counter()
-    for phase in phases:
-        if phase.end <= start and phase is not saved:
-            continue
-        _configure(model, loss, config, phase.frozen)
-        if phase is saved:
-            checkpoint.restore(model)
-        if phase.end <= start:
-            continue
-        first = max(start, phase.begin)
-        model.fit(_training_data(config, data, recipe, first), initial_epoch=first,
-                  epochs=phase.end, callbacks=own + callbacks, verbose=config.verbose,
-                  shuffle=False)  # fmt: skip
-        divergence.check(config)
+    with devices.scope():
+        for phase in phases:
+            if phase.end <= start and phase is not saved:
+                continue
+            _configure(model, loss, config, phase.frozen)
+            if phase is saved:
+                checkpoint.restore(model)
+            if phase.end <= start:
+                continue
+            first = max(start, phase.begin)
+            model.fit(devices.batches(_training_data(config, data, recipe, first)),
+                      initial_epoch=first, epochs=phase.end, callbacks=own + callbacks,
+                      verbose=config.verbose, shuffle=False)  # fmt: skip
+            divergence.check(config)
     train_seconds = time.perf_counter() - began
     best = checkpoint.state["best_weights"]
     if best:
         checkpoint.restore(model, best=True)
-    return _write_run(config, run_dir, model, data, checkpoint, train_seconds)
+    return _write_run(config, run_dir, model, data, checkpoint, train_seconds, devices)
 
 
 def _write_run(config: TrainConfig, run_dir: RunDir, model: ClusterModel, data: Dataset,
-               checkpoint: TrainingCheckpoint, train_seconds: float) -> dict[str, Any]:  # fmt: skip
+               checkpoint: TrainingCheckpoint, train_seconds: float,
+               devices: Devices) -> dict[str, Any]:  # fmt: skip
     out = run_dir.path
     with atomic_path(out / "model.keras") as temporary:
         model.save(temporary)
@@ -330,6 +338,7 @@ def _write_run(config: TrainConfig, run_dir: RunDir, model: ClusterModel, data: 
         "dataset": data.name,
         "loss": config.loss,
         "backend": keras.backend.backend(),
+        "devices": devices.record(),
         "embedding_dim": config.embedding_dim,
         "epochs": config.epochs,
         "seed": config.seed,
