@@ -22,21 +22,22 @@ from clusterloss.data import Batches
 
 ROOT = Path(__file__).resolve().parents[1]
 # 200 training rows: batches of 64, 64, 64 and 8, each split evenly over 2 or 4 devices.
-TINY = ["train", "--epochs", "2", "--train-limit", "200", "--test-limit", "100",
-        "--embedding-dim", "4", "--verbose", "0", "--no-evaluate"]  # fmt: skip
+RUN = ["train", "--epochs", "2", "--embedding-dim", "4", "--verbose", "0", "--no-evaluate"]
+TINY = [*RUN, "--train-limit", "200", "--test-limit", "100"]
 
-# Runs the CLI twice in one interpreter: the run, then a batch the devices cannot share.
+# Runs the CLI on each argument list of argv[1] (JSON) in one interpreter; prints the codes.
 CLI = textwrap.dedent(
     """
-    import sys
+    import json, sys
     {setup}
     from clusterloss.app.cli.main import main
-    assert main(sys.argv[1:]) == 0
-    try:
-        main([*sys.argv[1:-2], "--out", sys.argv[-1] + "-odd", "--batch-size", "30"])
-    except SystemExit as exit:
-        assert exit.code == 2
-    print("OK")
+    codes = []
+    for argv in json.loads(sys.argv[1]):
+        try:
+            codes.append(main(argv))
+        except SystemExit as exit:
+            codes.append(exit.code)
+    print("CODES", json.dumps(codes))
     """
 )
 TF_LOGICAL_CPUS = """
@@ -56,32 +57,50 @@ def _history(out: Path) -> tuple[list[float], dict]:
     return metrics["history"]["loss"], metrics["devices"]
 
 
-def _one_device(tmp_path: Path, *flags: str) -> list[float]:
-    out = tmp_path / "one"
-    assert main([*TINY, *flags, "--distribute", "none", "--out", str(out)]) == 0
+def _one_device(out: Path, argv: list[str]) -> list[float]:
+    assert main([*argv, "--distribute", "none", "--out", str(out)]) == 0
     loss, used = _history(out)
     assert used["distribute"] == "none" and len(used["devices"]) == 1
     return loss
 
 
-def _distributed(tmp_path: Path, setup: str, env: dict[str, str], *flags: str):
-    out = tmp_path / "many"
-    result = subprocess.run([sys.executable, "-c", CLI.format(setup=setup), *TINY, *flags,
-                             "--out", str(out)], env=env, cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
-    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
-    odd = [line for line in result.stderr.splitlines() if "error:" in line]
-    return (*_history(out), odd)
+def _distributed(setup: str, env: dict[str, str], codes: list[int], *runs: list[str]) -> list[str]:
+    """Runs the CLI with each argument list in one subprocess, which must exit with `codes`;
+    the error lines."""
+    result = subprocess.run([sys.executable, "-c", CLI.format(setup=setup), json.dumps(runs)],
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert f"CODES {json.dumps(codes)}" in result.stdout, result.stderr[-3000:]
+    return [line for line in result.stderr.splitlines() if "error:" in line]
+
+
+def _many_classes(path: Path) -> Path:
+    """An .npz of 64 classes x 10 vectors: enough classes for Partial FC."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(64), 10)
+    x = rng.normal(size=(64, 8))[y] * 3 + rng.normal(size=(len(y), 8))
+    np.savez(path, x=x.astype("float32"), y=y)
+    return path
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution: JAX backend (Keras 3.15)")
 def test_jax_four_devices_give_the_one_device_losses(tmp_path):
-    loss, used, odd = _distributed(
-        tmp_path, "", _env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
-    assert used == {"distribute": "DataParallel", "devices": [f"cpu:{i}" for i in range(4)],
-                    "processes": 1}  # fmt: skip
-    np.testing.assert_allclose(loss, _one_device(tmp_path), rtol=1e-5)
-    assert odd == ["clusterloss train: error: --batch-size: a batch of 30 is split over 4 devices "
+    many = tmp_path / "many"
+    partial_fc = [*RUN, "--data", str(_many_classes(tmp_path / "classes.npz")), "--loss",
+                  "arcface", "--sample-rate", "0.5", "--batch-size", "32", "--val-split", "0",
+                  "--test-split", "0.2"]  # fmt: skip
+    odd = _distributed("", _env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), [0, 0, 2],
+                       [*TINY, "--out", str(many)],
+                       [*partial_fc, "--out", str(tmp_path / "many-fc")],
+                       [*TINY, "--batch-size", "31", "--out", str(tmp_path / "odd")])  # fmt: skip
+    loss, used = _history(many)
+    four = [f"cpu:{i}" for i in range(4)]
+    assert used == {"distribute": "DataParallel", "devices": four, "processes": 1}
+    np.testing.assert_allclose(loss, _one_device(tmp_path / "one", TINY), rtol=1e-5)
+    # Partial FC: the head's 64 kernel rows split over the devices, 16 each
+    loss, used = _history(tmp_path / "many-fc")
+    assert used["devices"] == four and len(used["sharded"]) == 1, used
+    np.testing.assert_allclose(loss, _one_device(tmp_path / "one-fc", partial_fc), rtol=1e-5)
+    assert odd == ["clusterloss train: error: --batch-size: a batch of 31 is split over 4 devices "
                    "(DataParallel); it must be a multiple of 4: use --batch-size 28, or "
                    "--distribute none"]  # fmt: skip
 
@@ -89,10 +108,15 @@ def test_jax_four_devices_give_the_one_device_losses(tmp_path):
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend")
 def test_tf_two_logical_cpus_give_the_one_device_losses(tmp_path):
     # softmax: the center loss's Eq. 4 step differs per replica (docs/distributed.md)
-    loss, used, odd = _distributed(tmp_path, TF_LOGICAL_CPUS, _env(), "--loss", "softmax")
+    softmax = [*TINY, "--loss", "softmax"]
+    odd = _distributed(TF_LOGICAL_CPUS, _env(), [0, 2, 2], [*softmax, "--out", str(tmp_path / "many")],
+                       [*softmax, "--batch-size", "31", "--out", str(tmp_path / "odd")],
+                       [*TINY, "--loss", "triplet", "--out", str(tmp_path / "pairs")])  # fmt: skip
+    loss, used = _history(tmp_path / "many")
     assert used["distribute"] == "MirroredStrategy" and len(used["devices"]) == 2
-    np.testing.assert_allclose(loss, _one_device(tmp_path, "--loss", "softmax"), rtol=1e-5)
-    assert len(odd) == 1 and "a batch of 30 is split over 2 devices" in odd[0]
+    np.testing.assert_allclose(loss, _one_device(tmp_path / "one", softmax), rtol=1e-5)
+    assert len(odd) == 2 and "a batch of 31 is split over 2 devices" in odd[0]
+    assert "pair losses would mine inside each replica's slice" in odd[1]
 
 
 def _free_port() -> int:
@@ -113,7 +137,7 @@ def test_jax_two_processes_on_localhost_give_the_one_device_losses(tmp_path):
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
-    want = _one_device(tmp_path)
+    want = _one_device(tmp_path / "one", TINY)
     for run in (out, tmp_path / "many.process-1"):  # process 1 writes its own copy
         loss, used = _history(run)
         assert used == {"distribute": "DataParallel", "devices": ["cpu:0", "cpu:2048"],

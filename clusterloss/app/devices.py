@@ -2,7 +2,9 @@
 
 - JAX: `keras.distribution.DataParallel` over every device (of every process, after
   `initialize`): each batch is split over the devices, and XLA computes every loss on the
-  global batch, as on one device.
+  global batch, as on one device. With Partial FC (`sample_rate < 1`, the setting of heads
+  with many classes) on one process, the class head's kernel rows are split over the devices
+  too (`_ShardedHead`).
 - TensorFlow: `tf.distribute.MirroredStrategy` (Keras 3.15's `keras.distribution` for
   TensorFlow is a prototype): each replica computes its slice's loss, the gradients are summed.
 - PyTorch: one device (Keras 3.15 has no torch distribution); said in one line when there
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import sys
 from typing import Any
 
@@ -95,6 +98,26 @@ class _LocalEpochEnd(keras.callbacks.Callback):
         keras.distribution.set_distribution(None)
 
 
+# The class head's kernel: a layer right under the `ClusterModel` (the center loss's are `centers`).
+HEAD_KERNEL = r"cluster_model[^/]*/[^/]+/kernel"
+
+
+class _ShardedHead(keras.distribution.DataParallel):
+    """`DataParallel` that splits the rows of the class head's kernel over the devices (the
+    layout `ModelParallel` gives with `layout_map[HEAD_KERNEL] = ("batch", None)`), where
+    they divide evenly (JAX shards only evenly); `sharded` lists the variables split."""
+
+    def __init__(self):
+        super().__init__(auto_shard_dataset=False)  # _Shard does it
+        self.sharded: list[str] = []
+
+    def get_variable_layout(self, variable):
+        if re.fullmatch(HEAD_KERNEL, variable.path) and variable.shape[0] % self.device_mesh.shape[0] == 0:
+            self.sharded.append(variable.path)
+            return keras.distribution.TensorLayout((self.batch_dim_name, None), self.device_mesh)
+        return super().get_variable_layout(variable)
+
+
 @dataclasses.dataclass(frozen=True)
 class Devices:
     """The devices of a run and how it spreads over them (`how`: `"none"`,
@@ -138,12 +161,16 @@ class Devices:
 
     def record(self) -> dict[str, Any]:
         """What `metrics.json` says of the devices."""
-        return {"distribute": self.how, "devices": list(self.names), "processes": self.processes}
+        record = {"distribute": self.how, "devices": list(self.names), "processes": self.processes}
+        if getattr(self.context, "sharded", None):
+            record["sharded"] = self.context.sharded
+        return record
 
 
-def plan(distribute: str) -> Devices:
+def plan(distribute: str, partial_fc: bool = False) -> Devices:
     """The devices of a run: with `distribute="auto"` every local device when there are
-    several (`clusterloss._native.local_devices`), else one."""
+    several (`clusterloss._native.local_devices`), else one; `partial_fc`: shard the class
+    head on JAX (one process: a sharded array spanning processes cannot be saved from one)."""
     names = local_devices()
     process, processes = process_position()
     if processes > 1 and distribute == "none":
@@ -154,7 +181,10 @@ def plan(distribute: str) -> Devices:
         return Devices(tuple(names[:1]))
     backend = keras.backend.backend()
     if backend == "jax":
-        parallel = keras.distribution.DataParallel(auto_shard_dataset=False)  # _Shard does it
+        if partial_fc and processes == 1:
+            parallel = _ShardedHead()
+        else:
+            parallel = keras.distribution.DataParallel(auto_shard_dataset=False)  # _Shard does it
         return Devices(tuple(names), "DataParallel", parallel, process, processes)
     if backend == "tensorflow":
         return Devices(tuple(names), "MirroredStrategy", mirrored_strategy(names))

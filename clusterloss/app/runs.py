@@ -282,7 +282,7 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     keras.utils.set_random_seed(config.seed)
     if resume:
         check_data(run_dir.path, config)
-    devices = plan(config.distribute)
+    devices = plan(config.distribute, config.options.get("sample_rate", 1.0) < 1.0)
     with devices.scope():  # the variables are made for the devices
         model, loss, recipe, data = _build(config)
     devices.check(math.prod(_sampler_shape(config, data)) if recipe.pairs else config.batch_size,
