@@ -18,6 +18,7 @@ from conftest import BACKEND
 
 from clusterloss.app import devices
 from clusterloss.app.cli.main import main
+from clusterloss.app.errors import RunError
 from clusterloss.data import Batches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,8 @@ def _distributed(setup: str, env: dict[str, str], codes: list[int], *runs: list[
     """Runs the CLI with each argument list in one subprocess, which must exit with `codes`;
     the error lines."""
     result = subprocess.run([sys.executable, "-c", CLI.format(setup=setup), json.dumps(runs)],
-                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            check=False)  # fmt: skip
     assert f"CODES {json.dumps(codes)}" in result.stdout, result.stderr[-3000:]
     return [line for line in result.stderr.splitlines() if "error:" in line]
 
@@ -100,9 +102,9 @@ def test_jax_four_devices_give_the_one_device_losses(tmp_path):
     loss, used = _history(tmp_path / "many-fc")
     assert used["devices"] == four and len(used["sharded"]) == 1, used
     np.testing.assert_allclose(loss, _one_device(tmp_path / "one-fc", partial_fc), rtol=1e-5)
-    assert odd == ["clusterloss train: error: --batch-size: a batch of 31 is split over 4 devices "
-                   "(DataParallel); it must be a multiple of 4: use --batch-size 28, or "
-                   "--distribute none"]  # fmt: skip
+    assert odd == [("clusterloss train: error: --batch-size: a batch of 31 is split over 4 "
+                    "devices (DataParallel); it must be a multiple of 4: use --batch-size 28, "
+                    "or --distribute none")]  # fmt: skip
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend")
@@ -166,3 +168,17 @@ def test_torch_says_it_trains_on_one_device(monkeypatch, capsys):
     assert used.names == ("cuda:0",) and used.how == "none"
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "training on cuda:0 alone of 2 devices" in err[0]
+
+
+def test_refusals_name_the_flag_and_the_fix(monkeypatch):
+    mirrored = devices.Devices(("/cpu:0", "/cpu:1"), "MirroredStrategy")
+    mirrored.check(64, pairs=False, sample_rate=1.0)
+    with pytest.raises(RunError, match=r"a batch of 63 is split over 2 devices .* use --batch-size 62"):
+        mirrored.check(63, pairs=False, sample_rate=1.0)
+    with pytest.raises(RunError, match=r"Partial FC \(--sample-rate\) would sample classes per replica"):
+        mirrored.check(64, pairs=False, sample_rate=0.5)
+    devices.Devices(("cpu:0", "cpu:1"), "DataParallel").check(64, pairs=True, sample_rate=0.5)
+    if BACKEND != "jax":  # JAX would start its distributed runtime
+        monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+        with pytest.raises(RunError, match=f"several processes need the JAX backend .*got {BACKEND}"):
+            devices.initialize()

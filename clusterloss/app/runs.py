@@ -282,11 +282,12 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     keras.utils.set_random_seed(config.seed)
     if resume:
         check_data(run_dir.path, config)
-    devices = plan(config.distribute, config.options.get("sample_rate", 1.0) < 1.0)
+    sample_rate = config.options.get("sample_rate", 1.0)
+    devices = plan(config.distribute, partial_fc=sample_rate < 1.0)
     with devices.scope():  # the variables are made for the devices
         model, loss, recipe, data = _build(config)
     devices.check(math.prod(_sampler_shape(config, data)) if recipe.pairs else config.batch_size,
-                  recipe.pairs, config.options.get("sample_rate", 1.0))  # fmt: skip
+                  recipe.pairs, sample_rate)  # fmt: skip
     if resume:
         check_split(run_dir.path, config, data)
     else:
