@@ -83,9 +83,10 @@ class _Shard(keras.utils.PyDataset):
 
 class _LocalEpochEnd(keras.callbacks.Callback):
     """First of `fit`'s callbacks: unsets the distribution at each epoch's end and sets it
-    again when the next begins. The validation retrieval and checkpoint after it then predict
-    with the replicated weights (every device computes the same), since `DataParallel` would
-    split a prediction's last, uneven batch over the devices too (an `IndivisibleError`)."""
+    again when the next epoch begins and when training ends (the next phase's optimizer is
+    made under it). The validation retrieval and checkpoint after it then predict with the
+    replicated weights (every device computes the same), since `DataParallel` would split a
+    prediction's last, uneven batch over the devices too (an `IndivisibleError`)."""
 
     def __init__(self, distribution: keras.distribution.Distribution):
         super().__init__()
@@ -96,6 +97,9 @@ class _LocalEpochEnd(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         keras.distribution.set_distribution(None)
+
+    def on_train_end(self, logs=None):
+        keras.distribution.set_distribution(self.distribution)
 
 
 # The class head's kernel: a layer right under the `ClusterModel` (the center loss's are `centers`).
