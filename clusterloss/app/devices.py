@@ -116,8 +116,8 @@ class _ShardedHead(keras.distribution.DataParallel):
         self.sharded: list[str] = []
 
     def get_variable_layout(self, variable):
-        rows, count = variable.shape[0], self.device_mesh.shape[0]
-        if re.fullmatch(HEAD_KERNEL, variable.path) and rows % count == 0:
+        count = self.device_mesh.shape[0]
+        if re.fullmatch(HEAD_KERNEL, variable.path) and variable.shape[0] % count == 0:
             if variable.path not in self.sharded:
                 self.sharded.append(variable.path)
             return keras.distribution.TensorLayout((self.batch_dim_name, None), self.device_mesh)
