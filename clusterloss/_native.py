@@ -53,6 +53,10 @@ TensorFlow, JAX or PyTorch, and only inside the function that needs it:
 - `row_slices`: TensorFlow gives the gradient of a gather (a Partial FC head's sampled rows)
   as `tf.IndexedSlices`, PyTorch (above) as a sparse COO tensor: the rows and their values;
   converting it to a dense tensor would allocate the whole `(num_classes, dim)` matrix.
+- `local_devices`, `process_position`, `mirrored_strategy`: the devices a run can train on
+  (JAX: its default platform's, of every process; TensorFlow: the logical GPUs, else the
+  logical CPUs; PyTorch: the CUDA devices, else the CPU), this process's index and the number
+  of processes (JAX's distributed runtime), and TensorFlow's `MirroredStrategy` over some devices.
 - `replicas_in_sync`, `any_replica`: under a TensorFlow distribution strategy each replica
   computes the loss of its part of the batch and the gradients are summed, so a loss term
   must be divided by the number of replicas (Keras does so for compiled losses), and a row
@@ -159,6 +163,43 @@ def _jax_route():
 
     route.defvjp(forward, backward)
     return route
+
+
+def local_devices() -> list[str]:
+    """The devices a run can train on: JAX, every device of its default platform (of every
+    process after `keras.distribution.initialize`; several CPU devices only when forced with
+    `XLA_FLAGS=--xla_force_host_platform_device_count=N`); TensorFlow, the logical GPUs, else
+    the logical CPUs (several only when configured with
+    `tf.config.set_logical_device_configuration`); PyTorch, the CUDA devices, else the CPU."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return keras.distribution.list_devices()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        names = [d.name for d in tf.config.list_logical_devices("GPU")]
+        return names or [d.name for d in tf.config.list_logical_devices("CPU")]
+    import torch
+
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+
+
+def process_position() -> tuple[int, int]:
+    """`(index, count)` of this process among those of JAX's distributed runtime (`(0, 1)`
+    alone)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_index(), jax.process_count()
+    return 0, 1
+
+
+def mirrored_strategy(devices: list[str]):
+    """TensorFlow's `tf.distribute.MirroredStrategy` over `devices` (names from
+    `local_devices`)."""
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy(devices)
 
 
 def replicas_in_sync() -> int:

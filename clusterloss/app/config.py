@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from clusterloss.app.devices import DISTRIBUTE
 from clusterloss.app.training import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, default_weight_decay
 from clusterloss.data import DATASETS, Dataset, load_dataset
 from clusterloss.data.datasets import DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT
@@ -174,6 +175,10 @@ class TrainConfig:
         "use a random subset of the test set", positive_int))
     eval_every: int = field(default=1, metadata=arg(
         "validation retrieval every N epochs (and at the last)", positive_int, metavar="N"))
+    distribute: str = field(default="auto", metadata=arg(
+        "auto: train on every local device when there are several (JAX DataParallel, "
+        "TensorFlow MirroredStrategy; --batch-size is the global batch), and on every process "
+        "of KERAS_DISTRIBUTION_* (JAX); none: one device", choices=DISTRIBUTE))
     tensorboard: bool = field(default=False, metadata=arg(
         "write TensorBoard logs and the test embeddings for its projector to RUN_DIR/logs"))
     evaluate: bool = field(default=True, metadata=arg(

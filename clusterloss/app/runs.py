@@ -11,6 +11,7 @@ While training, `checkpoint/` lets `train(..., resume=True)` continue a killed r
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import numpy as np
 
 from clusterloss.app.checkpoint import TrainingCheckpoint
 from clusterloss.app.config import CLI_FIELDS, PRESENTATION, TrainConfig
+from clusterloss.app.devices import Devices, plan
 from clusterloss.app.errors import RunError
 from clusterloss.app.evaluate import evaluate_run, run_title
 from clusterloss.app.projector import export_projector
@@ -319,7 +321,12 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     keras.utils.set_random_seed(config.seed)
     if resume:
         check_data(run_dir.path, config)
-    model, loss, recipe, data = _build(config)
+    sample_rate = config.options.get("sample_rate", 1.0)
+    devices = plan(config.distribute, partial_fc=sample_rate < 1.0)
+    with devices.scope():  # the variables are made for the devices
+        model, loss, recipe, data = _build(config)
+    devices.check(math.prod(_sampler_shape(config, data)) if recipe.pairs else config.batch_size,
+                  recipe.pairs, sample_rate)  # fmt: skip
     unfrozen = config.epochs - config.freeze_backbone_epochs  # the BatchNormalization settles in them
     settle_batch_norm(_trunk(model), len(_training_data(config, data, recipe, 0)) * unfrozen)
     if resume:
@@ -329,7 +336,7 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     has_val = len(data.y_val) > 0
     checkpoint = TrainingCheckpoint(run_dir / CHECKPOINT, dataclasses.asdict(config),
                                     MONITOR if has_val else None, "max", state)  # fmt: skip
-    own: list[keras.callbacks.Callback] = []
+    own: list[keras.callbacks.Callback] = devices.callbacks()
     if has_val:
         own.append(RetrievalEvaluation(data.x_val, data.y_val, every=config.eval_every,
                                        seed=config.seed))  # fmt: skip
@@ -343,31 +350,32 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     start, phases = checkpoint.epoch, _phases(config)
     saved = next((p for p in phases if p.begin < start <= p.end), None)  # the checkpoint's phase
     began = time.perf_counter()
-    for phase in phases:
-        if phase.end <= start and phase is not saved:
-            continue
-        first = max(start, phase.begin)
-        batches = _training_data(config, data, recipe, first)
-        rates.optimizer = _configure(model, loss, config, phase, len(batches))
-        if phase is saved:
-            checkpoint.restore(model)
-        if phase.end <= start:
-            continue
-        model.fit(batches, initial_epoch=first, epochs=phase.end, callbacks=own + callbacks,
-                  verbose=config.verbose, shuffle=False)  # fmt: skip
-        divergence.check(config)
-        if patience.stopped:
-            break
+    with devices.scope():
+        for phase in phases:
+            if phase.end <= start and phase is not saved:
+                continue
+            first = max(start, phase.begin)
+            batches = _training_data(config, data, recipe, first)
+            rates.optimizer = _configure(model, loss, config, phase, len(batches))
+            if phase is saved:
+                checkpoint.restore(model)
+            if phase.end <= start:
+                continue
+            model.fit(devices.batches(batches), initial_epoch=first, epochs=phase.end, callbacks=own + callbacks,
+                      verbose=config.verbose, shuffle=False)  # fmt: skip
+            divergence.check(config)
+            if patience.stopped:
+                break
     train_seconds = time.perf_counter() - began
     best = checkpoint.state["best_weights"]
     if best:
         checkpoint.restore(model, best=True)
-    return _write_run(config, run_dir, model, data, checkpoint, train_seconds, patience.stopped)
+    return _write_run(config, run_dir, model, data, checkpoint, train_seconds, devices, patience.stopped)
 
 
 def _write_run(config: TrainConfig, run_dir: RunDir, model: ClusterModel, data: Dataset,
                checkpoint: TrainingCheckpoint, train_seconds: float,
-               stopped: int | None) -> dict[str, Any]:  # fmt: skip
+               devices: Devices, stopped: int | None) -> dict[str, Any]:  # fmt: skip
     out = run_dir.path
     with atomic_path(out / "model.keras") as temporary:
         model.save(temporary)
@@ -377,6 +385,7 @@ def _write_run(config: TrainConfig, run_dir: RunDir, model: ClusterModel, data: 
         "dataset": data.name,
         "loss": config.loss,
         "backend": keras.backend.backend(),
+        "devices": devices.record(),
         "embedding_dim": config.embedding_dim,
         "epochs": config.epochs,
         "seed": config.seed,

@@ -36,13 +36,17 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clusterloss.app.devices import initialize
     from clusterloss.app.runs import train
 
     if args.overwrite and args.resume:
         from clusterloss.app.cli.args import fail
 
         fail(args, "--overwrite and --resume exclude each other")
+    process = initialize()  # several processes: before anything computes
     config = config_from_args(args, args.loss, args.seed, args.out, recipe_values(args))
+    if process:  # every process trains and evaluates the same run; process 0 writes --out
+        config.out = f"{config.run_dir()}.process-{process}"
     metrics = train(config, overwrite=args.overwrite, resume=args.resume)
     out = config.run_dir()
     print(json.dumps(summary(metrics, "train"), indent=2))
