@@ -56,7 +56,10 @@ def plot_features(
     plt = _pyplot()
     embeddings = np.asarray(embeddings, "float32")
     labels = np.asarray(labels).reshape(-1)
-    extra = [np.asarray(centers, "float32")] if centers is not None else []
+    if centers is not None:  # a class without training rows has no center (NaN): not drawn
+        centers = np.asarray(centers, "float32")
+        centers = centers[np.isfinite(centers).all(axis=1)]
+    extra = [centers] if centers is not None and len(centers) else []
     points, *rest = project_2d(embeddings, *extra)
     own = ax is None
     if own:
