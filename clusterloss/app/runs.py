@@ -14,7 +14,6 @@ import dataclasses
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -46,7 +45,6 @@ from clusterloss.sampling import MPerClassSampler
 _UNEVALUATED = ("{0} finished training but its evaluation did not end (stopped during it?); "
                 "`clusterloss evaluate {0}` finishes it")  # fmt: skip
 MONITOR = "val_map_at_r"  # the validation metric that picks the model kept
-LOADER_THREADS = 4  # threads reading image files during training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,14 +106,14 @@ def _sampler_shape(config: TrainConfig, data: Dataset) -> tuple[int, int]:
 
 def _training_data(config: TrainConfig, data: Dataset, recipe: Recipe, epoch: int):
     """Batches for `fit` from `epoch` on: shuffled rows, or M-per-class batches for losses
-    that need pairs; both drawn from (seed, epoch), so a resumed run sees the same ones."""
-    threads = {"workers": LOADER_THREADS} if isinstance(data.x_train, ImageFiles) else {}
+    that need pairs; both drawn from (seed, epoch), so a resumed run sees the same ones.
+    Image files are read on all cores, inside each batch (`ImageFiles`) and ahead of it
+    (`Batches`); never by Keras's `workers`, which read across the end of an epoch."""
     if not recipe.pairs:
         return Batches(data.x_train, data.y_train, config.batch_size, shuffle=True,
-                       seed=config.seed, epoch=epoch, **threads)  # fmt: skip
+                       seed=config.seed, epoch=epoch)  # fmt: skip
     m, classes = _sampler_shape(config, data)
-    sampler = MPerClassSampler(data.x_train, data.y_train, m=m, batch_size=m * classes,
-                               seed=config.seed, **threads)  # fmt: skip
+    sampler = MPerClassSampler(data.x_train, data.y_train, m=m, batch_size=m * classes, seed=config.seed)
     for _ in range(epoch):
         sampler.on_epoch_end()
     return sampler
@@ -216,6 +214,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     config.learning_rate = config.resolved_learning_rate()
     if resume:  # checked before taking the lock: a mistake leaves a stopped run as it is
         _check_resume(config, TrainingCheckpoint.read(run_dir / CHECKPOINT), run_dir)
+        check_data(run_dir.path, config)
     elif not overwrite and _unevaluated(run_dir):
         raise RunError(_UNEVALUATED.format(run_dir.path) + "; or pass --overwrite to replace it")
     with run_dir.lock():
@@ -278,8 +277,6 @@ class _Divergence(keras.callbacks.Callback):
 def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) -> dict[str, Any]:
     state = TrainingCheckpoint.read(run_dir / CHECKPOINT) if resume else None
     keras.utils.set_random_seed(config.seed)
-    if resume:
-        check_data(run_dir.path, config)
     model, loss, recipe, data = _build(config)
     if resume:
         check_split(run_dir.path, config, data)
@@ -298,7 +295,6 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
         own.append(EpochScalars(run_dir / LOGS))
     start, phases = checkpoint.epoch, _phases(config)
     saved = next((p for p in phases if p.begin < start <= p.end), None)  # the checkpoint's phase
-    began = time.perf_counter()
     for phase in phases:
         if phase.end <= start and phase is not saved:
             continue
@@ -312,7 +308,7 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
                   epochs=phase.end, callbacks=own + callbacks, verbose=config.verbose,
                   shuffle=False)  # fmt: skip
         divergence.check(config)
-    train_seconds = time.perf_counter() - began
+    train_seconds = checkpoint.seconds()  # with the parts before a resume
     best = checkpoint.state["best_weights"]
     if best:
         checkpoint.restore(model, best=True)
