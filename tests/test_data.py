@@ -116,6 +116,27 @@ def test_batches_read_ahead_are_those_of_their_epoch(folder):
         Batches(files, y, prefetch=-1)
 
 
+def test_recycled_batch_arrays_are_never_shared(folder):
+    """A batch array is handed out again only when nothing holds it: the batches a model
+    predicts on (JAX dispatches asynchronously; backends may share the NumPy memory) keep
+    their values, and an array held, or a view of it, is not reused."""
+    import keras
+
+    from clusterloss.data.images import Recycler
+
+    data = load_dataset(folder, val_split=0.0, test_split=0.2, image_size=8)
+    images = np.stack([_pixels(p, (8, 8)) for p in data.x_train.paths])
+    identity = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Identity()])
+    np.testing.assert_allclose(identity.predict(Batches(data.x_train, batch_size=3), verbose=0), images, atol=1e-6)
+    recycler = Recycler(keep=3)
+    first = recycler.empty((2, 3))
+    view = recycler.empty((2, 3))[0]
+    assert recycler.empty((2, 3)) is not first and view.base is not first
+    first_id = id(first)
+    del first
+    assert id(recycler.empty((2, 3))) == first_id
+
+
 def test_grayscale_is_detected(tmp_path):
     make_image_folder(tmp_path / "gray", classes=2, per_class=3, size=10, grayscale=True)
     data = load_dataset(tmp_path / "gray", val_split=0.0, test_split=0.0, image_size=10)
