@@ -36,7 +36,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-FASHION = ROOT.parent / "shared" / "data" / "keras" / "datasets" / "fashion-mnist" / "train-images-idx3-ubyte.gz"
+FASHION = ROOT.parent / "shared/data/keras/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 
 
 def _sources(n: int):
@@ -116,9 +116,9 @@ def main() -> None:
                 cpu[name].append((time.process_time() - cpu_began) / count * 1e3)
                 assert count == args.images, (name, count)
         median = {name: statistics.median(values) for name, values in rates.items()}
-        print(f"{args.images} JPEGs of {args.file_size or args.size} pixels square read at {args.size}x{args.size}, "
-              f"batches of {args.batch_size}, "
-              f"{os.cpu_count()} cores, median of {args.rounds} interleaved rounds")  # fmt: skip
+        side = args.file_size or args.size
+        print(f"{args.images} JPEGs of {side}x{side} read at {args.size}x{args.size}, batches of "
+              f"{args.batch_size}, {os.cpu_count()} cores, median of {args.rounds} interleaved rounds")  # fmt: skip
         for name, values in rates.items():
             print(f"  {name:12s} {median[name]:8.0f} images/s, {statistics.median(cpu[name]):.3f} CPU ms "
                   f"per image  (rounds: {', '.join(f'{v:.0f}' for v in values)} images/s)")  # fmt: skip

@@ -127,7 +127,8 @@ def test_recycled_batch_arrays_are_never_shared(folder):
     data = load_dataset(folder, val_split=0.0, test_split=0.2, image_size=8)
     images = np.stack([_pixels(p, (8, 8)) for p in data.x_train.paths])
     identity = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Identity()])
-    np.testing.assert_allclose(identity.predict(Batches(data.x_train, batch_size=3), verbose=0), images, atol=1e-6)
+    predicted = identity.predict(Batches(data.x_train, batch_size=3), verbose=0)
+    np.testing.assert_allclose(predicted, images, atol=1e-6)
     recycler = Recycler(keep=3)
     first = recycler.empty((2, 3))
     view = recycler.empty((2, 3))[0]

@@ -257,6 +257,8 @@ def test_killed_folder_run_resumes_to_the_same_result(tmp_path, capsys):
     changed.write_bytes(original)
     os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     _resumed_equals_whole(tmp_path, capsys, argv, state)
+
+
 class ExplodeWeights(keras.callbacks.Callback):
     """Makes the weights NaN after the second batch, as a diverging optimizer would."""
 

@@ -3,9 +3,10 @@
 Like `keras.callbacks.BackupAndRestore` (weights with the optimizer state at every epoch
 end), plus what that callback does not keep: the history of the epochs already done and the
 best monitored value with its weights (the best model of a run with validation), the
-seconds trained so far (`seconds()` counts the run's parts across resumes), the state of every `keras.random.SeedGenerator` of the model and its loss (Partial FC's class
-sampling, a sampling miner: a resumed run continues their draws instead of replaying them),
-and atomicity. Each epoch writes `epoch-<N>.weights.h5` (and `best-<N>.weights.h5` when the
+seconds trained so far (`seconds()` adds up the parts of a resumed run), the state of every
+`keras.random.SeedGenerator` of the model and its loss (Partial FC's class sampling, a
+sampling miner: a resumed run continues their draws instead of replaying them), and
+atomicity. Each epoch writes `epoch-<N>.weights.h5` (and `best-<N>.weights.h5` when the
 monitored value improves), then `state.json` by rename, which names the weights files it
 belongs to, then deletes the files it no longer names; a process killed at any moment
 leaves a consistent checkpoint.

@@ -59,7 +59,7 @@ class Batches(keras.utils.PyDataset):
         self._lock = threading.Lock()
         self._orders: dict[int, np.ndarray] = {}
         self._ahead: dict[tuple[int, int], Future] = {}
-        self._reader = ThreadPoolExecutor(prefetch, thread_name_prefix="clusterloss-batches") if prefetch else None
+        self._reader = ThreadPoolExecutor(prefetch, "clusterloss-batches") if prefetch else None
 
     def __len__(self) -> int:
         return math.ceil(len(self.x) / self.batch_size)
