@@ -11,6 +11,7 @@ from PIL import Image
 from synthetic import make_image_folder
 
 from clusterloss.data import Batches, DataError, ImageFiles, load_dataset
+from clusterloss.sampling import MPerClassSampler
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,8 @@ def test_image_files_are_read_in_parallel_in_row_order(tmp_path):
 
 def test_batches_read_ahead_are_those_of_their_epoch(folder):
     """With files read ahead (across the end of an epoch too), batch i of epoch e holds the
-    rows of permutation (seed, e), whatever was read before it, in whatever order."""
+    rows of permutation (seed, e), whatever was read before it, in whatever order; an
+    M-per-class sampler of the files gives the batches it gives on arrays."""
     data = load_dataset(folder, val_split=0.0, test_split=0.2, image_size=8)
     files, y = data.x_train, data.y_train
     images = np.stack([_pixels(p, (8, 8)) for p in files.paths])
@@ -112,6 +114,15 @@ def test_batches_read_ahead_are_those_of_their_epoch(folder):
         batches.on_epoch_end()
     resumed = Batches(files, y, batch_size=5, shuffle=True, seed=3, epoch=1, prefetch=1)
     np.testing.assert_allclose(resumed[3][0], expected(1, 3)[0], atol=1e-6)
+    sampler = MPerClassSampler(files, y, m=2, batch_size=4, seed=3)  # M-per-class: the same
+    plain = MPerClassSampler(images, y, m=2, batch_size=4, seed=3)  # arrays: none read ahead
+    assert sampler.prefetch == 2 and plain.prefetch == 0
+    for order in (range(len(sampler)), reversed(range(len(sampler))), [1, 0]):
+        for index in order:
+            np.testing.assert_allclose(sampler[index][0], plain[index][0], atol=1e-6)
+            assert np.array_equal(sampler[index][1], y[plain.indices[index]])
+        sampler.on_epoch_end()
+        plain.on_epoch_end()
     with pytest.raises(ValueError, match=r"`prefetch` must be an int >= 0; got -1"):
         Batches(files, y, prefetch=-1)
 

@@ -108,15 +108,13 @@ def _training_data(config: TrainConfig, data: Dataset, recipe: Recipe, epoch: in
     """Batches for `fit` from `epoch` on: shuffled rows, or M-per-class batches for losses
     that need pairs; both drawn from (seed, epoch), so a resumed run sees the same ones.
     Image files are read on all cores, inside each batch (`ImageFiles`) and ahead of it
-    (`Batches`); never by Keras's `workers`, which read across the end of an epoch."""
+    (`ReadAhead`); never by Keras's `workers`, which read across the end of an epoch."""
     if not recipe.pairs:
         return Batches(data.x_train, data.y_train, config.batch_size, shuffle=True,
                        seed=config.seed, epoch=epoch)  # fmt: skip
     m, classes = _sampler_shape(config, data)
-    sampler = MPerClassSampler(data.x_train, data.y_train, m=m, batch_size=m * classes, seed=config.seed)
-    for _ in range(epoch):
-        sampler.on_epoch_end()
-    return sampler
+    return MPerClassSampler(data.x_train, data.y_train, m=m, batch_size=m * classes, seed=config.seed,
+                            epoch=epoch)  # fmt: skip
 
 
 def _check_pair_batches(config: TrainConfig, data: Dataset) -> None:
