@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 from synthetic import make_image_folder
 
 from clusterloss.data import Batches, DataError, ImageFiles, load_dataset
+from clusterloss.sampling import MPerClassSampler
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +53,100 @@ def test_image_files_read_only_the_rows_asked(folder, monkeypatch):
     import clusterloss.data.images as images
 
     original = images.read_image
-    monkeypatch.setattr(images, "read_image", lambda p, s, c: read.append(p) or original(p, s, c))
+    monkeypatch.setattr(images, "read_image", lambda p, *args: read.append(p) or original(p, *args))
     batch = files[np.array([3, 0])]
-    assert read == [files.paths[3], files.paths[0]] and batch.shape == (2, 6, 8, 3)
+    assert sorted(read) == sorted([files.paths[3], files.paths[0]]) and batch.shape == (2, 6, 8, 3)
     expected = np.asarray(Image.open(files.paths[3]).convert("RGB").resize((8, 6), Image.BILINEAR))
     np.testing.assert_allclose(batch[0], expected / 255.0, atol=1e-6)
     assert 0.0 <= batch.min() and batch.max() <= 1.0
     assert files.subset([1, 2]).paths == files.paths[1:3] and len(read) == 2  # no reading
+
+
+def _pixels(path, size) -> np.ndarray:
+    """The reference: Pillow's full decode, RGB, bilinear resize, / 255."""
+    image = Image.open(path).convert("RGB")
+    return np.asarray(image.resize((size[1], size[0]), Image.BILINEAR), np.float64) / 255.0
+
+
+def test_image_files_are_read_in_parallel_in_row_order(tmp_path):
+    """Rows come back in the order asked (decoded on all cores); a JPEG larger than the size
+    asked is decoded at a reduced scale, close to the full decode; a file that cannot be
+    read fails naming it."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(24):
+        path = tmp_path / f"{i:02d}.jpg"
+        coarse = rng.integers(0, 256, (4, 4, 3), np.uint8)
+        Image.fromarray(coarse).resize((64, 64), Image.BILINEAR).save(path, quality=95)
+        paths.append(str(path))
+    rows = rng.permutation(24)[:20]
+    files = ImageFiles(paths, (64, 64), channels=3)
+    np.testing.assert_allclose(files[rows], [_pixels(paths[r], (64, 64)) for r in rows], atol=1e-6)
+    small = ImageFiles(paths, (16, 16), channels=3)[rows]  # decoded at 1/4 scale, then resized
+    error = np.abs(small - [_pixels(paths[r], (16, 16)) for r in rows])
+    assert error.mean() < 0.02 and small.dtype == np.float32
+    data = Path(paths[7]).read_bytes()
+    Path(paths[7]).write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"07\.jpg: not a readable image"):
+        files[np.arange(24)]
+
+
+def test_batches_read_ahead_are_those_of_their_epoch(folder):
+    """With files read ahead (across the end of an epoch too), batch i of epoch e holds the
+    rows of permutation (seed, e), whatever was read before it, in whatever order; an
+    M-per-class sampler of the files gives the batches it gives on arrays."""
+    data = load_dataset(folder, val_split=0.0, test_split=0.2, image_size=8)
+    files, y = data.x_train, data.y_train
+    images = np.stack([_pixels(p, (8, 8)) for p in files.paths])
+
+    def expected(epoch: int, index: int):
+        rows = np.random.default_rng([3, epoch]).permutation(len(y))[index * 5 : index * 5 + 5]
+        return images[rows], y[rows]
+
+    batches = Batches(files, y, batch_size=5, shuffle=True, seed=3)
+    assert batches.prefetch == 2 and Batches(images, y).prefetch == 0
+    for epoch, order in ((0, range(len(batches))), (1, [5, 0, 1, 6, 2, 3, 4]), (2, [0, 1])):
+        for index in order:
+            x, labels = batches[index]
+            want_x, want_y = expected(epoch, index)
+            np.testing.assert_allclose(x, want_x, atol=1e-6, err_msg=f"{epoch}, {index}")
+            assert np.array_equal(labels, want_y)
+        batches.on_epoch_end()
+    resumed = Batches(files, y, batch_size=5, shuffle=True, seed=3, epoch=1, prefetch=1)
+    np.testing.assert_allclose(resumed[3][0], expected(1, 3)[0], atol=1e-6)
+    sampler = MPerClassSampler(files, y, m=2, batch_size=4, seed=3)  # M-per-class: the same
+    plain = MPerClassSampler(images, y, m=2, batch_size=4, seed=3)  # arrays: none read ahead
+    assert sampler.prefetch == 2 and plain.prefetch == 0
+    for order in (range(len(sampler)), reversed(range(len(sampler))), [1, 0]):
+        for index in order:
+            np.testing.assert_allclose(sampler[index][0], plain[index][0], atol=1e-6)
+            assert np.array_equal(sampler[index][1], y[plain.indices[index]])
+        sampler.on_epoch_end()
+        plain.on_epoch_end()
+    with pytest.raises(ValueError, match=r"`prefetch` must be an int >= 0; got -1"):
+        Batches(files, y, prefetch=-1)
+
+
+def test_recycled_batch_arrays_are_never_shared(folder):
+    """A batch array is handed out again only when nothing holds it: the batches a model
+    predicts on (JAX dispatches asynchronously; backends may share the NumPy memory) keep
+    their values, and an array held, or a view of it, is not reused."""
+    import keras
+
+    from clusterloss.data.images import Recycler
+
+    data = load_dataset(folder, val_split=0.0, test_split=0.2, image_size=8)
+    images = np.stack([_pixels(p, (8, 8)) for p in data.x_train.paths])
+    identity = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Identity()])
+    predicted = identity.predict(Batches(data.x_train, batch_size=3), verbose=0)
+    np.testing.assert_allclose(predicted, images, atol=1e-6)
+    recycler = Recycler(keep=3)
+    first = recycler.empty((2, 3))
+    view = recycler.empty((2, 3))[0]
+    assert recycler.empty((2, 3)) is not first and view.base is not first
+    first_id = id(first)
+    del first
+    assert id(recycler.empty((2, 3))) == first_id
 
 
 def test_grayscale_is_detected(tmp_path):

@@ -3,9 +3,10 @@
 Like `keras.callbacks.BackupAndRestore` (weights with the optimizer state at every epoch
 end), plus what that callback does not keep: the history of the epochs already done and the
 best monitored value with its weights (the best model of a run with validation), the
-state of every `keras.random.SeedGenerator` of the model and its loss (Partial FC's class
-sampling, a sampling miner: a resumed run continues their draws instead of replaying them),
-and atomicity. Each epoch writes `epoch-<N>.weights.h5` (and `best-<N>.weights.h5` when the
+seconds trained so far (`seconds()` adds up the parts of a resumed run), the state of every
+`keras.random.SeedGenerator` of the model and its loss (Partial FC's class sampling, a
+sampling miner: a resumed run continues their draws instead of replaying them), and
+atomicity. Each epoch writes `epoch-<N>.weights.h5` (and `best-<N>.weights.h5` when the
 monitored value improves), then `state.json` by rename, which names the weights files it
 belongs to, then deletes the files it no longer names; a process killed at any moment
 leaves a consistent checkpoint.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,13 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             "config": config, "epoch": 0, "history": {}, "weights": None,
             "monitor": monitor, "best": None, "best_epoch": None, "best_weights": None,
         }  # fmt: skip
+        self._before = float(self.state.get("train_seconds", 0.0))  # the parts before a resume
+        self._began = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Seconds trained: this process's since it made this checkpoint, plus the ones
+        saved before it (the epochs a resume continues from)."""
+        return self._before + time.perf_counter() - self._began
 
     @staticmethod
     def read(directory: str | Path) -> dict[str, Any] | None:
@@ -119,6 +128,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.state["seeds"] = [np.asarray(keras.ops.convert_to_numpy(g.state)).tolist()
                                for g in seed_generators(self.model)]  # fmt: skip
         self.state["epoch"] = epoch + 1
+        self.state["train_seconds"] = self.seconds()
         write_text(self.directory / STATE, json.dumps(self.state, indent=1) + "\n")
         for name in old - {self.state["weights"], self.state["best_weights"], None}:
             with contextlib.suppress(FileNotFoundError):

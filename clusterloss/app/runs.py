@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -57,7 +56,6 @@ RANDOM_TRUNK = ("warning: a randomly initialised {} trunk (--weights none) is ma
                 "ImageNet-sized data: on a few thousand images expect lower accuracy than with "
                 "--weights imagenet (or a weights file) or --backbone cnn")  # fmt: skip
 MONITOR = "val_map_at_r"  # the validation metric that picks the model kept
-LOADER_THREADS = 4  # threads reading image files during training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,17 +123,15 @@ def _sampler_shape(config: TrainConfig, data: Dataset) -> tuple[int, int]:
 
 def _training_data(config: TrainConfig, data: Dataset, recipe: Recipe, epoch: int):
     """Batches for `fit` from `epoch` on: shuffled rows, or M-per-class batches for losses
-    that need pairs; both drawn from (seed, epoch), so a resumed run sees the same ones."""
-    threads = {"workers": LOADER_THREADS} if isinstance(data.x_train, ImageFiles) else {}
+    that need pairs; both drawn from (seed, epoch), so a resumed run sees the same ones.
+    Image files are read on all cores, inside each batch (`ImageFiles`) and ahead of it
+    (`ReadAhead`); never by Keras's `workers`, which read across the end of an epoch."""
     if not recipe.pairs:
         return Batches(data.x_train, data.y_train, config.batch_size, shuffle=True,
-                       seed=config.seed, epoch=epoch, **threads)  # fmt: skip
+                       seed=config.seed, epoch=epoch)  # fmt: skip
     m, classes = _sampler_shape(config, data)
-    sampler = MPerClassSampler(data.x_train, data.y_train, m=m, batch_size=m * classes,
-                               seed=config.seed, **threads)  # fmt: skip
-    for _ in range(epoch):
-        sampler.on_epoch_end()
-    return sampler
+    return MPerClassSampler(data.x_train, data.y_train, m=m, batch_size=m * classes, seed=config.seed,
+                            epoch=epoch)  # fmt: skip
 
 
 def _check_pair_batches(config: TrainConfig, data: Dataset) -> None:
@@ -240,6 +236,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     config.weight_decay = config.resolved_weight_decay()
     if resume:  # checked before taking the lock: a mistake leaves a stopped run as it is
         _check_resume(config, TrainingCheckpoint.read(run_dir / CHECKPOINT), run_dir)
+        check_data(run_dir.path, config)
     elif not overwrite and _unevaluated(run_dir):
         raise RunError(_UNEVALUATED.format(run_dir.path) + "; or pass --overwrite to replace it")
     with run_dir.lock():
@@ -319,8 +316,6 @@ class _Divergence(keras.callbacks.Callback):
 def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) -> dict[str, Any]:
     state = TrainingCheckpoint.read(run_dir / CHECKPOINT) if resume else None
     keras.utils.set_random_seed(config.seed)
-    if resume:
-        check_data(run_dir.path, config)
     sample_rate = config.options.get("sample_rate", 1.0)
     devices = plan(config.distribute, partial_fc=sample_rate < 1.0)
     with devices.scope():  # the variables are made for the devices
@@ -349,7 +344,6 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
         own.append(EpochScalars(run_dir / LOGS))
     start, phases = checkpoint.epoch, _phases(config)
     saved = next((p for p in phases if p.begin < start <= p.end), None)  # the checkpoint's phase
-    began = time.perf_counter()
     with devices.scope():
         for phase in phases:
             if phase.end <= start and phase is not saved:
@@ -366,7 +360,7 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
             divergence.check(config)
             if patience.stopped:
                 break
-    train_seconds = time.perf_counter() - began
+    train_seconds = checkpoint.seconds()  # with the parts before a resume
     best = checkpoint.state["best_weights"]
     if best:
         checkpoint.restore(model, best=True)

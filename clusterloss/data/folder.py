@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from clusterloss.data.errors import DataError
-from clusterloss.data.images import IMAGE_EXTENSIONS, check_image
+from clusterloss.data.images import IMAGE_EXTENSIONS, check_images
 
 
 def check_classes(labels: np.ndarray, class_names: list[str], where: str) -> None:
@@ -81,7 +81,8 @@ def scan_image_folder(root: str | os.PathLike, check: bool = True):
     of a class folder are read too; hidden files and other extensions are skipped). Classes
     are the sub-folder names in sorted order, labels 0..n-1. A broken link or an unreadable
     folder is a `DataError`. With `check`, every file is read once (`check_image`), so an
-    unreadable or truncated image fails here, named, not mid-training."""
+    unreadable or truncated image fails here, named, not mid-training (on all cores;
+    the first bad file in folder order is named)."""
     root = Path(root)
     by_class = class_files(root)
     classes = list(by_class)
@@ -99,8 +100,7 @@ def scan_image_folder(root: str | os.PathLike, check: bool = True):
         labels += [label] * len(found)
     check_classes(np.asarray(labels), classes, str(root))
     if check:
-        for path in paths:
-            check_image(path)
+        check_images(paths)
     return paths, np.asarray(labels, dtype=np.int32), classes
 
 
@@ -186,6 +186,5 @@ def labelled_images(root: str | os.PathLike, class_name: str | None = None) -> t
         raise DataError(f"{root}: not a folder of class sub-folders (give --class NAME for images of one class)")
     if not paths:
         raise DataError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    for path in paths:
-        check_image(path)
+    check_images(paths)
     return paths, names

@@ -5,8 +5,12 @@ embedding in batches (Pillow, which matplotlib already needs; no TensorFlow)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-from typing import Any, Iterator, Sequence
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -29,7 +33,9 @@ def _open(path: str) -> Iterator[Any]:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with open(path, "rb") as handle:  # one read: Pillow parses the headers byte by byte
+            data = io.BytesIO(handle.read())
+        with Image.open(data) as image:
             yield image
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: not a readable image ({error})") from None
@@ -57,14 +63,18 @@ def detect_channels(paths: Sequence[str]) -> int:
     return 1 if modes and modes <= set(GRAY_MODES) else 3
 
 
-def to_pixels(image: Any, size: tuple[int, int], channels: int) -> np.ndarray:
+def to_pixels(image: Any, size: tuple[int, int], channels: int, out: np.ndarray | None = None) -> np.ndarray:
     """A Pillow image as float32 in [0, 1], shape `(height, width, channels)`, resized
-    (bilinear) to `size = (height, width)`. Grayscale deeper than 8 bits (16-bit, 32-bit
-    int, float: `DEEP_RANGES`) keeps its depth, scaled by its mode's range; values outside
-    that range (a negative int, a float outside [0, 1]) are a ValueError. Other modes are
-    converted to 8-bit L or RGB."""
+    (bilinear) to `size = (height, width)`, written into `out` when given. A JPEG larger
+    than `size` is decoded at 1/2, 1/4 or 1/8 scale when that still covers `size` (JPEG's
+    own reduced decoding: several times faster), then resized. Grayscale deeper than 8 bits
+    (16-bit, 32-bit int, float: `DEEP_RANGES`) keeps its depth, scaled by its mode's range;
+    values outside that range (a negative int, a float outside [0, 1]) are a ValueError.
+    Other modes are converted to 8-bit L or RGB."""
     from PIL import Image
 
+    if out is None:
+        out = np.empty((size[0], size[1], channels), np.float32)
     if image.mode in DEEP_RANGES:
         high = DEEP_RANGES[image.mode]
         values = np.asarray(image, dtype=np.float64)
@@ -75,29 +85,31 @@ def to_pixels(image: Any, size: tuple[int, int], channels: int) -> np.ndarray:
         image = Image.fromarray((values / high).astype(np.float32))  # mode F
         scale = 1.0
     else:
-        image = image.convert("L" if channels == 1 else "RGB")
+        if image.format == "JPEG":
+            image.draft(None, (size[1], size[0]))
+        mode = "L" if channels == 1 else "RGB"
+        image = image if image.mode == mode else image.convert(mode)
         scale = 255.0
     if image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.BILINEAR)
-    pixels = np.asarray(image, dtype=np.float32) / scale
-    if pixels.ndim == 2:  # a deep grayscale image: one channel, repeated for RGB
-        pixels = np.repeat(pixels[..., None], channels, axis=-1)
-    return pixels.reshape(size[0], size[1], channels)
+    pixels = np.asarray(image)
+    if pixels.ndim == 2:  # grayscale: one channel (repeated for RGB by broadcasting)
+        pixels = pixels[..., None]
+    np.divide(pixels, np.float32(scale), out=out, dtype=np.float32)
+    return out
 
 
-def read_image(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
+def read_image(path: str, size: tuple[int, int], channels: int, out: np.ndarray | None = None) -> np.ndarray:
     """One image file as `to_pixels` gives it (a `DataError` naming the file if it cannot
     be read)."""
     with _open(path) as image:
-        return to_pixels(image, size, channels)
+        return to_pixels(image, size, channels, out)
 
 
 def decode_image(data: bytes, size: tuple[int, int], channels: int, max_pixels: int = 50_000_000) -> np.ndarray:
     """An encoded image in memory (PNG, JPEG, ...) as `to_pixels` gives it; a `DataError`
     if it is not an image, is truncated or corrupt, or has more than `max_pixels` pixels
     (read from its header, before decoding)."""
-    import io
-
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -112,12 +124,88 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int, max_pixels: 
     raise DataError(f"an image of {pixels:,} pixels; at most {max_pixels:,} are decoded")
 
 
+def reader_threads() -> int:
+    """Threads that read and decode images: one per core this process may run on (more
+    only add switching: measured 0.40 CPU ms per image with 2 threads on 2 cores, 0.49
+    with 4)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (the pid that made it, the pool)
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's pool of `reader_threads()` decoding threads (Pillow decodes and resizes
+    without the GIL); a new one in a forked child, where the parent's threads do not run."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(reader_threads(), thread_name_prefix="clusterloss-images"))
+    return _POOL[1]
+
+
+def _in_parallel(read: Callable[[int], Any], count: int) -> None:
+    """`read(i)` for i in range(count), on the pool in a few runs of consecutive i per
+    thread (inline for one run); the first failure, in order of i, is raised."""
+
+    def read_run(run: range) -> None:
+        for i in run:
+            read(i)
+
+    step = max(1, count // (4 * reader_threads()))
+    runs = [range(i, min(i + step, count)) for i in range(0, count, step)]
+    for _ in (_pool().map if len(runs) > 1 else map)(read_run, runs):
+        pass
+
+
+class Recycler:
+    """Float32 arrays handed out again once nothing else references them (no view, no
+    tensor sharing their memory, no variable: CPython's reference count of the array is that
+    of an array only this recycler holds). A new batch array of tens of MB costs a page fault
+    per page on first write (with transparent huge pages, a compaction), which the decoding
+    threads then wait on: measured 2-4x the decoding time (docs/performance.md).
+
+    Args:
+        keep: at most this many arrays kept, of at most `keep_bytes` in all.
+    """
+
+    def __init__(self, keep: int = 8, keep_bytes: int = 512 * 2**20):
+        self.keep, self.keep_bytes = keep, keep_bytes
+        self._lock = threading.Lock()
+        self._arrays: list[np.ndarray] = [np.empty(0, np.float32)]
+        self._unused = self._references(0)  # the count of an array that only the list holds
+        self._arrays.clear()
+
+    def _references(self, i: int) -> int:
+        return sys.getrefcount(self._arrays[i])
+
+    def empty(self, shape: tuple[int, ...]) -> np.ndarray:
+        """An uninitialised float32 array of `shape`: a kept one that nothing else holds,
+        else a new one (kept, the oldest kept dropped past `keep` or `keep_bytes`)."""
+        with self._lock:
+            for i in range(len(self._arrays)):
+                if self._arrays[i].shape == shape and self._references(i) == self._unused:
+                    return self._arrays[i]
+            array = np.empty(shape, np.float32)
+            self._arrays.append(array)
+            while len(self._arrays) > self.keep or sum(a.nbytes for a in self._arrays) > self.keep_bytes:
+                self._arrays.pop(0)
+            return array
+
+
+_BATCHES = Recycler()
+
+
 def load_images(paths: Sequence[str], size: tuple[int, int], channels: int) -> np.ndarray:
-    """Images of `paths` stacked: `(n, height, width, channels)` float32 in [0, 1]."""
-    out = np.empty((len(paths), size[0], size[1], channels), np.float32)
-    for i, path in enumerate(paths):
-        out[i] = read_image(path, size, channels)
+    """Images of `paths` stacked: `(n, height, width, channels)` float32 in [0, 1], decoded
+    in parallel (`reader_threads()`) straight into the batch array (a `Recycler`'s)."""
+    out = _BATCHES.empty((len(paths), size[0], size[1], channels))
+    _in_parallel(lambda i: read_image(paths[i], size, channels, out[i]), len(paths))
     return out
+
+
+def check_images(paths: Sequence[str]) -> None:
+    """`check_image` of every file, in parallel; the first failure in `paths` order raised."""
+    _in_parallel(lambda i: check_image(paths[i]), len(paths))
 
 
 class ImageFiles:

@@ -7,6 +7,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from clusterloss.data.batches import ReadAhead, default_prefetch
 from clusterloss.models.inputs import LabelCheck
 
 
@@ -16,7 +17,7 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-class MPerClassSampler(keras.utils.PyDataset):
+class MPerClassSampler(ReadAhead):
     """A `keras.utils.PyDataset` of batches with exactly `m` samples of each of
     `classes_per_batch = batch_size // m` distinct classes, for pair, triplet and proxy
     losses that need positives in every batch. Works as `model.fit(sampler, epochs=...)` on
@@ -41,7 +42,8 @@ class MPerClassSampler(keras.utils.PyDataset):
 
     The batches depend only on `seed` and the epoch number: `on_epoch_end` (which `fit`
     calls) moves to the next epoch and draws new batches. Two samplers with the same data
-    and seed give the same batches.
+    and seed give the same batches. Batches are read ahead (image files: 2 by default) and
+    epochs counted as `clusterloss.data.batches.ReadAhead` says.
 
     Args:
         x: inputs, an array (anything indexable by an integer array) or a dict/list/tuple of
@@ -58,7 +60,8 @@ class MPerClassSampler(keras.utils.PyDataset):
             group; classes with at least `m` samples are unaffected.
         num_replicas: replicas the global batch is split across (see above); `batch_size`
             must be a multiple of `m * num_replicas`.
-        **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of `PyDataset`.
+        epoch: the epoch to start at.
+        prefetch: batches read ahead; None: 2 when `x` holds `ImageFiles`, else 0.
     """
 
     def __init__(
@@ -71,9 +74,10 @@ class MPerClassSampler(keras.utils.PyDataset):
         seed: int | None = None,
         replace: bool = False,
         num_replicas: int = 1,
-        **kwargs: Any,
+        epoch: int = 0,
+        prefetch: int | None = None,
     ):
-        super().__init__(**kwargs)
+        super().__init__(epoch, default_prefetch(x) if prefetch is None else prefetch)
         self.m = _positive_int(m, "m")
         self.batch_size = _positive_int(batch_size, "batch_size")
         self.num_replicas = _positive_int(num_replicas, "num_replicas")
@@ -133,8 +137,6 @@ class MPerClassSampler(keras.utils.PyDataset):
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         self.seed = int(seed)
-        self.epoch = 0
-        self.indices = self._draw_epoch()
 
     def _groups(self, rng: np.random.Generator, members: np.ndarray) -> list[np.ndarray]:
         """One class's samples, shuffled, in groups of exactly m."""
@@ -149,8 +151,13 @@ class MPerClassSampler(keras.utils.PyDataset):
             groups[-1] = np.concatenate([groups[-1], rng.choice(rest, m - short, replace=False)])
         return groups
 
-    def _draw_epoch(self) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    @property
+    def indices(self) -> np.ndarray:
+        """The rows of each batch of the current epoch, `(len(self), batch_size)`."""
+        return self._of_epoch(self.epoch, self._draw_epoch)
+
+    def _draw_epoch(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch])
         n_classes = len(self.classes)
         queues: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
         left = np.zeros(n_classes, dtype=np.int64)
@@ -176,14 +183,8 @@ class MPerClassSampler(keras.utils.PyDataset):
     def __len__(self) -> int:
         return self.steps_per_epoch
 
-    def __getitem__(self, index: int):
-        if not 0 <= index < self.steps_per_epoch:
-            raise IndexError(f"batch {index} out of range for {self.steps_per_epoch} batches.")
-        rows = self.indices[index]
+    def batch(self, epoch: int, index: int):
+        """Batch `index` of epoch `epoch`."""
+        rows = self._of_epoch(epoch, self._draw_epoch)[index]
         inputs = keras.tree.map_structure(lambda a: a[rows], self.x)
         return inputs, self.y[rows]
-
-    def on_epoch_end(self) -> None:
-        """Next epoch: new groups and batches, drawn from `(seed, epoch)`."""
-        self.epoch += 1
-        self.indices = self._draw_epoch()
