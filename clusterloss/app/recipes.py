@@ -16,6 +16,7 @@ from clusterloss.layers import (
     CenterLoss,
     ClassHead,
     CosFace,
+    CosineHead,
     LargeMarginSoftmax,
     NormFace,
     ProxyAnchorHead,
@@ -76,14 +77,13 @@ SAMPLE_RATE = option(ClassHead, "sample_rate", help="Partial FC: the share of cl
                      "training step (every class of the batch, plus random negatives); 1 = all")
 
 
-SCALE_RULE = Option("scale_rule", str, "fixed", "fixed: the scale s given; adacos: AdaCos's "
+SCALE_RULE = option(CosineHead, "scale_rule", help="fixed: the scale s given; adacos: AdaCos's "
                     "scale, adapted every batch (Zhang et al. 2019); adacos-fixed: sqrt(2) "
-                    "log(classes - 1)", choices=("fixed", "adacos", "adacos-fixed"),
-                    space=("fixed", "adacos"))  # fmt: skip
+                    "log(classes - 1)", choices=CosineHead.scale_rules, space=("fixed", "adacos"))  # fmt: skip
 
 
 def _head_options(cls, margin_help: str | None, margin_space: tuple = ()) -> tuple[Option, ...]:
-    if cls.scale_rules:  # AdaCos applies
+    if len(cls.scale_rules) > 1:  # AdaCos applies
         found = (option(cls, "scale", help="scale s of the cosine logits (scale_rule fixed)",
                         space=(4.0, 64.0, "log")), SCALE_RULE)  # fmt: skip
     else:
@@ -93,18 +93,10 @@ def _head_options(cls, margin_help: str | None, margin_space: tuple = ()) -> tup
     return found + (SAMPLE_RATE,)
 
 
-def _head(cls, n: int, v: Values) -> ClassHead:
-    """`cls(n, ...)` from the head options: `scale_rule` other than fixed is the scale."""
-    values = {k: x for k, x in v.items() if k != "scale_rule"}
-    if v.get("scale_rule", "fixed") != "fixed":
-        values["scale"] = v["scale_rule"]
-    return cls(n, **values)
-
-
 def _head_recipe(cls, description: str, margin_help: str | None = None,
                  margin_space: tuple = ()) -> Recipe:  # fmt: skip
     options = _head_options(cls, margin_help, margin_space)
-    return Recipe(lambda n, v: Parts(_crossentropy(), head=_head(cls, n, v)), options, description)
+    return Recipe(lambda n, v: Parts(_crossentropy(), head=cls(n, **v)), options, description)
 
 
 def _pair_recipe(make_loss: Callable[[Values], keras.losses.Loss], options: tuple[Option, ...],
@@ -202,7 +194,7 @@ RECIPES: dict[str, Recipe] = {
                                (1, 4)),
     "normface": _head_recipe(NormFace, "normalised softmax"),
     "subcenter-arcface": Recipe(
-        lambda n, v: Parts(_crossentropy(), head=_head(SubCenterArcFace, n, v)),
+        lambda n, v: Parts(_crossentropy(), head=SubCenterArcFace(n, **v)),
         _head_options(SubCenterArcFace, "additive angular margin (radians)", (0.05, 0.8)) + (
             option(SubCenterArcFace, "sub_centers", help="sub-centers per class (K)", low=1),
         ),
@@ -338,20 +330,28 @@ def _cell(value: Any) -> str:
     return "—" if value is None else f"`{value}`"
 
 
+def _space(o: Option) -> str:
+    if not o.space:
+        return "—"
+    if o.type is str:
+        return " \\| ".join(o.space)
+    return f"[{o.space[0]:g}, {o.space[1]:g}]" + (" log" if o.log else "")
+
+
 def options_table() -> str:
     """The docs table: every recipe's options, defaults, and where they come from."""
     lines = [
-        "| loss | option | type | default | class default | note |",
-        "|---|---|---|---|---|---|",
+        "| loss | option | type | default | class default | tuned in (`clusterloss tune`) | note |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, recipe in RECIPES.items():
         if not recipe.options:
-            lines.append(f"| `{name}` | — | | | | {recipe.description} |")
+            lines.append(f"| `{name}` | — | | | | | {recipe.description} |")
         for o in recipe.options:
             note = o.help + (f" Differs from the class: {o.reason}" if o.reason else "")
             lines.append(
                 f"| `{name}` | `{o.flag}` | {o.type.__name__} | {_cell(o.default)} | "
-                f"{o.source_name} = {_cell(o.source_default)} | {note} |"
+                f"{o.source_name} = {_cell(o.source_default)} | {_space(o)} | {note} |"
             )
     return "\n".join(lines)
 

@@ -18,6 +18,7 @@ import dataclasses
 import html
 import json
 import math
+import os
 import shlex
 import time
 from pathlib import Path
@@ -212,6 +213,8 @@ def tune(base: TrainConfig, losses: Sequence[str], out: str | Path, trials: int 
     if trials < 1:
         raise ValueError(f"`trials` must be >= 1; got {trials}.")
     losses = list(dict.fromkeys(losses))
+    if not base.is_builtin:
+        base = dataclasses.replace(base, data=os.path.abspath(base.data))  # as `train` records it
     spaces = search_space(losses, space)
     data = base.load_data()  # the training classes, once, to split them into folds
     class_folds_ = class_folds(base.training_classes(data), folds, base.seed)
@@ -375,7 +378,7 @@ The test classes were never used.</p>
     write_text(path, text)
 
 
-def tuned_settings(directory: str | Path) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any]]:
+def tuned_options(directory: str | Path) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any]]:
     """`[(loss, best options), ...]` and the base config of the tuning in `directory`
     (`tune.json`); RunError when it is missing or a loss has no complete trial."""
     path = Path(directory) / RESULT

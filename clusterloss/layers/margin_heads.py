@@ -86,9 +86,10 @@ class CosineHead(ClassHead):
     Models saved before the kernel became `(num_classes, dim)` (it was `(dim, num_classes)`)
     load as they are: the stored kernel is transposed on load when its shape says so.
 
-    `scale` is a number, or an AdaCos rule (Zhang et al., "AdaCos: Adaptively Scaling Cosine
-    Logits for Effectively Learning Deep Face Representations", CVPR 2019), which sets s from
-    the number of classes C instead of a fixed 64 that small class counts cannot train with:
+    `scale_rule` (default `"fixed"`: s = `scale`) can be an AdaCos rule (Zhang et al., "AdaCos:
+    Adaptively Scaling Cosine Logits for Effectively Learning Deep Face Representations", CVPR
+    2019), which sets s from the number of classes C instead of a fixed 64 that small class
+    counts cannot train with (`scale` is then not used):
       - `"adacos-fixed"`: s = sqrt(2) log(C - 1) (Eq. 14);
       - `"adacos"`: the dynamic rule (Eq. 15-16): s starts at the fixed value and, in every
         training call with labels, before the logits are made, becomes
@@ -97,33 +98,35 @@ class CosineHead(ClassHead):
         classes under Partial FC) and `theta_med` is the median (NumPy's: the mean of the two
         middle values for an even batch) of the target angles. The value is the saved
         non-trainable weight `adaptive_scale`; inference uses the last training step's.
-    The paper uses no margin (that is `NormFace(scale="adacos")`); with ArcFace or CosFace the
+    The paper uses no margin (that is `NormFace(n, scale_rule="adacos")`); with ArcFace or CosFace the
     rule is applied as written, the margin only changing the target logit.
     """
 
     has_margin = True
-    scale_rules = ("adacos", "adacos-fixed")  # string values of `scale` this head takes
+    scale_rules = ("fixed", "adacos", "adacos-fixed")  # the values of `scale_rule` it takes
 
-    def __init__(self, num_classes: int, scale: float | str = 64.0, **kwargs: Any):
+    def __init__(self, num_classes: int, scale: float = 64.0, scale_rule: str = "fixed", **kwargs: Any):
         super().__init__(num_classes, **kwargs)
-        self.scale_rule = "fixed"
-        if isinstance(scale, str):
-            if scale not in self.scale_rules:
-                expected = ", ".join(repr(r) for r in self.scale_rules) or "none"
-                raise ValueError(f"`scale` must be a number > 0 or one of the rules {expected}; "
-                                 f"got {scale!r}.")  # fmt: skip
-            if self.num_classes < 3:
-                raise ValueError(f"`scale={scale!r}` needs num_classes >= 3 (sqrt(2) log(C - 1) "
-                                 f"is 0 for 2 classes); got {self.num_classes}.")  # fmt: skip
-            self.scale_rule, scale = scale, adacos_fixed_scale(self.num_classes)
         check_range(scale, "scale", 0.0, low_open=True)
+        if scale_rule not in self.scale_rules:
+            raise ValueError(f"`scale_rule` must be one of {', '.join(map(repr, self.scale_rules))} "
+                             f"for {type(self).__name__}; got {scale_rule!r}.")  # fmt: skip
+        if scale_rule != "fixed" and self.num_classes < 3:
+            raise ValueError(f"`scale_rule={scale_rule!r}` needs num_classes >= 3 (sqrt(2) "
+                             f"log(C - 1) is 0 for 2 classes); got {self.num_classes}.")  # fmt: skip
         self.scale = float(scale)
+        self.scale_rule = scale_rule
+
+    @property
+    def initial_scale(self) -> float:
+        """s before training: `scale`, or AdaCos's sqrt(2) log(C - 1)."""
+        return self.scale if self.scale_rule == "fixed" else adacos_fixed_scale(self.num_classes)
 
     def build(self, embedding_shape):
         super().build(embedding_shape)
         if self.scale_rule == "adacos":
             self.adaptive_scale = self.add_weight(
-                shape=(), initializer=keras.initializers.Constant(self.scale), trainable=False,
+                shape=(), initializer=keras.initializers.Constant(self.initial_scale), trainable=False,
                 dtype="float32", aggregation="mean", name="adaptive_scale",
             )  # fmt: skip
 
@@ -132,7 +135,7 @@ class CosineHead(ClassHead):
         """The scale s that inference uses now (AdaCos: the last training step's)."""
         if self.scale_rule == "adacos" and self.built:
             return float(ops.convert_to_numpy(self.adaptive_scale))
-        return self.scale
+        return self.initial_scale
 
     def adapt_scale(self, embeddings, kernel, labels) -> None:
         """AdaCos's dynamic update of `adaptive_scale` from one batch (see the class doc)."""
@@ -168,7 +171,7 @@ class CosineHead(ClassHead):
         """From cosines (and margin cosines) to logits, per row `(batch,)`: `scale`."""
         if self.scale_rule == "adacos":
             return ops.ones_like(norms) * ops.cast(self.adaptive_scale, norms.dtype)
-        return ops.full_like(norms, self.scale)
+        return ops.full_like(norms, self.initial_scale)
 
     def target_logit(self, cos_target, training: bool = False):
         """The margin function applied to the target cosines, before `logit_factor`."""
@@ -199,7 +202,7 @@ class CosineHead(ClassHead):
         super().load_own_variables(store)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "scale": self.scale if self.scale_rule == "fixed" else self.scale_rule}
+        return {**super().get_config(), "scale": self.scale, "scale_rule": self.scale_rule}
 
 
 def _check_radians(margin: float, name: str = "margin", high: float = math.pi) -> float:
@@ -347,7 +350,7 @@ class LargeMarginSoftmax(CosineHead):
     """
 
     normalize_weights = False
-    scale_rules = ()  # the logits scale with the norms: AdaCos does not apply
+    scale_rules = ("fixed",)  # the logits scale with the norms: AdaCos does not apply
 
     def __init__(
         self,
@@ -514,7 +517,7 @@ class ProxyHead(CosineHead):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        for key in ("scale", "sample_rate", "seed"):
+        for key in ("scale", "scale_rule", "sample_rate", "seed"):
             del config[key]
         config["proxy_initializer"] = config.pop("kernel_initializer")
         return config
