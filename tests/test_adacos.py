@@ -47,7 +47,7 @@ def test_scales_equal_the_paper(head):
     with pytest.raises(ValueError, match="scale_rule"):
         head(5, scale_rule="adaptive")
     with pytest.raises(ValueError, match="num_classes >= 3"):
-        head(2, scale_rule="adacos")
+        head(2, scale_rule="adacos").build((None, 4))
     with pytest.raises(ValueError, match="one of 'fixed' for SphereFace"):
         cl.SphereFace(5, scale_rule="adacos")
 

@@ -225,11 +225,13 @@ def tune(base: TrainConfig, losses: Sequence[str], out: str | Path, trials: int 
         for loss in losses:
             study = optuna.create_study(
                 study_name=loss, storage=_storage(out), direction="maximize", load_if_exists=True,
-                sampler=optuna.samplers.TPESampler(seed=base.seed, n_startup_trials=max(2, min(10, trials // 3))),
                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
             )  # fmt: skip
             _check_same(study, {**settings, "space": {loss: settings["space"][loss]}}, out)
             stale = _fail_stale(study)
+            # seeded by the trials so far: a resumed tuning does not redraw the first ones
+            study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials),
+                                                       n_startup_trials=max(2, min(10, trials // 3)))  # fmt: skip
             objective = _objective(base, loss, spaces[loss], class_folds_, metric, out)
             began = time.monotonic()
             done = len(finished(study))

@@ -111,18 +111,19 @@ class CosineHead(ClassHead):
         if scale_rule not in self.scale_rules:
             raise ValueError(f"`scale_rule` must be one of {', '.join(map(repr, self.scale_rules))} "
                              f"for {type(self).__name__}; got {scale_rule!r}.")  # fmt: skip
-        if scale_rule != "fixed" and self.num_classes < 3:
-            raise ValueError(f"`scale_rule={scale_rule!r}` needs num_classes >= 3 (sqrt(2) "
-                             f"log(C - 1) is 0 for 2 classes); got {self.num_classes}.")  # fmt: skip
         self.scale = float(scale)
         self.scale_rule = scale_rule
 
     @property
     def initial_scale(self) -> float:
-        """s before training: `scale`, or AdaCos's sqrt(2) log(C - 1)."""
+        """s before training: `scale`, or AdaCos's sqrt(2) log(C - 1) (checked when built:
+        C >= 3)."""
         return self.scale if self.scale_rule == "fixed" else adacos_fixed_scale(self.num_classes)
 
     def build(self, embedding_shape):
+        if self.scale_rule != "fixed" and self.num_classes < 3:
+            raise ValueError(f"`scale_rule={self.scale_rule!r}` needs num_classes >= 3 (sqrt(2) "
+                             f"log(C - 1) is 0 for 2 classes); got {self.num_classes}.")  # fmt: skip
         super().build(embedding_shape)
         if self.scale_rule == "adacos":
             self.adaptive_scale = self.add_weight(
