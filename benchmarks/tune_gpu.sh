@@ -39,8 +39,10 @@ if ! python3 -c "import keras, optuna" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 2
   export PYTHONPATH=/tmp/site
 fi
-DATA="${DATA:-../shared/data}"
-export KERAS_BACKEND=jax KERAS_HOME="$DATA/keras" SCIKIT_LEARN_DATA="$DATA/scikit_learn_data"
+DATA="$(cd "${DATA:-../shared/data}" && pwd)" || exit 2
+KERAS_HOME="$(mktemp -d)"  # writable (Keras writes keras.json there); the data read-only, linked
+ln -s "$DATA/keras/datasets" "$KERAS_HOME/datasets"
+export KERAS_BACKEND=jax KERAS_HOME SCIKIT_LEARN_DATA="$DATA/scikit_learn_data"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT_DIR="${OUT:-tune-gpu-results}"
 mkdir -p "$OUT_DIR"

@@ -173,3 +173,20 @@ def test_killed_tuning_resumes_and_train_replays_the_best(tmp_path, capsys):
     base = TrainConfig(**{**result["config"], "options": {}})
     replay = train(trial_config(base, "center", best.params, result["folds"][0], tmp_path / "replay"))
     assert fold_score(replay, "val_map_at_r") == pytest.approx(best.user_attrs["fold_scores"][0], abs=1e-6)
+
+
+def test_compare_takes_the_tuned_settings(tmp_path):
+    from clusterloss.app.compare import parse_setting, tuned_settings
+    from clusterloss.app.errors import RunError
+
+    tuned = {"config": {"data": "digits", "known_classes": [0, 1, 2, 3, 4, 5]}, "losses": {
+        "arcface": {"best_options": {"scale": 6.385, "scale_rule": "adacos", "margin": 0.08706}},
+        "triplet": {"best_options": {"margin": 0.1252, "type_of_triplets": "all"}}}}  # fmt: skip
+    (tmp_path / "tune.json").write_text(json.dumps(tuned))
+    settings = tuned_settings(tmp_path, "digits", [0, 1, 2, 3, 4, 5])
+    assert settings == [parse_setting("arcface:scale=6.385,scale_rule=adacos,margin=0.08706"),
+                        parse_setting("triplet:margin=0.1252,type_of_triplets=all")]  # fmt: skip
+    with pytest.raises(RunError, match=r"tuned with --known-classes \[0, 1, 2, 3, 4, 5\], not None"):
+        tuned_settings(tmp_path, "digits", None)
+    with pytest.raises(RunError, match="holds no tune.json"):
+        tuned_settings(tmp_path / "nothing", "digits", None)
