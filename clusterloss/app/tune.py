@@ -41,7 +41,7 @@ STUDY = "study.db"
 RESULT = "tune.json"
 SIGNIFICANT = 4  # digits of the tuned values in the command line, tune.json's best and compare
 # Settings of a tuning that its resumption must repeat (besides the base config).
-_FIXED = ("losses", "metric", "folds", "space")
+_FIXED = ("metric", "folds", "space")
 
 
 def parse_space(text: str) -> tuple[str, tuple]:
@@ -175,7 +175,7 @@ def _check_same(study: optuna.Study, settings: dict[str, Any], out: Path) -> Non
     saved = {**saved, "losses": settings["losses"]}  # the losses may grow
     if json.loads(json.dumps(settings)) != saved:
         changed = [k for k in settings["config"] if settings["config"][k] != saved["config"].get(k)]
-        changed += [k for k in _FIXED if k != "losses" and json.loads(json.dumps(settings[k])) != saved[k]]
+        changed += [k for k in _FIXED if json.loads(json.dumps(settings[k])) != saved[k]]
         raise RunError(f"{out} holds a tuning started with other settings ({', '.join(changed)} "
                        "differ); resume it with the same command, or use another --out")  # fmt: skip
 
