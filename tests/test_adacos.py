@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import clusterloss as cl
-from tests.conftest import to_np
+from conftest import to_np
 
 
 def reference_scale(x, w, labels, previous):

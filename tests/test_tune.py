@@ -22,7 +22,7 @@ from clusterloss.app.folds import class_folds  # noqa: E402
 from clusterloss.app.recipes import RECIPES  # noqa: E402
 from clusterloss.app.runs import train  # noqa: E402
 from clusterloss.app.tune import Pruning, fold_score, parse_space, search_space, trial_config  # noqa: E402
-from tests.conftest import BACKEND  # noqa: E402
+from conftest import BACKEND  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = [(name, o) for name, r in RECIPES.items() for o in r.options if o.space]
