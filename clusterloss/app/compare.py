@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from clusterloss.app.config import TrainConfig
+from clusterloss.app.errors import RunError
 from clusterloss.app.evaluate import evaluate_run
 from clusterloss.app.recipes import get_recipe
 from clusterloss.app.report.plots import _pyplot, plot_features, save_figure
@@ -26,6 +28,7 @@ from clusterloss.app.results import load_embeddings
 from clusterloss.app.rundir import write_text
 from clusterloss.app.runs import train
 from clusterloss.app.summaries import shown
+from clusterloss.data import DATASETS
 
 # The table's columns: `summaries.shown("compare")`, those the runs have. `unseen_*`: retrieval
 # among classes never seen in training (class-disjoint); the verification keys are on the
@@ -70,6 +73,21 @@ def parse_setting(spec: str) -> Setting:
         options.append((key, known[key].parse(value.strip())))
     recipe.resolve(loss, dict(options))
     return Setting(loss, tuple(options))
+
+
+def tuned_settings(directory: str | Path, data: str, known_classes: list[int] | None) -> list[Setting]:
+    """Each loss of the tuning in `directory` at its best settings; RunError when it was
+    tuned on other data or training classes than `data` and `known_classes`."""
+    from clusterloss.app.tune import tuned_options  # Optuna is needed only here
+
+    found, config = tuned_options(directory)
+    data = data if data in DATASETS else os.path.abspath(data)
+    for key, now in (("data", data), ("known_classes", known_classes)):
+        if config[key] != now:
+            flag = "--" + key.replace("_", "-")
+            raise RunError(f"{directory} was tuned with {flag} {config[key]}, not {now}: compare "
+                           f"on the data it was tuned for (pass {flag} {config[key]})")  # fmt: skip
+    return [Setting(loss, tuple(options.items())) for loss, options in found]
 
 
 def run_comparison(

@@ -14,7 +14,8 @@ from typing import Any, Callable
 from clusterloss.app.devices import DISTRIBUTE
 from clusterloss.app.training import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, default_weight_decay
 from clusterloss.data import DATASETS, Dataset, load_dataset
-from clusterloss.data.datasets import DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT
+from clusterloss.app.folds import hold_out_classes
+from clusterloss.data.datasets import DEFAULT_KNOWN, DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT
 from clusterloss.models.backbones import APPLICATIONS, BACKBONES, FEATURES, default_image_size, resolve_kind
 
 # Adam learning rates that train each built-in data set's default backbone well in a few
@@ -169,6 +170,10 @@ class TrainConfig:
     known_classes: list[int] | None = field(default=None, metadata=arg(
         "train on these class ids only, e.g. 0-4 (the rest are unseen at evaluation; "
         "olivetti defaults to people 0-29)", class_ids))
+    val_classes: list[int] | None = field(default=None, metadata=arg(
+        "class-disjoint validation: hold these training class ids out of training and log "
+        "retrieval on them every epoch, e.g. 7-9 (classes outside --known-classes are "
+        "dropped; what `clusterloss tune` runs per fold; excludes --val-split)", class_ids))
     train_limit: int | None = field(default=None, metadata=arg(
         "use a random subset of the training set", positive_int))
     test_limit: int | None = field(default=None, metadata=arg(
@@ -209,11 +214,25 @@ class TrainConfig:
         """The data set and split of this run (the same every time for the same config)."""
         kind = self.backbone if self.backbone != "auto" else "cnn"
         size = self.image_size or default_image_size(kind)
-        return load_dataset(
+        if self.val_classes and self.val_split:
+            raise ValueError("`val_classes` and `val_split` exclude each other (validation on "
+                             "held-out classes or on held-out samples).")  # fmt: skip
+        data = load_dataset(
             self.data, seed=self.seed, known_classes=self.known_classes,
             train_limit=self.train_limit, test_limit=self.test_limit,
-            val_split=self.val_split, test_split=self.test_split, image_size=size,
+            val_split=0.0 if self.val_classes else self.val_split, test_split=self.test_split,
+            image_size=size,
         )  # fmt: skip
+        if not self.val_classes:
+            return data
+        return hold_out_classes(data, self.val_classes, self.training_classes(data))
+
+    def training_classes(self, data: Dataset) -> list[int]:
+        """The class ids the run trains on (`known_classes` or the data set's default),
+        in label order of `data` loaded without `val_classes`."""
+        if self.known_classes is not None:
+            return list(self.known_classes)
+        return list(DEFAULT_KNOWN.get(self.data, range(len(data.all_class_names))))
 
     def backbone_kind(self, data: Dataset) -> str:
         return resolve_kind(self.backbone, data.input_shape)

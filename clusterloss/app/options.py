@@ -1,6 +1,7 @@
 """Typed options: one `Option` per hyperparameter of a loss recipe, from which the command
 line's flags, `compare` settings (`LOSS:key=value,...`), `metrics.json`'s
-`config.options` and the docs table (`python -m clusterloss.app.recipes`) are all made.
+`config.options`, `tune`'s search space and the docs table (`python -m clusterloss.app.recipes`)
+are all made.
 
 An option's default is read from the constructor of the class it configures (`source`), so
 it is defined once and equals the class default; where a recipe deliberately differs, the
@@ -31,6 +32,8 @@ class Option:
         reason: why `default` differs from the source's default ("" when equal).
         choices: the allowed values of a `str` option.
         low: the smallest allowed value of a number (other ranges: the class checks).
+        space: what `clusterloss tune` searches: `(low, high)` or `(low, high, "log")` for a
+            number, a tuple of values for a `str`; `()`: the option is not tuned.
     """
 
     key: str
@@ -41,6 +44,25 @@ class Option:
     reason: str = ""
     choices: tuple[str, ...] = ()
     low: float | None = None
+    space: tuple = ()
+
+    def __post_init__(self):
+        if not self.space:
+            return
+        if self.type is str:
+            for value in self.space:
+                self.check(value)
+            return
+        low, high, *scale = self.space
+        if scale not in ([], ["log"]) or not low < high or (scale and low <= 0):
+            raise ValueError(f"option {self.key}: space must be (low, high) or (low, high, 'log') "
+                             f"with low < high (and low > 0 for 'log'); got {self.space!r}")
+        self.check(low), self.check(high)
+
+    @property
+    def log(self) -> bool:
+        """Whether `tune` samples this number on a log scale."""
+        return self.space[2:] == ("log",)
 
     @property
     def flag(self) -> str:
@@ -90,7 +112,8 @@ class Option:
 
 def option(source: Callable, parameter: str, key: str | None = None, help: str = "", *,
            default: Any = _FROM_SOURCE, reason: str = "", type: type | None = None,
-           choices: tuple[str, ...] = (), low: float | None = None) -> Option:  # fmt: skip
+           choices: tuple[str, ...] = (), low: float | None = None,
+           space: tuple = ()) -> Option:  # fmt: skip
     """An `Option` mirroring `source`'s `parameter`: its default (unless `default` is given,
     which needs a `reason`) and its type (that of the default, unless `type`)."""
     declared = inspect.signature(source).parameters[parameter].default
@@ -104,6 +127,7 @@ def option(source: Callable, parameter: str, key: str | None = None, help: str =
     return Option(
         key=key or parameter, type=type or builtins_type(declared), default=default,
         help=help, source=(source, parameter), reason=reason, choices=choices, low=low,
+        space=space,
     )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from clusterloss.layers import (
     CenterLoss,
     ClassHead,
     CosFace,
+    CosineHead,
     LargeMarginSoftmax,
     NormFace,
     ProxyAnchorHead,
@@ -76,18 +77,26 @@ SAMPLE_RATE = option(ClassHead, "sample_rate", help="Partial FC: the share of cl
                      "training step (every class of the batch, plus random negatives); 1 = all")
 
 
-def _head_options(cls, margin_help: str | None) -> tuple[Option, ...]:
-    found = (option(cls, "scale", help="scale s of the cosine logits"),)
+SCALE_RULE = option(CosineHead, "scale_rule", help="fixed: the scale s given; adacos: AdaCos's "
+                    "scale, adapted every batch (Zhang et al. 2019); adacos-fixed: sqrt(2) "
+                    "log(classes - 1)", choices=CosineHead.scale_rules, space=("fixed", "adacos"))  # fmt: skip
+
+
+def _head_options(cls, margin_help: str | None, margin_space: tuple = ()) -> tuple[Option, ...]:
+    if len(cls.scale_rules) > 1:  # AdaCos applies
+        found = (option(cls, "scale", help="scale s of the cosine logits (scale_rule fixed)",
+                        space=(4.0, 64.0, "log")), SCALE_RULE)  # fmt: skip
+    else:
+        found = (option(cls, "scale", help="scale s of the cosine logits"),)
     if margin_help:
-        found += (option(cls, "margin", help=margin_help),)
+        found += (option(cls, "margin", help=margin_help, space=margin_space),)
     return found + (SAMPLE_RATE,)
 
 
-def _head_recipe(cls, description: str, margin_help: str | None = None) -> Recipe:
-    options = _head_options(cls, margin_help)
-    return Recipe(
-        lambda n, v: Parts(_crossentropy(), head=cls(n, **v)), options, description
-    )
+def _head_recipe(cls, description: str, margin_help: str | None = None,
+                 margin_space: tuple = ()) -> Recipe:  # fmt: skip
+    options = _head_options(cls, margin_help, margin_space)
+    return Recipe(lambda n, v: Parts(_crossentropy(), head=cls(n, **v)), options, description)
 
 
 def _pair_recipe(make_loss: Callable[[Values], keras.losses.Loss], options: tuple[Option, ...],
@@ -110,9 +119,9 @@ def _loss_recipe(cls, helps: Mapping[str, str], description: str, unit_norm: boo
 
 def _margin_options(cls) -> tuple[Option, ...]:
     return (
-        option(cls, "margin", help="margin alpha around the boundary beta"),
+        option(cls, "margin", help="margin alpha around the boundary beta", space=(0.05, 0.5)),
         option(cls, "beta", help="boundary beta between positive and negative distances "
-               "(the initial value where it is learned)"),
+               "(the initial value where it is learned)", space=(0.5, 1.6)),
         option(cls, "nu", help="regularization of beta (nu * beta)"),
     )
 
@@ -134,6 +143,11 @@ def _triplet(v: Values) -> keras.losses.Loss:
     return L.TripletMarginLoss(margin=v["margin"], miner=miner)
 
 
+def _pair_spaces(**spaces: tuple) -> dict[str, dict[str, tuple]]:
+    """`_loss_recipe` overrides that give each named option its search space."""
+    return {key: {"space": space} for key, space in spaces.items()}
+
+
 TRIPLET_MARGIN = "FaceNet's 0.2 with semi-hard mining (the class keeps PML's 0.05)."
 
 RECIPES: dict[str, Recipe] = {
@@ -148,8 +162,8 @@ RECIPES: dict[str, Recipe] = {
             option(CenterLoss, "weight", "center_weight", "lambda, the center loss weight",
                    default=0.1, reason="0.1 trains the command line's small networks in a "
                    "few epochs (README, docs/results.md); the class keeps the paper's MNIST "
-                   "0.01."),
-            option(CenterLoss, "alpha", "center_alpha", "Eq. 4 center step"),
+                   "0.01.", space=(1e-3, 1.0, "log")),
+            option(CenterLoss, "alpha", "center_alpha", "Eq. 4 center step", space=(0.05, 1.0)),
             option(CenterLoss, "update", "center_update", "how centers move",
                    choices=("paper", "gradient")),
             option(center_optimizer, "centers", "center_lr",
@@ -161,23 +175,27 @@ RECIPES: dict[str, Recipe] = {
         lambda n, v: Parts(L.SparseCategoricalFocalCrossentropy(
             gamma=v["focal_gamma"], alpha=v["focal_alpha"], from_logits=True)),
         (
-            option(L.SparseCategoricalFocalCrossentropy, "gamma", "focal_gamma", "focusing gamma"),
+            option(L.SparseCategoricalFocalCrossentropy, "gamma", "focal_gamma", "focusing gamma",
+                   space=(0.0, 5.0)),
             option(L.SparseCategoricalFocalCrossentropy, "alpha", "focal_alpha", "class weight alpha"),
         ),
         "sparse focal crossentropy (Lin et al. 2017)",
     ),
     "label-smoothing": Recipe(
         lambda n, v: Parts(L.SparseLabelSmoothingCrossentropy(v["label_smoothing"], from_logits=True)),
-        (option(L.SparseLabelSmoothingCrossentropy, "label_smoothing", help="smoothing toward uniform"),),
+        (option(L.SparseLabelSmoothingCrossentropy, "label_smoothing", help="smoothing toward uniform",
+                space=(0.0, 0.4)),),
         "crossentropy with label smoothing toward uniform",
     ),
-    "arcface": _head_recipe(ArcFace, "ArcFace head", "additive angular margin (radians)"),
-    "cosface": _head_recipe(CosFace, "CosFace head", "additive cosine margin"),
-    "sphereface": _head_recipe(SphereFace, "A-Softmax head", "multiplicative angular margin m"),
+    "arcface": _head_recipe(ArcFace, "ArcFace head", "additive angular margin (radians)",
+                            (0.05, 0.8)),
+    "cosface": _head_recipe(CosFace, "CosFace head", "additive cosine margin", (0.05, 0.6)),
+    "sphereface": _head_recipe(SphereFace, "A-Softmax head", "multiplicative angular margin m",
+                               (1, 4)),
     "normface": _head_recipe(NormFace, "normalised softmax"),
     "subcenter-arcface": Recipe(
         lambda n, v: Parts(_crossentropy(), head=SubCenterArcFace(n, **v)),
-        _head_options(SubCenterArcFace, "additive angular margin (radians)") + (
+        _head_options(SubCenterArcFace, "additive angular margin (radians)", (0.05, 0.8)) + (
             option(SubCenterArcFace, "sub_centers", help="sub-centers per class (K)", low=1),
         ),
         "sub-center ArcFace head (Deng et al. 2020), robust to label noise",
@@ -201,47 +219,52 @@ RECIPES: dict[str, Recipe] = {
         lambda n, v: Parts(L.ProxyAnchorLoss(margin=v["margin"], alpha=v["alpha"]),
                            head=ProxyAnchorHead(n)),
         (
-            option(L.ProxyAnchorLoss, "margin", help="margin delta"),
-            option(L.ProxyAnchorLoss, "alpha", help="scaling alpha"),
+            option(L.ProxyAnchorLoss, "margin", help="margin delta", space=(0.0, 0.5)),
+            option(L.ProxyAnchorLoss, "alpha", help="scaling alpha", space=(4.0, 64.0, "log")),
         ),
         "proxy-anchor loss on learned proxies",
     ),
     "proxy-nca": Recipe(
         lambda n, v: Parts(L.ProxyNCALoss(softmax_scale=v["softmax_scale"]), head=ProxyNCAHead(n)),
-        (option(L.ProxyNCALoss, "softmax_scale", help="scale of the negative squared distances"),),
+        (option(L.ProxyNCALoss, "softmax_scale", help="scale of the negative squared distances",
+                space=(0.5, 32.0, "log")),),
         "ProxyNCA (Movshovitz-Attias et al. 2017) on learned proxies",
     ),
     "triplet": _pair_recipe(
         _triplet,
         (
             option(L.TripletMarginLoss, "margin", help="triplet margin", default=0.2,
-                   reason=TRIPLET_MARGIN),
+                   reason=TRIPLET_MARGIN, space=(0.01, 1.0, "log")),
             option(miners.TripletMarginMiner, "type_of_triplets", help="which triplets the miner keeps",
                    default="semihard", reason="FaceNet's semi-hard mining (the miner keeps PML's 'all').",
-                   choices=("all", "hard", "semihard", "easy")),
+                   choices=("all", "hard", "semihard", "easy"), space=("all", "hard", "semihard")),
         ),
         "triplet margin loss, FaceNet semi-hard mining",
     ),
     "contrastive": _loss_recipe(L.ContrastiveLoss, {"pos_margin": "positive pairs' margin",
-                                "neg_margin": "negative pairs' margin"}, "contrastive loss"),
+                                "neg_margin": "negative pairs' margin"}, "contrastive loss",
+                                **_pair_spaces(pos_margin=(0.0, 0.5), neg_margin=(0.2, 2.0))),
     "multi-similarity": _pair_recipe(
         lambda v: L.MultiSimilarityLoss(
             alpha=v["alpha"], beta=v["beta"], base=v["base"],
             miner=miners.MultiSimilarityMiner(epsilon=v["epsilon"])),
         (
-            option(L.MultiSimilarityLoss, "alpha", help="positive scale"),
-            option(L.MultiSimilarityLoss, "beta", help="negative scale"),
-            option(L.MultiSimilarityLoss, "base", help="similarity offset lambda"),
-            option(miners.MultiSimilarityMiner, "epsilon", help="miner margin"),
+            option(L.MultiSimilarityLoss, "alpha", help="positive scale", space=(0.5, 16.0, "log")),
+            option(L.MultiSimilarityLoss, "beta", help="negative scale", space=(10.0, 80.0, "log")),
+            option(L.MultiSimilarityLoss, "base", help="similarity offset lambda", space=(0.0, 1.0)),
+            option(miners.MultiSimilarityMiner, "epsilon", help="miner margin", space=(0.01, 0.5)),
         ),
         "multi-similarity loss and miner",
     ),
     "supcon": _loss_recipe(L.SupConLoss, {"temperature": "softmax temperature"},
-                           "supervised contrastive loss"),
+                           "supervised contrastive loss",
+                           **_pair_spaces(temperature=(0.02, 1.0, "log"))),
     "ntxent": _loss_recipe(L.NTXentLoss, {"temperature": "softmax temperature"},
-                           "NT-Xent with same-class positives"),
+                           "NT-Xent with same-class positives",
+                           **_pair_spaces(temperature=(0.02, 1.0, "log"))),
     "circle": _loss_recipe(L.CircleLoss, {"gamma": "scale gamma", "m": "relaxation margin m"},
-                           "circle loss (Sun et al. 2020) on cosine similarities"),
+                           "circle loss (Sun et al. 2020) on cosine similarities",
+                           **_pair_spaces(gamma=(8.0, 256.0, "log"), m=(0.05, 0.5))),
     "lifted": _loss_recipe(L.LiftedStructureLoss, {"neg_margin": "negative pairs' margin",
                            "pos_margin": "positive pairs' margin"},
                            "lifted structure loss (Oh Song et al. 2016)"),
@@ -266,7 +289,8 @@ RECIPES: dict[str, Recipe] = {
         classifier=False, pairs=True,
     ),
     "nca": _loss_recipe(L.NCALoss, {"softmax_scale": "scale of the negative squared distances"},
-                        "neighbourhood components analysis (Goldberger et al. 2005)"),
+                        "neighbourhood components analysis (Goldberger et al. 2005)",
+                        **_pair_spaces(softmax_scale=(0.5, 32.0, "log"))),
     "tuplet": _loss_recipe(L.TupletMarginLoss, {"margin": "angular margin, degrees (PML's unit)",
                            "scale": "scale of the cosines"}, "tuplet margin loss (Yu and Tao 2019)"),
     "angular": _loss_recipe(L.AngularLoss, {"alpha": "angle alpha, degrees"},
@@ -306,20 +330,28 @@ def _cell(value: Any) -> str:
     return "—" if value is None else f"`{value}`"
 
 
+def _space(o: Option) -> str:
+    if not o.space:
+        return "—"
+    if o.type is str:
+        return " \\| ".join(o.space)
+    return f"[{o.space[0]:g}, {o.space[1]:g}]" + (" log" if o.log else "")
+
+
 def options_table() -> str:
     """The docs table: every recipe's options, defaults, and where they come from."""
     lines = [
-        "| loss | option | type | default | class default | note |",
-        "|---|---|---|---|---|---|",
+        "| loss | option | type | default | class default | tuned in (`clusterloss tune`) | note |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, recipe in RECIPES.items():
         if not recipe.options:
-            lines.append(f"| `{name}` | — | | | | {recipe.description} |")
+            lines.append(f"| `{name}` | — | | | | | {recipe.description} |")
         for o in recipe.options:
             note = o.help + (f" Differs from the class: {o.reason}" if o.reason else "")
             lines.append(
                 f"| `{name}` | `{o.flag}` | {o.type.__name__} | {_cell(o.default)} | "
-                f"{o.source_name} = {_cell(o.source_default)} | {note} |"
+                f"{o.source_name} = {_cell(o.source_default)} | {_space(o)} | {note} |"
             )
     return "\n".join(lines)
 

@@ -287,6 +287,10 @@ def _build(config: TrainConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
     return model, loss, recipe, data
 
 
+class DivergedError(RunError):
+    """Training stopped at a non-finite loss (a setting that does not train)."""
+
+
 class _Divergence(keras.callbacks.Callback):
     """Stops training at the first non-finite loss (as `TerminateOnNaN`) and remembers where."""
 
@@ -307,7 +311,7 @@ class _Divergence(keras.callbacks.Callback):
         """RunError when training diverged (after `fit` stopped on it)."""
         if self.found:
             epoch, batch, loss = self.found
-            raise RunError(
+            raise DivergedError(
                 f"training diverged: the loss became {loss} at epoch {epoch}, batch {batch}, "
                 f"so nothing was evaluated; lower --learning-rate (was {config.learning_rate:g}) "
                 f"or the loss's weights and run again with --overwrite")  # fmt: skip

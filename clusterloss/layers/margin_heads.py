@@ -63,6 +63,11 @@ def _cosine_to_rows(x, w):
     return cos, grad
 
 
+def adacos_fixed_scale(num_classes: int) -> float:
+    """AdaCos's fixed scale `sqrt(2) log(C - 1)` for C classes (Zhang et al. 2019, Eq. 14)."""
+    return math.sqrt(2.0) * math.log(num_classes - 1)
+
+
 class CosineHead(ClassHead):
     """Base class of the margin heads: computes the cosine logits from `kernel`.
 
@@ -80,14 +85,70 @@ class CosineHead(ClassHead):
 
     Models saved before the kernel became `(num_classes, dim)` (it was `(dim, num_classes)`)
     load as they are: the stored kernel is transposed on load when its shape says so.
+
+    `scale_rule` (default `"fixed"`: s = `scale`) can be an AdaCos rule (Zhang et al., "AdaCos:
+    Adaptively Scaling Cosine Logits for Effectively Learning Deep Face Representations", CVPR
+    2019), which sets s from the number of classes C instead of a fixed 64 that small class
+    counts cannot train with (`scale` is then not used):
+      - `"adacos-fixed"`: s = sqrt(2) log(C - 1) (Eq. 14);
+      - `"adacos"`: the dynamic rule (Eq. 15-16): s starts at the fixed value and, in every
+        training call with labels, before the logits are made, becomes
+        `log(B_avg) / cos(min(pi/4, theta_med))`, where
+        `B_avg = 1/N sum_i sum_{k != y_i} exp(s_prev cos theta_ik)` over the batch (the sampled
+        classes under Partial FC) and `theta_med` is the median (NumPy's: the mean of the two
+        middle values for an even batch) of the target angles. The value is the saved
+        non-trainable weight `adaptive_scale`; inference uses the last training step's.
+    The paper uses no margin (that is `NormFace(n, scale_rule="adacos")`); with ArcFace or CosFace the
+    rule is applied as written, the margin only changing the target logit.
     """
 
     has_margin = True
+    scale_rules = ("fixed", "adacos", "adacos-fixed")  # the values of `scale_rule` it takes
 
-    def __init__(self, num_classes: int, scale: float = 64.0, **kwargs: Any):
+    def __init__(self, num_classes: int, scale: float = 64.0, scale_rule: str = "fixed", **kwargs: Any):
         super().__init__(num_classes, **kwargs)
         check_range(scale, "scale", 0.0, low_open=True)
+        if scale_rule not in self.scale_rules:
+            raise ValueError(f"`scale_rule` must be one of {', '.join(map(repr, self.scale_rules))} "
+                             f"for {type(self).__name__}; got {scale_rule!r}.")  # fmt: skip
         self.scale = float(scale)
+        self.scale_rule = scale_rule
+
+    @property
+    def initial_scale(self) -> float:
+        """s before training: `scale`, or AdaCos's sqrt(2) log(C - 1) (checked when built:
+        C >= 3)."""
+        return self.scale if self.scale_rule == "fixed" else adacos_fixed_scale(self.num_classes)
+
+    def build(self, embedding_shape):
+        if self.scale_rule != "fixed" and self.num_classes < 3:
+            raise ValueError(f"`scale_rule={self.scale_rule!r}` needs num_classes >= 3 (sqrt(2) "
+                             f"log(C - 1) is 0 for 2 classes); got {self.num_classes}.")  # fmt: skip
+        super().build(embedding_shape)
+        if self.scale_rule == "adacos":
+            self.adaptive_scale = self.add_weight(
+                shape=(), initializer=keras.initializers.Constant(self.initial_scale), trainable=False,
+                dtype="float32", aggregation="mean", name="adaptive_scale",
+            )  # fmt: skip
+
+    @property
+    def current_scale(self) -> float:
+        """The scale s that inference uses now (AdaCos: the last training step's)."""
+        if self.scale_rule == "adacos" and self.built:
+            return float(ops.convert_to_numpy(self.adaptive_scale))
+        return self.initial_scale
+
+    def adapt_scale(self, embeddings, kernel, labels) -> None:
+        """AdaCos's dynamic update of `adaptive_scale` from one batch (see the class doc)."""
+        cos = ops.stop_gradient(ops.cast(self.cosine(embeddings, kernel)[0], "float32"))
+        previous = ops.convert_to_tensor(self.adaptive_scale)
+        target = ops.one_hot(labels, ops.shape(cos)[1], dtype="bool")
+        others = ops.where(target, float("-inf"), previous * cos)
+        log_b_avg = ops.logsumexp(others) - ops.log(ops.cast(ops.shape(cos)[0], "float32"))
+        cos_target = ops.clip(ops.sum(ops.where(target, cos, 0.0), axis=1), -1.0, 1.0)
+        theta_med = ops.median(ops.arccos(cos_target))
+        scale = log_b_avg / ops.cos(ops.minimum(theta_med, math.pi / 4))
+        self.adaptive_scale.assign(ops.where(ops.isfinite(scale), scale, previous))
 
     def cosine(self, embeddings, kernel=None, scaled: bool = False):
         """`(cos, norms)`: `cos[i, j]` between embedding i and kernel row j (all rows, or the
@@ -109,7 +170,9 @@ class CosineHead(ClassHead):
 
     def logit_factor(self, norms):
         """From cosines (and margin cosines) to logits, per row `(batch,)`: `scale`."""
-        return ops.full_like(norms, self.scale)
+        if self.scale_rule == "adacos":
+            return ops.ones_like(norms) * ops.cast(self.adaptive_scale, norms.dtype)
+        return ops.full_like(norms, self.initial_scale)
 
     def target_logit(self, cos_target, training: bool = False):
         """The margin function applied to the target cosines, before `logit_factor`."""
@@ -119,6 +182,8 @@ class CosineHead(ClassHead):
         # Besides the matrix products, each (batch, classes) pass is a large part of a big
         # head's step: the logits come scaled out of the product, and the margin replaces
         # only the target entries (`_native.with_target_entries`).
+        if training and labels is not None and self.scale_rule == "adacos":
+            self.adapt_scale(embeddings, weights[0], labels)
         logits, norms = self.cosine(embeddings, weights[0], scaled=True)
         if labels is None or not self.has_margin:
             return logits
@@ -138,7 +203,7 @@ class CosineHead(ClassHead):
         super().load_own_variables(store)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "scale": self.scale}
+        return {**super().get_config(), "scale": self.scale, "scale_rule": self.scale_rule}
 
 
 def _check_radians(margin: float, name: str = "margin", high: float = math.pi) -> float:
@@ -286,6 +351,7 @@ class LargeMarginSoftmax(CosineHead):
     """
 
     normalize_weights = False
+    scale_rules = ("fixed",)  # the logits scale with the norms: AdaCos does not apply
 
     def __init__(
         self,
@@ -452,7 +518,7 @@ class ProxyHead(CosineHead):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        for key in ("scale", "sample_rate", "seed"):
+        for key in ("scale", "scale_rule", "sample_rate", "seed"):
             del config[key]
         config["proxy_initializer"] = config.pop("kernel_initializer")
         return config

@@ -18,8 +18,10 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
         "optimizer and budget; write DIR/results.md, results.csv, comparison.png, features.png "
         "and one run directory per (setting, seed) in DIR/runs/.",
     )
-    parser.add_argument("settings", nargs="+", metavar="SETTING",
+    parser.add_argument("settings", nargs="*", metavar="SETTING",
                         help="e.g. softmax center:center_weight=0.1 triplet:margin=0.1")  # fmt: skip
+    parser.add_argument("--tuned", metavar="DIR", help="also each loss of the tuning in DIR "
+                        "(`clusterloss tune --out DIR`) at its best settings")  # fmt: skip
     parser.add_argument("--seeds", type=class_ids, default=[0], help="e.g. 0-2 or 0,1,2")
     parser.add_argument("--out", default="runs/compare", help="output directory")
     parser.add_argument(
@@ -33,12 +35,16 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clusterloss.app.compare import parse_setting, run_comparison
+    from clusterloss.app.compare import parse_setting, run_comparison, tuned_settings
 
     try:
         settings = [parse_setting(spec) for spec in args.settings]
     except ValueError as error:
         fail(args, str(error))
+    if args.tuned:
+        settings += tuned_settings(args.tuned, args.data, args.known_classes)
+    if not settings:
+        fail(args, "name a SETTING or --tuned DIR")
     base = config_from_args(args, settings[0].loss, args.seeds[0], "")
     run_comparison(settings, args.seeds, base, args.out, reuse=args.reuse, overwrite=args.overwrite)
     print(Path(args.out, "results.md").read_text())

@@ -22,7 +22,7 @@ from clusterloss.data import DataError
 
 # Each module in clusterloss.app.cli named here provides `add_parser(subparsers)` (returns the
 # parsers that take options) and `run(args)`.
-SUBCOMMANDS = ("train", "evaluate", "index", "calibrate", "search", "serve", "export", "compare")
+SUBCOMMANDS = ("train", "evaluate", "index", "calibrate", "search", "serve", "export", "compare", "tune")
 BACKEND_HELP = "Keras backend (default: $KERAS_BACKEND or keras.json, else the first installed)"
 
 
