@@ -15,6 +15,7 @@ Two differences from `keras.losses.Loss.__call__`, both about not changing the i
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import keras
@@ -25,7 +26,10 @@ from keras.src.losses.loss import (
     standardize_reduction,
 )
 
-from clusterloss._validation import upcast
+from clusterloss._validation import check_range, upcast
+from clusterloss.distances import get_distance
+from clusterloss.losses.regularizers import get_embedding_regularizer
+from clusterloss.tuples.pairs import get_miner
 
 
 class LossFunctionWrapper(keras.losses.Loss):
@@ -90,3 +94,64 @@ def reduce_per_sample(values, sample_weight=None, reduction="sum_over_batch_size
     mean = ops.where(divisor == 0, ops.zeros_like(total),
                      total / ops.where(divisor == 0, ops.ones_like(divisor), divisor))
     return scale_loss_for_distribution(mean)
+
+
+class MetricLoss(LossFunctionWrapper):
+    """A `LossFunctionWrapper` whose options may hold a `Distance` and a miner; both are
+    written to the config as plain dicts and read back by `__init__`, so a model compiled with
+    the loss saves and loads with no `custom_objects`.
+
+    Calling it takes the references as keywords, like the plain function:
+    `loss(y_true, y_pred, ref_embeddings=..., ref_labels=...)`.
+
+    `embedding_regularizer` (e.g. `LpRegularizer()`, PML's argument of the same name) adds
+    `embedding_reg_weight * regularizer.per_sample(y_pred)` to each anchor's value, so the
+    batch mean is PML's `loss + weight * regularizer(embeddings)`."""
+
+    def __init__(self, fn, reduction="sum_over_batch_size", name=None, dtype=None,
+                 embedding_regularizer=None, embedding_reg_weight: float = 1.0, **options):
+        if "distance" in options:
+            options["distance"] = get_distance(options["distance"])
+        if "miner" in options:
+            options["miner"] = get_miner(options["miner"])
+        super().__init__(fn, reduction=reduction, name=name, dtype=dtype, **options)
+        self._accepted = frozenset(inspect.signature(fn).parameters)
+        self.embedding_regularizer = get_embedding_regularizer(embedding_regularizer)
+        self.embedding_reg_weight = float(check_range(embedding_reg_weight,
+                                                      "embedding_reg_weight"))
+
+    @property
+    def distance(self):
+        return self.options.get("distance")
+
+    @property
+    def miner(self):
+        return self.options.get("miner")
+
+    def call(self, y_true, y_pred, **inputs: Any):
+        """One value per anchor: `fn(y_true, y_pred, **options)` (keywords in `inputs`, such
+        as the references or a miner, override the options), plus the embedding
+        regularizer's term."""
+        unknown = sorted(set(inputs) - self._accepted)
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} does not take {', '.join(f'`{k}`' for k in unknown)} "
+                "(e.g. reference embeddings; PML refuses them for this loss too)."
+            )
+        values = self.fn(y_true, y_pred, **{**self.options, **inputs})
+        if self.embedding_regularizer is None:
+            return values
+        term = self.embedding_regularizer.per_sample(y_pred)
+        return values + self.embedding_reg_weight * ops.cast(term, values.dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        if "distance" in config:
+            config["distance"] = config["distance"].get_config()
+        if config.get("miner") is not None:
+            config["miner"] = keras.saving.serialize_keras_object(config["miner"])
+        if self.embedding_regularizer is not None:  # only then: not every class takes it
+            config["embedding_regularizer"] = keras.saving.serialize_keras_object(
+                self.embedding_regularizer)
+            config["embedding_reg_weight"] = self.embedding_reg_weight
+        return config

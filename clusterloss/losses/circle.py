@@ -9,8 +9,8 @@ from keras import ops
 from clusterloss._registry import register
 from clusterloss._validation import check_range
 from clusterloss.distances import Distance
-from clusterloss.losses._pairs import (
-    MetricLoss,
+from clusterloss.losses.base import MetricLoss
+from clusterloss.tuples.pairs import (
     get_miner,
     masked_logsumexp,
     mined_pairs,

@@ -9,8 +9,8 @@ from keras import ops
 from clusterloss._registry import register
 from clusterloss._validation import check_range
 from clusterloss.distances import get_distance
-from clusterloss.losses._pairs import (
-    MetricLoss,
+from clusterloss.losses.base import MetricLoss
+from clusterloss.tuples.pairs import (
     check_average,
     get_miner,
     mined_pairs,

@@ -10,8 +10,8 @@ from keras import ops
 from clusterloss._registry import register
 from clusterloss._validation import check_positive_int
 from clusterloss.distances import get_distance
-from clusterloss.losses._pairs import (
-    MetricLoss,
+from clusterloss.losses.base import MetricLoss
+from clusterloss.tuples.pairs import (
     batch_share,
     get_miner,
     miner_sample_weights,

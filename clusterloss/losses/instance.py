@@ -9,21 +9,20 @@ from keras import ops
 from clusterloss._registry import register
 from clusterloss._validation import check_range
 from clusterloss.distances import Distance
-from clusterloss.losses._pairs import MetricLoss, pair_batch
+from clusterloss.losses.base import MetricLoss
+from clusterloss.tuples.pairs import pair_batch
 
 _COSINE = Distance("cosine")
 
 
 def label_ranks(labels):
     """For each label, the number of distinct labels in the batch that are smaller: the index
-    `torch.unique(labels, return_inverse=True)` gives. Fixed shapes, O(B^2)."""
-    n = ops.shape(labels)[0]
-    index = ops.arange(n)
-    earlier_same = ops.logical_and(ops.equal(labels[:, None], labels[None, :]),
-                                   index[None, :] < index[:, None])
-    first = ops.logical_not(ops.any(earlier_same, axis=1))  # first sample of its label
-    smaller = ops.logical_and(labels[None, :] < labels[:, None], first[None, :])
-    return ops.sum(ops.cast(smaller, "int32"), axis=1)
+    `torch.unique(labels, return_inverse=True)` gives. One sort, O(B log B)."""
+    order = ops.argsort(labels)
+    ordered = ops.take(labels, order)
+    new = ops.cast(ops.not_equal(ordered[1:], ordered[:-1]), "int32")
+    ranks = ops.cumsum(ops.concatenate([ops.zeros((1,), "int32"), new]))
+    return ops.take(ranks, ops.argsort(order))
 
 
 def instance_loss(y_true, y_pred, gamma: float = 64.0):

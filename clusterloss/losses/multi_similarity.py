@@ -7,13 +7,8 @@ from typing import Any
 from clusterloss._registry import register
 from clusterloss._validation import check_range
 from clusterloss.distances import get_distance
-from clusterloss.losses._pairs import (
-    MetricLoss,
-    get_miner,
-    masked_logsumexp,
-    mined_pairs,
-    pair_batch,
-)
+from clusterloss.losses.base import MetricLoss
+from clusterloss.tuples.pairs import get_miner, masked_logsumexp, mined_pairs, pair_batch
 
 
 def multi_similarity_loss(

@@ -7,10 +7,11 @@ from typing import Any
 from keras import ops
 
 from clusterloss._registry import register
-from clusterloss._validation import check_range
+from clusterloss._validation import check_range, upcast
 from clusterloss.distances import get_distance
-from clusterloss.losses._pairs import (
-    MetricLoss,
+from clusterloss.losses.base import MetricLoss
+from clusterloss.tuples.pairs import (
+    BIG,
     batch_share,
     farness,
     get_miner,
@@ -22,10 +23,39 @@ from clusterloss.losses._pairs import (
 )
 
 
-def nca_terms(logits, pos, every):
+# The range of each distance between L2-normalised embeddings: `softmax_scale * range` bounds
+# how far below a row's largest logit any other logit lies.
+_NORMALISED_RANGE = {"euclidean": 2.0, "squared_euclidean": 4.0, "cosine": 2.0, "dot": 2.0}
+# A gap below this keeps every exp(logit - row max) a normal float (float32: > 1e-35).
+_SAFE_GAP = 80.0
+
+
+def nca_terms(logits, pos, every, gap_bound: float | None = None):
     """`-log sum_{pos} softmax_{every}(logits)` per row: `logsumexp` over `every` minus
-    `logsumexp` over `pos` (0 for a row without `pos`)."""
-    return masked_logsumexp(logits, every, axis=1) - masked_logsumexp(logits, pos, axis=1)
+    `logsumexp` over `pos` (a row without `pos` is the caller's to drop). With `gap_bound` (no logit of `every`
+    lies more than that below its row's largest) under 80, one shared `exp`: every term is then
+    a normal float, so `log sum_pos` loses nothing; otherwise two separate shifts, which keep a
+    row whose positives are ~1e-38 of the whole finite."""
+    if gap_bound is None or gap_bound >= _SAFE_GAP:
+        return masked_logsumexp(logits, every, axis=1) - masked_logsumexp(logits, pos, axis=1)
+    logits = upcast(logits)
+    keep = ops.cast(every, logits.dtype)
+    top = ops.stop_gradient(ops.max(logits + (keep - 1.0) * BIG, axis=1, keepdims=True))
+    top = ops.where(top > -BIG / 2, top, 0.0)  # a row with no reference
+    e = ops.exp((logits - top) * keep + 0.0) * keep  # `+ 0.0`: see `masked_logsumexp`
+    total = ops.sum(e, axis=1)
+    on_pos = ops.sum(e * ops.cast(pos, e.dtype), axis=1)
+    has_pos = on_pos > 0
+    one = ops.ones_like(total)
+    return ops.where(has_pos, ops.log(ops.where(has_pos, total, one))
+                     - ops.log(ops.where(has_pos, on_pos, one)), 0.0)
+
+
+def _gap_bound(distance, softmax_scale: float) -> float | None:
+    """`softmax_scale` times the range of `distance` when its embeddings are normalised."""
+    if not distance.normalize:
+        return None
+    return softmax_scale * _NORMALISED_RANGE[distance.name]
 
 
 def nca_loss(
@@ -60,7 +90,8 @@ def nca_loss(
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
     logits = -softmax_scale * farness(pairs.matrix(distance), distance)
     has_pos = ops.any(pairs.pos, axis=1)
-    losses = nca_terms(logits, pairs.pos, ops.logical_or(pairs.pos, pairs.neg))
+    losses = nca_terms(logits, pairs.pos, ops.logical_or(pairs.pos, pairs.neg),
+                       _gap_bound(distance, softmax_scale))
     losses = ops.where(has_pos, losses * miner_sample_weights(miner, pairs), 0.0)
     return pairs.guard(batch_share(losses, ops.sum(ops.cast(has_pos, losses.dtype))))
 
@@ -119,8 +150,11 @@ def proxy_nca_loss(y_true, y_pred, softmax_scale: float = 1.0):
     """
     check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
     cos, pos = proxy_batch(y_true, y_pred)
-    logits = -softmax_scale * (2.0 - 2.0 * cos)
-    return nan_unless_finite(nca_terms(logits, pos, ops.ones_like(pos)), cos)
+    # -scale * (2 - 2 cos) up to the constant -2 scale, which the softmax cancels: a
+    # cross-entropy over the classes (the one positive per row is the label's proxy).
+    logits = (2.0 * softmax_scale) * cos
+    target = ops.sum(logits * ops.cast(pos, logits.dtype), axis=1)
+    return nan_unless_finite(ops.logsumexp(logits, axis=1) - target, cos)
 
 
 @register

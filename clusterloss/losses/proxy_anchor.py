@@ -8,13 +8,8 @@ from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_range
-from clusterloss.losses._pairs import (
-    MetricLoss,
-    masked_logsumexp,
-    nan_unless_finite,
-    proxy_batch,
-    safe_divide,
-)
+from clusterloss.losses.base import MetricLoss
+from clusterloss.tuples.pairs import masked_logsumexp, nan_unless_finite, proxy_batch, safe_divide
 
 
 def proxy_anchor_loss(y_true, y_pred, margin: float = 0.1, alpha: float = 32.0):

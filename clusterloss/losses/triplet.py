@@ -9,10 +9,9 @@ from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_range, upcast
-from clusterloss.distances import Distance, get_distance
-from clusterloss.losses._pairs import (
-    MetricLoss,
-    Pairs,
+from clusterloss.distances import get_distance
+from clusterloss.losses.base import MetricLoss
+from clusterloss.tuples.pairs import (
     check_average,
     farness,
     get_miner,
@@ -20,22 +19,7 @@ from clusterloss.losses._pairs import (
     pair_batch,
     per_anchor_mean,
 )
-from clusterloss.losses._triplets import TripletChoice, TripletWindow, hinge_sum
-
-
-def select_triplets(miner, pairs: Pairs, distance: Distance):
-    """The triplets a triplet loss uses: all valid ones without a miner (a `TripletWindow`
-    with no bounds on `distance`'s matrix), a triplet miner's selection, or the triplets
-    `(a, p, n)` whose pairs `(a, p)` and `(a, n)` a pair miner selected (PML's conversion)."""
-    far = ops.stop_gradient(farness(pairs.matrix(distance), distance))
-    if miner is None:
-        return TripletWindow(far, pairs.pos, pairs.neg, None, None, distance)
-    if miner.kind == "pair":
-        pos_w, neg_w = miner.select(pairs)
-        pos = ops.logical_and(pairs.pos, ops.cast(pos_w, far.dtype) > 0)
-        neg = ops.logical_and(pairs.neg, ops.cast(neg_w, far.dtype) > 0)
-        return TripletWindow(far, pos, neg, None, None, distance)
-    return miner.select(pairs)
+from clusterloss.tuples.triplets import TripletChoice, TripletWindow, hinge_sum, select_triplets
 
 
 def triplet_margin_loss(
