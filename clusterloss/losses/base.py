@@ -1,8 +1,17 @@
-"""The `keras.losses.Loss` base that every clusterloss loss class wraps a plain function with.
+"""The `keras.losses.Loss` base that every clusterloss loss class wraps a plain function with
+(public: the extension points for an own loss; docs/losses.md, "Adding a loss").
 
 As in Keras (`keras/src/losses/losses.py`), each loss is a plain function
 `fn(y_true, y_pred, **options) -> one value per sample` and a class that stores `options`,
 serializes them in `get_config`, and leaves the reduction and `sample_weight` to Keras.
+
+The class is derived from the function: `class MyLoss(MetricLoss, fn=my_loss)` gets an
+`__init__` whose parameters are `my_loss`'s options (its parameters but `y_true`, `y_pred` and
+the per-call references) with their names, defaults and order, then the class's own
+(`embedding_regularizer`, `embedding_reg_weight` for a `MetricLoss` unless
+`regularized=False`), then `reduction`, `name` (default: the function's name) and `dtype`.
+The options are checked once by the function's `@validated(check)` check, which the function
+runs on each call and the class at construction: one validation for both.
 
 Two differences from `keras.losses.Loss.__call__`, both about not changing the inputs:
 
@@ -15,6 +24,7 @@ Two differences from `keras.losses.Loss.__call__`, both about not changing the i
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -32,12 +42,94 @@ from clusterloss.losses.regularizers import get_embedding_regularizer
 from clusterloss.tuples.pairs import get_miner
 
 
+# Parameters of a loss function that are tensors given per call, not options of its class.
+CALL_INPUTS = frozenset({"y_true", "y_pred", "ref_embeddings", "ref_labels", "ref_mask"})
+
+
+def validated(check: Callable[..., dict[str, Any] | None]):
+    """Decorator of a loss function: `check`, called with the options it names (its parameter
+    names), runs before the function and raises a `ValueError` for a bad option; it may
+    return a dict of normalised values that replace the given ones. A class derived from the
+    function runs the same check at construction."""
+    names = tuple(inspect.signature(check).parameters)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def checked(*args: Any, **kwargs: Any):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return fn(**{**bound.arguments, **run_check(checked, bound.arguments)})
+
+        checked.check, checked.check_names, checked.unchecked = check, names, fn
+        return checked
+
+    return decorate
+
+
+def run_check(fn: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The normalised options `fn`'s `@validated` check returns (none without a check)."""
+    if getattr(fn, "check", None) is None:
+        return {}
+    return fn.check(**{name: options[name] for name in fn.check_names}) or {}
+
+
+def _typed(value: Any, annotation: Any) -> Any:
+    """A Python number as the `float`/`bool` its annotation names (configs hold `1.0`, not 1)."""
+    if annotation == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation == "bool" and isinstance(value, (bool, int)):
+        return bool(value)
+    return value
+
+
+def _derive_init(cls: type, fn: Callable[..., Any]) -> None:
+    """Give `cls` an `__init__` with `fn`'s options, the class's own parameters, then
+    `reduction`, `name`, `dtype`; see the module docstring."""
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    options = [p.replace(kind=positional) for p in inspect.signature(fn).parameters.values()
+               if p.name not in CALL_INPUTS]
+    tail = [inspect.Parameter("reduction", positional, default="sum_over_batch_size",
+                              annotation="str | None"),
+            inspect.Parameter("name", positional, default=fn.__name__, annotation="str"),
+            inspect.Parameter("dtype", positional, default=None, annotation="str | None")]
+    signature = inspect.Signature([inspect.Parameter("self", positional), *options,
+                                   *cls.own_parameters, *tail])
+    annotations = {p.name: p.annotation for p in options}
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        given = dict(bound.arguments)
+        del given["self"]
+        values = {name: given.pop(name) for name in annotations}
+        values.update(run_check(fn, values))
+        values = {name: _typed(v, annotations[name]) for name, v in values.items()}
+        super(cls, self).__init__(fn, **given, **values)
+
+    __init__.__signature__ = signature
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = __init__
+
+
 class LossFunctionWrapper(keras.losses.Loss):
     """A `keras.losses.Loss` that calls `fn(y_true, y_pred, **options)`.
 
     `fn` returns one value per sample, so Keras applies `sample_weight` and the reduction
     (and `tf.distribute` scales it by the number of replicas correctly).
+
+    Use it directly (`LossFunctionWrapper(my_loss, name="my_loss", margin=0.2)`) or derive a
+    class from a function: `class MyLoss(LossFunctionWrapper, fn=my_loss)` (see the module
+    docstring), registered with `@keras.saving.register_keras_serializable()`.
     """
+
+    own_parameters: tuple[inspect.Parameter, ...] = ()  # a derived class's, after fn's
+
+    def __init_subclass__(cls, fn: Callable[..., Any] | None = None, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if fn is not None:
+            _derive_init(cls, fn)
 
     def __init__(
         self,
@@ -61,7 +153,7 @@ class LossFunctionWrapper(keras.losses.Loss):
                                      self.reduction)
 
     def call(self, y_true, y_pred, **inputs: Any):
-        return self.fn(y_true, y_pred, **inputs, **self.options)
+        return unchecked(self.fn)(y_true, y_pred, **inputs, **self.options)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self.options}
@@ -69,6 +161,11 @@ class LossFunctionWrapper(keras.losses.Loss):
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"{type(self).__name__}({options})"
+
+
+def unchecked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` without its `@validated` check (the class checked its options once)."""
+    return getattr(fn, "unchecked", fn)
 
 
 def reduce_per_sample(values, sample_weight=None, reduction="sum_over_batch_size"):
@@ -106,7 +203,20 @@ class MetricLoss(LossFunctionWrapper):
 
     `embedding_regularizer` (e.g. `LpRegularizer()`, PML's argument of the same name) adds
     `embedding_reg_weight * regularizer.per_sample(y_pred)` to each anchor's value, so the
-    batch mean is PML's `loss + weight * regularizer(embeddings)`."""
+    batch mean is PML's `loss + weight * regularizer(embeddings)`. A class derived with
+    `regularized=False` does not take these two (a loss on something else than embeddings)."""
+
+    own_parameters = (
+        inspect.Parameter("embedding_regularizer", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                          default=None, annotation="Any"),
+        inspect.Parameter("embedding_reg_weight", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                          default=1.0, annotation="float"),
+    )
+
+    def __init_subclass__(cls, regularized: bool = True, **kwargs: Any):
+        if not regularized:
+            cls.own_parameters = ()
+        super().__init_subclass__(**kwargs)
 
     def __init__(self, fn, reduction="sum_over_batch_size", name=None, dtype=None,
                  embedding_regularizer=None, embedding_reg_weight: float = 1.0, **options):
@@ -138,7 +248,7 @@ class MetricLoss(LossFunctionWrapper):
                 f"{type(self).__name__} does not take {', '.join(f'`{k}`' for k in unknown)} "
                 "(e.g. reference embeddings; PML refuses them for this loss too)."
             )
-        values = self.fn(y_true, y_pred, **{**self.options, **inputs})
+        values = unchecked(self.fn)(y_true, y_pred, **{**self.options, **inputs})
         if self.embedding_regularizer is None:
             return values
         term = self.embedding_regularizer.per_sample(y_pred)

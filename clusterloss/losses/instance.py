@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_range
 from clusterloss.distances import Distance
-from clusterloss.losses.base import MetricLoss
+from clusterloss.losses.base import MetricLoss, validated
 from clusterloss.tuples.pairs import pair_batch
 
 _COSINE = Distance("cosine")
@@ -25,6 +24,11 @@ def label_ranks(labels):
     return ops.take(ranks, ops.argsort(order))
 
 
+def _check(gamma):
+    check_range(gamma, "gamma", 0.0, low_open=True)
+
+
+@validated(_check)
 def instance_loss(y_true, y_pred, gamma: float = 64.0):
     """Instance loss (Zheng, Zheng, Garrett, Yang, Xu & Shen, "Dual-Path Convolutional
     Image-Text Embeddings with Instance Loss", ACM TOMM 2020), as PML's `InstanceLoss`, one
@@ -44,7 +48,6 @@ def instance_loss(y_true, y_pred, gamma: float = 64.0):
     `MeanReducer`). `gamma` 64 (PML's default). No miner and no reference embeddings (PML
     accepts neither). NaN/inf embeddings give NaN.
     """
-    check_range(gamma, "gamma", 0.0, low_open=True)
     pairs = pair_batch(y_true, y_pred)
     logits = gamma * pairs.matrix(_COSINE)
     target = ops.take_along_axis(logits, label_ranks(pairs.labels)[:, None], axis=1)[:, 0]
@@ -52,7 +55,7 @@ def instance_loss(y_true, y_pred, gamma: float = 64.0):
 
 
 @register
-class InstanceLoss(MetricLoss):
+class InstanceLoss(MetricLoss, fn=instance_loss):
     """Instance loss, equal to PML's `InstanceLoss(gamma)`; see `instance_loss` (and its
     note on class labels).
 
@@ -64,26 +67,6 @@ class InstanceLoss(MetricLoss):
         gamma: the cosine scale, > 0 (default 64, PML's).
         embedding_regularizer, embedding_reg_weight: see `LpRegularizer`.
     """
-
-    def __init__(
-        self,
-        gamma: float = 64.0,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "instance_loss",
-        dtype: str | None = None,
-    ):
-        check_range(gamma, "gamma", 0.0, low_open=True)
-        super().__init__(
-            instance_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            gamma=float(gamma),
-        )
 
 
 __all__ = ["InstanceLoss", "instance_loss"]

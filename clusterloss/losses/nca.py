@@ -9,7 +9,7 @@ from keras import ops
 from clusterloss._registry import register
 from clusterloss._validation import check_range, upcast
 from clusterloss.distances import get_distance
-from clusterloss.losses.base import MetricLoss
+from clusterloss.losses.base import MetricLoss, validated
 from clusterloss.tuples.pairs import (
     BIG,
     batch_share,
@@ -58,6 +58,11 @@ def _gap_bound(distance, softmax_scale: float) -> float | None:
     return softmax_scale * _NORMALISED_RANGE[distance.name]
 
 
+def _check(softmax_scale):
+    check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
+
+
+@validated(_check)
 def nca_loss(
     y_true,
     y_pred,
@@ -84,7 +89,6 @@ def nca_loss(
     0 in float32 (a softmax gap over ~87, e.g. `softmax_scale > 22` on squared unit-sphere
     distances); here it keeps its large, finite loss. NaN/inf embeddings give NaN.
     """
-    check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
     distance = get_distance(distance)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
@@ -97,7 +101,7 @@ def nca_loss(
 
 
 @register
-class NCALoss(MetricLoss):
+class NCALoss(MetricLoss, fn=nca_loss):
     """NCA loss, equal to PML's `NCALoss(softmax_scale)`; see `nca_loss`.
 
     Example:
@@ -110,31 +114,8 @@ class NCALoss(MetricLoss):
         embedding_regularizer, embedding_reg_weight: see `LpRegularizer`.
     """
 
-    def __init__(
-        self,
-        softmax_scale: float = 1.0,
-        distance: Any = "squared_euclidean",
-        miner: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "nca_loss",
-        dtype: str | None = None,
-    ):
-        check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
-        super().__init__(
-            nca_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            softmax_scale=float(softmax_scale),
-            distance=distance,
-            miner=miner,
-        )
 
-
+@validated(_check)
 def proxy_nca_loss(y_true, y_pred, softmax_scale: float = 1.0):
     """ProxyNCA loss (Movshovitz-Attias et al., "No Fuss Distance Metric Learning using
     Proxies", ICCV 2017) from labels and the cosine similarities `y_pred` `(batch,
@@ -148,7 +129,6 @@ def proxy_nca_loss(y_true, y_pred, softmax_scale: float = 1.0):
     sample. PML drops a sample whose softmax underflows to 0 (float32, a scale over ~20);
     here it keeps its large, finite loss. No miner, no other distance. NaN/inf gives NaN.
     """
-    check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
     cos, pos = proxy_batch(y_true, y_pred)
     # -scale * (2 - 2 cos) up to the constant -2 scale, which the softmax cancels: a
     # cross-entropy over the classes (the one positive per row is the label's proxy).
@@ -158,7 +138,7 @@ def proxy_nca_loss(y_true, y_pred, softmax_scale: float = 1.0):
 
 
 @register
-class ProxyNCALoss(MetricLoss):
+class ProxyNCALoss(MetricLoss, fn=proxy_nca_loss, regularized=False):
     """ProxyNCA loss on the output of a `ProxyNCAHead`, equal to PML's
     `ProxyNCALoss(num_classes, embedding_size, softmax_scale)`; see `proxy_nca_loss`.
 
@@ -169,22 +149,6 @@ class ProxyNCALoss(MetricLoss):
     Args:
         softmax_scale: > 0 (default 1, PML's).
     """
-
-    def __init__(
-        self,
-        softmax_scale: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "proxy_nca_loss",
-        dtype: str | None = None,
-    ):
-        check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
-        super().__init__(
-            proxy_nca_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            softmax_scale=float(softmax_scale),
-        )
 
 
 __all__ = ["NCALoss", "ProxyNCALoss", "nca_loss", "proxy_nca_loss"]

@@ -10,7 +10,7 @@ from keras import ops
 from clusterloss._registry import register
 from clusterloss._validation import check_range, upcast
 from clusterloss.distances import get_distance
-from clusterloss.losses.base import MetricLoss
+from clusterloss.losses.base import MetricLoss, validated
 from clusterloss.tuples.pairs import (
     check_average,
     farness,
@@ -22,6 +22,16 @@ from clusterloss.tuples.pairs import (
 from clusterloss.tuples.triplets import TripletChoice, TripletWindow, hinge_sum, select_triplets
 
 
+def _check_margin(margin):
+    check_range(margin, "margin", 0.0)
+
+
+def _check_triplet(margin, average):
+    _check_margin(margin)
+    check_average(average)
+
+
+@validated(_check_triplet)
 def triplet_margin_loss(
     y_true,
     y_pred,
@@ -65,8 +75,6 @@ def triplet_margin_loss(
     distances (PML's `TripletMarginMiner` defaults to 0.2). PML's random `triplets_per_anchor`
     sampling is not offered (it needs dynamic shapes); use a miner instead.
     """
-    check_range(margin, "margin", 0.0)
-    check_average(average)
     distance = get_distance(distance)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
@@ -96,6 +104,7 @@ def triplet_margin_loss(
     return pairs.guard(per_anchor_mean(losses, weights, nonzero=nonzero))
 
 
+@validated(_check_margin)
 def explicit_triplet_loss(y_true, y_pred, margin: float = 0.1, distance: Any = "cosine"):
     """Triplet loss on explicit triplets of encodings, one value per triplet; `y_true` ignored.
 
@@ -110,7 +119,6 @@ def explicit_triplet_loss(y_true, y_pred, margin: float = 0.1, distance: Any = "
     (PML's `EmbeddingsAlreadyPackagedAsTriplets` + `TripletMarginLoss` with `MeanReducer`).
     NaN/inf anywhere gives NaN for every triplet.
     """
-    check_range(margin, "margin", 0.0)
     distance = get_distance(distance)
     shape = tuple(y_pred.shape)
     if len(shape) != 3 or shape[1] != 3:
@@ -129,7 +137,7 @@ def explicit_triplet_loss(y_true, y_pred, margin: float = 0.1, distance: Any = "
 
 
 @register
-class TripletMarginLoss(MetricLoss):
+class TripletMarginLoss(MetricLoss, fn=triplet_margin_loss):
     """Triplet margin loss over in-batch triplets; see `triplet_margin_loss`.
 
     Example:
@@ -147,39 +155,9 @@ class TripletMarginLoss(MetricLoss):
         average: `"nonzero"` (PML) or `"all"` (TFA).
     """
 
-    def __init__(
-        self,
-        margin: float = 0.05,
-        distance: Any = "euclidean",
-        miner: Any = None,
-        swap: bool = False,
-        smooth_loss: bool = False,
-        average: str = "nonzero",
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "triplet_margin_loss",
-        dtype: str | None = None,
-    ):
-        check_range(margin, "margin", 0.0)
-        super().__init__(
-            triplet_margin_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            margin=float(margin),
-            distance=distance,
-            miner=miner,
-            swap=bool(swap),
-            smooth_loss=bool(smooth_loss),
-            average=check_average(average),
-        )
-
 
 @register
-class ExplicitTripletLoss(MetricLoss):
+class ExplicitTripletLoss(MetricLoss, fn=explicit_triplet_loss, regularized=False):
     """Triplet loss on `(batch, 3, dim)` encodings (query, right, wrong); `y_true` is ignored.
     See `explicit_triplet_loss`.
 
@@ -190,21 +168,3 @@ class ExplicitTripletLoss(MetricLoss):
         model.compile("adam", loss=ExplicitTripletLoss(margin=0.1))
         model.fit([qs, rights, wrongs], np.zeros(len(qs)))   # any y; it is not used
     """
-
-    def __init__(
-        self,
-        margin: float = 0.1,
-        distance: Any = "cosine",
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "explicit_triplet_loss",
-        dtype: str | None = None,
-    ):
-        check_range(margin, "margin", 0.0)
-        super().__init__(
-            explicit_triplet_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            margin=float(margin),
-            distance=distance,
-        )
