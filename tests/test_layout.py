@@ -64,3 +64,21 @@ def test_no_loss_module_imports_another_loss_module():
                  for name, found in imports.items() if name != "__init__"}
     assert {k: v for k, v in offenders.items() if v} == {}
     assert "clusterloss.tuples.triplets" in imports["margin"]  # the check sees real imports
+
+
+def test_private_keras_is_imported_in_one_pinned_place():
+    # `keras.src` moves between Keras releases: the library imports it in `_native` only,
+    # and the test below fails (ImportError, or a wrong answer) when Keras moves it.
+    offenders = {str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                 if any(m.startswith("keras.src") for m in imported_modules(path))}
+    assert offenders == {"_native.py"}
+
+
+def test_the_private_stateless_scope_check_still_answers():
+    import keras
+
+    from clusterloss import _native
+
+    assert _native._in_stateless_scope() is False
+    with keras.StatelessScope():
+        assert _native._in_stateless_scope() is True

@@ -9,9 +9,10 @@ import inspect
 import keras
 import numpy as np
 import pytest
+from conftest import to_np
 
 import clusterloss as cl
-from clusterloss.losses.base import CALL_INPUTS
+from clusterloss.losses.base import CALL_INPUTS, reduce_per_sample
 
 LOSSES = sorted(
     (obj for obj in vars(cl).values() if isinstance(obj, type)
@@ -78,3 +79,22 @@ def test_function_and_class_refuse_a_bad_option_alike(cls, bad):
     with pytest.raises(ValueError, match=f"`{name}`") as from_function:
         fn(y, x, **bad)
     assert str(from_class.value) == str(from_function.value)
+
+
+class _GivenValues(keras.losses.Loss):
+    """Keras's own reduction of the per-sample values passed as `y_pred`."""
+
+    def call(self, y_true, y_pred):
+        return y_pred
+
+
+@pytest.mark.parametrize("reduction", ["sum", "sum_over_batch_size", "mean",
+                                       "mean_with_sample_weight", "none"])
+@pytest.mark.parametrize("weights", ["none", "flat", "column", "zeros"])
+def test_reduce_per_sample_is_keras_reduction(reduction, weights):
+    values = np.linspace(-1.0, 2.0, 8).astype("float32")
+    sample_weight = {"none": None, "flat": np.arange(8.0), "column": np.arange(8.0)[:, None],
+                     "zeros": np.zeros(8)}[weights]
+    want = _GivenValues(reduction=reduction)(values, values, sample_weight=sample_weight)
+    got = reduce_per_sample(keras.ops.convert_to_tensor(values), sample_weight, reduction)
+    np.testing.assert_allclose(to_np(got), to_np(want), rtol=1e-6)

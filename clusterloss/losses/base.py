@@ -30,12 +30,8 @@ from typing import Any, Callable
 
 import keras
 from keras import ops
-from keras.src.losses.loss import (
-    scale_loss_for_distribution,
-    squeeze_or_expand_to_same_rank,
-    standardize_reduction,
-)
 
+from clusterloss._native import replicas_in_sync
 from clusterloss._validation import check_range, upcast
 from clusterloss.distances import get_distance
 from clusterloss.losses.regularizers import get_embedding_regularizer
@@ -168,15 +164,35 @@ def unchecked(fn: Callable[..., Any]) -> Callable[..., Any]:
     return getattr(fn, "unchecked", fn)
 
 
+def _same_rank(x, y):
+    """Keras's `squeeze_or_expand_to_same_rank`: where the ranks differ by one and the longer
+    ends in 1, a rank-1 partner gains that axis, any other loses it (`(batch,)` values and
+    `(batch, 1)` weights give `(batch, 1)`)."""
+    rank_x, rank_y = len(x.shape), len(y.shape)
+    if rank_x == rank_y + 1 and x.shape[-1] == 1:
+        return (x, ops.expand_dims(y, -1)) if rank_y == 1 else (ops.squeeze(x, -1), y)
+    if rank_y == rank_x + 1 and y.shape[-1] == 1:
+        return (ops.expand_dims(x, -1), y) if rank_x == 1 else (x, ops.squeeze(y, -1))
+    return x, y
+
+
+REDUCTIONS = (None, "none", "sum", "sum_over_batch_size", "mean", "mean_with_sample_weight")
+
+
 def reduce_per_sample(values, sample_weight=None, reduction="sum_over_batch_size"):
-    """Keras's reduction of per-sample losses (`keras.losses.Loss.__call__`), in the dtype of
-    `values`: weight by `sample_weight`, then `"sum"`, `"sum_over_batch_size"`/`"mean"` (sum
-    divided by the number of values), `"mean_with_sample_weight"` (by the sum of the weights),
-    or `None`/`"none"`; scaled for `tf.distribute` replicas as Keras does."""
-    reduction = standardize_reduction(reduction)
+    """The one reduction of per-sample losses in clusterloss: a compiled loss's
+    (`LossFunctionWrapper.__call__`) and every loss layer's term in `ClusterModel` (center
+    loss, `loss_layers`). It is Keras's (`keras.losses.Loss.__call__`) without masks (a
+    per-sample metric loss has none), in the dtype of `values` (Keras's computes float64 in
+    float32 on torch): weight by `sample_weight`, then `"sum"`, `"sum_over_batch_size"`/`"mean"`
+    (the weighted sum divided by the number of values: a weight of 0 drops a sample's term,
+    not the sample from the count), `"mean_with_sample_weight"` (divided by the sum of the
+    weights), or `None`/`"none"`; divided by the number of `tf.distribute` replicas as Keras
+    does (the gradients of the replicas are summed)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {list(REDUCTIONS)}; got {reduction!r}.")
     if sample_weight is not None:
-        weights = ops.cast(sample_weight, values.dtype)
-        values, weights = squeeze_or_expand_to_same_rank(values, weights)
+        values, weights = _same_rank(values, ops.cast(sample_weight, values.dtype))
         values = values * weights
     if reduction in (None, "none") or tuple(values.shape) in ((), (0,)):
         return values
@@ -190,7 +206,8 @@ def reduce_per_sample(values, sample_weight=None, reduction="sum_over_batch_size
                            values.dtype)
     mean = ops.where(divisor == 0, ops.zeros_like(total),
                      total / ops.where(divisor == 0, ops.ones_like(divisor), divisor))
-    return scale_loss_for_distribution(mean)
+    replicas = replicas_in_sync()
+    return mean if replicas == 1 else mean * ops.cast(1.0 / replicas, mean.dtype)
 
 
 class MetricLoss(LossFunctionWrapper):
