@@ -131,7 +131,8 @@ class Pairs:
 
     Attributes: `labels` `(batch,)`, `embeddings` `(batch, dim)`, `ref_labels` `(num_refs,)`
     (the batch's labels without references), `ref_embeddings` (`None` without references),
-    `ref_mask` (as given), `pos`, `neg` (bool `(batch, num_refs)`), `has_refs`.
+    `ref_mask` (as given), `pos`, `neg` (bool `(batch, num_refs)`, built on first use: a
+    loss that needs no label masks pays nothing for them), `has_refs`.
     """
 
     def __init__(self, labels, embeddings, ref_labels=None, ref_embeddings=None, ref_mask=None):
@@ -140,8 +141,22 @@ class Pairs:
         self.ref_mask = ref_mask
         self.ref_labels = ref_labels if self.has_refs else labels
         self.ref_embeddings = ref_embeddings
-        self.pos, self.neg = label_masks(labels, ref_labels if self.has_refs else None, ref_mask)
+        self._masks = None
         self._matrices: dict[tuple, tuple] = {}  # key -> (matrix, finite flag)
+
+    def _label_masks(self):
+        if self._masks is None:
+            self._masks = label_masks(self.labels, self.ref_labels if self.has_refs else None,
+                                      self.ref_mask)
+        return self._masks
+
+    @property
+    def pos(self):
+        return self._label_masks()[0]
+
+    @property
+    def neg(self):
+        return self._label_masks()[1]
 
     def _get(self, key: tuple, distance: Distance, x, y):
         if key not in self._matrices:
