@@ -32,10 +32,10 @@ _SAFE_GAP = 80.0
 
 def nca_terms(logits, pos, every, gap_bound: float | None = None):
     """`-log sum_{pos} softmax_{every}(logits)` per row: `logsumexp` over `every` minus
-    `logsumexp` over `pos` (a row without `pos` is the caller's to drop). With `gap_bound` (no logit of `every`
-    lies more than that below its row's largest) under 80, one shared `exp`: every term is then
-    a normal float, so `log sum_pos` loses nothing; otherwise two separate shifts, which keep a
-    row whose positives are ~1e-38 of the whole finite."""
+    `logsumexp` over `pos` (a row without `pos` is the caller's to drop). With `gap_bound`
+    (no logit of `every` lies more than that below its row's largest) under 80, one shared
+    `exp`: every term is then a normal float, so `log sum_pos` loses nothing; otherwise two
+    separate shifts, which keep a row whose positives are ~1e-38 of the whole finite."""
     if gap_bound is None or gap_bound >= _SAFE_GAP:
         return masked_logsumexp(logits, every, axis=1) - masked_logsumexp(logits, pos, axis=1)
     logits = upcast(logits)
