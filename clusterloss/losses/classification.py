@@ -115,7 +115,8 @@ def sparse_label_smoothing_crossentropy(
 
 
 @register
-class SparseCategoricalFocalCrossentropy(LossFunctionWrapper, fn=sparse_categorical_focal_crossentropy):
+class SparseCategoricalFocalCrossentropy(LossFunctionWrapper,
+                                         fn=sparse_categorical_focal_crossentropy):
     """Focal loss for integer labels; see `sparse_categorical_focal_crossentropy`.
 
     Example:
@@ -124,7 +125,8 @@ class SparseCategoricalFocalCrossentropy(LossFunctionWrapper, fn=sparse_categori
 
 
 @register
-class SparseLabelSmoothingCrossentropy(LossFunctionWrapper, fn=sparse_label_smoothing_crossentropy):
+class SparseLabelSmoothingCrossentropy(LossFunctionWrapper,
+                                       fn=sparse_label_smoothing_crossentropy):
     """Label-smoothed crossentropy for integer labels; see `sparse_label_smoothing_crossentropy`.
 
     Example:
