@@ -11,7 +11,6 @@ from clusterloss._validation import check_range, upcast
 from clusterloss.distances import get_distance
 from clusterloss.losses.base import MetricLoss, validated
 from clusterloss.tuples.pairs import (
-    BIG,
     batch_share,
     farness,
     get_miner,
@@ -24,25 +23,23 @@ from clusterloss.tuples.pairs import (
 
 
 # The range of each distance between L2-normalised embeddings: `softmax_scale * range` bounds
-# how far below a row's largest logit any other logit lies.
+# the logits' magnitude and how far below a row's largest any other lies.
 _NORMALISED_RANGE = {"euclidean": 2.0, "squared_euclidean": 4.0, "cosine": 2.0, "dot": 2.0}
-# A gap below this keeps every exp(logit - row max) a normal float (float32: > 1e-35).
+# Logits within +-this have normal-float exponentials (float32: > 1e-35) that cannot overflow.
 _SAFE_GAP = 80.0
 
 
 def nca_terms(logits, pos, every, gap_bound: float | None = None):
     """`-log sum_{pos} softmax_{every}(logits)` per row: `logsumexp` over `every` minus
     `logsumexp` over `pos` (a row without `pos` is the caller's to drop). With `gap_bound`
-    (no logit of `every` lies more than that below its row's largest) under 80, one shared
-    `exp`: every term is then a normal float, so `log sum_pos` loses nothing; otherwise two
-    separate shifts, which keep a row whose positives are ~1e-38 of the whole finite."""
+    under 80 (every logit lies in `[-gap_bound, gap_bound]`), one `exp` with no shift: every
+    term is then a normal float (>= 1e-35) and no sum can overflow, so `log sum_pos` loses
+    nothing; otherwise two shifted log-sum-exps, which keep a row whose positives are ~1e-38
+    of the whole finite."""
     if gap_bound is None or gap_bound >= _SAFE_GAP:
         return masked_logsumexp(logits, every, axis=1) - masked_logsumexp(logits, pos, axis=1)
     logits = upcast(logits)
-    keep = ops.cast(every, logits.dtype)
-    top = ops.stop_gradient(ops.max(logits + (keep - 1.0) * BIG, axis=1, keepdims=True))
-    top = ops.where(top > -BIG / 2, top, 0.0)  # a row with no reference
-    e = ops.exp((logits - top) * keep + 0.0) * keep  # `+ 0.0`: see `masked_logsumexp`
+    e = ops.exp(logits) * ops.cast(every, logits.dtype)
     total = ops.sum(e, axis=1)
     on_pos = ops.sum(e * ops.cast(pos, e.dtype), axis=1)
     has_pos = on_pos > 0
