@@ -129,9 +129,8 @@ def proxy_nca_loss(y_true, y_pred, softmax_scale: float = 1.0):
     cos, pos = proxy_batch(y_true, y_pred)
     # -scale * (2 - 2 cos) up to the constant -2 scale, which the softmax cancels: a
     # cross-entropy over the classes (the one positive per row is the label's proxy).
-    logits = (2.0 * softmax_scale) * cos
-    target = ops.sum(logits * ops.cast(pos, logits.dtype), axis=1)
-    return nan_unless_finite(ops.logsumexp(logits, axis=1) - target, cos)
+    log_p = ops.log_softmax((2.0 * softmax_scale) * cos, axis=1)
+    return nan_unless_finite(-ops.sum(log_p * ops.cast(pos, log_p.dtype), axis=1), cos)
 
 
 @register
