@@ -13,7 +13,7 @@ multi-threaded elementwise ops slow down 5-20x when the cores are busy).
     python benchmarks/bench_losses.py --batches 512 --backends torch --cases contrastive
     python benchmarks/bench_losses.py --root ../old-checkout --backends jax --cases supcon
     python benchmarks/bench_losses.py --batches 128 512 --cases lifted glifted margin nca \
-        tuplet angular instance fastap                          # the catalogue losses
+        tuplet angular instance fastap proxynca proxyanchor     # the catalogue losses
 """
 
 from __future__ import annotations
