@@ -13,7 +13,7 @@ multi-threaded elementwise ops slow down 5-20x when the cores are busy).
     python benchmarks/bench_losses.py --batches 512 --backends torch --cases contrastive
     python benchmarks/bench_losses.py --root ../old-checkout --backends jax --cases supcon
     python benchmarks/bench_losses.py --batches 128 512 --cases lifted glifted margin nca \
-        tuplet angular instance fastap                          # the catalogue losses
+        tuplet angular instance fastap proxynca proxyanchor     # the catalogue losses
 """
 
 from __future__ import annotations
@@ -32,8 +32,11 @@ import numpy as np  # noqa: E402
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CASES = ["triplet+semihard", "triplet+batchhard", "contrastive", "multi_similarity+miner",
          "ntxent", "supcon", "circle", "xbm+contrastive"]
-# The catalogue losses, not run by default: --cases lifted glifted margin nca ...
-CATALOGUE = ["lifted", "glifted", "margin", "nca", "tuplet", "angular", "instance", "fastap"]
+# The catalogue losses, not run by default: --cases lifted glifted margin nca ... (the proxy
+# losses time our head + loss against PML's loss, which owns the proxies).
+CATALOGUE = ["lifted", "glifted", "margin", "nca", "tuplet", "angular", "instance", "fastap",
+             "proxynca", "proxyanchor"]
+HEADS = {"proxynca": "ProxyNCA", "proxyanchor": "ProxyAnchor"}
 PER_CLASS = 8
 MEMORY = 4096  # cross-batch memory size
 
@@ -66,10 +69,16 @@ def ours(name: str, dim: int):
         "angular": cl.AngularLoss,
         "instance": cl.InstanceLoss,
         "fastap": cl.FastAPLoss,
+        "proxynca": cl.ProxyNCALoss,
+        "proxyanchor": cl.ProxyAnchorLoss,
     }[name]()
 
 
-def pml(name: str, dim: int):
+def num_classes(batch: int) -> int:
+    return batch // PER_CLASS + 1  # the labels `make_inputs` draws from
+
+
+def pml(name: str, dim: int, batch: int):
     from pytorch_metric_learning import losses, miners
 
     return {
@@ -90,6 +99,8 @@ def pml(name: str, dim: int):
             ("nca", losses.NCALoss), ("tuplet", losses.TupletMarginLoss),
             ("angular", losses.AngularLoss), ("instance", losses.InstanceLoss),
             ("fastap", losses.FastAPLoss)]},
+        **{name: (lambda name=name: (getattr(losses, HEADS[name] + "Loss")(
+            num_classes(batch), dim), None)) for name in HEADS},
     }[name]()
 
 
@@ -106,11 +117,17 @@ def _best_time(step, repeats: int) -> float:
 
 
 def _loss_fn(loss, name, y):
-    """`embeddings -> scalar loss`; the memory is filled once so every step sees a full one."""
+    """`embeddings -> scalar loss`; the memory is filled once so every step sees a full one,
+    and a proxy loss runs on its head's output (the head built on the first call)."""
     from keras import ops
 
     if name.startswith("xbm"):
         return lambda t: ops.mean(loss(t, y, training=False))
+    if name in HEADS:
+        import clusterloss as cl
+
+        head = getattr(cl, HEADS[name] + "Head")(num_classes(len(y)))
+        return lambda t: loss(y, head(t))
     return lambda t: loss(y, t)
 
 
@@ -182,7 +199,7 @@ def pml_step(name: str, batch: int, dim: int):
     x, y = make_inputs(batch, dim)
     device = _torch_device()
     labels = torch.tensor(y, dtype=torch.long, device=device)
-    loss, miner = pml(name, dim)
+    loss, miner = pml(name, dim, batch)
     loss = loss.to(device)
     if name.startswith("xbm"):
         for _ in range(MEMORY // batch + 1):

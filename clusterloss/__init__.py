@@ -8,7 +8,7 @@ from clusterloss._backend import choose_default_backend
 
 choose_default_backend()
 
-from clusterloss import evaluation, index, miners  # noqa: E402,F401
+from clusterloss import evaluation, index, miners, tuples  # noqa: E402,F401
 from clusterloss.callbacks import CenterLossScheduler, warmup  # noqa: E402,F401
 from clusterloss.data import load_dataset  # noqa: E402,F401
 from clusterloss.distances import Distance, get_distance  # noqa: E402,F401

@@ -15,8 +15,9 @@ TensorFlow, JAX or PyTorch, and only inside the function that needs it:
 - `nonzero_rows`: the rows of a gradient with a non-zero (or NaN) entry. PyTorch: `any` of
   the float tensor (no `(rows, dim)` temporary); XLA: `sum(|g|) != 0`, a fused reduction,
   where XLA's `any` of a float array took 0.39 s for 1,000,000 x 512 (0.14 s now).
-- `row_norms`: the L2 norm of each row in one pass. Keras 3.15's torch `ops.norm` computes
-  float64 in float32; an einsum `cd,cd->c` is a batched matrix product there (9x slower).
+- `row_norms`: the L2 norm of each row in one pass, in the input's dtype. Keras 3.15's
+  `ops.norm` computes float64 in float32 on torch and on JAX with x64 enabled (so elsewhere it
+  is `sqrt(sum(x^2))`); on torch an einsum `cd,cd->c` is a batched matrix product (9x slower).
 - `subtract_scaled_rows`: `a - s[:, None] * rows` for a temporary `a`, in place on PyTorch
   (eager PyTorch would allocate and write two more `(num_classes, dim)` arrays; XLA fuses it).
 - `target_entries`, `with_target_entries`: read and replace one entry per row (each
@@ -323,7 +324,7 @@ def label_error(error: Exception) -> str | None:
 def native_row_searchsorted(sorted_rows, queries, right: bool):
     """Row-wise `searchsorted` with PyTorch's native kernel (`torch.searchsorted` takes batched
     rows), or `None` on the other backends: `keras.ops.searchsorted` is 1-D only, and on JAX and
-    TensorFlow the compiled `keras.ops` bisection (`clusterloss.losses._triplets.count_sorted`)
+    TensorFlow the compiled `keras.ops` bisection (`clusterloss.tuples.count_sorted`)
     is fast already, while eager PyTorch would run each of its rounds as separate kernels."""
     if keras.backend.backend() != "torch":
         return None
@@ -372,7 +373,8 @@ def row_norms(x):
         import torch
 
         return torch.linalg.vector_norm(x, dim=1)
-    return ops.norm(x, axis=1)
+    # Not `ops.norm`: Keras 3.15's JAX `norm` computes float64 in float32 (with x64 enabled).
+    return ops.sqrt(ops.sum(ops.square(x), axis=1))
 
 
 def subtract_scaled_rows(a, scale, rows):

@@ -17,7 +17,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 import clusterloss as cl
 from clusterloss.distances import Distance
-from clusterloss.losses._pairs import pair_batch
+from clusterloss.tuples.pairs import pair_batch
 from clusterloss.miners.sampled import sample_columns
 
 RAW = Distance("euclidean", normalize=False)

@@ -162,6 +162,27 @@ def test_loss_layers_add_their_mean_and_show_under_their_name(tmp_path):
         cl.ClusterModel(backbone, loss_layers=[HalfSquaredNorm(name="n"), HalfSquaredNorm(name="n")])
 
 
+def test_sample_weight_weighs_loss_layers_as_a_compiled_loss():
+    # One meaning of `sample_weight` for the compiled loss and the loss layers: Keras's
+    # "sum_over_batch_size", the weighted sum divided by the batch (not by the weights' sum).
+    x, y = digits(16)
+    weights = np.linspace(0.0, 1.0, 16).astype("float32")  # sum 8: not the batch
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((64,)), keras.layers.Dense(2)])
+    model = cl.ClusterModel(backbone, num_classes=10, loss_layers=[HalfSquaredNorm(name="norm")])
+    model.compile(keras.optimizers.SGD(0.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    out = model.predict(x, verbose=0)
+    logits = out["logits"].astype("float64")
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    ce = -log_p[np.arange(16), y]
+    norm = 0.5 * np.sum(out["embeddings"].astype("float64") ** 2, axis=1)
+    logs = model.train_on_batch(x, y, sample_weight=weights, return_dict=True)
+    np.testing.assert_allclose(logs["classification_loss"], np.sum(weights * ce) / 16, rtol=1e-5)
+    np.testing.assert_allclose(logs["norm"], np.sum(weights * norm) / 16, rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], np.sum(weights * (ce + norm)) / 16, rtol=1e-5)
+
+
 def _save_trained(tmp_path):
     x, y = digits(128)
     model = compile_model(make_model())

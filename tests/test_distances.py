@@ -8,11 +8,7 @@ import pytest
 from keras import ops
 
 from clusterloss.distances import Distance, get_distance, l2_normalize, safe_sqrt
-from clusterloss.losses._pairs import (
-    label_masks,
-    masked_logsumexp,
-    per_anchor_mean,
-)
+from clusterloss.tuples.pairs import label_masks, masked_logsumexp, per_anchor_mean
 from conftest import grad, to_np
 
 RNG = np.random.default_rng(0)

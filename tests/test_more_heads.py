@@ -6,6 +6,7 @@ half precision, errors, saving, and a short training run on scikit-learn's digit
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import keras
@@ -30,10 +31,10 @@ def _data(batch=24, dim=8, rows=6, seed=1, scale=2.0):
     return x, w
 
 
-def _value_and_grads(fn, *args):
-    """`fn(*args)` and its gradients for each arg, in WIDE (TensorFlow's row gathers give
+def _value_and_grads(fn, *args, dtype=WIDE):
+    """`fn(*args)` and its gradients for each arg, in `dtype` (TensorFlow's row gathers give
     `IndexedSlices`: made dense)."""
-    args = [a.astype(WIDE) for a in args]
+    args = [a.astype(dtype) for a in args]
     if BACKEND == "jax":
         import jax
 
@@ -124,6 +125,35 @@ def test_value_and_gradients_match_pml(case):
     head = _built(make, classes, x.shape[1], w)
     ours = _value_and_grads(lambda xx, ww: _head_loss(head, loss)(xx, ww, y), x, w)
     _assert_same(ours, _pml_value_and_grads(make_pml(classes, x.shape[1]), weight_name, x, w, y))
+
+
+def test_arcface_matches_pml_in_float64_on_pml_test_inputs():
+    # PML's own `test_arcface_loss` inputs: 180 unit 2-D embeddings at 0..179 degrees, 10
+    # classes, margin 30 degrees, scale 64 (some targets past pi - m: the fallback). Float64 on
+    # every backend, JAX with x64 enabled here: its `ops.norm` computed the class-weight norms in
+    # float32 (the gradient was 1e-4 of its largest entry off).
+    angles = np.radians(np.arange(180.0))
+    x = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    rng = np.random.default_rng(0)
+    y, w = rng.integers(0, 10, size=180), rng.normal(size=(10, 2))
+    want = _pml_value_and_grads(pl.ArcFaceLoss(10, 2, margin=30, scale=64), "W", x, w, y)
+    if BACKEND == "jax":
+        import jax
+
+        wide = jax.enable_x64(True)
+    else:
+        wide = contextlib.nullcontext()
+    with wide:
+        head = cl.ArcFace(10, scale=64.0, margin=math.radians(30), dtype="float64")
+        head.build((None, 2))
+        head.kernel.assign(w)
+        sce = cl.SparseLabelSmoothingCrossentropy(0.0, from_logits=True, dtype="float64")
+        value, grads = _value_and_grads(lambda xx, ww: _head_loss(head, sce)(xx, ww, y), x, w,
+                                        dtype="float64")
+    assert grads[0].dtype == "float64"
+    np.testing.assert_allclose(value, want[0], rtol=1e-12)
+    for g, g_ref in zip(grads, want[1]):
+        np.testing.assert_allclose(g, g_ref, rtol=0, atol=1e-10 * np.abs(g_ref).max())
 
 
 def _np_psi(c, m):

@@ -30,7 +30,7 @@ from clusterloss.losses import (
     supcon_loss,
     triplet_margin_loss,
 )
-from clusterloss.losses._triplets import TripletMask
+from clusterloss.tuples.triplets import TripletMask
 from clusterloss.miners import (
     BatchHardMiner,
     BatchSemiHardMiner,

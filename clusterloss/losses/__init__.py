@@ -15,6 +15,7 @@ __all__ = [
 ]
 
 from clusterloss.losses.angular import AngularLoss, angular_loss
+from clusterloss.losses.base import LossFunctionWrapper, MetricLoss
 from clusterloss.losses.circle import CircleLoss, circle_loss
 from clusterloss.losses.contrastive import ContrastiveLoss, contrastive_loss
 from clusterloss.losses.cross_batch_memory import CrossBatchMemory
@@ -50,9 +51,11 @@ __all__ += [
     "GeneralizedLiftedStructureLoss",
     "InstanceLoss",
     "LiftedStructureLoss",
+    "LossFunctionWrapper",
     "LpRegularizer",
     "MarginLoss",
     "MarginLossLayer",
+    "MetricLoss",
     "MultiSimilarityLoss",
     "NCALoss",
     "NTXentLoss",

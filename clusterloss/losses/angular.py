@@ -11,8 +11,8 @@ from keras import ops
 from clusterloss._registry import register
 from clusterloss._validation import check_range
 from clusterloss.distances import Distance, l2_normalize, matmul_t
-from clusterloss.losses._pairs import (
-    MetricLoss,
+from clusterloss.losses.base import MetricLoss, validated
+from clusterloss.tuples.pairs import (
     get_miner,
     masked_logsumexp,
     masked_max,
@@ -59,6 +59,7 @@ def _negative_logsumexp(u, v, neg):
     return lse, lost
 
 
+@validated(_check_alpha)
 def angular_loss(
     y_true,
     y_pred,
@@ -93,7 +94,6 @@ def angular_loss(
     such a batch gives NaN rather than a wrong value. NaN/inf embeddings, or raw negatives
     whose dot products overflow, give NaN.
     """
-    _check_alpha(alpha)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
     ap = pairs.matrix(_COSINE)  # a . p, both normalised
@@ -114,7 +114,7 @@ def angular_loss(
 
 
 @register
-class AngularLoss(MetricLoss):
+class AngularLoss(MetricLoss, fn=angular_loss):
     """Angular loss, equal to PML's `AngularLoss(alpha)`; see `angular_loss` (and its cost).
 
     Example:
@@ -125,28 +125,6 @@ class AngularLoss(MetricLoss):
         miner: restricts the positive pairs (a pair or triplet miner), or `None`.
         embedding_regularizer, embedding_reg_weight: see `LpRegularizer`.
     """
-
-    def __init__(
-        self,
-        alpha: float = 40.0,
-        miner: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "angular_loss",
-        dtype: str | None = None,
-    ):
-        _check_alpha(alpha)
-        super().__init__(
-            angular_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            alpha=float(alpha),
-            miner=miner,
-        )
 
 
 __all__ = ["AngularLoss", "angular_loss"]

@@ -9,8 +9,8 @@ from keras import ops
 from clusterloss._registry import register
 from clusterloss._validation import check_range
 from clusterloss.distances import Distance
-from clusterloss.losses._pairs import (
-    MetricLoss,
+from clusterloss.losses.base import MetricLoss, validated
+from clusterloss.tuples.pairs import (
     get_miner,
     masked_logsumexp,
     mined_pairs,
@@ -21,6 +21,12 @@ from clusterloss.losses._pairs import (
 _COSINE = Distance("cosine")
 
 
+def _check(m, gamma):
+    check_range(m, "m")
+    check_range(gamma, "gamma", 0.0, low_open=True)
+
+
+@validated(_check)
 def circle_loss(
     y_true,
     y_pred,
@@ -47,8 +53,6 @@ def circle_loss(
     `P_i`, `N_i` to the mined pairs; references (`ref_embeddings`, `ref_labels`) as PML's
     `ref_emb`. NaN/inf embeddings give NaN.
     """
-    check_range(m, "m")
-    check_range(gamma, "gamma", 0.0, low_open=True)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
     s = pairs.matrix(_COSINE)
@@ -65,35 +69,10 @@ def circle_loss(
 
 
 @register
-class CircleLoss(MetricLoss):
+class CircleLoss(MetricLoss, fn=circle_loss):
     """Circle loss, equal to PML's `CircleLoss(m, gamma)` in value and gradient; see
     `circle_loss`. Normalises the embeddings itself (no `UnitNormalization` layer needed).
 
     Example:
         model.compile("adam", loss=CircleLoss(m=0.25, gamma=256))   # face recognition
     """
-
-    def __init__(
-        self,
-        m: float = 0.4,
-        gamma: float = 80.0,
-        miner: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "circle_loss",
-        dtype: str | None = None,
-    ):
-        check_range(m, "m")
-        check_range(gamma, "gamma", 0.0, low_open=True)
-        super().__init__(
-            circle_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            m=float(m),
-            gamma=float(gamma),
-            miner=miner,
-        )

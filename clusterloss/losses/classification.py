@@ -16,7 +16,7 @@ from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_labels, check_range, upcast
-from clusterloss.losses.base import LossFunctionWrapper
+from clusterloss.losses.base import LossFunctionWrapper, validated
 
 
 def _log_probs(y_pred, from_logits: bool):
@@ -46,6 +46,16 @@ def _check_alpha(alpha):
     return [float(a) for a in alpha] if isinstance(alpha, (list, tuple)) else float(alpha)
 
 
+def _check_focal(gamma, alpha):
+    check_range(gamma, "gamma", 0.0)
+    return {"alpha": _check_alpha(alpha)}
+
+
+def _check_smoothing(label_smoothing):
+    check_range(label_smoothing, "label_smoothing", 0.0, 1.0)
+
+
+@validated(_check_focal)
 def sparse_categorical_focal_crossentropy(
     y_true,
     y_pred,
@@ -64,8 +74,6 @@ def sparse_categorical_focal_crossentropy(
     `log_softmax` and `1 - p` from `-expm1(log p)`, so it stays finite for extreme logits.
     `gamma = 0` and `alpha = 1` give plain crossentropy.
     """
-    check_range(gamma, "gamma", 0.0)
-    alpha = _check_alpha(alpha)
     y_pred = upcast(y_pred)
     labels, _, log_p_y = _target_log_prob(y_true, y_pred, from_logits)
     if isinstance(alpha, list):
@@ -86,6 +94,7 @@ def sparse_categorical_focal_crossentropy(
     return -alpha_y * modulating * log_p_y
 
 
+@validated(_check_smoothing)
 def sparse_label_smoothing_crossentropy(
     y_true,
     y_pred,
@@ -101,62 +110,25 @@ def sparse_label_smoothing_crossentropy(
     `keras.losses.CategoricalCrossentropy(label_smoothing=eps)` on one-hot labels (whose
     smoothed target is `(1 - eps) * one_hot + eps / C`), without building a one-hot tensor.
     """
-    check_range(label_smoothing, "label_smoothing", 0.0, 1.0)
     _, log_p, log_p_y = _target_log_prob(y_true, y_pred, from_logits)
     return -(1.0 - label_smoothing) * log_p_y - label_smoothing * ops.mean(log_p, axis=-1)
 
 
 @register
-class SparseCategoricalFocalCrossentropy(LossFunctionWrapper):
+class SparseCategoricalFocalCrossentropy(LossFunctionWrapper,
+                                         fn=sparse_categorical_focal_crossentropy):
     """Focal loss for integer labels; see `sparse_categorical_focal_crossentropy`.
 
     Example:
         model.compile(loss=SparseCategoricalFocalCrossentropy(gamma=2.0, from_logits=True))
     """
 
-    def __init__(
-        self,
-        gamma: float = 2.0,
-        alpha: float | Sequence[float] = 0.25,
-        from_logits: bool = False,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "sparse_categorical_focal_crossentropy",
-        dtype: str | None = None,
-    ):
-        check_range(gamma, "gamma", 0.0)
-        super().__init__(
-            sparse_categorical_focal_crossentropy,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            gamma=float(gamma),
-            alpha=_check_alpha(alpha),
-            from_logits=from_logits,
-        )
-
 
 @register
-class SparseLabelSmoothingCrossentropy(LossFunctionWrapper):
+class SparseLabelSmoothingCrossentropy(LossFunctionWrapper,
+                                       fn=sparse_label_smoothing_crossentropy):
     """Label-smoothed crossentropy for integer labels; see `sparse_label_smoothing_crossentropy`.
 
     Example:
         model.compile(loss=SparseLabelSmoothingCrossentropy(0.1, from_logits=True))
     """
-
-    def __init__(
-        self,
-        label_smoothing: float = 0.1,
-        from_logits: bool = False,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "sparse_label_smoothing_crossentropy",
-        dtype: str | None = None,
-    ):
-        check_range(label_smoothing, "label_smoothing", 0.0, 1.0)
-        super().__init__(
-            sparse_label_smoothing_crossentropy,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            label_smoothing=float(label_smoothing),
-            from_logits=from_logits,
-        )

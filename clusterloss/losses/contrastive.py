@@ -9,8 +9,8 @@ from keras import ops
 from clusterloss._registry import register
 from clusterloss._validation import check_range
 from clusterloss.distances import get_distance
-from clusterloss.losses._pairs import (
-    MetricLoss,
+from clusterloss.losses.base import MetricLoss, validated
+from clusterloss.tuples.pairs import (
     check_average,
     get_miner,
     mined_pairs,
@@ -25,6 +25,12 @@ def _check_margins(pos_margin, neg_margin, distance):
     check_range(neg_margin, "neg_margin", low)
 
 
+def _check(pos_margin, neg_margin, distance, average):
+    check_average(average)
+    _check_margins(pos_margin, neg_margin, get_distance(distance))
+
+
+@validated(_check)
 def contrastive_loss(
     y_true,
     y_pred,
@@ -54,9 +60,7 @@ def contrastive_loss(
     (`ref_embeddings`, `ref_labels`): pairs (query from the batch, reference), as PML's
     `ref_emb`. NaN/inf embeddings or distances give NaN.
     """
-    check_average(average)
     distance = get_distance(distance)
-    _check_margins(pos_margin, neg_margin, distance)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
     mat = pairs.matrix(distance)
@@ -69,7 +73,7 @@ def contrastive_loss(
 
 
 @register
-class ContrastiveLoss(MetricLoss):
+class ContrastiveLoss(MetricLoss, fn=contrastive_loss):
     """Contrastive loss with margins; see `contrastive_loss`.
 
     Example:
@@ -84,31 +88,3 @@ class ContrastiveLoss(MetricLoss):
         miner: a pair or triplet miner, or `None` for all pairs.
         average: `"nonzero"` (PML) or `"all"`.
     """
-
-    def __init__(
-        self,
-        pos_margin: float = 0.0,
-        neg_margin: float = 1.0,
-        distance: Any = "euclidean",
-        miner: Any = None,
-        average: str = "nonzero",
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "contrastive_loss",
-        dtype: str | None = None,
-    ):
-        _check_margins(pos_margin, neg_margin, get_distance(distance))
-        super().__init__(
-            contrastive_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            pos_margin=float(pos_margin),
-            neg_margin=float(neg_margin),
-            distance=distance,
-            miner=miner,
-            average=check_average(average),
-        )

@@ -17,7 +17,8 @@ from clusterloss._validation import (
     label_dtype,
     upcast,
 )
-from clusterloss.losses._pairs import MetricLoss, get_miner
+from clusterloss.losses.base import MetricLoss
+from clusterloss.tuples.pairs import get_miner
 
 
 def _takes_references(loss) -> bool:

@@ -10,8 +10,8 @@ from keras import ops
 from clusterloss._registry import register
 from clusterloss._validation import check_positive_int
 from clusterloss.distances import get_distance
-from clusterloss.losses._pairs import (
-    MetricLoss,
+from clusterloss.losses.base import MetricLoss, validated
+from clusterloss.tuples.pairs import (
     batch_share,
     get_miner,
     miner_sample_weights,
@@ -28,9 +28,14 @@ def _check_distance(distance):
             "for FastAPLoss (its histogram spans the distances between unit vectors, [0, 2] or "
             f"[0, 4]); got {distance!r}."
         )
-    return distance
 
 
+def _check(num_bins, distance):
+    _check_distance(get_distance(distance))
+    return {"num_bins": check_positive_int(num_bins, "num_bins")}
+
+
+@validated(_check)
 def fast_ap_loss(
     y_true,
     y_pred,
@@ -55,8 +60,7 @@ def fast_ap_loss(
     anchors as PML's `convert_to_weights`. No reference embeddings (PML accepts none). Memory
     O(num_bins B^2). NaN/inf embeddings give NaN.
     """
-    num_bins = check_positive_int(num_bins, "num_bins")
-    distance = _check_distance(get_distance(distance))
+    distance = get_distance(distance)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred)
     d = pairs.matrix(distance)
@@ -79,7 +83,7 @@ def fast_ap_loss(
 
 
 @register
-class FastAPLoss(MetricLoss):
+class FastAPLoss(MetricLoss, fn=fast_ap_loss):
     """FastAP loss, equal to PML's `FastAPLoss(num_bins)`; see `fast_ap_loss`.
 
     Example:
@@ -92,31 +96,6 @@ class FastAPLoss(MetricLoss):
         miner: weighs the anchors (see `fast_ap_loss`), or `None`.
         embedding_regularizer, embedding_reg_weight: see `LpRegularizer`.
     """
-
-    def __init__(
-        self,
-        num_bins: int = 10,
-        distance: Any = "squared_euclidean",
-        miner: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "fast_ap_loss",
-        dtype: str | None = None,
-    ):
-        num_bins = check_positive_int(num_bins, "num_bins")
-        _check_distance(get_distance(distance))
-        super().__init__(
-            fast_ap_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            num_bins=num_bins,
-            distance=distance,
-            miner=miner,
-        )
 
 
 __all__ = ["FastAPLoss", "fast_ap_loss"]

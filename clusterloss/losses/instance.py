@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_range
 from clusterloss.distances import Distance
-from clusterloss.losses._pairs import MetricLoss, pair_batch
+from clusterloss.losses.base import MetricLoss, validated
+from clusterloss.tuples.pairs import pair_batch
 
 _COSINE = Distance("cosine")
 
 
 def label_ranks(labels):
     """For each label, the number of distinct labels in the batch that are smaller: the index
-    `torch.unique(labels, return_inverse=True)` gives. Fixed shapes, O(B^2)."""
-    n = ops.shape(labels)[0]
-    index = ops.arange(n)
-    earlier_same = ops.logical_and(ops.equal(labels[:, None], labels[None, :]),
-                                   index[None, :] < index[:, None])
-    first = ops.logical_not(ops.any(earlier_same, axis=1))  # first sample of its label
-    smaller = ops.logical_and(labels[None, :] < labels[:, None], first[None, :])
-    return ops.sum(ops.cast(smaller, "int32"), axis=1)
+    `torch.unique(labels, return_inverse=True)` gives. One sort, O(B log B)."""
+    order = ops.argsort(labels)
+    ordered = ops.take(labels, order)
+    new = ops.cast(ops.not_equal(ordered[1:], ordered[:-1]), "int32")
+    ranks = ops.cumsum(ops.concatenate([ops.zeros((1,), "int32"), new]))
+    return ops.take(ranks, ops.argsort(order))
 
 
+def _check(gamma):
+    check_range(gamma, "gamma", 0.0, low_open=True)
+
+
+@validated(_check)
 def instance_loss(y_true, y_pred, gamma: float = 64.0):
     """Instance loss (Zheng, Zheng, Garrett, Yang, Xu & Shen, "Dual-Path Convolutional
     Image-Text Embeddings with Instance Loss", ACM TOMM 2020), as PML's `InstanceLoss`, one
@@ -45,15 +48,14 @@ def instance_loss(y_true, y_pred, gamma: float = 64.0):
     `MeanReducer`). `gamma` 64 (PML's default). No miner and no reference embeddings (PML
     accepts neither). NaN/inf embeddings give NaN.
     """
-    check_range(gamma, "gamma", 0.0, low_open=True)
     pairs = pair_batch(y_true, y_pred)
-    logits = gamma * pairs.matrix(_COSINE)
-    target = ops.take_along_axis(logits, label_ranks(pairs.labels)[:, None], axis=1)[:, 0]
-    return pairs.guard(ops.logsumexp(logits, axis=1) - target)
+    log_p = ops.log_softmax(gamma * pairs.matrix(_COSINE), axis=1)  # one fused op on torch
+    return pairs.guard(-ops.take_along_axis(log_p, label_ranks(pairs.labels)[:, None],
+                                            axis=1)[:, 0])
 
 
 @register
-class InstanceLoss(MetricLoss):
+class InstanceLoss(MetricLoss, fn=instance_loss):
     """Instance loss, equal to PML's `InstanceLoss(gamma)`; see `instance_loss` (and its
     note on class labels).
 
@@ -65,26 +67,6 @@ class InstanceLoss(MetricLoss):
         gamma: the cosine scale, > 0 (default 64, PML's).
         embedding_regularizer, embedding_reg_weight: see `LpRegularizer`.
     """
-
-    def __init__(
-        self,
-        gamma: float = 64.0,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "instance_loss",
-        dtype: str | None = None,
-    ):
-        check_range(gamma, "gamma", 0.0, low_open=True)
-        super().__init__(
-            instance_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            gamma=float(gamma),
-        )
 
 
 __all__ = ["InstanceLoss", "instance_loss"]

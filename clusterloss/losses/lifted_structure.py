@@ -9,8 +9,8 @@ from keras import ops
 from clusterloss._registry import register
 from clusterloss._validation import check_range
 from clusterloss.distances import get_distance
-from clusterloss.losses._pairs import (
-    MetricLoss,
+from clusterloss.losses.base import MetricLoss, validated
+from clusterloss.tuples.pairs import (
     Pairs,
     get_miner,
     masked_logsumexp,
@@ -36,6 +36,7 @@ def _reference_negatives(pairs: Pairs):
     return ops.logical_and(other, ops.logical_and(valid[:, None], valid[None, :]))
 
 
+@validated(_check_margins)
 def lifted_structure_loss(
     y_true,
     y_pred,
@@ -69,7 +70,6 @@ def lifted_structure_loss(
     which is the same thing only when the references are the batch; the two agree there.
     NaN/inf embeddings give NaN.
     """
-    _check_margins(pos_margin, neg_margin)
     distance = get_distance(distance)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
@@ -97,6 +97,7 @@ def lifted_structure_loss(
     return pairs.guard(ops.where(ops.any(has_neg), values, ops.zeros_like(values)))
 
 
+@validated(_check_margins)
 def generalized_lifted_structure_loss(
     y_true,
     y_pred,
@@ -121,7 +122,6 @@ def generalized_lifted_structure_loss(
     references as PML's `ref_emb`. Defaults `neg_margin=1`, `pos_margin=0` on L2-normalised
     Euclidean distances. NaN/inf embeddings give NaN.
     """
-    _check_margins(pos_margin, neg_margin)
     distance = get_distance(distance)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
@@ -132,26 +132,8 @@ def generalized_lifted_structure_loss(
     return pairs.guard(ops.relu(pos_lse + neg_lse))
 
 
-class _LiftedBase(MetricLoss):
-    def __init__(self, fn, neg_margin, pos_margin, distance, miner, embedding_regularizer,
-                 embedding_reg_weight, reduction, name, dtype):
-        _check_margins(pos_margin, neg_margin)
-        super().__init__(
-            fn,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            neg_margin=float(neg_margin),
-            pos_margin=float(pos_margin),
-            distance=distance,
-            miner=miner,
-        )
-
-
 @register
-class LiftedStructureLoss(_LiftedBase):
+class LiftedStructureLoss(MetricLoss, fn=lifted_structure_loss):
     """Lifted structure loss, equal to PML's `LiftedStructureLoss(neg_margin, pos_margin)`;
     see `lifted_structure_loss`.
 
@@ -166,43 +148,12 @@ class LiftedStructureLoss(_LiftedBase):
         embedding_regularizer, embedding_reg_weight: see `LpRegularizer`.
     """
 
-    def __init__(
-        self,
-        neg_margin: float = 1.0,
-        pos_margin: float = 0.0,
-        distance: Any = "euclidean",
-        miner: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "lifted_structure_loss",
-        dtype: str | None = None,
-    ):
-        super().__init__(lifted_structure_loss, neg_margin, pos_margin, distance, miner,
-                         embedding_regularizer, embedding_reg_weight, reduction, name, dtype)
-
 
 @register
-class GeneralizedLiftedStructureLoss(_LiftedBase):
+class GeneralizedLiftedStructureLoss(MetricLoss, fn=generalized_lifted_structure_loss):
     """Generalized lifted structure loss, equal to PML's `GeneralizedLiftedStructureLoss(
     neg_margin, pos_margin)`; see `generalized_lifted_structure_loss`.
 
     Example:
         model.compile("adam", loss=GeneralizedLiftedStructureLoss(neg_margin=1.0))
     """
-
-    def __init__(
-        self,
-        neg_margin: float = 1.0,
-        pos_margin: float = 0.0,
-        distance: Any = "euclidean",
-        miner: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "generalized_lifted_structure_loss",
-        dtype: str | None = None,
-    ):
-        super().__init__(generalized_lifted_structure_loss, neg_margin, pos_margin, distance,
-                         miner, embedding_regularizer, embedding_reg_weight, reduction, name,
-                         dtype)

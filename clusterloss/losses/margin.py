@@ -17,8 +17,9 @@ from clusterloss._validation import (
     check_same_batch,
 )
 from clusterloss.distances import get_distance
-from clusterloss.losses._pairs import MetricLoss, batch_share, get_miner, pair_batch
-from clusterloss.losses.triplet import select_triplets
+from clusterloss.losses.base import MetricLoss
+from clusterloss.tuples.pairs import batch_share, get_miner, pair_batch
+from clusterloss.tuples.triplets import select_triplets
 
 
 def _check_options(margin, nu, beta):

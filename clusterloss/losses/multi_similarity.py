@@ -7,15 +7,17 @@ from typing import Any
 from clusterloss._registry import register
 from clusterloss._validation import check_range
 from clusterloss.distances import get_distance
-from clusterloss.losses._pairs import (
-    MetricLoss,
-    get_miner,
-    masked_logsumexp,
-    mined_pairs,
-    pair_batch,
-)
+from clusterloss.losses.base import MetricLoss, validated
+from clusterloss.tuples.pairs import get_miner, masked_logsumexp, mined_pairs, pair_batch
 
 
+def _check(alpha, beta, base):
+    check_range(alpha, "alpha", 0.0, low_open=True)
+    check_range(beta, "beta", 0.0, low_open=True)
+    check_range(base, "base")
+
+
+@validated(_check)
 def multi_similarity_loss(
     y_true,
     y_pred,
@@ -40,8 +42,6 @@ def multi_similarity_loss(
     `base - d`. Empty sums contribute 0. References: `P_i`, `N_i` among the references (PML's
     `ref_emb`). NaN/inf embeddings or similarities give NaN.
     """
-    check_range(alpha, "alpha", 0.0, low_open=True)
-    check_range(beta, "beta", 0.0, low_open=True)
     distance = get_distance(distance)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
@@ -55,39 +55,9 @@ def multi_similarity_loss(
 
 
 @register
-class MultiSimilarityLoss(MetricLoss):
+class MultiSimilarityLoss(MetricLoss, fn=multi_similarity_loss):
     """Multi-similarity loss; see `multi_similarity_loss`.
 
     Example:
         model.compile("adam", loss=MultiSimilarityLoss(miner=MultiSimilarityMiner(0.1)))
     """
-
-    def __init__(
-        self,
-        alpha: float = 2.0,
-        beta: float = 50.0,
-        base: float = 0.5,
-        distance: Any = "cosine",
-        miner: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "multi_similarity_loss",
-        dtype: str | None = None,
-    ):
-        check_range(alpha, "alpha", 0.0, low_open=True)
-        check_range(beta, "beta", 0.0, low_open=True)
-        check_range(base, "base")
-        super().__init__(
-            multi_similarity_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            alpha=float(alpha),
-            beta=float(beta),
-            base=float(base),
-            distance=distance,
-            miner=miner,
-        )

@@ -7,10 +7,10 @@ from typing import Any
 from keras import ops
 
 from clusterloss._registry import register
-from clusterloss._validation import check_range
+from clusterloss._validation import check_range, upcast
 from clusterloss.distances import get_distance
-from clusterloss.losses._pairs import (
-    MetricLoss,
+from clusterloss.losses.base import MetricLoss, validated
+from clusterloss.tuples.pairs import (
     batch_share,
     farness,
     get_miner,
@@ -22,12 +22,44 @@ from clusterloss.losses._pairs import (
 )
 
 
-def nca_terms(logits, pos, every):
+# The range of each distance between L2-normalised embeddings: `softmax_scale * range` bounds
+# the logits' magnitude and how far below a row's largest any other lies.
+_NORMALISED_RANGE = {"euclidean": 2.0, "squared_euclidean": 4.0, "cosine": 2.0, "dot": 2.0}
+# Logits within +-this have normal-float exponentials (float32: > 1e-35) that cannot overflow.
+_SAFE_GAP = 80.0
+
+
+def nca_terms(logits, pos, every, gap_bound: float | None = None):
     """`-log sum_{pos} softmax_{every}(logits)` per row: `logsumexp` over `every` minus
-    `logsumexp` over `pos` (0 for a row without `pos`)."""
-    return masked_logsumexp(logits, every, axis=1) - masked_logsumexp(logits, pos, axis=1)
+    `logsumexp` over `pos` (a row without `pos` is the caller's to drop). With `gap_bound`
+    under 80 (every logit lies in `[-gap_bound, gap_bound]`), one `exp` with no shift: every
+    term is then a normal float (>= 1e-35) and no sum can overflow, so `log sum_pos` loses
+    nothing; otherwise two shifted log-sum-exps, which keep a row whose positives are ~1e-38
+    of the whole finite."""
+    if gap_bound is None or gap_bound >= _SAFE_GAP:
+        return masked_logsumexp(logits, every, axis=1) - masked_logsumexp(logits, pos, axis=1)
+    logits = upcast(logits)
+    e = ops.exp(logits) * ops.cast(every, logits.dtype)
+    total = ops.sum(e, axis=1)
+    on_pos = ops.sum(e * ops.cast(pos, e.dtype), axis=1)
+    has_pos = on_pos > 0
+    one = ops.ones_like(total)
+    return ops.where(has_pos, ops.log(ops.where(has_pos, total, one))
+                     - ops.log(ops.where(has_pos, on_pos, one)), 0.0)
 
 
+def _gap_bound(distance, softmax_scale: float) -> float | None:
+    """`softmax_scale` times the range of `distance` when its embeddings are normalised."""
+    if not distance.normalize:
+        return None
+    return softmax_scale * _NORMALISED_RANGE[distance.name]
+
+
+def _check(softmax_scale):
+    check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
+
+
+@validated(_check)
 def nca_loss(
     y_true,
     y_pred,
@@ -54,19 +86,19 @@ def nca_loss(
     0 in float32 (a softmax gap over ~87, e.g. `softmax_scale > 22` on squared unit-sphere
     distances); here it keeps its large, finite loss. NaN/inf embeddings give NaN.
     """
-    check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
     distance = get_distance(distance)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
     logits = -softmax_scale * farness(pairs.matrix(distance), distance)
     has_pos = ops.any(pairs.pos, axis=1)
-    losses = nca_terms(logits, pairs.pos, ops.logical_or(pairs.pos, pairs.neg))
+    losses = nca_terms(logits, pairs.pos, ops.logical_or(pairs.pos, pairs.neg),
+                       _gap_bound(distance, softmax_scale))
     losses = ops.where(has_pos, losses * miner_sample_weights(miner, pairs), 0.0)
     return pairs.guard(batch_share(losses, ops.sum(ops.cast(has_pos, losses.dtype))))
 
 
 @register
-class NCALoss(MetricLoss):
+class NCALoss(MetricLoss, fn=nca_loss):
     """NCA loss, equal to PML's `NCALoss(softmax_scale)`; see `nca_loss`.
 
     Example:
@@ -79,31 +111,8 @@ class NCALoss(MetricLoss):
         embedding_regularizer, embedding_reg_weight: see `LpRegularizer`.
     """
 
-    def __init__(
-        self,
-        softmax_scale: float = 1.0,
-        distance: Any = "squared_euclidean",
-        miner: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "nca_loss",
-        dtype: str | None = None,
-    ):
-        check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
-        super().__init__(
-            nca_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            softmax_scale=float(softmax_scale),
-            distance=distance,
-            miner=miner,
-        )
 
-
+@validated(_check)
 def proxy_nca_loss(y_true, y_pred, softmax_scale: float = 1.0):
     """ProxyNCA loss (Movshovitz-Attias et al., "No Fuss Distance Metric Learning using
     Proxies", ICCV 2017) from labels and the cosine similarities `y_pred` `(batch,
@@ -117,14 +126,15 @@ def proxy_nca_loss(y_true, y_pred, softmax_scale: float = 1.0):
     sample. PML drops a sample whose softmax underflows to 0 (float32, a scale over ~20);
     here it keeps its large, finite loss. No miner, no other distance. NaN/inf gives NaN.
     """
-    check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
     cos, pos = proxy_batch(y_true, y_pred)
-    logits = -softmax_scale * (2.0 - 2.0 * cos)
-    return nan_unless_finite(nca_terms(logits, pos, ops.ones_like(pos)), cos)
+    # -scale * (2 - 2 cos) up to the constant -2 scale, which the softmax cancels: a
+    # cross-entropy over the classes (the one positive per row is the label's proxy).
+    log_p = ops.log_softmax((2.0 * softmax_scale) * cos, axis=1)
+    return nan_unless_finite(-ops.sum(log_p * ops.cast(pos, log_p.dtype), axis=1), cos)
 
 
 @register
-class ProxyNCALoss(MetricLoss):
+class ProxyNCALoss(MetricLoss, fn=proxy_nca_loss, regularized=False):
     """ProxyNCA loss on the output of a `ProxyNCAHead`, equal to PML's
     `ProxyNCALoss(num_classes, embedding_size, softmax_scale)`; see `proxy_nca_loss`.
 
@@ -135,22 +145,6 @@ class ProxyNCALoss(MetricLoss):
     Args:
         softmax_scale: > 0 (default 1, PML's).
     """
-
-    def __init__(
-        self,
-        softmax_scale: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "proxy_nca_loss",
-        dtype: str | None = None,
-    ):
-        check_range(softmax_scale, "softmax_scale", 0.0, low_open=True)
-        super().__init__(
-            proxy_nca_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            softmax_scale=float(softmax_scale),
-        )
 
 
 __all__ = ["NCALoss", "ProxyNCALoss", "nca_loss", "proxy_nca_loss"]

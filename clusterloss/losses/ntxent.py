@@ -10,8 +10,8 @@ from keras import ops
 from clusterloss._registry import register
 from clusterloss._validation import check_range
 from clusterloss.distances import get_distance
-from clusterloss.losses._pairs import (
-    MetricLoss,
+from clusterloss.losses.base import MetricLoss, validated
+from clusterloss.tuples.pairs import (
     get_miner,
     masked_logsumexp,
     mined_pairs,
@@ -26,6 +26,11 @@ def _logits(mat, distance, temperature):
     return (mat if distance.larger_is_closer else -mat) / temperature
 
 
+def _check(temperature):
+    check_range(temperature, "temperature", 0.0, low_open=True)
+
+
+@validated(_check)
 def ntxent_loss(
     y_true,
     y_pred,
@@ -49,7 +54,6 @@ def ntxent_loss(
     negative gives 0. References (PML's `ref_emb`): positives and negatives among them.
     NaN/inf embeddings or similarities give NaN.
     """
-    check_range(temperature, "temperature", 0.0, low_open=True)
     distance = get_distance(distance)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
@@ -62,6 +66,7 @@ def ntxent_loss(
     return pairs.guard(per_anchor_mean(losses, pos_w, nonzero=False))
 
 
+@validated(_check)
 def supcon_loss(
     y_true,
     y_pred,
@@ -83,7 +88,6 @@ def supcon_loss(
     cosine similarity. With a miner, `P_i` and `N_i` are the mined pairs; with references
     (PML's `ref_emb`), pairs with the references. NaN/inf embeddings give NaN.
     """
-    check_range(temperature, "temperature", 0.0, low_open=True)
     distance = get_distance(distance)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
@@ -100,7 +104,7 @@ def supcon_loss(
 
 
 @register
-class NTXentLoss(MetricLoss):
+class NTXentLoss(MetricLoss, fn=ntxent_loss):
     """NT-Xent (InfoNCE) loss; see `ntxent_loss`.
 
     Example (SimCLR: two augmented views per image, same label):
@@ -108,59 +112,11 @@ class NTXentLoss(MetricLoss):
         loss(concat([ids, ids]), concat([embed(view1), embed(view2)]))
     """
 
-    def __init__(
-        self,
-        temperature: float = 0.07,
-        distance: Any = "cosine",
-        miner: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "ntxent_loss",
-        dtype: str | None = None,
-    ):
-        check_range(temperature, "temperature", 0.0, low_open=True)
-        super().__init__(
-            ntxent_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            temperature=float(temperature),
-            distance=distance,
-            miner=miner,
-        )
-
 
 @register
-class SupConLoss(MetricLoss):
+class SupConLoss(MetricLoss, fn=supcon_loss):
     """Supervised contrastive loss; see `supcon_loss`.
 
     Example:
         model.compile("adam", loss=SupConLoss(temperature=0.1))
     """
-
-    def __init__(
-        self,
-        temperature: float = 0.1,
-        distance: Any = "cosine",
-        miner: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "supcon_loss",
-        dtype: str | None = None,
-    ):
-        check_range(temperature, "temperature", 0.0, low_open=True)
-        super().__init__(
-            supcon_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            temperature=float(temperature),
-            distance=distance,
-            miner=miner,
-        )

@@ -8,15 +8,16 @@ from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_range
-from clusterloss.losses._pairs import (
-    MetricLoss,
-    masked_logsumexp,
-    nan_unless_finite,
-    proxy_batch,
-    safe_divide,
-)
+from clusterloss.losses.base import MetricLoss, validated
+from clusterloss.tuples.pairs import masked_logsumexp, nan_unless_finite, proxy_batch, safe_divide
 
 
+def _check(margin, alpha):
+    check_range(margin, "margin", 0.0)
+    check_range(alpha, "alpha", 0.0, low_open=True)
+
+
+@validated(_check)
 def proxy_anchor_loss(y_true, y_pred, margin: float = 0.1, alpha: float = 32.0):
     """Proxy-anchor loss (Kim et al., CVPR 2020) from labels and cosine similarities to the
     class proxies (`y_pred`, `(batch, num_classes)`, e.g. from `ProxyAnchorHead`):
@@ -30,8 +31,6 @@ def proxy_anchor_loss(y_true, y_pred, margin: float = 0.1, alpha: float = 32.0):
     value `L` (their mean is `L`, its gradient is exact; a `sample_weight` only scales it).
     No miner: the loss sees only the similarities to the proxies. NaN/inf gives NaN.
     """
-    check_range(margin, "margin", 0.0)
-    check_range(alpha, "alpha", 0.0, low_open=True)
     cos, pos = proxy_batch(y_true, y_pred)
     num_classes = cos.shape[-1]
     neg = ops.logical_not(pos)
@@ -43,24 +42,5 @@ def proxy_anchor_loss(y_true, y_pred, margin: float = 0.1, alpha: float = 32.0):
 
 
 @register
-class ProxyAnchorLoss(MetricLoss):
+class ProxyAnchorLoss(MetricLoss, fn=proxy_anchor_loss, regularized=False):
     """Proxy-anchor loss on the output of a `ProxyAnchorHead`; see `proxy_anchor_loss`."""
-
-    def __init__(
-        self,
-        margin: float = 0.1,
-        alpha: float = 32.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "proxy_anchor_loss",
-        dtype: str | None = None,
-    ):
-        check_range(margin, "margin", 0.0)
-        check_range(alpha, "alpha", 0.0, low_open=True)
-        super().__init__(
-            proxy_anchor_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            margin=float(margin),
-            alpha=float(alpha),
-        )

@@ -9,10 +9,9 @@ from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_range, upcast
-from clusterloss.distances import Distance, get_distance
-from clusterloss.losses._pairs import (
-    MetricLoss,
-    Pairs,
+from clusterloss.distances import get_distance
+from clusterloss.losses.base import MetricLoss, validated
+from clusterloss.tuples.pairs import (
     check_average,
     farness,
     get_miner,
@@ -20,24 +19,19 @@ from clusterloss.losses._pairs import (
     pair_batch,
     per_anchor_mean,
 )
-from clusterloss.losses._triplets import TripletChoice, TripletWindow, hinge_sum
+from clusterloss.tuples.triplets import TripletChoice, TripletWindow, hinge_sum, select_triplets
 
 
-def select_triplets(miner, pairs: Pairs, distance: Distance):
-    """The triplets a triplet loss uses: all valid ones without a miner (a `TripletWindow`
-    with no bounds on `distance`'s matrix), a triplet miner's selection, or the triplets
-    `(a, p, n)` whose pairs `(a, p)` and `(a, n)` a pair miner selected (PML's conversion)."""
-    far = ops.stop_gradient(farness(pairs.matrix(distance), distance))
-    if miner is None:
-        return TripletWindow(far, pairs.pos, pairs.neg, None, None, distance)
-    if miner.kind == "pair":
-        pos_w, neg_w = miner.select(pairs)
-        pos = ops.logical_and(pairs.pos, ops.cast(pos_w, far.dtype) > 0)
-        neg = ops.logical_and(pairs.neg, ops.cast(neg_w, far.dtype) > 0)
-        return TripletWindow(far, pos, neg, None, None, distance)
-    return miner.select(pairs)
+def _check_margin(margin):
+    check_range(margin, "margin", 0.0)
 
 
+def _check_triplet(margin, average):
+    _check_margin(margin)
+    check_average(average)
+
+
+@validated(_check_triplet)
 def triplet_margin_loss(
     y_true,
     y_pred,
@@ -81,8 +75,6 @@ def triplet_margin_loss(
     distances (PML's `TripletMarginMiner` defaults to 0.2). PML's random `triplets_per_anchor`
     sampling is not offered (it needs dynamic shapes); use a miner instead.
     """
-    check_range(margin, "margin", 0.0)
-    check_average(average)
     distance = get_distance(distance)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
@@ -112,6 +104,7 @@ def triplet_margin_loss(
     return pairs.guard(per_anchor_mean(losses, weights, nonzero=nonzero))
 
 
+@validated(_check_margin)
 def explicit_triplet_loss(y_true, y_pred, margin: float = 0.1, distance: Any = "cosine"):
     """Triplet loss on explicit triplets of encodings, one value per triplet; `y_true` ignored.
 
@@ -126,7 +119,6 @@ def explicit_triplet_loss(y_true, y_pred, margin: float = 0.1, distance: Any = "
     (PML's `EmbeddingsAlreadyPackagedAsTriplets` + `TripletMarginLoss` with `MeanReducer`).
     NaN/inf anywhere gives NaN for every triplet.
     """
-    check_range(margin, "margin", 0.0)
     distance = get_distance(distance)
     shape = tuple(y_pred.shape)
     if len(shape) != 3 or shape[1] != 3:
@@ -145,7 +137,7 @@ def explicit_triplet_loss(y_true, y_pred, margin: float = 0.1, distance: Any = "
 
 
 @register
-class TripletMarginLoss(MetricLoss):
+class TripletMarginLoss(MetricLoss, fn=triplet_margin_loss):
     """Triplet margin loss over in-batch triplets; see `triplet_margin_loss`.
 
     Example:
@@ -163,39 +155,9 @@ class TripletMarginLoss(MetricLoss):
         average: `"nonzero"` (PML) or `"all"` (TFA).
     """
 
-    def __init__(
-        self,
-        margin: float = 0.05,
-        distance: Any = "euclidean",
-        miner: Any = None,
-        swap: bool = False,
-        smooth_loss: bool = False,
-        average: str = "nonzero",
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "triplet_margin_loss",
-        dtype: str | None = None,
-    ):
-        check_range(margin, "margin", 0.0)
-        super().__init__(
-            triplet_margin_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            margin=float(margin),
-            distance=distance,
-            miner=miner,
-            swap=bool(swap),
-            smooth_loss=bool(smooth_loss),
-            average=check_average(average),
-        )
-
 
 @register
-class ExplicitTripletLoss(MetricLoss):
+class ExplicitTripletLoss(MetricLoss, fn=explicit_triplet_loss, regularized=False):
     """Triplet loss on `(batch, 3, dim)` encodings (query, right, wrong); `y_true` is ignored.
     See `explicit_triplet_loss`.
 
@@ -206,21 +168,3 @@ class ExplicitTripletLoss(MetricLoss):
         model.compile("adam", loss=ExplicitTripletLoss(margin=0.1))
         model.fit([qs, rights, wrongs], np.zeros(len(qs)))   # any y; it is not used
     """
-
-    def __init__(
-        self,
-        margin: float = 0.1,
-        distance: Any = "cosine",
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "explicit_triplet_loss",
-        dtype: str | None = None,
-    ):
-        check_range(margin, "margin", 0.0)
-        super().__init__(
-            explicit_triplet_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            margin=float(margin),
-            distance=distance,
-        )

@@ -10,8 +10,8 @@ from keras import ops
 from clusterloss._registry import register
 from clusterloss._validation import check_range
 from clusterloss.distances import Distance, safe_sqrt
-from clusterloss.losses._pairs import (
-    MetricLoss,
+from clusterloss.losses.base import MetricLoss, validated
+from clusterloss.tuples.pairs import (
     get_miner,
     masked_logsumexp,
     mined_pairs,
@@ -29,6 +29,12 @@ def cos_minus(cosine, angle: float):
     return cosine * math.cos(angle) + safe_sqrt(1.0 - ops.square(cosine)) * math.sin(angle)
 
 
+def _check(margin, scale):
+    check_range(margin, "margin")
+    check_range(scale, "scale", 0.0, low_open=True)
+
+
+@validated(_check)
 def tuplet_margin_loss(
     y_true,
     y_pred,
@@ -53,8 +59,6 @@ def tuplet_margin_loss(
     equivalent `s cos(m) + sqrt(1 - s^2) sin(m)` stays finite. NaN/inf embeddings give NaN.
     O(B^2) memory: `log(1 + sum_n ...)` is a softplus of the anchor's one logsumexp.
     """
-    check_range(margin, "margin")
-    check_range(scale, "scale", 0.0, low_open=True)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
     s = pairs.matrix(_COSINE)
@@ -67,7 +71,7 @@ def tuplet_margin_loss(
 
 
 @register
-class TupletMarginLoss(MetricLoss):
+class TupletMarginLoss(MetricLoss, fn=tuplet_margin_loss):
     """Tuplet margin loss, equal to PML's `TupletMarginLoss(margin, scale)`; see
     `tuplet_margin_loss`. Cosine similarity only (PML's requirement); it normalises the
     embeddings itself.
@@ -81,31 +85,6 @@ class TupletMarginLoss(MetricLoss):
         miner: a pair or triplet miner, or `None` for all pairs.
         embedding_regularizer, embedding_reg_weight: see `LpRegularizer`.
     """
-
-    def __init__(
-        self,
-        margin: float = 5.73,
-        scale: float = 64.0,
-        miner: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        reduction: str | None = "sum_over_batch_size",
-        name: str = "tuplet_margin_loss",
-        dtype: str | None = None,
-    ):
-        check_range(margin, "margin")
-        check_range(scale, "scale", 0.0, low_open=True)
-        super().__init__(
-            tuplet_margin_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            embedding_regularizer=embedding_regularizer,
-            embedding_reg_weight=embedding_reg_weight,
-            margin=float(margin),
-            scale=float(scale),
-            miner=miner,
-        )
 
 
 __all__ = ["TupletMarginLoss", "tuplet_margin_loss"]

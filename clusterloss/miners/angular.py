@@ -10,9 +10,9 @@ from keras import ops
 from clusterloss._registry import register
 from clusterloss._validation import check_range
 from clusterloss.distances import Distance, matmul_t
-from clusterloss.losses._pairs import Pairs
-from clusterloss.losses._triplets import TripletMask
 from clusterloss.miners.base import Miner
+from clusterloss.tuples.pairs import Pairs
+from clusterloss.tuples.triplets import TripletMask
 
 _RAW = Distance("euclidean", normalize=False)
 DIRECT_MAX_ELEMENTS = 2**20  # (batch, refs, refs, dim) differences up to this many elements

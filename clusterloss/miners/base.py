@@ -11,8 +11,8 @@ from keras import ops
 from clusterloss._native import is_jax_tracer, uniform
 from clusterloss._validation import concrete
 from clusterloss.distances import get_distance
-from clusterloss.losses._pairs import Pairs, pair_batch
-from clusterloss.losses._triplets import TripletChoice, TripletMask, TripletWindow
+from clusterloss.tuples.pairs import Pairs, pair_batch
+from clusterloss.tuples.triplets import TripletChoice, TripletMask, TripletWindow
 
 
 class Miner:
@@ -29,7 +29,7 @@ class Miner:
         masks, `pos[a, p] = 1` for each mined positive pair, `neg[a, n] = 1` for each negative.
 
     Inside a loss the triplet miners hand over a compact form instead (`select`, see
-    `clusterloss.losses._triplets`), so the built-in miners never build a B^3 tensor there.
+    `clusterloss.tuples.triplets`), so the built-in miners never build a B^3 tensor there.
     Mining uses `stop_gradient` (as PML mines under `torch.no_grad()`) and its own distance,
     which need not be the loss's (PML's convention; the defaults are PML's). NaN or inf in the
     embeddings (or an overflowing distance) gives NaN masks, never a silent "nothing mined".

@@ -8,8 +8,8 @@ from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_choice, check_range
-from clusterloss.losses._pairs import _BIG
 from clusterloss.miners.base import Miner
+from clusterloss.tuples.pairs import BIG
 
 STRATEGIES = ("hard", "semihard", "easy", "all")
 
@@ -26,7 +26,7 @@ def _check_range_arg(value, name: str):
 def _pick(far, mask, farthest: bool):
     """`(one_hot, index, found)`: per row, the farthest (or closest) entry of `mask`, the first
     index among ties."""
-    masked = ops.where(mask, far, -_BIG) if farthest else ops.where(mask, far, _BIG)
+    masked = ops.where(mask, far, -BIG) if farthest else ops.where(mask, far, BIG)
     index = ops.argmax(masked, axis=1) if farthest else ops.argmin(masked, axis=1)
     one_hot = ops.equal(ops.arange(ops.shape(far)[1])[None, :], index[:, None])
     found = ops.any(mask, axis=1)

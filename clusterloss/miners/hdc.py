@@ -8,14 +8,14 @@ from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_range
-from clusterloss.losses._pairs import _BIG
 from clusterloss.miners.base import Miner
+from clusterloss.tuples.pairs import BIG
 
 
 def hardest_fraction(hardness, mask, fraction: float):
     """Bool mask of the `ceil(fraction * count)` entries of `mask` with the largest
     `hardness` (over the whole matrix; among equals, the first in row-major order)."""
-    flat = ops.reshape(ops.where(mask, hardness, -_BIG), (-1,))
+    flat = ops.reshape(ops.where(mask, hardness, -BIG), (-1,))
     count = ops.sum(ops.cast(mask, flat.dtype))
     k = ops.ceil(fraction * count)
     order = ops.argsort(-flat)

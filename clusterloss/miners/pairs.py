@@ -8,8 +8,8 @@ from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_range
-from clusterloss.losses._pairs import masked_max, masked_min
 from clusterloss.miners.base import Miner
+from clusterloss.tuples.pairs import masked_max, masked_min
 
 
 @register

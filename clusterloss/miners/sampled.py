@@ -8,9 +8,9 @@ from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_positive_int, check_range
-from clusterloss.losses._pairs import _BIG, Pairs, masked_max, masked_min
-from clusterloss.losses._triplets import TripletChoice, count_sorted
 from clusterloss.miners.base import SamplingMiner
+from clusterloss.tuples.pairs import BIG, Pairs, masked_max, masked_min
+from clusterloss.tuples.triplets import TripletChoice, count_sorted
 
 
 def sample_columns(weights, u):
@@ -136,8 +136,8 @@ class UniformHistogramMiner(SamplingMiner):
         """The bin of each pair of `mask` (`num_bins` elsewhere), int32 `(batch, num_refs)`."""
         flat, keep = ops.reshape(mat, (1, -1)), ops.reshape(mask, (1, -1))
         low, high = masked_min(flat, keep), masked_max(flat, keep)
-        low = ops.where(low < _BIG / 2, low, 0.0)  # no pair: any finite range
-        high = ops.where(high > -_BIG / 2, high, 0.0)
+        low = ops.where(low < BIG / 2, low, 0.0)  # no pair: any finite range
+        high = ops.where(high > -BIG / 2, high, 0.0)
         inner = _linspace(low, high, self.num_bins + 1)[1:-1]
         index = count_sorted(inner[None, :], flat, inclusive=True)[0]
         index = ops.where(keep[0], index, self.num_bins)

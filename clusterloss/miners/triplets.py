@@ -10,9 +10,9 @@ from keras import ops
 
 from clusterloss._registry import register
 from clusterloss._validation import check_choice, check_range
-from clusterloss.losses._pairs import _BIG
-from clusterloss.losses._triplets import TripletChoice, TripletWindow, choice_from_sorted
 from clusterloss.miners.base import Miner
+from clusterloss.tuples.pairs import BIG
+from clusterloss.tuples.triplets import TripletChoice, TripletWindow, choice_from_sorted
 
 TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
 
@@ -81,8 +81,8 @@ class BatchHardMiner(Miner):
 
     def _mine(self, mat, pos, neg):
         far = self.farness(mat)
-        hardest_pos = ops.argmax(ops.where(pos, far, -_BIG), axis=1)
-        hardest_neg = ops.argmin(ops.where(neg, far, _BIG), axis=1)
+        hardest_pos = ops.argmax(ops.where(pos, far, -BIG), axis=1)
+        hardest_neg = ops.argmin(ops.where(neg, far, BIG), axis=1)
         one_hot = ops.equal(hardest_pos[:, None], ops.arange(ops.shape(far)[1])[None, :])
         weights = ops.logical_and(one_hot, _has_both(pos, neg)[:, None])
         neg_index = ops.broadcast_to(hardest_neg[:, None], ops.shape(far))
@@ -102,7 +102,7 @@ class BatchSemiHardMiner(Miner):
 
     def _mine(self, mat, pos, neg):
         far = self.farness(mat)
-        farthest = ops.argmax(ops.where(neg, far, -_BIG), axis=1)
+        farthest = ops.argmax(ops.where(neg, far, -BIG), axis=1)
         neg_index = choice_from_sorted(far, neg, far, ops.cast(farthest, "int32"))
         weights = ops.logical_and(pos, ops.any(neg, axis=1)[:, None])
         return TripletChoice(ops.cast(neg_index, "int32"), ops.cast(weights, far.dtype))

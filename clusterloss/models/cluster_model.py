@@ -18,6 +18,7 @@ from clusterloss.data import ImageFiles
 from clusterloss.layers.centers import CenterLoss
 from clusterloss.layers.class_head import ClassHead, SoftmaxHead
 from clusterloss.layers.labels import check_num_classes, guard_labels, nan_unless
+from clusterloss.losses.base import reduce_per_sample
 from clusterloss.models import inputs
 from clusterloss.optimizers import RowSparse
 
@@ -225,9 +226,9 @@ class ClusterModel(keras.Model):
             if self.main_loss_tracker is not None and self._compiled_loss_given:
                 self.main_loss_tracker.update_state(total * replicas)
         for (_, layer), tracker in zip(self._terms, self.term_trackers):
-            value = self._weighted_mean(layer(embeddings, y, training=training), sample_weight)
-            tracker.update_state(value)
-            value = value / replicas
+            # Reduced as a compiled loss is (sample_weight: the weighted sum over the batch).
+            value = reduce_per_sample(layer(embeddings, y, training=training), sample_weight)
+            tracker.update_state(value * replicas)
             total = value if total is None else total + ops.cast(value, total.dtype)
         if total is None:
             raise ValueError(
@@ -237,13 +238,6 @@ class ClusterModel(keras.Model):
         if self.num_classes is not None and y is not None:
             total = nan_unless(guard_labels(y, self.num_classes, name="y")[1], total)
         return total
-
-    @staticmethod
-    def _weighted_mean(per_sample, sample_weight):
-        if sample_weight is None:
-            return ops.mean(per_sample)
-        weights = ops.cast(ops.reshape(sample_weight, (-1,)), per_sample.dtype)
-        return ops.sum(per_sample * weights) / ops.maximum(ops.sum(weights), 1e-12)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         target = y_pred.get("logits", y_pred["embeddings"])

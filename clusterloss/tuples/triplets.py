@@ -28,7 +28,7 @@ from keras import ops
 from clusterloss._native import native_row_searchsorted
 from clusterloss._validation import label_dtype
 from clusterloss.distances import Distance
-from clusterloss.losses._pairs import _BIG, batch_share
+from clusterloss.tuples.pairs import BIG, Pairs, batch_share, farness
 
 
 class TripletMask(NamedTuple):
@@ -155,7 +155,7 @@ def window_counts(window: TripletWindow, hinge: float | None = None, per_neg: bo
         per_pos = ops.cast(ops.where(window.pos, n_neg, zero), dtype)
         return per_pos, (ops.cast(ops.where(window.neg, n_pos, zero), dtype) if per_neg
                          else None)
-    neg_sorted = ops.sort(ops.where(window.neg, far, _BIG), axis=1)
+    neg_sorted = ops.sort(ops.where(window.neg, far, BIG), axis=1)
     # Each search: (sorted rows, queries, inclusive). Forward: count negatives per (a, p).
     searches = {}
     if upper is not None:
@@ -166,7 +166,7 @@ def window_counts(window: TripletWindow, hinge: float | None = None, per_neg: bo
         searches["low"] = (neg_sorted, far + lower, True)  # #{n: f_an <= f_ap + lower}
     if per_neg:  # Backward: count positives per (a, n), on the sorted thresholds f_ap + c.
         n_pos = ops.sum(ops.cast(window.pos, "int32"), axis=1, keepdims=True)
-        pos_sorted = ops.sort(ops.where(window.pos, far, _BIG), axis=1)
+        pos_sorted = ops.sort(ops.where(window.pos, far, BIG), axis=1)
         if lower is not None:
             searches["b_low"] = (pos_sorted + lower, far, False)  # #{p: f_ap + lower < f_an}
         if upper is not None:
@@ -214,10 +214,25 @@ def hinge_sum(window: TripletWindow, far, margin: float, average: str):
     return batch_share(per_anchor, count)
 
 
+def select_triplets(miner, pairs: Pairs, distance: Distance):
+    """The triplets a triplet loss uses: all valid ones without a miner (a `TripletWindow`
+    with no bounds on `distance`'s matrix), a triplet miner's selection, or the triplets
+    `(a, p, n)` whose pairs `(a, p)` and `(a, n)` a pair miner selected (PML's conversion)."""
+    far = ops.stop_gradient(farness(pairs.matrix(distance), distance))
+    if miner is None:
+        return TripletWindow(far, pairs.pos, pairs.neg, None, None, distance)
+    if miner.kind == "pair":
+        pos_w, neg_w = miner.select(pairs)
+        pos = ops.logical_and(pairs.pos, ops.cast(pos_w, far.dtype) > 0)
+        neg = ops.logical_and(pairs.neg, ops.cast(neg_w, far.dtype) > 0)
+        return TripletWindow(far, pos, neg, None, None, distance)
+    return miner.select(pairs)
+
+
 def choice_from_sorted(far, neg, thresholds, fallback):
     """`TripletChoice` index: for each `(a, p)` the first negative (in ascending `far[a, n]`,
     lower index first among ties) with `far[a, n] > thresholds[a, p]`, else `fallback[a]`."""
-    masked = ops.where(neg, far, _BIG)
+    masked = ops.where(neg, far, BIG)
     order = ops.argsort(masked, axis=1)
     neg_sorted = ops.take_along_axis(masked, order, axis=1)
     n_neg = ops.sum(ops.cast(neg, "int32"), axis=1, keepdims=True)
@@ -227,5 +242,5 @@ def choice_from_sorted(far, neg, thresholds, fallback):
     return ops.where(found, picked, fallback[:, None])
 
 
-__all__ = ["TripletChoice", "TripletMask", "TripletWindow", "count_sorted", "hinge_sum",
-           "window_counts"]
+__all__ = ["TripletChoice", "TripletMask", "TripletWindow", "choice_from_sorted", "count_sorted",
+           "hinge_sum", "select_triplets", "window_counts"]

@@ -1,0 +1,58 @@
+"""Pairs and triplets of a batch: what pair/triplet losses and miners share, for writing an own
+loss or miner (see `clusterloss.tuples.pairs` for the contract, and docs/losses.md)."""
+
+from clusterloss.tuples.pairs import (
+    BIG,
+    Pairs,
+    batch_share,
+    farness,
+    get_miner,
+    label_masks,
+    masked_logsumexp,
+    masked_max,
+    masked_min,
+    mined_pairs,
+    miner_sample_weights,
+    nan_unless_finite,
+    pair_batch,
+    per_anchor_mean,
+    prepare,
+    proxy_batch,
+    safe_divide,
+)
+from clusterloss.tuples.triplets import (
+    TripletChoice,
+    TripletMask,
+    TripletWindow,
+    count_sorted,
+    hinge_sum,
+    select_triplets,
+    window_counts,
+)
+
+__all__ = [
+    "BIG",
+    "Pairs",
+    "TripletChoice",
+    "TripletMask",
+    "TripletWindow",
+    "batch_share",
+    "count_sorted",
+    "farness",
+    "get_miner",
+    "hinge_sum",
+    "label_masks",
+    "masked_logsumexp",
+    "masked_max",
+    "masked_min",
+    "mined_pairs",
+    "miner_sample_weights",
+    "nan_unless_finite",
+    "pair_batch",
+    "per_anchor_mean",
+    "prepare",
+    "proxy_batch",
+    "safe_divide",
+    "select_triplets",
+    "window_counts",
+]
