@@ -18,10 +18,10 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import clusterloss as cl  # noqa: E402
-import keras  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
         "predict": lambda i: model.backbone.predict(x[i : i + 1], verbose=0),
     }
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for name, call in calls.items():
+    for call in calls.values():
         for i in range(3):
             call(i)  # warm-up: compilation
     for r in range(args.repeats):
@@ -47,9 +47,12 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     ms = {name: float(np.median(t)) * 1000 for name, t in times.items()}
     np.testing.assert_allclose(calls["embed"](0), calls["backbone call"](0), rtol=1e-4, atol=1e-5)
-    print(f"backend {keras.backend.backend()}, Keras {keras.__version__}: " + ", ".join(
-        f"{name} {value:.2f} ms" for name, value in ms.items()) + f"; embed / backbone call "
-        f"{ms['embed'] / ms['backbone call']:.2f}x")  # fmt: skip
+    print(
+        f"backend {keras.backend.backend()}, Keras {keras.__version__}: "
+        + ", ".join(f"{name} {value:.2f} ms" for name, value in ms.items())
+        + f"; embed / backbone call "
+        f"{ms['embed'] / ms['backbone call']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

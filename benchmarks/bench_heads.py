@@ -41,7 +41,6 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 def _dense_center_loss():
     """CenterLoss with the pre-0.2 Eq. 4: a dense `(num_classes, dim)` delta every step."""
-    import keras
     from keras import ops
 
     import clusterloss as cl
@@ -118,8 +117,13 @@ def run_case(case: dict) -> dict:
     model.fit(x[warm:], y[warm:], batch_size=case["batch"], epochs=1, shuffle=False, verbose=0)
     step_s = (time.perf_counter() - start) / case["steps"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {**case, "backend": keras.backend.backend(), "step_s": step_s,
-            "first_steps_s": compile_s, "peak_mb": peak_mb}
+    return {
+        **case,
+        "backend": keras.backend.backend(),
+        "step_s": step_s,
+        "first_steps_s": compile_s,
+        "peak_mb": peak_mb,
+    }
 
 
 def main() -> None:
@@ -142,8 +146,17 @@ def main() -> None:
         return
     print(f"{datetime.date.today()}  python benchmarks/bench_heads.py {' '.join(sys.argv[1:])}\n")
     cases = [
-        dict(backend=backend, head=head, classes=classes, sample_rate=rate, center=center,
-             dim=args.dim, batch=args.batch, steps=args.steps, warmup=args.warmup)
+        dict(
+            backend=backend,
+            head=head,
+            classes=classes,
+            sample_rate=rate,
+            center=center,
+            dim=args.dim,
+            batch=args.batch,
+            steps=args.steps,
+            warmup=args.warmup,
+        )
         for backend in args.backends
         for classes in args.classes
         for head in args.heads
@@ -165,19 +178,26 @@ def main() -> None:
     for i, case in enumerate(cases):
         runs = " ".join(f"{t:.3f}" for t in times[i]) or "failed"
         median = f"{sorted(times[i])[len(times[i]) // 2]:.3f}" if times[i] else "-"
-        print(f"| {case['backend']} | {case['head']} | {case['classes']:,} | {case['sample_rate']:g} | "
-              f"{case['center']} | {median} | {runs} | {peaks.get(i, 0):,.0f} |")
+        print(
+            f"| {case['backend']} | {case['head']} | {case['classes']:,} | {case['sample_rate']:g} | "
+            f"{case['center']} | {median} | {runs} | {peaks.get(i, 0):,.0f} |"
+        )
 
 
 def _run_in_subprocess(case: dict, threads: int) -> dict | str:
-    env = {**os.environ, "KERAS_BACKEND": case["backend"],
-           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": str(threads), "TF_NUM_INTRAOP_THREADS": str(threads),
-           "TF_NUM_INTEROP_THREADS": str(threads),
-           "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"}
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": case["backend"],
+        "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": str(threads),
+        "TF_NUM_INTRAOP_THREADS": str(threads),
+        "TF_NUM_INTEROP_THREADS": str(threads),
+        "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}",
+    }
     case = {k: v for k, v in case.items() if k != "backend"}
-    proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--case", json.dumps(case)], env=env, capture_output=True, text=True
+    )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])

@@ -54,8 +54,13 @@ def run(method: str, refs: np.ndarray, queries: np.ndarray, k: int, args):
     elif method == "numpy-flat":
         kwargs.update(kind="flat", backend="numpy")
     elif method == "hnsw":
-        kwargs.update(kind="hnsw", backend="faiss", hnsw_m=args.hnsw_m,
-                      ef_construction=args.ef_construction, ef_search=args.ef_search)
+        kwargs.update(
+            kind="hnsw",
+            backend="faiss",
+            hnsw_m=args.hnsw_m,
+            ef_construction=args.ef_construction,
+            ef_search=args.ef_search,
+        )
     elif method == "ivf":
         kwargs.update(kind="ivf", backend="faiss", nprobe=args.nprobe)
     start = time.perf_counter()
@@ -91,14 +96,17 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not faiss_available():
-        warnings.warn("FAISS is not installed: only numpy-flat runs.")
+        warnings.warn("FAISS is not installed: only numpy-flat runs.", stacklevel=1)
         args.methods = ["numpy-flat"]
 
     queries = make_data(args.queries, args.dim, args.clusters, seed=args.seed + 1)
     header = f"| references | method | build (s) | search (s) | queries/s | recall@{args.k} vs exact | params |"
     rows = [header, "|---:|---|---:|---:|---:|---:|---|"]
-    print(f"dim={args.dim}, queries={args.queries}, k={args.k}, cosine, clustered data "
-          f"({args.clusters} clusters), {os.cpu_count()} CPU cores", flush=True)
+    print(
+        f"dim={args.dim}, queries={args.queries}, k={args.k}, cosine, clustered data "
+        f"({args.clusters} clusters), {os.cpu_count()} CPU cores",
+        flush=True,
+    )
     for n in args.sizes:
         refs = make_data(n, args.dim, args.clusters, seed=args.seed)
         truth = None
@@ -106,12 +114,16 @@ def main(argv=None):
             build, search, found, extra = run(method, refs, queries, args.k, args)
             if truth is None and method in ("faiss-flat", "numpy-flat"):
                 truth = found
-            recall = "exact" if method.endswith("flat") and truth is found else (
-                f"{recall_at(found, truth):.4f}" if truth is not None else "n/a")
+            recall = (
+                "exact"
+                if method.endswith("flat") and truth is found
+                else (f"{recall_at(found, truth):.4f}" if truth is not None else "n/a")
+            )
             if method == "numpy-flat" and truth is not found:
                 recall = f"{recall_at(found, truth):.4f} (exact)"
-            row = (f"| {n:,} | {method} | {build:.2f} | {search:.2f} | {args.queries / search:,.0f} | "
-                   f"{recall} | {extra} |")
+            row = (
+                f"| {n:,} | {method} | {build:.2f} | {search:.2f} | {args.queries / search:,.0f} | {recall} | {extra} |"
+            )
             rows.append(row)
             print(row + f"  [peak RSS {peak_rss_gib():.2f} GiB]", flush=True)
         del refs

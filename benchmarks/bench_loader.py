@@ -89,8 +89,8 @@ def main() -> None:
         write_folder(folder, args.images, args.file_size or args.size)
         size = (args.size, args.size)
         reference = keras.utils.image_dataset_from_directory(
-            folder, image_size=size, batch_size=args.batch_size, shuffle=True, seed=0,
-            verbose=False).prefetch(tf.data.AUTOTUNE)  # fmt: skip
+            folder, image_size=size, batch_size=args.batch_size, shuffle=True, seed=0, verbose=False
+        ).prefetch(tf.data.AUTOTUNE)
         paths, labels, _ = scan_image_folder(folder, check=False)
         files = ImageFiles(paths, size, 3)
 
@@ -106,7 +106,7 @@ def main() -> None:
         loaders = {"tf.data": tf_epoch, "clusterloss": our_epoch}
         rates: dict[str, list[float]] = {name: [] for name in loaders}
         cpu: dict[str, list[float]] = {name: [] for name in loaders}
-        for name, epoch in loaders.items():  # warm-up: file cache, thread pools, TF graph
+        for epoch in loaders.values():  # warm-up: file cache, thread pools, TF graph
             epoch(0)
         for round_ in range(args.rounds):
             for name in list(loaders)[:: 1 if round_ % 2 == 0 else -1]:
@@ -117,11 +117,15 @@ def main() -> None:
                 assert count == args.images, (name, count)
         median = {name: statistics.median(values) for name, values in rates.items()}
         side = args.file_size or args.size
-        print(f"{args.images} JPEGs of {side}x{side} read at {args.size}x{args.size}, batches of "
-              f"{args.batch_size}, {os.cpu_count()} cores, median of {args.rounds} interleaved rounds")  # fmt: skip
+        print(
+            f"{args.images} JPEGs of {side}x{side} read at {args.size}x{args.size}, batches of "
+            f"{args.batch_size}, {os.cpu_count()} cores, median of {args.rounds} interleaved rounds"
+        )
         for name, values in rates.items():
-            print(f"  {name:12s} {median[name]:8.0f} images/s, {statistics.median(cpu[name]):.3f} CPU ms "
-                  f"per image  (rounds: {', '.join(f'{v:.0f}' for v in values)} images/s)")  # fmt: skip
+            print(
+                f"  {name:12s} {median[name]:8.0f} images/s, {statistics.median(cpu[name]):.3f} CPU ms "
+                f"per image  (rounds: {', '.join(f'{v:.0f}' for v in values)} images/s)"
+            )
         print(f"  ratio clusterloss / tf.data: {median['clusterloss'] / median['tf.data']:.2f}x")
         if args.scan:
             began = time.perf_counter()

@@ -30,12 +30,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CASES = ["triplet+semihard", "triplet+batchhard", "contrastive", "multi_similarity+miner",
-         "ntxent", "supcon", "circle", "xbm+contrastive"]
+CASES = [
+    "triplet+semihard",
+    "triplet+batchhard",
+    "contrastive",
+    "multi_similarity+miner",
+    "ntxent",
+    "supcon",
+    "circle",
+    "xbm+contrastive",
+]
 # The catalogue losses, not run by default: --cases lifted glifted margin nca ... (the proxy
 # losses time our head + loss against PML's loss, which owns the proxies).
-CATALOGUE = ["lifted", "glifted", "margin", "nca", "tuplet", "angular", "instance", "fastap",
-             "proxynca", "proxyanchor"]
+CATALOGUE = ["lifted", "glifted", "margin", "nca", "tuplet", "angular", "instance", "fastap", "proxynca", "proxyanchor"]
 HEADS = {"proxynca": "ProxyNCA", "proxyanchor": "ProxyAnchor"}
 PER_CLASS = 8
 MEMORY = 4096  # cross-batch memory size
@@ -52,8 +59,7 @@ def ours(name: str, dim: int):
     import clusterloss as cl
 
     return {
-        "triplet+semihard": lambda: cl.TripletMarginLoss(
-            miner=cl.TripletMarginMiner(0.2, "semihard")),
+        "triplet+semihard": lambda: cl.TripletMarginLoss(miner=cl.TripletMarginMiner(0.2, "semihard")),
         "triplet+batchhard": lambda: cl.TripletMarginLoss(miner=cl.BatchHardMiner()),
         "contrastive": lambda: cl.ContrastiveLoss(),
         "multi_similarity+miner": lambda: cl.MultiSimilarityLoss(miner=cl.MultiSimilarityMiner()),
@@ -82,25 +88,31 @@ def pml(name: str, dim: int, batch: int):
     from pytorch_metric_learning import losses, miners
 
     return {
-        "triplet+semihard": lambda: (losses.TripletMarginLoss(),
-                                     miners.TripletMarginMiner(0.2, "semihard")),
+        "triplet+semihard": lambda: (losses.TripletMarginLoss(), miners.TripletMarginMiner(0.2, "semihard")),
         "triplet+batchhard": lambda: (losses.TripletMarginLoss(), miners.BatchHardMiner()),
         "contrastive": lambda: (losses.ContrastiveLoss(), None),
-        "multi_similarity+miner": lambda: (losses.MultiSimilarityLoss(),
-                                           miners.MultiSimilarityMiner()),
+        "multi_similarity+miner": lambda: (losses.MultiSimilarityLoss(), miners.MultiSimilarityMiner()),
         "ntxent": lambda: (losses.NTXentLoss(), None),
         "supcon": lambda: (losses.SupConLoss(), None),
         "circle": lambda: (losses.CircleLoss(), None),
-        "xbm+contrastive": lambda: (losses.CrossBatchMemory(losses.ContrastiveLoss(), dim,
-                                                            MEMORY), None),
-        **{name: (lambda cls=cls: (cls(), None)) for name, cls in [
-            ("lifted", losses.LiftedStructureLoss),
-            ("glifted", losses.GeneralizedLiftedStructureLoss), ("margin", losses.MarginLoss),
-            ("nca", losses.NCALoss), ("tuplet", losses.TupletMarginLoss),
-            ("angular", losses.AngularLoss), ("instance", losses.InstanceLoss),
-            ("fastap", losses.FastAPLoss)]},
-        **{name: (lambda name=name: (getattr(losses, HEADS[name] + "Loss")(
-            num_classes(batch), dim), None)) for name in HEADS},
+        "xbm+contrastive": lambda: (losses.CrossBatchMemory(losses.ContrastiveLoss(), dim, MEMORY), None),
+        **{
+            name: (lambda cls=cls: (cls(), None))
+            for name, cls in [
+                ("lifted", losses.LiftedStructureLoss),
+                ("glifted", losses.GeneralizedLiftedStructureLoss),
+                ("margin", losses.MarginLoss),
+                ("nca", losses.NCALoss),
+                ("tuplet", losses.TupletMarginLoss),
+                ("angular", losses.AngularLoss),
+                ("instance", losses.InstanceLoss),
+                ("fastap", losses.FastAPLoss),
+            ]
+        },
+        **{
+            name: (lambda name=name: (getattr(losses, HEADS[name] + "Loss")(num_classes(batch), dim), None))
+            for name in HEADS
+        },
     }[name]()
 
 
@@ -264,8 +276,7 @@ def main(argv=None) -> None:
     parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
     parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES + CATALOGUE)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--root", default=ROOT,
-                        help="the clusterloss checkout to time (default: this one)")
+    parser.add_argument("--root", default=ROOT, help="the clusterloss checkout to time (default: this one)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import torch
@@ -278,29 +289,47 @@ def main(argv=None) -> None:
     results = {}
     threads = str(args.threads)
     for backend in args.backends:
-        command = [sys.executable, os.path.abspath(__file__), "--worker",
-                   "--batches", *map(str, args.batches), "--dim", str(args.dim),
-                   "--repeats", str(args.repeats), "--threads", threads, "--cases", *args.cases]
-        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": args.root,
-               "OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads,
-               "TF_NUM_INTEROP_THREADS": threads,
-               "XLA_FLAGS": ("--xla_cpu_multi_thread_eigen=false "
-                             f"intra_op_parallelism_threads={threads}")}
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            "--batches",
+            *map(str, args.batches),
+            "--dim",
+            str(args.dim),
+            "--repeats",
+            str(args.repeats),
+            "--threads",
+            threads,
+            "--cases",
+            *args.cases,
+        ]
+        env = {
+            **os.environ,
+            "KERAS_BACKEND": backend,
+            "PYTHONPATH": args.root,
+            "OMP_NUM_THREADS": threads,
+            "TF_NUM_INTRAOP_THREADS": threads,
+            "TF_NUM_INTEROP_THREADS": threads,
+            "XLA_FLAGS": (f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"),
+        }
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"{backend} worker failed:\n{done.stderr[-3000:]}")
         results[backend] = json.loads(done.stdout.strip().splitlines()[-1])
     if "torch" in results:  # PML was timed in the torch worker, interleaved with ours
-        reference = {key: {"step_s": r["pml_s"]} for key, r in results["torch"].items()
-                     if "pml_s" in r}
+        reference = {key: {"step_s": r["pml_s"]} for key, r in results["torch"].items() if "pml_s" in r}
     else:
         reference = run_pml(args)
 
-    print(f"dim {args.dim}, {PER_CLASS} samples per class; forward + backward, best of "
-          f"{args.repeats}, {args.threads} CPU thread(s); ratio = PML time / ours "
-          "(> 1: ours faster)")
+    print(
+        f"dim {args.dim}, {PER_CLASS} samples per class; forward + backward, best of "
+        f"{args.repeats}, {args.threads} CPU thread(s); ratio = PML time / ours "
+        "(> 1: ours faster)"
+    )
     header = "| batch | loss | PML (torch) |" + "".join(
-        f" {b} | ratio | {'compile' if b != 'torch' else 'first call'} |" for b in args.backends)
+        f" {b} | ratio | {'compile' if b != 'torch' else 'first call'} |" for b in args.backends
+    )
     print(header)
     print("|" + " --- |" * (3 + 3 * len(args.backends)))
     for batch in args.batches:
@@ -313,8 +342,7 @@ def main(argv=None) -> None:
                 ratio = f"{ref / r['step_s']:.2f}x" if ref else "-"
                 row += f" {_ms(r['step_s'])} | {ratio} | {r['first_s']:.1f} s |"
             print(row)
-    skipped = {f"{b}/{n}": pml_skip(n, b) for b in args.batches for n in args.cases
-               if pml_skip(n, b)}
+    skipped = {f"{b}/{n}": pml_skip(n, b) for b in args.batches for n in args.cases if pml_skip(n, b)}
     for key, why in skipped.items():
         print(f"(*) {key}: {why}")
 

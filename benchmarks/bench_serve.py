@@ -68,18 +68,43 @@ def make_run(root: Path, dim: int, image_size: int = 32) -> Path:
     if not (root / "photos").exists():
         make_image_folder(root / "photos", classes=8, per_class=40, size=image_size)
     run = root / f"run{dim}"
-    quiet("train", "--data", str(root / "photos"), "--backbone", "cnn", "--loss", "softmax", "--image-size",
-          str(image_size), "--embedding-dim", str(dim), "--epochs", "1", "--batch-size", "32", "--verbose", "0",
-          "--no-evaluate", "--out", str(run))  # fmt: skip
+    quiet(
+        "train",
+        "--data",
+        str(root / "photos"),
+        "--backbone",
+        "cnn",
+        "--loss",
+        "softmax",
+        "--image-size",
+        str(image_size),
+        "--embedding-dim",
+        str(dim),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--verbose",
+        "0",
+        "--no-evaluate",
+        "--out",
+        str(run),
+    )
     return run
 
 
 def body(image: bytes, k: int, raw: bool) -> tuple[str, bytes, dict[str, str]]:
     if raw:
         return f"/search?k={k}", image, {"Content-Type": "image/png"}
-    data = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="k"\r\n\r\n{k}\r\n'
+    data = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="k"\r\n\r\n{k}\r\n'
             f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n'
-            "Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()  # fmt: skip
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
     return "/search", data, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 
@@ -88,8 +113,11 @@ class Server:
 
     def __init__(self, run: Path, *extra: str):
         self.started = time.perf_counter()
-        self.process = subprocess.Popen([sys.executable, "-m", "clusterloss", "serve", str(run), "--port", "0", *extra],
-                                        stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "clusterloss", "serve", str(run), "--port", "0", *extra],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         line = self.process.stdout.readline()
         if not line.startswith("clusterloss serve: http://127.0.0.1:"):
             self.process.kill()
@@ -126,8 +154,9 @@ class Server:
             self.process.kill()
 
 
-def load(port: int, images: list[bytes], clients: int, requests: int, k: int = 5, raw: bool = False,
-         time_limit: float = 60.0) -> dict[str, float]:  # fmt: skip
+def load(
+    port: int, images: list[bytes], clients: int, requests: int, k: int = 5, raw: bool = False, time_limit: float = 60.0
+) -> dict[str, float]:
     """`clients` threads, each with its own kept-alive connection, share `requests` POST
     /search requests (stopping early after `time_limit` s): requests/s, p50, p99, failures."""
     latencies: list[float] = []
@@ -162,8 +191,13 @@ def load(port: int, images: list[bytes], clients: int, requests: int, k: int = 5
         thread.join()
     wall = time.perf_counter() - start
     ms = np.array(latencies) * 1000
-    return {"requests": len(ms), "rps": len(ms) / wall, "p50": float(np.percentile(ms, 50)),
-            "p99": float(np.percentile(ms, 99)), "failures": failures[0]}  # fmt: skip
+    return {
+        "requests": len(ms),
+        "rps": len(ms) / wall,
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "failures": failures[0],
+    }
 
 
 WRK_SCRIPT = """wrk.method = "POST"
@@ -190,9 +224,25 @@ def load_wrk(port: int, image: bytes, clients: int, seconds: int, root: Path) ->
         return None
     (root / "post.lua").write_text(WRK_SCRIPT)
     (root / "query.png").write_bytes(image)
-    out = subprocess.run(["wrk", "-t", str(min(2, clients)), "-c", str(clients), "-d", f"{seconds}s", "--latency",
-                          "-s", str(root / "post.lua"), f"http://127.0.0.1:{port}/search?k=5"],
-                         capture_output=True, text=True, check=True, env={**os.environ, "BENCH_IMAGE": str(root / "query.png")})  # fmt: skip
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(min(2, clients)),
+            "-c",
+            str(clients),
+            "-d",
+            f"{seconds}s",
+            "--latency",
+            "-s",
+            str(root / "post.lua"),
+            f"http://127.0.0.1:{port}/search?k=5",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "BENCH_IMAGE": str(root / "query.png")},
+    )
     lines = out.stdout.splitlines()
     value = {line.split()[0]: line.split()[1] for line in lines if line.strip().startswith(("50%", "99%"))}
     rps = next(float(line.split()[1]) for line in lines if line.startswith("Requests/sec:"))
@@ -228,9 +278,14 @@ def in_process(run: Path, images: list[bytes], repeats: int) -> dict[str, float]
         batched.append(time.perf_counter() - start)
     gallery.close()
     single_ms = np.array(single) * 1000
-    return {"p50": float(np.percentile(single_ms, 50)), "p99": float(np.percentile(single_ms, 99)),
-            "rps": 1000 / float(np.mean(single_ms)), "batch_ms": float(np.median(batched)) * 1000,
-            "batched_rps": 32 / float(np.median(batched)), "decode_ms": float(np.median(decode)) * 1000}  # fmt: skip
+    return {
+        "p50": float(np.percentile(single_ms, 50)),
+        "p99": float(np.percentile(single_ms, 99)),
+        "rps": 1000 / float(np.mean(single_ms)),
+        "batch_ms": float(np.median(batched)) * 1000,
+        "batched_rps": 32 / float(np.median(batched)),
+        "decode_ms": float(np.median(decode)) * 1000,
+    }
 
 
 def part_latency(root: Path, args) -> list[str]:
@@ -247,7 +302,7 @@ def part_latency(root: Path, args) -> list[str]:
         f"{base['p50']:.2f} | {base['p99']:.2f} | {base['rps'] / base['batched_rps']:.2f}x | 0 |",
         f"| in process, batches of 32 (embed + search) | - | - | {base['batched_rps']:,.0f} | "
         f"{base['batch_ms']:.2f} per batch | - | 1.00x | 0 |",
-    ]  # fmt: skip
+    ]
     print(f"in process: {base}  (decoding one 32x32 PNG: {base['decode_ms']:.3f} ms)", flush=True)
     server = Server(run)
     print(f"serve started in {server.start_seconds:.1f} s", flush=True)
@@ -257,31 +312,38 @@ def part_latency(root: Path, args) -> list[str]:
             for clients in args.clients:
                 found = load(server.port, images, clients, max(args.requests, 20 * clients), raw=raw)
                 how = "POST /search, image/png body" if raw else "POST /search, multipart upload"
-                rows.append(f"| {how} | {clients} | {found['requests']} | {found['rps']:,.0f} | {found['p50']:.2f} | "
-                            f"{found['p99']:.2f} | {found['rps'] / base['batched_rps']:.2f}x | {found['failures']} |")  # fmt: skip
+                rows.append(
+                    f"| {how} | {clients} | {found['requests']} | {found['rps']:,.0f} | {found['p50']:.2f} | "
+                    f"{found['p99']:.2f} | {found['rps'] / base['batched_rps']:.2f}x | {found['failures']} |"
+                )
                 print(rows[-1], flush=True)
         for clients in args.clients:
             found = load_wrk(server.port, images[0], clients, args.wrk_seconds, root)
             if found is None:
                 print("wrk is not installed (apt-get install wrk): no wrk rows", flush=True)
                 break
-            rows.append(f"| POST /search, image/png body, wrk | {clients} | {found['requests']} | {found['rps']:,.0f} | "
-                        f"{found['p50']:.2f} | {found['p99']:.2f} | {found['rps'] / base['batched_rps']:.2f}x | "
-                        f"{found['failures']} |")  # fmt: skip
+            rows.append(
+                f"| POST /search, image/png body, wrk | {clients} | {found['requests']} | {found['rps']:,.0f} | "
+                f"{found['p50']:.2f} | {found['p99']:.2f} | {found['rps'] / base['batched_rps']:.2f}x | "
+                f"{found['failures']} |"
+            )
             print(rows[-1], flush=True)
         for workers in args.workers:
             rows += served_by_workers(run, images, workers, base, args, root)
         stats = server.get("/stats")[1]["service"]
-        rows.append(f"\nserver: {stats['jobs']} queries in {stats['batches']} model calls (mean batch "
-                    f"{stats['mean_batch']:.1f}, largest {stats['largest_batch']}); decoding one 32x32 PNG in "
-                    f"process: {base['decode_ms']:.3f} ms")  # fmt: skip
+        rows.append(
+            f"\nserver: {stats['jobs']} queries in {stats['batches']} model calls (mean batch "
+            f"{stats['mean_batch']:.1f}, largest {stats['largest_batch']}); decoding one 32x32 PNG in "
+            f"process: {base['decode_ms']:.3f} ms"
+        )
     finally:
         server.stop()
     return rows
 
 
-def served_by_workers(run: Path, images: list[bytes], workers: int, base: dict[str, float], args,
-                      root: Path) -> list[str]:  # fmt: skip
+def served_by_workers(
+    run: Path, images: list[bytes], workers: int, base: dict[str, float], args, root: Path
+) -> list[str]:
     """The wrk rows against `serve --workers N` (once every worker answers)."""
     rows = []
     server = Server(run, "--workers", str(workers))
@@ -294,9 +356,11 @@ def served_by_workers(run: Path, images: list[bytes], workers: int, base: dict[s
             found = load_wrk(server.port, images[0], clients, args.wrk_seconds, root)
             if found is None:
                 break
-            rows.append(f"| POST /search, image/png body, wrk, --workers {workers} | {clients} | {found['requests']} | "
-                        f"{found['rps']:,.0f} | {found['p50']:.2f} | {found['p99']:.2f} | "
-                        f"{found['rps'] / base['batched_rps']:.2f}x | {found['failures']} |")  # fmt: skip
+            rows.append(
+                f"| POST /search, image/png body, wrk, --workers {workers} | {clients} | {found['requests']} | "
+                f"{found['rps']:,.0f} | {found['p50']:.2f} | {found['p99']:.2f} | "
+                f"{found['rps'] / base['batched_rps']:.2f}x | {found['failures']} |"
+            )
             print(rows[-1], flush=True)
     finally:
         server.stop()
@@ -347,10 +411,12 @@ def part_scale(root: Path, args) -> list[str]:
     queries = make_data(1000, 128, 1000, seed=1)
     make_image_folder(root / "scale-queries", classes=8, per_class=4, size=32, seed=7)
     images = [p.read_bytes() for p in sorted((root / "scale-queries").rglob("*.png"))]
-    rows = ["| gallery | enrolment (items/s) | FAISS index alone: open (s) / RSS (GiB) | clusterloss index file: "
-            "open (s) | Gallery (SQLite + index): open (s) / RSS (GiB) | serve start (s) | serve RSS (GiB) | "
-            "POST /search p50 (ms) | in-process search p50: Gallery / Index (ms) | recall@10 vs exact |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    rows = [
+        "| gallery | enrolment (items/s) | FAISS index alone: open (s) / RSS (GiB) | clusterloss index file: "
+        "open (s) | Gallery (SQLite + index): open (s) / RSS (GiB) | serve start (s) | serve RSS (GiB) | "
+        "POST /search p50 (ms) | in-process search p50: Gallery / Index (ms) | recall@10 vs exact |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     truth = served_truth = None
     for kind in ("flat", "hnsw"):
         folder = root / f"run-{kind}"
@@ -394,7 +460,11 @@ def part_scale(root: Path, args) -> list[str]:
         gallery.close()
         del gallery
 
-        alone, index_file, opened = probe("faiss", raw), probe("index", cache), probe("gallery", folder / "index" / name)
+        alone, index_file, opened = (
+            probe("faiss", raw),
+            probe("index", cache),
+            probe("gallery", folder / "index" / name),
+        )
         raw.unlink()
         server = Server(folder, *(["--ef-search", str(args.ef_search)] if beam else []))
         try:
@@ -411,14 +481,19 @@ def part_scale(root: Path, args) -> list[str]:
             server.stop()
         if kind == "flat":
             served_truth = answers
-        quality = "exact" if kind == "flat" else (
-            f"{recall(found, truth):.4f} (generated queries); {recall(answers, served_truth):.4f} (served images)")
+        quality = (
+            "exact"
+            if kind == "flat"
+            else (
+                f"{recall(found, truth):.4f} (generated queries); {recall(answers, served_truth):.4f} (served images)"
+            )
+        )
         rows.append(
             f"| {args.scale:,} x 128, {kind} | {rate:,.0f} | {alone['seconds']:.2f} / {alone['rss_gib']:.2f} | "
             f"{index_file['seconds']:.2f} | {opened['seconds']:.2f} / {opened['rss_gib']:.2f} | "
             f"{server.start_seconds:.1f} | {rss:.2f} (peak {peak:.2f}) | {served['p50']:.2f} | "
             f"{np.median(single_gallery) * 1000:.2f} / {np.median(single_index) * 1000:.2f} | {quality} |"
-        )  # fmt: skip
+        )
         print(rows[-1], flush=True)
         shutil.rmtree(folder)
     return rows
@@ -427,8 +502,9 @@ def part_scale(root: Path, args) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--workers", type=int, nargs="*", default=[2],
-                        help="also serve with these --workers counts (wrk rows only)")  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, nargs="*", default=[2], help="also serve with these --workers counts (wrk rows only)"
+    )
     parser.add_argument("--requests", type=int, default=600, help="requests per client count (at least 20 each)")
     parser.add_argument("--ef-search", type=int, default=128, help="HNSW search beam of the scale part")
     parser.add_argument("--wrk-seconds", type=int, default=10, help="seconds of each wrk load (Debian's wrk)")
@@ -437,8 +513,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import keras
 
-    print(f"KERAS_BACKEND={keras.backend.backend()}, {os.cpu_count()} CPU cores, load average "
-          f"{os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    print(
+        f"KERAS_BACKEND={keras.backend.backend()}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         rows = part_latency(Path(tmp), args)
         if args.scale:

@@ -37,10 +37,7 @@ def _labels_shape_message(name: str, shape, rows: str, hint: str | None = "") ->
         suffix = f" (one-hot labels? pass integer class ids{hint})"
     else:
         suffix = ""
-    return (
-        f"`{name}` must be integer class ids of shape ({rows},) or ({rows}, 1); "
-        f"got shape {shape}{suffix}."
-    )
+    return f"`{name}` must be integer class ids of shape ({rows},) or ({rows}, 1); got shape {shape}{suffix}."
 
 
 def _check_label_values(values: np.ndarray, name: str, allow_bool: bool = True) -> None:
@@ -49,8 +46,7 @@ def _check_label_values(values: np.ndarray, name: str, allow_bool: bool = True) 
         bad = ~np.isfinite(values) | (np.floor(values) != values)
         if bad.any():
             raise ValueError(
-                f"`{name}` must be integer class ids; got float values such as "
-                f"{float(values[bad].flat[0])!r}."
+                f"`{name}` must be integer class ids; got float values such as {float(values[bad].flat[0])!r}."
             )
     elif values.dtype.kind not in ("iub" if allow_bool else "iu"):
         raise ValueError(f"`{name}` must be integer class ids; got dtype {values.dtype}.")
@@ -84,9 +80,7 @@ def check_labels(labels: Any, num_classes: int | None = None, name: str = "label
         if low < 0:
             raise ValueError(f"`{name}` must be >= 0; got a label {int(low)}.")
         if num_classes is not None and high >= num_classes:
-            raise ValueError(
-                f"`{name}` must be < num_classes={num_classes}; got a label {int(high)}."
-            )
+            raise ValueError(f"`{name}` must be < num_classes={num_classes}; got a label {int(high)}.")
         if high > label_id_limit():
             raise ValueError(
                 f"`{name}` must be < 2**31 on the JAX backend (64-bit integers are off); got a "
@@ -98,8 +92,7 @@ def check_labels(labels: Any, num_classes: int | None = None, name: str = "label
     return ops.cast(labels, label_dtype() if wide else "int32")
 
 
-def check_embeddings(x: Any, name: str = "embeddings", rank: int = 2,
-                     allow_empty: bool = True):
+def check_embeddings(x: Any, name: str = "embeddings", rank: int = 2, allow_empty: bool = True):
     """Validate a float tensor of the given rank (default `(batch, dim)`); with
     `allow_empty=False`, a batch statically known to hold no row is an error."""
     shape = tuple(ops.shape(x))
@@ -115,9 +108,7 @@ def check_same_batch(labels: Any, x: Any, names: tuple[str, str] = ("labels", "e
     """Raise if the static batch sizes of `labels` and `x` differ (unknown sizes pass)."""
     a, b = np.shape(labels)[0] if isinstance(labels, (list, tuple)) else labels.shape[0], x.shape[0]
     if isinstance(a, int) and isinstance(b, int) and a != b:
-        raise ValueError(
-            f"`{names[0]}` and `{names[1]}` must have the same batch size; got {a} and {b}."
-        )
+        raise ValueError(f"`{names[0]}` and `{names[1]}` must have the same batch size; got {a} and {b}.")
 
 
 def check_range(
@@ -176,8 +167,7 @@ def compute_dtype(*tensors: Any) -> str:
 METRICS = ("cosine", "euclidean")  # metrics of the index and the evaluation functions
 
 
-def as_embeddings(x: Any, name: str = "embeddings", dim: int | None = None,
-                  allow_empty: bool = False) -> np.ndarray:
+def as_embeddings(x: Any, name: str = "embeddings", dim: int | None = None, allow_empty: bool = False) -> np.ndarray:
     """`x` as a C-contiguous float32 NumPy array of shape `(n, dim)`, finite."""
     if x is None:
         raise ValueError(f"`{name}` must be an array of shape (n, dim); got None.")
@@ -190,9 +180,7 @@ def as_embeddings(x: Any, name: str = "embeddings", dim: int | None = None,
     if array.dtype.kind not in "fiub":
         raise ValueError(f"`{name}` must hold numbers; got dtype {array.dtype}.")
     if dim is not None and array.shape[1] != dim:
-        raise ValueError(
-            f"`{name}` must have {dim} columns (the embedding dimension); got shape {array.shape}."
-        )
+        raise ValueError(f"`{name}` must have {dim} columns (the embedding dimension); got shape {array.shape}.")
     if array.shape[1] < 1:
         raise ValueError(f"`{name}` must have at least one column; got shape {array.shape}.")
     if not allow_empty and array.shape[0] < 1:
@@ -203,8 +191,9 @@ def as_embeddings(x: Any, name: str = "embeddings", dim: int | None = None,
     return array
 
 
-def as_labels(labels: Any, name: str = "labels", length: int | None = None,
-              length_name: str = "embeddings") -> np.ndarray:
+def as_labels(
+    labels: Any, name: str = "labels", length: int | None = None, length_name: str = "embeddings"
+) -> np.ndarray:
     """Integer class ids of shape `(n,)` or `(n, 1)` as an int64 NumPy array `(n,)`.
 
     The rules of `check_labels` without its range check: any integer is allowed (negative
@@ -223,9 +212,7 @@ def as_labels(labels: Any, name: str = "labels", length: int | None = None,
         _check_label_values(array, name, allow_bool=True)
     array = array.astype(np.int64)
     if length is not None and len(array) != length:
-        raise ValueError(
-            f"`{name}` and `{length_name}` must have the same length; got {len(array)} and {length}."
-        )
+        raise ValueError(f"`{name}` and `{length_name}` must have the same length; got {len(array)} and {length}.")
     return array
 
 

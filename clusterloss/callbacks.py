@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
-
 
 
 def warmup(value: float, ramp_epochs: int = 0, start_epoch: int = 0) -> Callable[[int], float]:

@@ -107,8 +107,7 @@ def _clamp_at_zero(d):
 
 _TINY = 1e-30  # squared distances below this are distance 0
 # Squared norms whose sum stays below this cannot overflow a distance or similarity matrix.
-_OVERFLOW = {"float32": float(np.finfo("float32").max) / 64,
-             "float64": float(np.finfo("float64").max) / 64}
+_OVERFLOW = {"float32": float(np.finfo("float32").max) / 64, "float64": float(np.finfo("float64").max) / 64}
 
 
 def _masked_sqrt(d2):
@@ -128,14 +127,15 @@ def _gram(x, y):
     """`||x_i - y_j||^2` by one matrix product on centred embeddings, `|u|^2 + |v|^2 - 2 u.v`
     with `u = x - c`, `v = y - c` (`c` the mean, held constant), the norms folded into the
     product as `[u, |u|^2, 1] . [-2 v, 1, |v|^2]` (as `torch.cdist`)."""
-    center = ops.stop_gradient(ops.mean(ops.concatenate([x, y], axis=0) if y is not x else x,
-                                        axis=0, keepdims=True))
+    center = ops.stop_gradient(ops.mean(ops.concatenate([x, y], axis=0) if y is not x else x, axis=0, keepdims=True))
     u = x - center
     v = u if y is x else y - center
     uu = ops.sum(ops.square(u), axis=-1, keepdims=True)
     vv = uu if y is x else ops.sum(ops.square(v), axis=-1, keepdims=True)
-    return matmul_t(ops.concatenate([u, uu, ops.ones_like(uu)], axis=-1),
-                    ops.concatenate([-2.0 * v, ops.ones_like(vv), vv], axis=-1))
+    return matmul_t(
+        ops.concatenate([u, uu, ops.ones_like(uu)], axis=-1),
+        ops.concatenate([-2.0 * v, ops.ones_like(vv), vv], axis=-1),
+    )
 
 
 def _squared_distances(x, y):
@@ -231,7 +231,7 @@ class Distance:
         return {"name": self.name, "normalize": self.normalize}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Distance":
+    def from_config(cls, config: dict[str, Any]) -> Distance:
         return cls(**config)
 
     def __eq__(self, other: object) -> bool:
@@ -261,10 +261,7 @@ def get_distance(identifier: Any = "euclidean", normalize: bool | None = None) -
         return Distance.from_config(config)
     if isinstance(identifier, str):
         return Distance(identifier, normalize)
-    raise ValueError(
-        "`distance` must be one of "
-        f"{sorted(DISTANCES)}, a config dict or a Distance; got {identifier!r}."
-    )
+    raise ValueError(f"`distance` must be one of {sorted(DISTANCES)}, a config dict or a Distance; got {identifier!r}.")
 
 
 __all__ = [

@@ -20,7 +20,12 @@ import keras
 from keras import ops
 
 from clusterloss._native import (
-    any_replica, nonzero_rows, route_gradient, row_slices, scatter_rows, take_rows,
+    any_replica,
+    nonzero_rows,
+    route_gradient,
+    row_slices,
+    scatter_rows,
+    take_rows,
 )
 from clusterloss._registry import register
 from clusterloss._validation import check_choice, check_positive_int, check_range
@@ -76,9 +81,7 @@ def routed_rows(variable: keras.Variable, rows, values):
     if route is None or not takes_sparse_gradient(variable):
         return values
     rows = ops.cast(rows, "int32")
-    code = ops.cast(
-        ops.stack([rows // _CODE_BASE, rows % _CODE_BASE, ops.ones_like(rows)], axis=1), "float32"
-    )
+    code = ops.cast(ops.stack([rows // _CODE_BASE, rows % _CODE_BASE, ops.ones_like(rows)], axis=1), "float32")
     return route_gradient(values, route[0], route[1], code)
 
 
@@ -114,7 +117,8 @@ def _gradient_rows(gradient, mask, rows):
         return take_rows(gradient, rows, sorted_unique=True)
     indices, values = slices
     position = ops.scatter_update(
-        ops.full(mask.shape, -1, "int32"), ops.expand_dims(rows, 1),
+        ops.full(mask.shape, -1, "int32"),
+        ops.expand_dims(rows, 1),
         ops.arange(rows.shape[0], dtype="int32"),
     )
     # A slice whose row was not gathered (-1) has an all-zero value (`mask` holds every row
@@ -159,22 +163,27 @@ class RowSparse(keras.optimizers.Optimizer):
         optimizer: a Keras optimizer instance or name (`"adam"`).
     """
 
-    def __init__(self, optimizer: keras.optimizers.Optimizer | str = "adam", name: str | None = None,
-                 loss_scale_factor: float | None = None):
+    def __init__(
+        self,
+        optimizer: keras.optimizers.Optimizer | str = "adam",
+        name: str | None = None,
+        loss_scale_factor: float | None = None,
+    ):
         optimizer = keras.optimizers.get(optimizer)
-        if isinstance(optimizer, (RowSparse, keras.optimizers.MultiOptimizer,
-                                  keras.optimizers.LossScaleOptimizer)):
+        if isinstance(optimizer, (RowSparse, keras.optimizers.MultiOptimizer, keras.optimizers.LossScaleOptimizer)):
             raise ValueError(
                 f"`optimizer` must be a plain Keras optimizer (Adam, SGD, ...); got "
                 f"{type(optimizer).__name__}. Put RowSparse inside a MultiOptimizer instead."
             )
-        whole = {keras.optimizers.Lamb: "scales each variable's update by a norm over the "
-                 "whole variable", keras.optimizers.Muon: "orthogonalises each matrix's update "
-                 "as a whole (Newton-Schulz)"}  # fmt: skip
+        whole = {
+            keras.optimizers.Lamb: "scales each variable's update by a norm over the whole variable",
+            keras.optimizers.Muon: "orthogonalises each matrix's update as a whole (Newton-Schulz)",
+        }
         for kind, why in whole.items():
             if isinstance(optimizer, kind):
-                raise ValueError(f"RowSparse needs an element-wise optimizer; {kind.__name__} "
-                                 f"{why}. Use Adam, AdamW, SGD, ...")  # fmt: skip
+                raise ValueError(
+                    f"RowSparse needs an element-wise optimizer; {kind.__name__} {why}. Use Adam, AdamW, SGD, ..."
+                )
         if optimizer.use_ema or optimizer.gradient_accumulation_steps:
             raise ValueError(
                 "RowSparse does not support `use_ema` or `gradient_accumulation_steps` of the "
@@ -226,9 +235,7 @@ class RowSparse(keras.optimizers.Optimizer):
             if bound is None or not rows:
                 inner_vars.append(var)
             elif 0 < bound < rows:
-                scratch = self.add_variable(
-                    (bound,) + tuple(var.shape[1:]), dtype=var.dtype, name=var.name
-                )
+                scratch = self.add_variable((bound,) + tuple(var.shape[1:]), dtype=var.dtype, name=var.name)
                 scratch_of[self._var_key(var)] = scratch
                 inner_vars.append(scratch)
             else:
@@ -244,7 +251,9 @@ class RowSparse(keras.optimizers.Optimizer):
                 pairs = []
                 for slot, initializer, slot_name in slots[id(scratch)]:
                     full = self.add_variable(
-                        tuple(var.shape), initializer=initializer, dtype=slot.dtype,
+                        tuple(var.shape),
+                        initializer=initializer,
+                        dtype=slot.dtype,
                         layout=getattr(var, "_layout", None),
                         name=f"{var.path.replace('/', '_')}_{slot_name}",
                     )
@@ -362,9 +371,7 @@ class RowSparse(keras.optimizers.Optimizer):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        config["optimizer"] = keras.saving.deserialize_keras_object(
-            config["optimizer"], custom_objects=custom_objects
-        )
+        config["optimizer"] = keras.saving.deserialize_keras_object(config["optimizer"], custom_objects=custom_objects)
         return cls(**config)
 
 
@@ -423,9 +430,17 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     DECAYS = ("constant", "cosine", "step")
 
-    def __init__(self, learning_rate: float, total_steps: int, decay: str = "constant",
-                 warmup_steps: int = 0, boundaries: tuple[float, ...] = (0.5, 0.75),
-                 factor: float = 0.1, offset: int = 0, name: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        learning_rate: float,
+        total_steps: int,
+        decay: str = "constant",
+        warmup_steps: int = 0,
+        boundaries: tuple[float, ...] = (0.5, 0.75),
+        factor: float = 0.1,
+        offset: int = 0,
+        name: str | None = None,
+    ):
         check_range(learning_rate, "learning_rate", 0.0, low_open=True)
         check_positive_int(total_steps, "total_steps")
         check_choice(decay, "decay", self.DECAYS)
@@ -461,8 +476,12 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self) -> dict[str, Any]:
         return {
-            "learning_rate": self.learning_rate, "total_steps": self.total_steps,
-            "decay": self.decay, "warmup_steps": self.warmup_steps,
-            "boundaries": list(self.boundaries), "factor": self.factor, "offset": self.offset,
+            "learning_rate": self.learning_rate,
+            "total_steps": self.total_steps,
+            "decay": self.decay,
+            "warmup_steps": self.warmup_steps,
+            "boundaries": list(self.boundaries),
+            "factor": self.factor,
+            "offset": self.offset,
             "name": self.name,
-        }  # fmt: skip
+        }

@@ -9,10 +9,18 @@ import numpy as np
 # One colour per class (RGB in [0, 1]); a class is a blob of its colour on a dim noisy
 # background. The sixth, grey, is unlike the five colours before it: the open-set tests
 # train on those five and expect grey blobs to be "unknown".
-COLOURS = np.array([
-    [1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0], [1.0, 1.0, 0.1], [0.1, 1.0, 1.0],
-    [0.5, 0.5, 0.5], [1.0, 0.1, 1.0], [1.0, 0.5, 0.1],
-])  # fmt: skip
+COLOURS = np.array(
+    [
+        [1.0, 0.1, 0.1],
+        [0.1, 1.0, 0.1],
+        [0.1, 0.1, 1.0],
+        [1.0, 1.0, 0.1],
+        [0.1, 1.0, 1.0],
+        [0.5, 0.5, 0.5],
+        [1.0, 0.1, 1.0],
+        [1.0, 0.5, 0.1],
+    ]
+)
 
 
 def blob_image(rng: np.random.Generator, colour: np.ndarray, size: int) -> np.ndarray:
@@ -26,8 +34,9 @@ def blob_image(rng: np.random.Generator, colour: np.ndarray, size: int) -> np.nd
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
-def make_image_folder(root: Path, classes: int = 6, per_class: int = 30, size: int = 20,
-                      seed: int = 0, grayscale: bool = False) -> list[str]:  # fmt: skip
+def make_image_folder(
+    root: Path, classes: int = 6, per_class: int = 30, size: int = 20, seed: int = 0, grayscale: bool = False
+) -> list[str]:
     """`root/class_k/img_i.png` for `classes` classes; returns the class names."""
     from PIL import Image
 

@@ -9,17 +9,18 @@ import math
 import keras
 import numpy as np
 import pytest
+from conftest import to_np
 
 import clusterloss as cl
-from conftest import to_np
 
 
 def reference_scale(x, w, labels, previous):
     """Eq. 15-16 of the paper: log(B_avg) / cos(min(pi/4, theta_med)), with
     B_avg = 1/N sum_i sum_{k != y_i} exp(previous cos theta_ik)."""
     cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
-    b_avg = sum(math.exp(previous * cos[i, k]) for i in range(len(x)) for k in range(w.shape[0])
-                if k != labels[i]) / len(x)  # fmt: skip
+    b_avg = sum(
+        math.exp(previous * cos[i, k]) for i in range(len(x)) for k in range(w.shape[0]) if k != labels[i]
+    ) / len(x)
     theta_med = np.median([math.acos(cos[i, labels[i]]) for i in range(len(x))])
     return math.log(b_avg) / math.cos(min(math.pi / 4, theta_med))
 
@@ -54,11 +55,11 @@ def test_scales_equal_the_paper(head):
 
 def _digits_model(rule: str) -> cl.ClusterModel:
     keras.utils.set_random_seed(0)
-    backbone = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"),
-                                 keras.layers.Dense(16)])  # fmt: skip
+    backbone = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(16)])
     model = cl.ClusterModel(backbone, head=cl.ArcFace(10, scale_rule=rule))
-    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])  # fmt: skip
+    model.compile(
+        keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     return model
 
 
@@ -78,5 +79,9 @@ def test_adacos_trains_arcface_where_scale_64_does_not(digits, tmp_path):
     loaded = keras.saving.load_model(path)
     assert loaded.head.scale_rule == "adacos"
     assert loaded.head.current_scale == pytest.approx(adaptive.head.current_scale)
-    np.testing.assert_allclose(to_np(loaded.predict(x[:32], verbose=0)["logits"]),
-                               to_np(adaptive.predict(x[:32], verbose=0)["logits"]), rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        to_np(loaded.predict(x[:32], verbose=0)["logits"]),
+        to_np(adaptive.predict(x[:32], verbose=0)["logits"]),
+        rtol=1e-5,
+        atol=1e-5,
+    )

@@ -11,8 +11,8 @@ import pytest
 from conftest import BACKEND
 from synthetic import make_image_folder
 
-from clusterloss.app.cli.args import config_from_args
 from clusterloss.app import runs
+from clusterloss.app.cli.args import config_from_args
 from clusterloss.app.cli.main import build_parser, main
 from clusterloss.app.runs import train
 from clusterloss.models.backbones import APPLICATIONS, ImageNetPreprocessing, make_backbone, settle_batch_norm
@@ -43,10 +43,15 @@ def test_imagenet_preprocessing_matches_keras():
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(2, 4, 5, 3)).astype("float32")
     caffe = keras.applications.resnet50.preprocess_input(images * 255.0)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(ImageNetPreprocessing("caffe")(images)), caffe, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(ImageNetPreprocessing("caffe")(images)), caffe, rtol=1e-5, atol=1e-3
+    )
     gray = images[..., :1]
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(ImageNetPreprocessing("pixels")(gray)),
-                               np.repeat(gray, 3, axis=-1) * 255.0, rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(ImageNetPreprocessing("pixels")(gray)),
+        np.repeat(gray, 3, axis=-1) * 255.0,
+        rtol=1e-6,
+    )
     with pytest.raises(ValueError, match="needs images of at least 32x32"):
         make_backbone((16, 16, 3), 4, "mobilenetv3small")
 
@@ -91,12 +96,36 @@ def test_local_weights_then_frozen_then_unfrozen(tmp_path, monkeypatch):
     network.save_weights(path)
     saved = [np.array(w) for w in network.get_weights()]
     out = str(tmp_path / "run")
-    args = build_parser().parse_args([
-        "train", "--data", str(tmp_path / "photos"), "--backbone", "mobilenetv3small",
-        "--weights", str(path), "--image-size", "32", "--loss", "softmax", "--epochs", "2",
-        "--freeze-backbone-epochs", "1", "--batch-size", "8", "--val-split", "0",
-        "--embedding-dim", "8", "--verbose", "0", "--no-evaluate", "--out", out,
-    ])  # fmt: skip
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "photos"),
+            "--backbone",
+            "mobilenetv3small",
+            "--weights",
+            str(path),
+            "--image-size",
+            "32",
+            "--loss",
+            "softmax",
+            "--epochs",
+            "2",
+            "--freeze-backbone-epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--val-split",
+            "0",
+            "--embedding-dim",
+            "8",
+            "--verbose",
+            "0",
+            "--no-evaluate",
+            "--out",
+            out,
+        ]
+    )
     config = config_from_args(args, "softmax", 0, out)
     snapshots = Snapshots()
     metrics = train(config, callbacks=[snapshots])
@@ -108,20 +137,25 @@ def test_local_weights_then_frozen_then_unfrozen(tmp_path, monkeypatch):
     loaded = keras.saving.load_model(tmp_path / "run" / "model.keras")  # preprocessing registered
     assert loaded.backbone.input_shape == (None, 32, 32, 3)
     # BatchNormalization settles within the 3 unfrozen steps: momentum exp(-10 / 3), not 0.999
-    norms = [layer for layer in network_of(loaded.backbone).layers
-             if isinstance(layer, keras.layers.BatchNormalization)]  # fmt: skip
+    norms = [
+        layer for layer in network_of(loaded.backbone).layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert norms and all(layer.momentum == pytest.approx(math.exp(-10 / 3)) for layer in norms)
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="the same Keras graph and weights files on every "
-                    "backend; built on the TensorFlow pass (JAX compiles each initializer shape: ~60 s)")  # fmt: skip
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="the same Keras graph and weights files on every "
+    "backend; built on the TensorFlow pass (JAX compiles each initializer shape: ~60 s)",
+)
 @pytest.mark.parametrize("kind,width", [("resnet50", 2048), ("efficientnetv2b0", 1280), ("mobilenetv3small", 576)])
 def test_each_application_builds_and_loads_a_local_weights_file(kind, width, tmp_path):
     """What docs/cli.md shows: a network's `save_weights` file (saved at another image size)
     is `--weights FILE` of its trunk, grayscale input included."""
     keras.utils.set_random_seed(1)
     network = getattr(keras.applications, APPLICATIONS[kind][0])(
-        include_top=False, weights=None, input_shape=(48, 48, 3), pooling="avg")
+        include_top=False, weights=None, input_shape=(48, 48, 3), pooling="avg"
+    )
     path = tmp_path / f"{kind}.weights.h5"
     network.save_weights(path)
     keras.utils.set_random_seed(2)  # another random start, which the file replaces
@@ -137,8 +171,17 @@ def test_a_random_application_trunk_is_warned_about_and_not_frozen(tmp_path, mon
     """`--weights none` on a keras.applications trunk: one warning line at the start; with
     `--freeze-backbone-epochs`, one error line, exit 2, nothing written."""
     make_image_folder(tmp_path / "photos", classes=2, per_class=4, size=8)
-    command = ["train", "--data", str(tmp_path / "photos"), "--backbone", "mobilenetv3small",
-               "--epochs", "2", "--out", str(tmp_path / "run")]  # fmt: skip
+    command = [
+        "train",
+        "--data",
+        str(tmp_path / "photos"),
+        "--backbone",
+        "mobilenetv3small",
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     with pytest.raises(SystemExit) as exited:
         main([*command, "--freeze-backbone-epochs", "1"])
     err = capsys.readouterr().err
@@ -146,8 +189,8 @@ def test_a_random_application_trunk_is_warned_about_and_not_frozen(tmp_path, mon
     assert err.splitlines() == [
         "clusterloss train: error: --freeze-backbone-epochs 1 would freeze a randomly initialised "
         "trunk (--weights none): pass --weights imagenet or a weights file, or drop "
-        "--freeze-backbone-epochs"]
-
+        "--freeze-backbone-epochs"
+    ]
 
     def stop(*args):  # what comes before training only
         raise runs.RunError("stopped before training")
@@ -155,6 +198,8 @@ def test_a_random_application_trunk_is_warned_about_and_not_frozen(tmp_path, mon
     monkeypatch.setattr(runs, "_train", stop)
     with pytest.raises(SystemExit):
         main(command)
-    assert capsys.readouterr().err.splitlines() == [runs.RANDOM_TRUNK.format("mobilenetv3small"),
-                                                    "clusterloss train: error: stopped before training"]
+    assert capsys.readouterr().err.splitlines() == [
+        runs.RANDOM_TRUNK.format("mobilenetv3small"),
+        "clusterloss train: error: stopped before training",
+    ]
     assert "lower accuracy" in runs.RANDOM_TRUNK and "--weights imagenet" in runs.RANDOM_TRUNK

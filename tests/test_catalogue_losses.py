@@ -30,8 +30,7 @@ def _mean(values):
 
 def _batch(batch, classes, seed, dim=8):
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=(batch, dim)).astype("float32"),
-            rng.integers(0, classes, size=batch).astype("int32"))
+    return (rng.normal(size=(batch, dim)).astype("float32"), rng.integers(0, classes, size=batch).astype("int32"))
 
 
 def _coords(angles, ellipse=True):
@@ -105,40 +104,78 @@ def _pml_margin(margin=0.2, nu=0.0, beta=1.2, **kwargs):
     loss.beta = torch.full(loss.beta.shape, beta, dtype=torch.float64)
     return loss
 
+
 # (id, ours, PML loss, PML miner). Miners: ours inside the loss, PML's called as PML does.
 CASES = [
     ("lifted", cl.LiftedStructureLoss, pl.LiftedStructureLoss, None),
-    ("lifted-cosine", lambda: cl.LiftedStructureLoss(0.3, 0.9, "cosine"),
-     lambda: pl.LiftedStructureLoss(0.3, 0.9, distance=pd.CosineSimilarity()), None),
-    ("lifted+semihard", lambda: cl.LiftedStructureLoss(
-        miner=cl.TripletMarginMiner(0.2, "semihard")), pl.LiftedStructureLoss,
-     lambda: pm.TripletMarginMiner(0.2, "semihard")),
+    (
+        "lifted-cosine",
+        lambda: cl.LiftedStructureLoss(0.3, 0.9, "cosine"),
+        lambda: pl.LiftedStructureLoss(0.3, 0.9, distance=pd.CosineSimilarity()),
+        None,
+    ),
+    (
+        "lifted+semihard",
+        lambda: cl.LiftedStructureLoss(miner=cl.TripletMarginMiner(0.2, "semihard")),
+        pl.LiftedStructureLoss,
+        lambda: pm.TripletMarginMiner(0.2, "semihard"),
+    ),
     ("glifted", cl.GeneralizedLiftedStructureLoss, pl.GeneralizedLiftedStructureLoss, None),
-    ("glifted+pairmargin", lambda: cl.GeneralizedLiftedStructureLoss(
-        0.7, 0.1, miner=cl.PairMarginMiner(0.3, 1.0)),
-     lambda: pl.GeneralizedLiftedStructureLoss(0.7, 0.1), lambda: pm.PairMarginMiner(0.3, 1.0)),
+    (
+        "glifted+pairmargin",
+        lambda: cl.GeneralizedLiftedStructureLoss(0.7, 0.1, miner=cl.PairMarginMiner(0.3, 1.0)),
+        lambda: pl.GeneralizedLiftedStructureLoss(0.7, 0.1),
+        lambda: pm.PairMarginMiner(0.3, 1.0),
+    ),
     ("margin", cl.MarginLoss, _pml_margin, None),
-    ("margin-cosine", lambda: cl.MarginLoss(0.1, beta=0.5, distance="cosine"),
-     lambda: _pml_margin(0.1, beta=0.5, distance=pd.CosineSimilarity()), None),
-    ("margin+batchhard", lambda: cl.MarginLoss(0.1, beta=0.9, miner=cl.BatchHardMiner()),
-     lambda: _pml_margin(0.1, beta=0.9), pm.BatchHardMiner),
+    (
+        "margin-cosine",
+        lambda: cl.MarginLoss(0.1, beta=0.5, distance="cosine"),
+        lambda: _pml_margin(0.1, beta=0.5, distance=pd.CosineSimilarity()),
+        None,
+    ),
+    (
+        "margin+batchhard",
+        lambda: cl.MarginLoss(0.1, beta=0.9, miner=cl.BatchHardMiner()),
+        lambda: _pml_margin(0.1, beta=0.9),
+        pm.BatchHardMiner,
+    ),
     ("nca", cl.NCALoss, pl.NCALoss, None),
-    ("nca-scale10-raw", lambda: cl.NCALoss(10.0, Distance("squared_euclidean", False)),
-     lambda: pl.NCALoss(10, distance=pd.LpDistance(normalize_embeddings=False, power=2)), None),
-    ("nca+semihard", lambda: cl.NCALoss(miner=cl.TripletMarginMiner(0.2, "semihard")),
-     pl.NCALoss, lambda: pm.TripletMarginMiner(0.2, "semihard")),
-    ("nca+pairmargin", lambda: cl.NCALoss(miner=cl.PairMarginMiner(0.3, 1.0)), pl.NCALoss,
-     lambda: pm.PairMarginMiner(0.3, 1.0)),
+    (
+        "nca-scale10-raw",
+        lambda: cl.NCALoss(10.0, Distance("squared_euclidean", False)),
+        lambda: pl.NCALoss(10, distance=pd.LpDistance(normalize_embeddings=False, power=2)),
+        None,
+    ),
+    (
+        "nca+semihard",
+        lambda: cl.NCALoss(miner=cl.TripletMarginMiner(0.2, "semihard")),
+        pl.NCALoss,
+        lambda: pm.TripletMarginMiner(0.2, "semihard"),
+    ),
+    (
+        "nca+pairmargin",
+        lambda: cl.NCALoss(miner=cl.PairMarginMiner(0.3, 1.0)),
+        pl.NCALoss,
+        lambda: pm.PairMarginMiner(0.3, 1.0),
+    ),
     ("tuplet", cl.TupletMarginLoss, pl.TupletMarginLoss, None),
-    ("tuplet-5-32+all", lambda: cl.TupletMarginLoss(5.0, 32.0, cl.TripletMarginMiner(0.3)),
-     lambda: pl.TupletMarginLoss(5.0, 32), lambda: pm.TripletMarginMiner(0.3)),
+    (
+        "tuplet-5-32+all",
+        lambda: cl.TupletMarginLoss(5.0, 32.0, cl.TripletMarginMiner(0.3)),
+        lambda: pl.TupletMarginLoss(5.0, 32),
+        lambda: pm.TripletMarginMiner(0.3),
+    ),
     ("angular", cl.AngularLoss, pl.AngularLoss, None),
-    ("angular+batchhard", lambda: cl.AngularLoss(miner=cl.BatchHardMiner()), pl.AngularLoss,
-     pm.BatchHardMiner),
+    ("angular+batchhard", lambda: cl.AngularLoss(miner=cl.BatchHardMiner()), pl.AngularLoss, pm.BatchHardMiner),
     ("instance", cl.InstanceLoss, pl.InstanceLoss, None),
     ("fastap", cl.FastAPLoss, pl.FastAPLoss, None),
-    ("fastap-5-euclidean", lambda: cl.FastAPLoss(5, "euclidean"),
-     lambda: pl.FastAPLoss(5, distance=pd.LpDistance()), None),
+    (
+        "fastap-5-euclidean",
+        lambda: cl.FastAPLoss(5, "euclidean"),
+        lambda: pl.FastAPLoss(5, distance=pd.LpDistance()),
+        None,
+    ),
 ]
 
 
@@ -161,8 +198,7 @@ def test_reference_embeddings_match_pml_ref_emb(case):
     ref, ref_y = _batch(12, 4, 2)
     expected = _pml(theirs(), x, y, miner() if miner else None, ref, ref_y)
     assert expected[0] > 0
-    _assert_same(_ours(ours(), x, y, ref_embeddings=ref.astype(WIDE), ref_labels=ref_y),
-                 expected)
+    _assert_same(_ours(ours(), x, y, ref_embeddings=ref.astype(WIDE), ref_labels=ref_y), expected)
 
 
 def test_angular_loss_product_form_matches_pml_and_refuses_an_underflowed_sum():
@@ -186,8 +222,7 @@ def _lifted_loop(x, y, ref, ref_y, neg_margin=1.0):
             if ref_y[p] != y[a]:
                 continue
             terms = [np.exp(neg_margin - d(q[a], r[n])) for n in range(len(r)) if ref_y[n] != y[a]]
-            terms += [np.exp(neg_margin - d(r[p], r[n])) for n in range(len(r))
-                      if ref_y[n] != ref_y[p]]
+            terms += [np.exp(neg_margin - d(r[p], r[n])) for n in range(len(r)) if ref_y[n] != ref_y[p]]
             losses.append(max(np.log(sum(terms)) + d(q[a], r[p]), 0.0) ** 2 / 2)
     return np.mean(losses)
 
@@ -199,8 +234,7 @@ def test_lifted_structure_with_references_pairs_each_reference_with_its_own_nega
     value, _ = _ours(loss, x, y, ref_embeddings=ref.astype(WIDE), ref_labels=ref_y)
     np.testing.assert_allclose(value, _lifted_loop(x, y, ref, ref_y), rtol=1e-5)
     # The batch as its own (constant) reference, its diagonal masked: PML's plain value.
-    as_refs, _ = _ours(loss, x, y, ref_embeddings=x.astype(WIDE), ref_labels=y,
-                       ref_mask=~np.eye(8, dtype=bool))
+    as_refs, _ = _ours(loss, x, y, ref_embeddings=x.astype(WIDE), ref_labels=y, ref_mask=~np.eye(8, dtype=bool))
     np.testing.assert_allclose(as_refs, _pml(pl.LiftedStructureLoss(), x, y)[0], rtol=1e-5)
 
 
@@ -215,27 +249,56 @@ REF_Q, REF_R = _unit(RNG.normal(size=(4, 32))), _unit(RNG.normal(size=(3, 32)))
 CIRCLE180, LABELS180 = _coords(np.arange(180)), RNG.integers(0, 10, 180)
 
 PML_TESTS = [  # (id, ours, theirs, x, y, ref, ref_y)
-    ("lifted", lambda: cl.LiftedStructureLoss(0.5), lambda: pl.LiftedStructureLoss(0.5),
-     _coords([0, 20, 40, 60, 80]), FIVE, None, None),
-    ("glifted", lambda: cl.GeneralizedLiftedStructureLoss(0.5),
-     lambda: pl.GeneralizedLiftedStructureLoss(0.5), _coords([0, 20, 40, 60, 80]), FIVE,
-     None, None),
-    ("nca", lambda: cl.NCALoss(10.0), lambda: pl.NCALoss(10), _coords([0, 20, 40, 60, 80]),
-     FIVE, None, None),
-    ("tuplet", lambda: cl.TupletMarginLoss(5.0, 64.0), lambda: pl.TupletMarginLoss(5, 64),
-     _coords([0, 20, 40, 60, 80], ellipse=False), FIVE, None, None),
-    ("margin", lambda: cl.MarginLoss(0.1, 0.1, 1.0), lambda: pl.MarginLoss(0.1, 0.1, 1),
-     RAND5, FIVE, None, None),
-    ("margin-ref", lambda: cl.MarginLoss(0.1, 0.1, 1.0), lambda: pl.MarginLoss(0.1, 0.1, 1),
-     REF_Q, np.array([0, 0, 1, 1]), REF_R, np.array([0, 1, 2])),
-    ("angular", lambda: cl.AngularLoss(40.0), lambda: pl.AngularLoss(40), RAND5, FIVE, None,
-     None),
-    ("angular-ref", lambda: cl.AngularLoss(40.0), lambda: pl.AngularLoss(40), REF_Q,
-     np.array([0, 0, 1, 1]), REF_R, np.array([0, 1, 2])),
-    ("fastap", lambda: cl.FastAPLoss(5), lambda: pl.FastAPLoss(5), CIRCLE180, LABELS180, None,
-     None),
-    ("instance", lambda: cl.InstanceLoss(33.0), lambda: pl.InstanceLoss(33), CIRCLE180,
-     LABELS180, None, None),
+    (
+        "lifted",
+        lambda: cl.LiftedStructureLoss(0.5),
+        lambda: pl.LiftedStructureLoss(0.5),
+        _coords([0, 20, 40, 60, 80]),
+        FIVE,
+        None,
+        None,
+    ),
+    (
+        "glifted",
+        lambda: cl.GeneralizedLiftedStructureLoss(0.5),
+        lambda: pl.GeneralizedLiftedStructureLoss(0.5),
+        _coords([0, 20, 40, 60, 80]),
+        FIVE,
+        None,
+        None,
+    ),
+    ("nca", lambda: cl.NCALoss(10.0), lambda: pl.NCALoss(10), _coords([0, 20, 40, 60, 80]), FIVE, None, None),
+    (
+        "tuplet",
+        lambda: cl.TupletMarginLoss(5.0, 64.0),
+        lambda: pl.TupletMarginLoss(5, 64),
+        _coords([0, 20, 40, 60, 80], ellipse=False),
+        FIVE,
+        None,
+        None,
+    ),
+    ("margin", lambda: cl.MarginLoss(0.1, 0.1, 1.0), lambda: pl.MarginLoss(0.1, 0.1, 1), RAND5, FIVE, None, None),
+    (
+        "margin-ref",
+        lambda: cl.MarginLoss(0.1, 0.1, 1.0),
+        lambda: pl.MarginLoss(0.1, 0.1, 1),
+        REF_Q,
+        np.array([0, 0, 1, 1]),
+        REF_R,
+        np.array([0, 1, 2]),
+    ),
+    ("angular", lambda: cl.AngularLoss(40.0), lambda: pl.AngularLoss(40), RAND5, FIVE, None, None),
+    (
+        "angular-ref",
+        lambda: cl.AngularLoss(40.0),
+        lambda: pl.AngularLoss(40),
+        REF_Q,
+        np.array([0, 0, 1, 1]),
+        REF_R,
+        np.array([0, 1, 2]),
+    ),
+    ("fastap", lambda: cl.FastAPLoss(5), lambda: pl.FastAPLoss(5), CIRCLE180, LABELS180, None, None),
+    ("instance", lambda: cl.InstanceLoss(33.0), lambda: pl.InstanceLoss(33), CIRCLE180, LABELS180, None, None),
 ]
 
 
@@ -264,8 +327,9 @@ def test_pml_zero_loss_cases_give_exactly_zero_with_zero_gradients(loss, x, y):
     assert value == 0.0 and np.all(g == 0.0)
 
 
-DEFAULTS = [c for c in CASES if c[0] in ("lifted", "glifted", "margin", "nca", "tuplet",
-                                         "angular", "instance", "fastap")]
+DEFAULTS = [
+    c for c in CASES if c[0] in ("lifted", "glifted", "margin", "nca", "tuplet", "angular", "instance", "fastap")
+]
 
 
 def _edge_batch(kind):
@@ -299,16 +363,16 @@ def test_edge_batches_match_pml_with_finite_gradients(case):
         elif np.all(np.isfinite(ref_g)) and not (BACKEND == "jax" and kind == "duplicates"):
             # (Under XLA, duplicate rows can normalise an ulp apart: their distance's gradient
             # is then a unit vector of rounding noise, a subgradient as valid as PML's 0.)
-            np.testing.assert_allclose(g, ref_g, rtol=1e-4,
-                                       atol=1e-5 * max(1, np.abs(ref_g).max()), err_msg=kind)
+            np.testing.assert_allclose(g, ref_g, rtol=1e-4, atol=1e-5 * max(1, np.abs(ref_g).max()), err_msg=kind)
 
 
 # ---------------------------------------------------------------------------------------------
 # Learned beta (MarginLossLayer) and LpRegularizer.
 
 
-@pytest.mark.parametrize("num_classes,refs", [(None, False), (4, False), (4, True)],
-                         ids=["global", "per-class", "per-class-ref"])
+@pytest.mark.parametrize(
+    "num_classes,refs", [(None, False), (4, False), (4, True)], ids=["global", "per-class", "per-class-ref"]
+)
 def test_learned_beta_matches_pml_learn_beta_for_embeddings_and_beta(num_classes, refs):
     x, y = _batch(16, 4, 6)
     ref, ref_y = _batch(12, 4, 7) if refs else (None, None)
@@ -344,20 +408,16 @@ def test_labels_beyond_the_betas_are_an_error_on_the_host_and_nan_in_the_graph()
 @pytest.mark.parametrize("p,power,weight", [(2, 1, 1.0), (3, 2, 0.3)])
 def test_lp_regularizer_adds_pml_embedding_regularizer(p, power, weight):
     x, y = _batch(16, 4, 10)
-    regularizer = dict(embedding_regularizer=cl.LpRegularizer(p, power),
-                       embedding_reg_weight=weight)
-    theirs = pl.ContrastiveLoss(embedding_regularizer=pr.LpRegularizer(p=p, power=power),
-                                embedding_reg_weight=weight)
+    regularizer = dict(embedding_regularizer=cl.LpRegularizer(p, power), embedding_reg_weight=weight)
+    theirs = pl.ContrastiveLoss(embedding_regularizer=pr.LpRegularizer(p=p, power=power), embedding_reg_weight=weight)
     expected = _pml(theirs, x, y)
     _assert_same(_ours(cl.ContrastiveLoss(**regularizer), x, y), expected)
     norms = np.linalg.norm(x.astype("float64"), ord=p, axis=1) ** power
-    np.testing.assert_allclose(float(to_np(cl.LpRegularizer(p, power)(x))), norms.mean(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(float(to_np(cl.LpRegularizer(p, power)(x))), norms.mean(), rtol=1e-6)
     if p == 2:  # kept by CrossBatchMemory, which calls the loss with references
         memory = cl.CrossBatchMemory(cl.NCALoss(**regularizer), 8, memory_size=32)
         plain = cl.CrossBatchMemory(cl.NCALoss(), 8, memory_size=32)
-        np.testing.assert_allclose(to_np(memory(x, y)) - to_np(plain(x, y)), weight * norms,
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(to_np(memory(x, y)) - to_np(plain(x, y)), weight * norms, rtol=1e-5, atol=1e-6)
     x[3] = 0.0  # a zero embedding: value 0 and a zero, finite gradient (as torch.norm's)
     (g,) = grad(lambda t: ops.sum(cl.LpRegularizer(p, power).per_sample(t)), x)
     assert np.all(np.isfinite(g)) and np.all(g[3] == 0.0)
@@ -372,20 +432,23 @@ def test_losses_refuse_reference_embeddings_they_do_not_take():
             cl.CrossBatchMemory(loss, 8)
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda: cl.MarginLoss(learn_beta=True), "use `MarginLossLayer"),
-    (lambda: cl.MarginLoss(triplets_per_anchor=5), "`triplets_per_anchor` must be 'all'"),
-    (lambda: cl.MarginLoss(margin=-0.1), r"`margin` must be in \[0.0, inf\]"),
-    (lambda: cl.NCALoss(softmax_scale=0.0), r"`softmax_scale` must be in \(0.0, inf\]"),
-    (lambda: cl.TupletMarginLoss(scale=-1.0), r"`scale` must be in \(0.0, inf\]"),
-    (lambda: cl.AngularLoss(alpha=90.0), r"`alpha` must be in \(0, 90\) degrees"),
-    (lambda: cl.FastAPLoss(num_bins=0), "`num_bins` must be an integer >= 1"),
-    (lambda: cl.FastAPLoss(distance="cosine"), "`distance` must be an L2-normalised"),
-    (lambda: cl.InstanceLoss(gamma=0.0), r"`gamma` must be in \(0.0, inf\]"),
-    (lambda: cl.LpRegularizer(p=0.5), r"`p` must be in \[1.0, inf\]"),
-    (lambda: cl.NCALoss(embedding_regularizer="l2"), "`embedding_regularizer` must be"),
-    (lambda: cl.MarginLossLayer(num_classes=0), "`num_classes` must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: cl.MarginLoss(learn_beta=True), "use `MarginLossLayer"),
+        (lambda: cl.MarginLoss(triplets_per_anchor=5), "`triplets_per_anchor` must be 'all'"),
+        (lambda: cl.MarginLoss(margin=-0.1), r"`margin` must be in \[0.0, inf\]"),
+        (lambda: cl.NCALoss(softmax_scale=0.0), r"`softmax_scale` must be in \(0.0, inf\]"),
+        (lambda: cl.TupletMarginLoss(scale=-1.0), r"`scale` must be in \(0.0, inf\]"),
+        (lambda: cl.AngularLoss(alpha=90.0), r"`alpha` must be in \(0, 90\) degrees"),
+        (lambda: cl.FastAPLoss(num_bins=0), "`num_bins` must be an integer >= 1"),
+        (lambda: cl.FastAPLoss(distance="cosine"), "`distance` must be an L2-normalised"),
+        (lambda: cl.InstanceLoss(gamma=0.0), r"`gamma` must be in \(0.0, inf\]"),
+        (lambda: cl.LpRegularizer(p=0.5), r"`p` must be in \[1.0, inf\]"),
+        (lambda: cl.NCALoss(embedding_regularizer="l2"), "`embedding_regularizer` must be"),
+        (lambda: cl.MarginLossLayer(num_classes=0), "`num_classes` must be an integer >= 1"),
+    ],
+)
 def test_bad_hyperparameters_name_the_argument(make, message):
     with pytest.raises(ValueError, match=message):
         make()
@@ -414,8 +477,7 @@ def test_nan_or_inf_embeddings_give_a_nan_loss_and_half_precision_is_computed_in
 
 SAVED = [
     cl.LiftedStructureLoss(0.8, 0.1, "cosine", cl.BatchEasyHardMiner("hard", "hard")),
-    cl.GeneralizedLiftedStructureLoss(miner=cl.HDCMiner(0.3),
-                                      embedding_regularizer=cl.LpRegularizer(1.0, 2.0)),
+    cl.GeneralizedLiftedStructureLoss(miner=cl.HDCMiner(0.3), embedding_regularizer=cl.LpRegularizer(1.0, 2.0)),
     cl.MarginLoss(0.1, 0.2, 1.1, num_classes=5, miner=cl.DistanceWeightedMiner(seed=3)),
     cl.NCALoss(4.0, "euclidean", cl.UniformHistogramMiner(20, 3, 4, seed=1)),
     cl.TupletMarginLoss(4.0, 32.0, cl.AngularMiner(25.0)),
@@ -425,7 +487,7 @@ SAVED = [
 ]
 
 
-@pytest.mark.parametrize("loss", SAVED, ids=lambda l: type(l).__name__)
+@pytest.mark.parametrize("loss", SAVED, ids=lambda loss: type(loss).__name__)
 def test_config_round_trip_keeps_every_option(loss):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
     assert type(restored) is type(loss) and restored.get_config() == loss.get_config()
@@ -488,8 +550,14 @@ TRAINING = [
 @pytest.mark.parametrize("name,make", TRAINING, ids=[t[0] for t in TRAINING])
 def test_training_moves_nearest_neighbour_accuracy_well_above_chance(name, make, digits):
     keras.utils.set_random_seed(0)
-    backbone = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
-                                 keras.layers.Dense(8), keras.layers.UnitNormalization()])
+    backbone = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(8),
+            keras.layers.UnitNormalization(),
+        ]
+    )
     before = knn_accuracy(backbone, digits)
     loss = make()
     if name == "margin_layer":
@@ -498,8 +566,7 @@ def test_training_moves_nearest_neighbour_accuracy_well_above_chance(name, make,
     else:
         model = backbone
         model.compile(keras.optimizers.Adam(1e-2), loss=loss)
-    batches = cl.MPerClassSampler(digits[0], digits[1], m=4, batch_size=32, seed=0,
-                                  steps_per_epoch=20)
+    batches = cl.MPerClassSampler(digits[0], digits[1], m=4, batch_size=32, seed=0, steps_per_epoch=20)
     history = model.fit(batches, epochs=1, verbose=0)
     after = knn_accuracy(backbone, digits)
     assert np.all(np.isfinite(history.history["loss"]))
@@ -516,9 +583,11 @@ def test_losses_and_deterministic_miners_never_copy_device_tensors_to_the_host(m
     x, y = _batch(16, 4, 14)
     xt, yt = torch.tensor(x, requires_grad=True), torch.tensor(y, dtype=torch.long)
     losses = [make() for make in ALL_LOSSES] + [
-        cl.MarginLoss(miner=cl.BatchEasyHardMiner()), cl.NCALoss(miner=cl.HDCMiner()),
+        cl.MarginLoss(miner=cl.BatchEasyHardMiner()),
+        cl.NCALoss(miner=cl.HDCMiner()),
         cl.TupletMarginLoss(miner=cl.AngularMiner()),
-        cl.ContrastiveLoss(embedding_regularizer=cl.LpRegularizer())]
+        cl.ContrastiveLoss(embedding_regularizer=cl.LpRegularizer()),
+    ]
     layer = cl.MarginLossLayer(num_classes=4)
 
     forbid_host_copies(monkeypatch)

@@ -17,16 +17,15 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 import clusterloss as cl
 from clusterloss.distances import Distance
-from clusterloss.tuples.pairs import pair_batch
 from clusterloss.miners.sampled import sample_columns
+from clusterloss.tuples.pairs import pair_batch
 
 RAW = Distance("euclidean", normalize=False)
 
 
 def _batch(batch, classes, seed, dim=8):
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=(batch, dim)).astype("float32"),
-            rng.integers(0, classes, size=batch).astype("int32"))
+    return (rng.normal(size=(batch, dim)).astype("float32"), rng.integers(0, classes, size=batch).astype("int32"))
 
 
 def _circle(angles):
@@ -58,8 +57,12 @@ def _pml_pairs(indices):
 # BatchEasyHardMiner.
 
 STRATEGIES = ("easy", "hard", "semihard", "all")
-COMBOS = [(p, n) for p in STRATEGIES for n in STRATEGIES
-          if not (p == n == "semihard" or ("semihard" in (p, n) and "all" in (p, n)))]
+COMBOS = [
+    (p, n)
+    for p in STRATEGIES
+    for n in STRATEGIES
+    if not (p == n == "semihard" or ("semihard" in (p, n) and "all" in (p, n)))
+]
 
 
 def test_batch_easy_hard_miner_on_pml_test_points_equals_pml_and_its_expected_pairs():
@@ -69,8 +72,9 @@ def test_batch_easy_hard_miner_on_pml_test_points_equals_pml_and_its_expected_pa
     for pos_strategy, neg_strategy in COMBOS:
         for allowed in (None, [1, 7]):
             ours = cl.BatchEasyHardMiner(pos_strategy, neg_strategy, allowed, allowed, RAW)
-            theirs = pm.BatchEasyHardMiner(pos_strategy, neg_strategy, allowed, allowed,
-                                           distance=pd.LpDistance(normalize_embeddings=False))
+            theirs = pm.BatchEasyHardMiner(
+                pos_strategy, neg_strategy, allowed, allowed, distance=pd.LpDistance(normalize_embeddings=False)
+            )
             pos, neg = ours(x, labels)
             expected = _pml_pairs(theirs(torch.tensor(x), torch.tensor(labels)))
             assert (_entries(pos), _entries(neg)) == expected, (pos_strategy, neg_strategy)
@@ -82,8 +86,7 @@ def test_batch_easy_hard_miner_on_pml_test_points_equals_pml_and_its_expected_pa
     assert [n for _, n in _entries(neg)] == [7, 8, 5, 0, 8, 0, 0, 1]
 
 
-@pytest.mark.parametrize("distance,pml_distance", [("euclidean", pd.LpDistance()),
-                                                   ("cosine", pd.CosineSimilarity())])
+@pytest.mark.parametrize("distance,pml_distance", [("euclidean", pd.LpDistance()), ("cosine", pd.CosineSimilarity())])
 def test_batch_easy_hard_miner_equals_pml_on_random_batches_and_references(distance, pml_distance):
     x, y = _batch(16, 4, 0)
     ref, ref_y = _batch(12, 4, 1)
@@ -91,12 +94,10 @@ def test_batch_easy_hard_miner_equals_pml_on_random_batches_and_references(dista
     rt, ryt = torch.tensor(ref, dtype=torch.float64), torch.tensor(ref_y)
     ranges = [0.5, 1.2] if distance == "euclidean" else [-0.3, 0.6]
     for pos_strategy, neg_strategy in COMBOS:  # ranges with three of the strategies
-        ranged = (pos_strategy, neg_strategy) in (("easy", "semihard"), ("hard", "hard"),
-                                                  ("semihard", "easy"))
+        ranged = (pos_strategy, neg_strategy) in (("easy", "semihard"), ("hard", "hard"), ("semihard", "easy"))
         for allowed in (None, ranges) if ranged else (None,):
             ours = cl.BatchEasyHardMiner(pos_strategy, neg_strategy, allowed, allowed, distance)
-            theirs = pm.BatchEasyHardMiner(pos_strategy, neg_strategy, allowed, allowed,
-                                           distance=pml_distance)
+            theirs = pm.BatchEasyHardMiner(pos_strategy, neg_strategy, allowed, allowed, distance=pml_distance)
             pos, neg = ours(x, y)
             assert (_entries(pos), _entries(neg)) == _pml_pairs(theirs(xt, yt))
             pos, neg = ours(x, y, ref, ref_y)
@@ -107,15 +108,18 @@ def test_batch_easy_hard_miner_equals_pml_on_random_batches_and_references(dista
 # HDCMiner: PML's test (unit circle, 30 %) and random batches (the same distances: PML's topk
 # leaves ties at the cut, e.g. the two orders of a pair, unspecified).
 
-HDC_DISTANCES = [(RAW, pd.LpDistance(normalize_embeddings=False)), ("euclidean", pd.LpDistance()),
-                 ("squared_euclidean", pd.LpDistance(power=2)), ("cosine", pd.CosineSimilarity())]
+HDC_DISTANCES = [
+    (RAW, pd.LpDistance(normalize_embeddings=False)),
+    ("euclidean", pd.LpDistance()),
+    ("squared_euclidean", pd.LpDistance(power=2)),
+    ("cosine", pd.CosineSimilarity()),
+]
 
 
 def test_hdc_miner_pml_test_cases_and_random_batches():
     labels = np.array([0, 0, 1, 1, 1, 0])
-    for distance, pml_distance in HDC_DISTANCES:
-        x = (np.arange(6, dtype="float32")[:, None] if distance is RAW
-             else _circle(range(0, 120, 20)))
+    for distance, _ in HDC_DISTANCES:
+        x = np.arange(6, dtype="float32")[:, None] if distance is RAW else _circle(range(0, 120, 20))
         pos, neg = (np.array(_entries(m)) for m in cl.HDCMiner(0.3, distance)(x, labels))
         assert sorted(abs(pos[:, 0] - pos[:, 1])) == [4, 4, 5, 5]
         assert sorted(abs(neg[:, 0] - neg[:, 1])) == [1, 1, 1, 1, 2, 2]
@@ -128,8 +132,9 @@ def test_hdc_miner_pml_test_cases_and_random_batches():
         a1, p, a2, n = pm.HDCMiner(fraction)(torch.tensor(x, dtype=torch.float64), torch.tensor(y))
         for ours, (rows, cols) in [(pos, (a1, p)), (neg, (a2, n))]:
             ours = np.array(_entries(ours))
-            np.testing.assert_allclose(np.sort(mat[ours[:, 0], ours[:, 1]]),
-                                       np.sort(mat[rows.numpy(), cols.numpy()]), rtol=1e-6)
+            np.testing.assert_allclose(
+                np.sort(mat[ours[:, 0], ours[:, 1]]), np.sort(mat[rows.numpy(), cols.numpy()]), rtol=1e-6
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,17 +288,21 @@ def test_seeded_draws_repeat_advance_and_follow_the_batch_under_compilation():
 # Losses with the new miners (value and gradient as PML's), jit, NaN, configs, errors.
 
 LOSS_CASES = [
-    (lambda: cl.TripletMarginLoss(0.2, miner=cl.BatchEasyHardMiner("hard", "semihard")),
-     lambda: pl.TripletMarginLoss(0.2), lambda: pm.BatchEasyHardMiner("hard", "semihard")),
-    (lambda: cl.ContrastiveLoss(miner=cl.HDCMiner(0.4)), pl.ContrastiveLoss,
-     lambda: pm.HDCMiner(0.4)),
-    (lambda: cl.TripletMarginLoss(0.2, miner=cl.AngularMiner(20.0)),
-     lambda: pl.TripletMarginLoss(0.2), lambda: pm.AngularMiner(20)),
+    (
+        lambda: cl.TripletMarginLoss(0.2, miner=cl.BatchEasyHardMiner("hard", "semihard")),
+        lambda: pl.TripletMarginLoss(0.2),
+        lambda: pm.BatchEasyHardMiner("hard", "semihard"),
+    ),
+    (lambda: cl.ContrastiveLoss(miner=cl.HDCMiner(0.4)), pl.ContrastiveLoss, lambda: pm.HDCMiner(0.4)),
+    (
+        lambda: cl.TripletMarginLoss(0.2, miner=cl.AngularMiner(20.0)),
+        lambda: pl.TripletMarginLoss(0.2),
+        lambda: pm.AngularMiner(20),
+    ),
 ]
 
 
-@pytest.mark.parametrize("case", LOSS_CASES, ids=["triplet+easyhard", "contrastive+hdc",
-                                                  "triplet+angular"])
+@pytest.mark.parametrize("case", LOSS_CASES, ids=["triplet+easyhard", "contrastive+hdc", "triplet+angular"])
 def test_losses_with_new_miners_match_pml(case):
     ours, theirs, miner = case
     x, y = _batch(16, 4, 16)
@@ -306,13 +315,16 @@ def test_losses_with_new_miners_match_pml(case):
     (g,) = grad(lambda t: loss(y, t), x)
     assert float(expected) > 0
     np.testing.assert_allclose(value, float(expected.detach()), rtol=1e-5)
-    np.testing.assert_allclose(g, xt.grad.numpy(), rtol=1e-4,
-                               atol=1e-5 * np.abs(xt.grad.numpy()).max())
+    np.testing.assert_allclose(g, xt.grad.numpy(), rtol=1e-4, atol=1e-5 * np.abs(xt.grad.numpy()).max())
 
 
-NEW_MINERS = [lambda: cl.BatchEasyHardMiner(), lambda: cl.HDCMiner(),
-              lambda: cl.AngularMiner(), lambda: cl.DistanceWeightedMiner(seed=0),
-              lambda: cl.UniformHistogramMiner(seed=0)]
+NEW_MINERS = [
+    lambda: cl.BatchEasyHardMiner(),
+    lambda: cl.HDCMiner(),
+    lambda: cl.AngularMiner(),
+    lambda: cl.DistanceWeightedMiner(seed=0),
+    lambda: cl.UniformHistogramMiner(seed=0),
+]
 NAMES = ["easyhard", "hdc", "angular", "distance_weighted", "uniform_histogram"]
 
 
@@ -338,27 +350,36 @@ def test_mining_is_jit_compatible_and_nan_gives_nan_masks(make):
         assert np.all(np.isnan(to_np(mask)))
 
 
-@pytest.mark.parametrize("miner", [
-    cl.BatchEasyHardMiner("semihard", "easy", [0.1, 1.5], None, "cosine"),
-    cl.HDCMiner(0.3, "squared_euclidean"), cl.AngularMiner(35.0),
-    cl.DistanceWeightedMiner(0.4, 1.2, seed=7), cl.UniformHistogramMiner(50, 3, 4, RAW, seed=8),
-], ids=NAMES)
+@pytest.mark.parametrize(
+    "miner",
+    [
+        cl.BatchEasyHardMiner("semihard", "easy", [0.1, 1.5], None, "cosine"),
+        cl.HDCMiner(0.3, "squared_euclidean"),
+        cl.AngularMiner(35.0),
+        cl.DistanceWeightedMiner(0.4, 1.2, seed=7),
+        cl.UniformHistogramMiner(50, 3, 4, RAW, seed=8),
+    ],
+    ids=NAMES,
+)
 def test_config_round_trip(miner):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(miner))
     assert type(restored) is type(miner) and restored.get_config() == miner.get_config()
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda: cl.BatchEasyHardMiner("medium"), "`pos_strategy` must be one of"),
-    (lambda: cl.BatchEasyHardMiner("semihard", "semihard"), "cannot both be 'semihard'"),
-    (lambda: cl.BatchEasyHardMiner("all", "semihard"), "'semihard' cannot be combined"),
-    (lambda: cl.BatchEasyHardMiner(allowed_pos_range=[1.0]), "`allowed_pos_range` must be"),
-    (lambda: cl.HDCMiner(1.5), r"`filter_percentage` must be in \[0.0, 1.0\]"),
-    (lambda: cl.AngularMiner(90.0), r"`angle` must be in \[0, 90\) degrees"),
-    (lambda: cl.DistanceWeightedMiner(distance="cosine"), "L2-normalised 'euclidean'"),
-    (lambda: cl.DistanceWeightedMiner(seed=1.5), "`seed` must be an int or None"),
-    (lambda: cl.UniformHistogramMiner(num_bins=0), "`num_bins` must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: cl.BatchEasyHardMiner("medium"), "`pos_strategy` must be one of"),
+        (lambda: cl.BatchEasyHardMiner("semihard", "semihard"), "cannot both be 'semihard'"),
+        (lambda: cl.BatchEasyHardMiner("all", "semihard"), "'semihard' cannot be combined"),
+        (lambda: cl.BatchEasyHardMiner(allowed_pos_range=[1.0]), "`allowed_pos_range` must be"),
+        (lambda: cl.HDCMiner(1.5), r"`filter_percentage` must be in \[0.0, 1.0\]"),
+        (lambda: cl.AngularMiner(90.0), r"`angle` must be in \[0, 90\) degrees"),
+        (lambda: cl.DistanceWeightedMiner(distance="cosine"), "L2-normalised 'euclidean'"),
+        (lambda: cl.DistanceWeightedMiner(seed=1.5), "`seed` must be an int or None"),
+        (lambda: cl.UniformHistogramMiner(num_bins=0), "`num_bins` must be an integer >= 1"),
+    ],
+)
 def test_bad_arguments_are_clear_errors(make, message):
     with pytest.raises(ValueError, match=message):
         make()

@@ -150,9 +150,7 @@ def test_bad_call_input(x, labels, message):
 
 
 @pytest.mark.parametrize("update", ["paper", "gradient"])
-@pytest.mark.parametrize(
-    "labels", [[0, 4], [0, -2], [0.0, 1.5], [0, 2**32 + 1]], ids=["4", "-2", "1.5", "2**32+1"]
-)
+@pytest.mark.parametrize("labels", [[0, 4], [0, -2], [0.0, 1.5], [0, 2**32 + 1]], ids=["4", "-2", "1.5", "2**32+1"])
 def test_labels_out_of_range_give_nan_and_leave_centers(labels, update):
     """Tensor labels (a train step) are not read on the host: bad labels make the loss NaN
     (so TerminateOnNaN stops training) and the centers do not move."""

@@ -38,9 +38,7 @@ def test_focal_equals_keras_one_hot(gamma, alpha, from_logits):
     labels = RNG.integers(0, 5, 16)
     y_pred = logits if from_logits else to_np(keras.ops.softmax(logits))
     ours = cl.SparseCategoricalFocalCrossentropy(gamma=gamma, alpha=alpha, from_logits=from_logits)
-    ref = keras.losses.CategoricalFocalCrossentropy(
-        gamma=gamma, alpha=alpha, from_logits=from_logits
-    )
+    ref = keras.losses.CategoricalFocalCrossentropy(gamma=gamma, alpha=alpha, from_logits=from_logits)
     one_hot = np.eye(5, dtype="float32")[labels]
     np.testing.assert_allclose(to_np(ours(labels, y_pred)), to_np(ref(one_hot, y_pred)), rtol=1e-5)
     per_sample = cl.sparse_categorical_focal_crossentropy(
@@ -56,9 +54,7 @@ def test_focal_per_class_alpha_against_numpy():
     logits = RNG.normal(size=(32, 4)).astype("float32") * 4
     labels = RNG.integers(0, 4, 32)
     alpha = [0.1, 0.2, 0.3, 0.4]
-    got = cl.sparse_categorical_focal_crossentropy(
-        labels, logits, gamma=1.5, alpha=alpha, from_logits=True
-    )
+    got = cl.sparse_categorical_focal_crossentropy(labels, logits, gamma=1.5, alpha=alpha, from_logits=True)
     np.testing.assert_allclose(to_np(got), np_focal(labels, logits, 1.5, np.array(alpha)), rtol=1e-5)
 
 
@@ -162,9 +158,7 @@ def test_config_round_trip(loss):
         (np.array([0, 1]), np.zeros((2, 3, 1)), r"`y_pred` must have shape \(batch, num_classes\)"),
     ],
 )
-@pytest.mark.parametrize(
-    "fn", [cl.sparse_categorical_focal_crossentropy, cl.sparse_label_smoothing_crossentropy]
-)
+@pytest.mark.parametrize("fn", [cl.sparse_categorical_focal_crossentropy, cl.sparse_label_smoothing_crossentropy])
 def test_bad_input_is_a_clear_value_error(fn, labels, logits, message):
     with pytest.raises(ValueError, match=message):
         fn(labels, logits.astype("float32"), from_logits=True)

@@ -42,10 +42,27 @@ def test_train_tiny_digits_run_end_to_end(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     result = subprocess.run(
-        [sys.executable, "-m", "clusterloss", "train", "--loss", "center", "--epochs", "3",
-         "--verbose", "2", "--out", str(out), "--backend", BACKEND],
-        cwd=ROOT, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "clusterloss",
+            "train",
+            "--loss",
+            "center",
+            "--epochs",
+            "3",
+            "--verbose",
+            "2",
+            "--out",
+            str(out),
+            "--backend",
+            BACKEND,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"wrote {out}" in result.stdout
     metrics = check_run_dir(out, "center")
@@ -79,10 +96,15 @@ def fails(capsys, *argv: str) -> str:
         (["train", "--backbone", "vgg"], "argument --backbone: invalid choice: 'vgg'"),
         (["train", "--weights", "missing.weights.h5"], "'missing.weights.h5' does not exist"),
         (["train", "--weights", "imagenet"], "--weights imagenet needs a keras.applications"),
-        (["train", "--epochs", "2", "--freeze-backbone-epochs", "2"],
-         "--freeze-backbone-epochs (2) must be less than --epochs (2)"),
-        (["train", "--margin", "0.3"], "--margin does not apply to --loss center (its options: "
-                                       "--center-weight, --center-alpha, --center-update, --center-lr)"),
+        (
+            ["train", "--epochs", "2", "--freeze-backbone-epochs", "2"],
+            "--freeze-backbone-epochs (2) must be less than --epochs (2)",
+        ),
+        (
+            ["train", "--margin", "0.3"],
+            "--margin does not apply to --loss center (its options: "
+            "--center-weight, --center-alpha, --center-update, --center-lr)",
+        ),
         (["train", "--loss", "arcface", "--margin", "x"], "--margin: margin must be a float; got 'x'"),
         (["train", "--loss", "arcface", "--margin", "3"], "--loss arcface: `margin` is in radians"),
         (["train", "--loss", "triplet", "--m-per-class", "1"], "--m-per-class: m_per_class must be >= 2"),
@@ -99,7 +121,7 @@ def fails(capsys, *argv: str) -> str:
         (["compare", "center:centr_weight=0.1"], "unknown option 'centr_weight' for loss center"),
         (["compare", "softmax", "--seeds", "x"], "argument --seeds: expected class ids"),
     ],
-)  # fmt: skip
+)
 def test_bad_values_exit_2_with_one_line(capsys, args, message):
     assert message in fails(capsys, *args)
 
@@ -109,11 +131,14 @@ def test_bad_values_found_after_parsing(capsys, tmp_path):
     no directory is left behind by a refused command."""
     out = str(tmp_path / "r")
     assert "--known-classes must be at least 2 distinct ids in [0, 10)" in fails(
-        capsys, "train", "--known-classes", "0-20", "--out", out)  # fmt: skip
+        capsys, "train", "--known-classes", "0-20", "--out", out
+    )
     assert "mnist: no such file or folder (expected one of digits" in fails(
-        capsys, "train", "--dataset", "mnist", "--out", out)  # fmt: skip
+        capsys, "train", "--dataset", "mnist", "--out", out
+    )
     assert "5 sampled classes is less than the batch size 64" in fails(
-        capsys, "train", "--loss", "softmax", "--sample-rate", "0.5", "--out", out)  # fmt: skip
+        capsys, "train", "--loss", "softmax", "--sample-rate", "0.5", "--out", out
+    )
     assert not (tmp_path / "r").exists()
     for command in (["evaluate", out], ["index", "build", out], ["search", out, "-q", "test:0"]):
         line = fails(capsys, *command)
@@ -123,7 +148,9 @@ def test_bad_values_found_after_parsing(capsys, tmp_path):
 def test_library_rejects_unknown_names():
     from clusterloss.data import DataError
 
-    with pytest.raises(DataError, match=r"mnist: no such file or folder \(expected one of digits, fashion-mnist, olivetti"):
+    with pytest.raises(
+        DataError, match=r"mnist: no such file or folder \(expected one of digits, fashion-mnist, olivetti"
+    ):
         load_dataset("mnist")
     with pytest.raises(ValueError, match=r"`loss` must be one of \[.*'softmax'.*\]; got 'hinge'"):
         build_model("hinge", None, 10)
@@ -159,19 +186,53 @@ def test_fashion_mnist_through_the_keras_loader(data_env, monkeypatch, tmp_path,
     # Keras reads KERAS_HOME once, at import: point its cache at the copy for this test.
     monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", data_env["KERAS_HOME"])
     out = tmp_path / "fm"
-    assert main([
-        "train", "--data", "fashion-mnist", "--loss", "softmax", "--epochs", "1",
-        "--train-limit", "256", "--test-limit", "128", "--embedding-dim", "8",
-        "--verbose", "0", "--no-evaluate", "--out", str(out),
-    ]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "fashion-mnist",
+                "--loss",
+                "softmax",
+                "--epochs",
+                "1",
+                "--train-limit",
+                "256",
+                "--test-limit",
+                "128",
+                "--embedding-dim",
+                "8",
+                "--verbose",
+                "0",
+                "--no-evaluate",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = check_run_dir(out, "softmax", "fashion-mnist")
     assert metrics["num_train"] == 256 and metrics["num_test"] == 128
 
 
 def test_compare_tiny_budget_writes_tables_and_figures(tmp_path, capsys):
     out = tmp_path / "cmp"
-    args = ["compare", "softmax", "center:center_weight=0.05", "--seeds", "0,1", "--epochs", "1",
-            "--train-limit", "300", "--verbose", "0", "--no-evaluate", "--out", str(out)]  # fmt: skip
+    args = [
+        "compare",
+        "softmax",
+        "center:center_weight=0.05",
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "300",
+        "--verbose",
+        "0",
+        "--no-evaluate",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     table = (out / "results.md").read_text()
     assert "| softmax |" in table and "| center:center_weight=0.05 |" in table
@@ -182,8 +243,11 @@ def test_compare_tiny_budget_writes_tables_and_figures(tmp_path, capsys):
         assert (out / name).read_bytes()[:8] == PNG
     run = json.loads((out / "runs" / "center_center_weight_0.05-s1" / "metrics.json").read_text())
     assert run["config"]["options"] == {
-        "center_weight": 0.05, "center_alpha": 0.5, "center_update": "paper", "center_lr": 0.5
-    }  # fmt: skip
+        "center_weight": 0.05,
+        "center_alpha": 0.5,
+        "center_update": "paper",
+        "center_lr": 0.5,
+    }
     assert run["seed"] == 1
     capsys.readouterr()
     assert "already holds a run" in fails(capsys, *args)  # no silent re-training over results

@@ -100,9 +100,7 @@ def test_gradient_centers_take_their_own_sgd_step():
     grad_c = np.zeros_like(before)
     for i, j in enumerate(y):
         grad_c[j] -= (features[i] - before[j]) / len(x)
-    np.testing.assert_allclose(
-        to_np(model.center_loss.centers), before - 0.5 * grad_c, rtol=1e-4, atol=1e-6
-    )
+    np.testing.assert_allclose(to_np(model.center_loss.centers), before - 0.5 * grad_c, rtol=1e-4, atol=1e-6)
 
 
 def test_fit_rejects_bad_labels_and_backbones():
@@ -141,8 +139,9 @@ def test_loss_layers_add_their_mean_and_show_under_their_name(tmp_path):
     np.testing.assert_allclose([logs["loss"], logs["norm"]], [want, want], rtol=1e-5)
 
     full = make_model(weight=0.1)
-    full = cl.ClusterModel(full.backbone, num_classes=10, center_loss=full.center_loss,
-                           loss_layers=[HalfSquaredNorm(name="norm")])
+    full = cl.ClusterModel(
+        full.backbone, num_classes=10, center_loss=full.center_loss, loss_layers=[HalfSquaredNorm(name="norm")]
+    )
     compile_model(full)
     history = full.fit(x, y, epochs=1, batch_size=64, verbose=0).history
     assert set(history) == {"loss", "classification_loss", "center_loss", "norm", "accuracy"}
@@ -151,8 +150,9 @@ def test_loss_layers_add_their_mean_and_show_under_their_name(tmp_path):
     full.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert isinstance(loaded.loss_layers[0], HalfSquaredNorm) and loaded.loss_layers[0].name == "norm"
-    np.testing.assert_allclose(loaded.predict(x[:8], verbose=0)["logits"],
-                               full.predict(x[:8], verbose=0)["logits"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x[:8], verbose=0)["logits"], full.predict(x[:8], verbose=0)["logits"], rtol=1e-6, atol=1e-6
+    )
 
     nothing = cl.ClusterModel(keras.Sequential([keras.Input((64,)), keras.layers.Dense(2)]))
     nothing.compile("adam")
@@ -170,8 +170,7 @@ def test_sample_weight_weighs_loss_layers_as_a_compiled_loss():
     keras.utils.set_random_seed(0)
     backbone = keras.Sequential([keras.Input((64,)), keras.layers.Dense(2)])
     model = cl.ClusterModel(backbone, num_classes=10, loss_layers=[HalfSquaredNorm(name="norm")])
-    model.compile(keras.optimizers.SGD(0.0),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(keras.optimizers.SGD(0.0), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     out = model.predict(x, verbose=0)
     logits = out["logits"].astype("float64")
     log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
@@ -212,8 +211,11 @@ def _load_in_fresh_process(path, x_path, out, backend, resumed=None):
     extra = [] if resumed is None else [str(resumed)]
     subprocess.run(
         [sys.executable, "-c", LOAD_SCRIPT, str(path), str(x_path), str(out)] + extra,
-        check=True, env=env, cwd=ROOT, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+    )
     return np.load(out)
 
 
@@ -263,8 +265,9 @@ def test_embed_of_a_few_rows_is_the_compiled_backbone_with_current_weights():
     data = np.random.default_rng(0).normal(size=(40, 6)).astype("float32")
     labels = np.arange(40) % 4
     for rows in (1, 3, QUICK_ROWS, QUICK_ROWS + 1):
-        np.testing.assert_allclose(model.embed(data[:rows]), backbone.predict(data[:rows], verbose=0),
-                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            model.embed(data[:rows]), backbone.predict(data[:rows], verbose=0), rtol=1e-5, atol=1e-6
+        )
     before = model.embed(data[:3])
     model.fit(data, labels, epochs=2, batch_size=8, verbose=0)
     after = model.embed(data[:3])

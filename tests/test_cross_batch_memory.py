@@ -18,22 +18,31 @@ from clusterloss._registry import register
 DIM, MEMORY = 8, 20
 
 CASES = [  # (id, ours, PML loss, PML miner given to PML's CrossBatchMemory)
-    ("contrastive", lambda: cl.CrossBatchMemory(cl.ContrastiveLoss(), DIM, MEMORY),
-     pl.ContrastiveLoss, None),
-    ("triplet+semihard", lambda: cl.CrossBatchMemory(
-        cl.TripletMarginLoss(0.1), DIM, MEMORY, miner=cl.TripletMarginMiner(0.2, "semihard")),
-     lambda: pl.TripletMarginLoss(0.1), lambda: pm.TripletMarginMiner(0.2, "semihard")),
+    ("contrastive", lambda: cl.CrossBatchMemory(cl.ContrastiveLoss(), DIM, MEMORY), pl.ContrastiveLoss, None),
+    (
+        "triplet+semihard",
+        lambda: cl.CrossBatchMemory(
+            cl.TripletMarginLoss(0.1), DIM, MEMORY, miner=cl.TripletMarginMiner(0.2, "semihard")
+        ),
+        lambda: pl.TripletMarginLoss(0.1),
+        lambda: pm.TripletMarginMiner(0.2, "semihard"),
+    ),
     ("supcon", lambda: cl.CrossBatchMemory(cl.SupConLoss(), DIM, MEMORY), pl.SupConLoss, None),
-    ("multi_similarity+miner", lambda: cl.CrossBatchMemory(
-        cl.MultiSimilarityLoss(miner=cl.MultiSimilarityMiner()), DIM, MEMORY),
-     pl.MultiSimilarityLoss, pm.MultiSimilarityMiner),
+    (
+        "multi_similarity+miner",
+        lambda: cl.CrossBatchMemory(cl.MultiSimilarityLoss(miner=cl.MultiSimilarityMiner()), DIM, MEMORY),
+        pl.MultiSimilarityLoss,
+        pm.MultiSimilarityMiner,
+    ),
 ]
 
 
 def _batches(steps=5, batch=6, seed=0):
     rng = np.random.default_rng(seed)
-    return [(rng.normal(size=(batch, DIM)).astype("float32"),
-             rng.integers(0, 3, batch).astype("int32")) for _ in range(steps)]
+    return [
+        (rng.normal(size=(batch, DIM)).astype("float32"), rng.integers(0, 3, batch).astype("int32"))
+        for _ in range(steps)
+    ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -49,8 +58,7 @@ def test_equals_pml_cross_batch_memory_over_steps_that_wrap_around(case):
         (g,) = grad(lambda t: ops.mean(memory(t, y, training=False)), x)
         per_sample = to_np(memory(x, y, training=True))
         assert per_sample.shape == (6,)
-        np.testing.assert_allclose(per_sample.mean(), float(expected.detach()), rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(per_sample.mean(), float(expected.detach()), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(g, xt.grad.numpy(), rtol=1e-4, atol=1e-6)
     assert int(to_np(memory.filled)) == MEMORY and int(to_np(memory.position)) == 10
 
@@ -85,8 +93,7 @@ class MemoryModel(keras.Model):
 
     def get_config(self):
         serialize = keras.saving.serialize_keras_object
-        return {**super().get_config(), "backbone": serialize(self.backbone),
-                "memory": serialize(self.memory)}
+        return {**super().get_config(), "backbone": serialize(self.backbone), "memory": serialize(self.memory)}
 
     @classmethod
     def from_config(cls, config):
@@ -117,8 +124,7 @@ def test_trains_in_a_compiled_fit_and_saves_its_queue(tmp_path):
     model.save(tmp_path / "xbm.keras")
     loaded = keras.saving.load_model(tmp_path / "xbm.keras")
     for name in ("embedding_memory", "label_memory", "position", "filled"):
-        np.testing.assert_array_equal(to_np(getattr(loaded.memory, name)),
-                                      to_np(getattr(memory, name)))
+        np.testing.assert_array_equal(to_np(getattr(loaded.memory, name)), to_np(getattr(memory, name)))
     assert loaded.memory.get_config() == memory.get_config()
 
 
@@ -127,7 +133,10 @@ def test_embeddings_of_another_size_are_a_clear_error():
     backend broadcast error inside the call)."""
     memory = cl.CrossBatchMemory(cl.ContrastiveLoss(), DIM, MEMORY)
     x, y = _batches(steps=1)[0]
-    with pytest.raises(ValueError, match=r"`embeddings` must have embedding_size=8 columns; "
-                       r"got shape \(6, 16\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"`embeddings` must have embedding_size=8 columns; "
+        r"got shape \(6, 16\)",
+    ):
         memory(np.concatenate([x, x], axis=1), y, training=True)
     assert np.all(to_np(memory.filled) == 0)  # nothing written

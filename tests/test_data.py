@@ -291,7 +291,9 @@ def test_a_folder_of_splits_is_not_read_as_classes(tmp_path):
     classes, "train" and "val": refused, naming a split to pass instead."""
     make_image_folder(tmp_path / "data" / "train", classes=3, per_class=4, size=8)
     make_image_folder(tmp_path / "data" / "Val", classes=3, per_class=2, size=8, seed=1)
-    with pytest.raises(DataError, match=r"data: its sub-folders Val, train look like the splits of a data set.*--data .*data/Val"):
+    with pytest.raises(
+        DataError, match=r"data: its sub-folders Val, train look like the splits of a data set.*--data .*data/Val"
+    ):
         load_dataset(tmp_path / "data")
     found = load_dataset(tmp_path / "data" / "train", val_split=0.0, test_split=0.25)
     assert found.class_names == ["class_0", "class_1", "class_2"]

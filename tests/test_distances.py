@@ -5,11 +5,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from conftest import grad, to_np
 from keras import ops
 
 from clusterloss.distances import Distance, get_distance, l2_normalize, safe_sqrt
 from clusterloss.tuples.pairs import label_masks, masked_logsumexp, per_anchor_mean
-from conftest import grad, to_np
 
 RNG = np.random.default_rng(0)
 
@@ -47,21 +47,25 @@ def test_pairwise_and_paired_match_numpy(name, normalize):
     y = RNG.normal(size=(4, 8)).astype("float64")
     d = get_distance(name, normalize=normalize)
     ref = _reference(name, normalize, x, y)
-    np.testing.assert_allclose(to_np(d.pairwise(x.astype("float32"), y.astype("float32"))),
-                               ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_np(d.pairwise(x.astype("float32"), y.astype("float32"))), ref, rtol=1e-5, atol=1e-5)
     self_ref = _reference(name, normalize, x, x)
-    np.testing.assert_allclose(to_np(d.pairwise(x.astype("float32"))), self_ref, rtol=1e-5,
-                               atol=2e-3 if name == "euclidean" else 1e-5)
-    np.testing.assert_allclose(to_np(d.paired(x[:4].astype("float32"), y.astype("float32"))),
-                               np.diag(ref[:4]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        to_np(d.pairwise(x.astype("float32"))), self_ref, rtol=1e-5, atol=2e-3 if name == "euclidean" else 1e-5
+    )
+    np.testing.assert_allclose(
+        to_np(d.paired(x[:4].astype("float32"), y.astype("float32"))), np.diag(ref[:4]), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_defaults_flags_and_margin():
     assert get_distance("euclidean").normalize and get_distance("cosine").normalize
     assert not get_distance("dot").normalize
-    assert [get_distance(n).larger_is_closer for n in ("euclidean", "squared_euclidean",
-                                                       "cosine", "dot")] == [False, False,
-                                                                             True, True]
+    assert [get_distance(n).larger_is_closer for n in ("euclidean", "squared_euclidean", "cosine", "dot")] == [
+        False,
+        False,
+        True,
+        True,
+    ]
     assert get_distance("euclidean").margin(3.0, 1.0) == 2.0  # x - y for a distance
     assert get_distance("cosine").margin(3.0, 1.0) == -2.0  # y - x for a similarity
 
@@ -110,8 +114,7 @@ def test_half_precision_is_computed_in_float32(dtype):
     half = ops.cast(x, dtype)
     out = get_distance("euclidean", normalize=False).pairwise(half)
     assert keras.backend.standardize_dtype(out.dtype) == "float32"
-    np.testing.assert_allclose(to_np(out), _reference("euclidean", False, x, x), rtol=2e-2,
-                               atol=5e-2)
+    np.testing.assert_allclose(to_np(out), _reference("euclidean", False, x, x), rtol=2e-2, atol=5e-2)
 
 
 def test_large_values_stay_finite():
@@ -132,8 +135,7 @@ def test_label_masks_exclude_the_diagonal_or_the_masked_references():
     refs = np.array([2, 0, 0, 1], "int32")
     allowed = np.ones((5, 4), bool)
     allowed[0, 1] = allowed[3, 0] = allowed[4, 3] = False
-    pos, neg = (to_np(m) for m in label_masks(ops.convert_to_tensor(labels),
-                                              ops.convert_to_tensor(refs), allowed))
+    pos, neg = (to_np(m) for m in label_masks(ops.convert_to_tensor(labels), ops.convert_to_tensor(refs), allowed))
     same = labels[:, None] == refs[None, :]
     np.testing.assert_array_equal(pos, same & allowed)
     np.testing.assert_array_equal(neg, ~same & allowed)

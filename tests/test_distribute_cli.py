@@ -68,9 +68,15 @@ def _one_device(out: Path, argv: list[str]) -> list[float]:
 def _distributed(setup: str, env: dict[str, str], codes: list[int], *runs: list[str]) -> list[str]:
     """Runs the CLI with each argument list in one subprocess, which must exit with `codes`;
     the error lines."""
-    result = subprocess.run([sys.executable, "-c", CLI.format(setup=setup), json.dumps(runs)],
-                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", CLI.format(setup=setup), json.dumps(runs)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert f"CODES {json.dumps(codes)}" in result.stdout, result.stderr[-3000:]
     return [line for line in result.stderr.splitlines() if "error:" in line]
 
@@ -87,13 +93,29 @@ def _many_classes(path: Path) -> Path:
 @pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution: JAX backend (Keras 3.15)")
 def test_jax_four_devices_give_the_one_device_losses(tmp_path):
     many = tmp_path / "many"
-    partial_fc = [*RUN, "--data", str(_many_classes(tmp_path / "classes.npz")), "--loss",
-                  "arcface", "--sample-rate", "0.5", "--batch-size", "32", "--val-split", "0",
-                  "--test-split", "0.2"]  # fmt: skip
-    odd = _distributed("", _env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), [0, 0, 2],
-                       [*TINY, "--out", str(many)],
-                       [*partial_fc, "--out", str(tmp_path / "many-fc")],
-                       [*TINY, "--batch-size", "31", "--out", str(tmp_path / "odd")])  # fmt: skip
+    partial_fc = [
+        *RUN,
+        "--data",
+        str(_many_classes(tmp_path / "classes.npz")),
+        "--loss",
+        "arcface",
+        "--sample-rate",
+        "0.5",
+        "--batch-size",
+        "32",
+        "--val-split",
+        "0",
+        "--test-split",
+        "0.2",
+    ]
+    odd = _distributed(
+        "",
+        _env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+        [0, 0, 2],
+        [*TINY, "--out", str(many)],
+        [*partial_fc, "--out", str(tmp_path / "many-fc")],
+        [*TINY, "--batch-size", "31", "--out", str(tmp_path / "odd")],
+    )
     loss, used = _history(many)
     four = [f"cpu:{i}" for i in range(4)]
     assert used == {"distribute": "DataParallel", "devices": four, "processes": 1}
@@ -102,18 +124,27 @@ def test_jax_four_devices_give_the_one_device_losses(tmp_path):
     loss, used = _history(tmp_path / "many-fc")
     assert used["devices"] == four and len(used["sharded"]) == 1, used
     np.testing.assert_allclose(loss, _one_device(tmp_path / "one-fc", partial_fc), rtol=1e-5)
-    assert odd == [("clusterloss train: error: --batch-size: a batch of 31 is split over 4 "
-                    "devices (DataParallel); it must be a multiple of 4: use --batch-size 28, "
-                    "or --distribute none")]  # fmt: skip
+    assert odd == [
+        (
+            "clusterloss train: error: --batch-size: a batch of 31 is split over 4 "
+            "devices (DataParallel); it must be a multiple of 4: use --batch-size 28, "
+            "or --distribute none"
+        )
+    ]
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend")
 def test_tf_two_logical_cpus_give_the_one_device_losses(tmp_path):
     # softmax: the center loss's Eq. 4 step differs per replica (docs/distributed.md)
     softmax = [*TINY, "--loss", "softmax"]
-    odd = _distributed(TF_LOGICAL_CPUS, _env(), [0, 2, 2], [*softmax, "--out", str(tmp_path / "many")],
-                       [*softmax, "--batch-size", "31", "--out", str(tmp_path / "odd")],
-                       [*TINY, "--loss", "triplet", "--out", str(tmp_path / "pairs")])  # fmt: skip
+    odd = _distributed(
+        TF_LOGICAL_CPUS,
+        _env(),
+        [0, 2, 2],
+        [*softmax, "--out", str(tmp_path / "many")],
+        [*softmax, "--batch-size", "31", "--out", str(tmp_path / "odd")],
+        [*TINY, "--loss", "triplet", "--out", str(tmp_path / "pairs")],
+    )
     loss, used = _history(tmp_path / "many")
     assert used["distribute"] == "MirroredStrategy" and len(used["devices"]) == 2
     np.testing.assert_allclose(loss, _one_device(tmp_path / "one", softmax), rtol=1e-5)
@@ -131,19 +162,28 @@ def _free_port() -> int:
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX's distributed runtime")
 def test_jax_two_processes_on_localhost_give_the_one_device_losses(tmp_path):
     out, port = tmp_path / "many", _free_port()
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "clusterloss", *TINY, "--out", str(out)], cwd=ROOT,
-        env=_env(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
-                 KERAS_DISTRIBUTION_NUM_PROCESSES="2", KERAS_DISTRIBUTION_PROCESS_ID=str(i)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "clusterloss", *TINY, "--out", str(out)],
+            cwd=ROOT,
+            env=_env(
+                KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
+                KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                KERAS_DISTRIBUTION_PROCESS_ID=str(i),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
     want = _one_device(tmp_path / "one", TINY)
     for run in (out, tmp_path / "many.process-1"):  # process 1 writes its own copy
         loss, used = _history(run)
-        assert used == {"distribute": "DataParallel", "devices": ["cpu:0", "cpu:2048"],
-                        "processes": 2}  # fmt: skip
+        assert used == {"distribute": "DataParallel", "devices": ["cpu:0", "cpu:2048"], "processes": 2}
         np.testing.assert_allclose(loss, want, rtol=1e-5)
 
 
@@ -155,7 +195,8 @@ def test_shards_cut_batches_to_the_devices_and_slice_them_by_process():
         assert len(part) == 3
         assert [part[i][1].tolist() for i in range(3)] == [
             list(range(8 * i + 4 * p, 8 * i + 4 * p + 4)) if i < 2 else list(range(16 + 2 * p, 18 + 2 * p))
-            for i in range(3)]  # fmt: skip
+            for i in range(3)
+        ]
         assert np.array_equal(part[0][0][:, 0], part[0][1])
     # a last batch of fewer rows than devices is left out
     assert len(devices._Shard(Batches(x[:19], y[:19], batch_size=8), 4, 0, 1)) == 2

@@ -27,8 +27,9 @@ def eq4(c, f, labels, alpha=0.5):  # Eq. 4 of Wen et al., one class at a time
     return c
 """
 
-JAX_SCRIPT = textwrap.dedent(
-    """
+JAX_SCRIPT = (
+    textwrap.dedent(
+        """
     import keras, numpy as np
     import clusterloss as cl
     SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -37,8 +38,10 @@ JAX_SCRIPT = textwrap.dedent(
     x = rng.normal(size=(64, 16)).astype("float32")
     y = rng.integers(0, 32, 64)
     """
-) + EQ4 + textwrap.dedent(
-    """
+    )
+    + EQ4
+    + textwrap.dedent(
+        """
     # 1. A Partial FC ArcFace, its (num_classes, dim) kernel sharded by class.
     mesh = keras.distribution.DeviceMesh((1, 2), ["batch", "model"])
     layout = keras.distribution.LayoutMap(mesh)
@@ -74,10 +77,12 @@ JAX_SCRIPT = textwrap.dedent(
     np.testing.assert_allclose(shards[0], eq4(before, features, y % 4), rtol=1e-5, atol=1e-5)
     print("OK")
     """
+    )
 )
 
-TF_SCRIPT = textwrap.dedent(
-    """
+TF_SCRIPT = (
+    textwrap.dedent(
+        """
     import numpy as np, tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -87,8 +92,10 @@ TF_SCRIPT = textwrap.dedent(
     x = rng.normal(size=(16, 16)).astype("float32")
     y = np.array([0, 1, 2, 0, 1, 0, 3, 3, 0, 1, 2, 2, 2, 0, 1, 1])
     """
-) + EQ4 + textwrap.dedent(
-    """
+    )
+    + EQ4
+    + textwrap.dedent(
+        """
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     for update in ("paper", "gradient"):
         with strategy.scope():
@@ -112,21 +119,21 @@ TF_SCRIPT = textwrap.dedent(
         np.testing.assert_allclose(replicas[0], want, rtol=1e-5, atol=1e-6)
     print("OK")
     """
+    )
 )
 
 
 def _run(script: str, env: dict[str, str]) -> None:
-    env = {**os.environ, **env,
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution: JAX backend (Keras 3.15.1)")
 def test_jax_model_parallel_partial_fc_and_data_parallel_centers():
-    _run(JAX_SCRIPT, {"KERAS_BACKEND": "jax",
-                      "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    _run(JAX_SCRIPT, {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend")

@@ -41,15 +41,18 @@ def model_for(make, seed=0):
 
 
 def _run(script: str, env: dict) -> dict:
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution runs on the JAX backend")
 def test_data_parallel_losses_see_the_global_batch_on_four_jax_devices():
-    script = COMMON + """
+    script = (
+        COMMON
+        + """
 import jax
 
 out = {}
@@ -65,8 +68,8 @@ for name, make in CASES.items():
     out[name] = runs
 print(json.dumps({"devices": len(jax.devices()), "cases": out}))
 """
-    env = {**os.environ, "KERAS_BACKEND": "jax",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     result = _run(script, env)
     assert result["devices"] == 4
     import numpy as np
@@ -80,13 +83,16 @@ print(json.dumps({"devices": len(jax.devices()), "cases": out}))
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute is TensorFlow's")
 def test_mirrored_strategy_mines_within_each_replica_part_of_the_batch():
-    script = """
+    script = (
+        """
 import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-""" + COMMON + """
+"""
+        + COMMON
+        + """
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 out = {}
 for name, make in CASES.items():
@@ -121,6 +127,7 @@ filled = [int(v.numpy()) for v in strategy.experimental_local_results(model.memo
 print(json.dumps({"replicas": strategy.num_replicas_in_sync, "cases": out,
                   "queues": queues, "filled": filled}))
 """
+    )
     result = _run(script, {**os.environ, "KERAS_BACKEND": "tensorflow"})
     assert result["replicas"] == 2
     import numpy as np

@@ -66,8 +66,9 @@ def test_python_blocks_run(path, tmp_path, monkeypatch):
         try:
             exec(compile(code, f"{path.name}:{line}", "exec"), namespace)
         except Exception as error:  # the block's place, then the error
-            raise AssertionError(f"{os.path.relpath(path, ROOT)}, block at line {line}: "
-                                 f"{type(error).__name__}: {error}") from error  # fmt: skip
+            raise AssertionError(
+                f"{os.path.relpath(path, ROOT)}, block at line {line}: {type(error).__name__}: {error}"
+            ) from error
 
 
 # Runs README.md's blocks in order (argv: the tests folder, README.md), then names the backend.
@@ -102,7 +103,12 @@ def test_readme_runs_in_its_own_install_on_a_fresh_home(tmp_path):
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "KERAS_HOME", "PYTHONPATH")}
     env.update(HOME=str(home), PYTHONPATH=os.pathsep.join([str(ROOT), str(site)]))
-    done = subprocess.run([sys.executable, "-S", "-c", FRESH_INSTALL, str(ROOT / "tests"), str(ROOT / "README.md")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", FRESH_INSTALL, str(ROOT / "tests"), str(ROOT / "README.md")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[-1] == "backend jax"

@@ -26,8 +26,7 @@ def test_knn_accuracy_equals_scikit_learn_one_nearest_neighbour():
 def test_intra_inter_ratio_against_a_slow_loop():
     train, y_train = clustered(200)
     test, y_test = clustered(80)
-    means = {c: np.mean([train[i] for i in range(len(train)) if y_train[i] == c], axis=0)
-             for c in range(4)}  # fmt: skip
+    means = {c: np.mean([train[i] for i in range(len(train)) if y_train[i] == c], axis=0) for c in range(4)}
     intra = np.mean([np.linalg.norm(test[i] - means[y_test[i]]) for i in range(len(test))])
     pairs = [(a, b) for a in range(4) for b in range(a + 1, 4)]
     inter = np.mean([np.linalg.norm(means[a] - means[b]) for a, b in pairs])

@@ -23,15 +23,29 @@ from clusterloss.evaluation import far_key
 
 PNG = b"\x89PNG\r\n\x1a\n"
 UNIT = (
-    "precision_at_1", "r_precision", "map_at_r", "mean_average_precision",
-    "mean_reciprocal_rank", "recall_at_1", "recall_at_8", "nmi", "ami", "roc_auc", "eer",
-    "tar_at_far_1e-1", "tar_at_far_1e-2", "tar_at_far_1e-3",
-)  # fmt: skip
+    "precision_at_1",
+    "r_precision",
+    "map_at_r",
+    "mean_average_precision",
+    "mean_reciprocal_rank",
+    "recall_at_1",
+    "recall_at_8",
+    "nmi",
+    "ami",
+    "roc_auc",
+    "eer",
+    "tar_at_far_1e-1",
+    "tar_at_far_1e-2",
+    "tar_at_far_1e-3",
+)
 UNSEEN = tuple(f"unseen_{k}" for k in UNIT[:9])
 OPEN_SET = (
-    "open_set_auroc", "open_set_known_accept_rate", "open_set_unknown_reject_rate",
-    "open_set_known_accuracy", "open_set_accuracy",
-)  # fmt: skip
+    "open_set_auroc",
+    "open_set_known_accept_rate",
+    "open_set_unknown_reject_rate",
+    "open_set_known_accuracy",
+    "open_set_accuracy",
+)
 
 
 def check_unit(metrics, keys):
@@ -53,8 +67,26 @@ def digits_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         printed = []
         patch.setattr("builtins.print", lambda *a, **k: printed.append(" ".join(map(str, a))))
-        assert main(["train", "--loss", "softmax", "--epochs", "2", "--known-classes", "0-6",
-                     "--embedding-dim", "8", "--verbose", "0", "--out", str(out)]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "train",
+                    "--loss",
+                    "softmax",
+                    "--epochs",
+                    "2",
+                    "--known-classes",
+                    "0-6",
+                    "--embedding-dim",
+                    "8",
+                    "--verbose",
+                    "0",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     return out, "\n".join(printed)
 
 
@@ -78,14 +110,24 @@ def test_report_names_what_was_trained(digits_run):
     the value a default resolved to, not n/a."""
     out, _ = digits_run
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["resolved"] == {"backbone": "mlp", "weights": "none", "image_size": "8x8",
-                                   "val_split": 0.0, "test_split": "the set's own", "learning_rate": 0.01}  # fmt: skip
+    assert metrics["resolved"] == {
+        "backbone": "mlp",
+        "weights": "none",
+        "image_size": "8x8",
+        "val_split": 0.0,
+        "test_split": "the set's own",
+        "learning_rate": 0.01,
+    }
     text = (out / "report.html").read_text()
     assert "<h1>clusterloss run: digits / softmax / 8-D / mlp, random init / 8x8 / seed 0</h1>" in text
-    settings = text[text.index("<h2>Settings</h2>"):]
-    for key, shown in (("backbone", "mlp (auto)"), ("weights", "none (default)"),
-                       ("image_size", "8x8 (default)"), ("val_split", "0.0000 (default)"),
-                       ("test_split", "the set&#x27;s own (default)")):  # fmt: skip
+    settings = text[text.index("<h2>Settings</h2>") :]
+    for key, shown in (
+        ("backbone", "mlp (auto)"),
+        ("weights", "none (default)"),
+        ("image_size", "8x8 (default)"),
+        ("val_split", "0.0000 (default)"),
+        ("test_split", "the set&#x27;s own (default)"),
+    ):
         assert f"<tr><th>{key}</th><td>{shown}</td></tr>" in settings, key
     assert '<tr><th>learning_rate</th><td class="num">0.0100</td></tr>' in settings
 
@@ -95,8 +137,7 @@ def test_history_plot_marks_the_frozen_epochs_and_the_kept_one(monkeypatch, tmp_
 
     drawn = []
     monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.append(fig))
-    history = {"loss": [3.0, 2.0, 1.5, 1.4], "accuracy": [0.2, 0.4, 0.6, 0.7],
-               "val_map_at_r": [0.2, 0.5, 0.7, 0.6]}  # fmt: skip
+    history = {"loss": [3.0, 2.0, 1.5, 1.4], "accuracy": [0.2, 0.4, 0.6, 0.7], "val_map_at_r": [0.2, 0.5, 0.7, 0.6]}
     metrics = {"config": {"freeze_backbone_epochs": 2}, "best_epoch": 3, "history": history}
     plots.plot_history(history, tmp_path / "history.png", "title", **plots.history_marks(metrics))
     for ax in drawn[0].axes:
@@ -133,9 +174,7 @@ def test_evaluate_index_build_and_search_cli(digits_run, capsys):
     assert saved["target"] == {"far": 0.01} and saved["num_strangers"] == saved["num_mated"] == 316
     assert saved["far"] <= 0.01 and -1 <= saved["threshold"] <= 1
 
-    printed = run_main(
-        capsys, "search", str(out), "--query", "test:0,5", "-q", "unknown:2", "-k", "4", "--json"
-    )
+    printed = run_main(capsys, "search", str(out), "--query", "test:0,5", "-q", "unknown:2", "-k", "4", "--json")
     found = [json.loads(line) for line in printed.splitlines()]  # one JSON object per line
     assert [q["query"] for q in found] == ["test[0]", "test[5]", "unknown[2]"]
     for query in found:
@@ -152,8 +191,9 @@ def test_evaluate_index_build_and_search_cli(digits_run, capsys):
 
 def test_search_among_unseen_and_argument_errors(digits_run, capsys):
     out, _ = digits_run
-    printed = run_main(capsys, "search", str(out), "-q", "unknown:0", "--gallery", "unknown",
-                       "-k", "3", "--verbose", "0")  # fmt: skip
+    printed = run_main(
+        capsys, "search", str(out), "-q", "unknown:0", "--gallery", "unknown", "-k", "3", "--verbose", "0"
+    )
     assert re.search(r"^unknown\[0\]  class [789] ", printed, flags=re.M) and "no open-set threshold" in printed
     rows = re.findall(r"^\s+\d+\s+\S+\s+[-\d.]+\s+#(\d+)", printed, flags=re.M)
     assert len(rows) == 3 and "1" not in rows  # a query (id = position + 1) is never its own neighbour
@@ -178,9 +218,7 @@ def test_report_is_self_contained_and_renders_in_a_browser(digits_run, tmp_path)
     assert not re.search(r"(?:src|href)=\"(?!data:)", text)  # nothing loaded from elsewhere
     assert "http://" not in text and "https://" not in text
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', text)
-    assert images == [
-        "history.png", "features.png", "roc.png", "neighbors.png", "neighbors_unseen.png"
-    ]  # fmt: skip
+    assert images == ["history.png", "features.png", "roc.png", "neighbors.png", "neighbors_unseen.png"]
     assert ">open_set_auroc<" in text and ">unseen_map_at_r<" in text and "Settings" in text
 
     browser = _browser()
@@ -188,21 +226,33 @@ def test_report_is_self_contained_and_renders_in_a_browser(digits_run, tmp_path)
         pytest.skip("no headless browser (chromium / google-chrome) installed")
     # A copy that writes, once loaded, each image's decoded width into the DOM.
     probe = tmp_path / "probe.html"
-    probe.write_text(text.replace(
-        "</body>",
-        "<script>addEventListener('load', () => { document.body.dataset.widths = "
-        "[...document.images].map(i => i.complete ? i.naturalWidth : -1).join(','); });"
-        "</script></body>",
-    ))  # fmt: skip
+    probe.write_text(
+        text.replace(
+            "</body>",
+            "<script>addEventListener('load', () => { document.body.dataset.widths = "
+            "[...document.images].map(i => i.complete ? i.naturalWidth : -1).join(','); });"
+            "</script></body>",
+        )
+    )
     flags = [
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
-    ]  # fmt: skip
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+    ]
     dom = subprocess.run(
         [*flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "net::ERR" not in dom.stderr and "Uncaught" not in dom.stderr
     widths = re.search(r'data-widths="([^"]*)"', dom.stdout)
@@ -213,8 +263,11 @@ def test_report_is_self_contained_and_renders_in_a_browser(digits_run, tmp_path)
     shot = tmp_path / "shot.png"
     subprocess.run(
         [*flags, f"--screenshot={shot}", "--window-size=1200,2000", (out / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     from PIL import Image
 
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
@@ -247,8 +300,16 @@ def test_olivetti_open_set_protocol(data_env, monkeypatch, tmp_path):
     Trained with evaluate=False (train() then writes no evaluation), evaluated after."""
     monkeypatch.setenv("SCIKIT_LEARN_DATA", data_env["SCIKIT_LEARN_DATA"])
     out = tmp_path / "faces"
-    config = TrainConfig(data="olivetti", loss="softmax", backbone="mlp", embedding_dim=16,
-                         epochs=1, out=str(out), verbose=0, evaluate=False)  # fmt: skip
+    config = TrainConfig(
+        data="olivetti",
+        loss="softmax",
+        backbone="mlp",
+        embedding_dim=16,
+        epochs=1,
+        out=str(out),
+        verbose=0,
+        evaluate=False,
+    )
     assert "roc_auc" not in train(config) and not (out / "roc.png").exists()
     metrics = evaluate_run(out)
     assert metrics["verification_set"] == "unseen"

@@ -64,8 +64,7 @@ def saved_and_reloaded(backbone: keras.Model, path):
 @pytest.fixture(scope="module")
 def vectors(digits, tmp_path_factory):
     """`(original, reloaded, x)`: a 64-D -> 3-D model, x: digits as vectors in [0, 1]."""
-    backbone = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu"),
-                                 keras.layers.Dense(3)])  # fmt: skip
+    backbone = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
     model, loaded = saved_and_reloaded(backbone, tmp_path_factory.mktemp("vec") / "m.keras")
     return model, loaded, digits[0][:20]
 
@@ -153,8 +152,9 @@ def test_an_export_that_does_not_run_is_not_kept(tmp_path):
     """jax2onnx 0.17 writes max pooling as a 4-D MaxPool that onnxruntime refuses: on JAX the
     check in onnxruntime turns that into a one-line ExportUnsupported, and nothing is kept.
     Elsewhere (or once it works on JAX) the export equals Keras."""
-    backbone = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3),
-                                 keras.layers.MaxPooling2D(2), keras.layers.Flatten()])  # fmt: skip
+    backbone = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.MaxPooling2D(2), keras.layers.Flatten()]
+    )
     x = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 1)).astype("float32")
     try:
         artifact = export_embeddings(backbone, tmp_path / "out", "onnx")
@@ -183,8 +183,9 @@ def test_existing_export_is_replaced_only_with_overwrite(vectors, tmp_path):
 def hide(monkeypatch, *modules: str) -> None:
     """Make the export believe `modules` are not installed."""
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(export.importlib.util, "find_spec",
-                        lambda name, *a: None if name in modules else find_spec(name, *a))  # fmt: skip
+    monkeypatch.setattr(
+        export.importlib.util, "find_spec", lambda name, *a: None if name in modules else find_spec(name, *a)
+    )
 
 
 @pytest.mark.parametrize("format", [f for f in FORMATS if exportable(f)])
@@ -207,7 +208,7 @@ def test_bad_arguments_name_the_argument(vectors, tmp_path):
         (lambda: export_embeddings(model, tmp_path / "a", "onnx", "x"), "`preprocessing` must be"),
         (lambda: export_embeddings(model, tmp_path / "a", "onnx", metric="dot"), "`metric` must be"),
         (lambda: export.serving_model(keras.layers.Dense(2)), "no known input shape"),
-    ]:  # fmt: skip
+    ]:
         with pytest.raises(ValueError, match=match):
             call()
 
@@ -232,9 +233,29 @@ def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("builtins.print", lambda *a, **k: None)
-        assert main(["train", "--loss", "softmax", "--epochs", "1", "--embedding-dim", "4",
-                     "--train-limit", "200", "--test-limit", "20", "--no-evaluate",
-                     "--verbose", "0", "--out", str(out)]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "train",
+                    "--loss",
+                    "softmax",
+                    "--epochs",
+                    "1",
+                    "--embedding-dim",
+                    "4",
+                    "--train-limit",
+                    "200",
+                    "--test-limit",
+                    "20",
+                    "--no-evaluate",
+                    "--verbose",
+                    "0",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     return out
 
 

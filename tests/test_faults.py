@@ -27,8 +27,7 @@ from clusterloss.app.results import load_run
 from clusterloss.app.runs import train
 
 FAST = ["--epochs", "1", "--embedding-dim", "4", "--image-size", "8", "--verbose", "0"]
-DIGITS = ["--epochs", "1", "--train-limit", "200", "--test-limit", "100", "--embedding-dim", "4",
-          "--verbose", "0"]  # fmt: skip
+DIGITS = ["--epochs", "1", "--train-limit", "200", "--test-limit", "100", "--embedding-dim", "4", "--verbose", "0"]
 
 
 def config(*argv: str):
@@ -70,21 +69,34 @@ def folders(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("data, flags, message", [
-    ("photos", ["--test-split", "0"], r"the test split holds 0 sample\(s\) \(none\); evaluating "
-     r"needs 2 classes and 2 samples of one class in it: raise --test-split"),
-    ("photos", ["--val-split", "0.99"], r"the test split holds 0 sample\(s\)"),
-    ("pairs", [], r"the test split holds 0 sample\(s\) .* or add samples per class"),
-    ("photos", ["--test-limit", "1"], r"the test split holds 1 sample\(s\) \(class_\d 1\); .*raise --test-limit"),
-    ("photos", ["--test-limit", "2"], r"the test split holds 2 sample\(s\) \(class_\d 1, class_\d 1\)"),
-    ("same", [], r"same: all 21 training files are byte for byte the same"),
-    ("photos", ["--loss", "triplet"], r"--batch-size 64 makes pair-loss batches of 3 classes x 21 "
-     r"samples, but class 'class_0' has only 7 training samples; use --batch-size 21 or less"),
-    ("photos", ["--loss", "contrastive", "--val-split", "0.4", "--test-split", "0.5"],
-     r"class 'class_0' has 1 training sample\(s\); a pair loss needs 2 per class"),
-])  # fmt: skip
-def test_a_run_that_could_not_be_evaluated_is_refused_before_training(folders, tmp_path, capsys,
-                                                                      data, flags, message):  # fmt: skip
+@pytest.mark.parametrize(
+    "data, flags, message",
+    [
+        (
+            "photos",
+            ["--test-split", "0"],
+            r"the test split holds 0 sample\(s\) \(none\); evaluating "
+            r"needs 2 classes and 2 samples of one class in it: raise --test-split",
+        ),
+        ("photos", ["--val-split", "0.99"], r"the test split holds 0 sample\(s\)"),
+        ("pairs", [], r"the test split holds 0 sample\(s\) .* or add samples per class"),
+        ("photos", ["--test-limit", "1"], r"the test split holds 1 sample\(s\) \(class_\d 1\); .*raise --test-limit"),
+        ("photos", ["--test-limit", "2"], r"the test split holds 2 sample\(s\) \(class_\d 1, class_\d 1\)"),
+        ("same", [], r"same: all 21 training files are byte for byte the same"),
+        (
+            "photos",
+            ["--loss", "triplet"],
+            r"--batch-size 64 makes pair-loss batches of 3 classes x 21 "
+            r"samples, but class 'class_0' has only 7 training samples; use --batch-size 21 or less",
+        ),
+        (
+            "photos",
+            ["--loss", "contrastive", "--val-split", "0.4", "--test-split", "0.5"],
+            r"class 'class_0' has 1 training sample\(s\); a pair loss needs 2 per class",
+        ),
+    ],
+)
+def test_a_run_that_could_not_be_evaluated_is_refused_before_training(folders, tmp_path, capsys, data, flags, message):
     """Found before training (before: a traceback after it, `model.keras` and `checkpoint/`
     left, and a directory that --resume, evaluate and train all refused)."""
     out = tmp_path / "run"
@@ -99,8 +111,7 @@ def test_a_diverged_run_with_a_validation_split_says_so(folders, tmp_path, capsy
     `query` must be finite`` from inside it); the run ends with the divergence message.
     NaN in an .npz is named when it is read (on TensorFlow a NaN row could train to a
     finite loss and NaN validation metrics)."""
-    run = config("train", "--data", str(folders / "photos"), *FAST, "--batch-size", "4",
-                 "--out", str(tmp_path / "r"))  # fmt: skip
+    run = config("train", "--data", str(folders / "photos"), *FAST, "--batch-size", "4", "--out", str(tmp_path / "r"))
     with pytest.raises(RunError, match=r"training diverged: the loss became nan at epoch 1, batch 3"):
         train(run, callbacks=[ExplodeWeights()])
     x = np.random.default_rng(0).normal(size=(30, 5)).astype("float32")
@@ -123,8 +134,10 @@ def test_a_run_killed_during_its_evaluation_is_finished_by_evaluate(tmp_path, ca
         patch.setattr(runs, "evaluate_run", killed)
         with pytest.raises(Stop):
             main(["train", *DIGITS, "--out", out])
-    finish = f"{out} finished training but its evaluation did not end (stopped during it?); " \
-             f"`clusterloss evaluate {out}` finishes it"  # fmt: skip
+    finish = (
+        f"{out} finished training but its evaluation did not end (stopped during it?); "
+        f"`clusterloss evaluate {out}` finishes it"
+    )
     assert finish in fails(capsys, "train", *DIGITS, "--out", out, "--resume")
     assert f"{finish}; or pass --overwrite" in fails(capsys, "train", *DIGITS, "--out", out)
     assert main(["evaluate", out, "--verbose", "0"]) == 0
@@ -139,8 +152,19 @@ def test_a_changed_folder_is_refused_by_evaluate_and_resume(folders, tmp_path, c
     photos = tmp_path / "photos"
     shutil.copytree(folders / "photos", photos)
     out = tmp_path / "run"
-    argv = ["train", "--data", str(photos), *FAST, "--epochs", "2", "--batch-size", "8",
-            "--no-evaluate", "--out", str(out)]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        str(photos),
+        *FAST,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--no-evaluate",
+        "--out",
+        str(out),
+    ]
     with pytest.raises(Stop):
         train(config(*argv), callbacks=[StopAfter(0)])
     record = json.loads((out / "files.json").read_text())
@@ -160,9 +184,20 @@ def test_a_changed_folder_is_refused_by_evaluate_and_resume(folders, tmp_path, c
     assert "(removed class_2/img_001.png; changed class_2/img_000.png)" in err
 
 
-@pytest.mark.parametrize("problem", ["truncated npz", "0-d npz", "object npz", "string npz",
-                                     "out is a file", "damaged weights", "foreign weights",
-                                     "imagenet offline", "backend not installed"])  # fmt: skip
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "truncated npz",
+        "0-d npz",
+        "object npz",
+        "string npz",
+        "out is a file",
+        "damaged weights",
+        "foreign weights",
+        "imagenet offline",
+        "backend not installed",
+    ],
+)
 def test_bad_files_and_flags_are_one_line(tmp_path, capsys, monkeypatch, problem):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(30, 5)).astype("float32"), np.repeat(np.arange(3), 10)
@@ -199,8 +234,10 @@ def test_bad_files_and_flags_are_one_line(tmp_path, capsys, monkeypatch, problem
         argv += ["--backbone", "mobilenetv3small", "--image-size", "32", "--weights", "imagenet"]
 
         monkeypatch.setattr(keras.src.utils.file_utils, "get_file", offline)
-        message = ("--weights: cannot load ImageNet weights (Keras downloads them once into "
-                   "~/.keras/models: offline?): URL fetch failure")  # fmt: skip
+        message = (
+            "--weights: cannot load ImageNet weights (Keras downloads them once into "
+            "~/.keras/models: offline?): URL fetch failure"
+        )
     else:
         other = next(b for b in ("jax", "tensorflow", "torch") if b != BACKEND)
         monkeypatch.setattr("clusterloss.app.cli.main.installed_backends", lambda: [BACKEND])
@@ -212,16 +249,35 @@ def test_bad_files_and_flags_are_one_line(tmp_path, capsys, monkeypatch, problem
 
 def offline(*args, **kwargs):
     """Keras's download without a network (its bare `Exception`)."""
-    raise Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- "
-                    "[Errno -3] Temporary failure in name resolution")
+    raise Exception(
+        "URL fetch failure on https://storage.googleapis.com/x.h5: None -- "
+        "[Errno -3] Temporary failure in name resolution"
+    )
 
 
 def test_a_resumed_partial_fc_run_continues_the_class_draws(tmp_path):
     """The head's SeedGenerator state is in the checkpoint (before: a resumed run drew the
     negative classes of epoch 1 again, and ended elsewhere than the uninterrupted run)."""
-    argv = ["train", "--loss", "softmax", "--sample-rate", "0.5", "--batch-size", "4", "--epochs",
-            "3", "--train-limit", "120", "--test-limit", "60", "--embedding-dim", "4",
-            "--verbose", "0", "--no-evaluate"]  # fmt: skip
+    argv = [
+        "train",
+        "--loss",
+        "softmax",
+        "--sample-rate",
+        "0.5",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "3",
+        "--train-limit",
+        "120",
+        "--test-limit",
+        "60",
+        "--embedding-dim",
+        "4",
+        "--verbose",
+        "0",
+        "--no-evaluate",
+    ]
     resumed = config(*argv, "--out", str(tmp_path / "resumed"))
     with pytest.raises(Stop):
         train(resumed, callbacks=[StopAfter(1)])

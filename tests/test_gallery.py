@@ -38,8 +38,9 @@ def unit(x):
 def reference_stranger_scores(gallery_x, gallery_y, probe_x, probe_y):
     """Per probe, the best cosine to a gallery item of another class: a plain loop."""
     g, p = unit(gallery_x.astype(np.float64)), unit(probe_x.astype(np.float64))
-    return np.array([max(float(p[i] @ g[j]) for j in range(len(g)) if gallery_y[j] != probe_y[i])
-                     for i in range(len(p))])  # fmt: skip
+    return np.array(
+        [max(float(p[i] @ g[j]) for j in range(len(g)) if gallery_y[j] != probe_y[i]) for i in range(len(p))]
+    )
 
 
 def test_search_add_remove_reenrol_match_a_loop(tmp_path):
@@ -118,7 +119,9 @@ def test_unreachable_and_collapsed_thresholds_are_refused():
     x = np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32) * np.linspace(1, 2, 12)[:, None]
     labels = np.repeat([0, 1, 2], 4)
     scores = probe_scores(_index(x, labels), x, labels)
-    with pytest.raises(CalibrationError, match=r"no cosine threshold reaches FAR 0\.1: 8 of 12 stranger trials score 1\.0.*2-D"):
+    with pytest.raises(
+        CalibrationError, match=r"no cosine threshold reaches FAR 0\.1: 8 of 12 stranger trials score 1\.0.*2-D"
+    ):
         calibrate(scores, "cosine", far=0.1)
     collapsed = np.ones((10, 4), np.float32)
     scores = probe_scores(_index(collapsed, np.arange(10) % 2), collapsed, np.arange(10) % 2)
@@ -146,8 +149,9 @@ def test_enrolment_recalibrates_and_euclidean_rejects_above():
     gallery.add(x, names(y))
     first = gallery.calibrate(probes, names(probe_y), far=0.05)
     assert first.summary().startswith("unknown above euclidean")
-    stranger = np.sort([min(np.linalg.norm(probes[i] - x[j]) for j in range(len(x)) if y[j] != probe_y[i])
-                        for i in range(len(probes))])  # fmt: skip
+    stranger = np.sort(
+        [min(np.linalg.norm(probes[i] - x[j]) for j in range(len(x)) if y[j] != probe_y[i]) for i in range(len(probes))]
+    )
     assert stranger[2] < first.threshold <= stranger[3] + 1e-5  # 3 of 60 strangers are closer
     newcomers, new_y = clusters(rng, range(20, 25), 6)
     gallery.add(newcomers, names(new_y))  # recalibrated on the stored probes
@@ -215,15 +219,21 @@ WRITER = textwrap.dedent("""
 
 def _writer(path, tag, batches, size):
     env = {**os.environ, "CLUSTERLOSS_DISABLE_FAISS": "1"}
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(path), tag, str(batches), str(size)],
-                            stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), tag, str(batches), str(size)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _check_whole_batches(path, size):
     """Every class holds a whole batch of consecutive ids: no add was cut or interleaved."""
     with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT c.name, MIN(i.id), MAX(i.id), COUNT(*) FROM items i "
-                            "JOIN classes c ON c.id = i.class_id GROUP BY c.name").fetchall()  # fmt: skip
+        rows = conn.execute(
+            "SELECT c.name, MIN(i.id), MAX(i.id), COUNT(*) FROM items i "
+            "JOIN classes c ON c.id = i.class_id GROUP BY c.name"
+        ).fetchall()
     for name, low, high, count in rows:
         assert count == size and high - low + 1 == size, (name, low, high, count)
     return len(rows)

@@ -102,7 +102,8 @@ def test_numpy_fallback_equals_faiss(monkeypatch, caplog, metric):
         Index(16, metric=metric)  # said once per process only
     assert [r.getMessage() for r in caplog.records] == [
         "clusterloss: FAISS is not installed; exact NumPy search (same results, slower): "
-        "pip install 'clusterloss[faiss]' for speed"]
+        "pip install 'clusterloss[faiss]' for speed"
+    ]
     assert fallback.backend == "numpy"
     fallback.add(x)
     s1, i1 = with_faiss.search(q, 10)
@@ -117,8 +118,10 @@ def test_missing_faiss_is_one_line_once():
     env = {**os.environ, "CLUSTERLOSS_DISABLE_FAISS": "1"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     said = [line for line in done.stderr.splitlines() if "faiss" in line.lower() or "Index(" in line]
-    assert said == ["clusterloss: FAISS is not installed; exact NumPy search (same results, "
-                    "slower): pip install 'clusterloss[faiss]' for speed"], done.stderr
+    assert said == [
+        "clusterloss: FAISS is not installed; exact NumPy search (same results, "
+        "slower): pip install 'clusterloss[faiss]' for speed"
+    ], done.stderr
 
 
 def test_env_var_forces_numpy(monkeypatch):

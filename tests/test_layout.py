@@ -24,10 +24,12 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_backend_libraries_are_imported_only_in_native():
     offenders = {
-        str(path.relative_to(PACKAGE)): sorted(m for m in imported_modules(path)
-                                               if m.split(".")[0] in BACKEND_LIBRARIES)
-        for path in PACKAGE.rglob("*.py") if path != NATIVE
-    }  # fmt: skip
+        str(path.relative_to(PACKAGE)): sorted(
+            m for m in imported_modules(path) if m.split(".")[0] in BACKEND_LIBRARIES
+        )
+        for path in PACKAGE.rglob("*.py")
+        if path != NATIVE
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
     assert {"tensorflow", "jax", "torch"} <= {m.split(".")[0] for m in imported_modules(NATIVE)}
 
@@ -37,31 +39,37 @@ def test_library_never_imports_the_app_layer():
     offenders = {
         str(path.relative_to(PACKAGE))
         for path in PACKAGE.rglob("*.py")
-        if app not in path.parents and path != PACKAGE / "__main__.py"
-        and any(m == "clusterloss.app" or m.startswith("clusterloss.app.")
-                for m in imported_modules(path))
-    }  # fmt: skip
+        if app not in path.parents
+        and path != PACKAGE / "__main__.py"
+        and any(m == "clusterloss.app" or m.startswith("clusterloss.app.") for m in imported_modules(path))
+    }
     assert offenders == set()
 
 
 def _imports_of(folder: str) -> dict[str, set[str]]:
-    return {path.stem: {m for m in imported_modules(path) if m.startswith("clusterloss.")}
-            for path in (PACKAGE / folder).glob("*.py")}
+    return {
+        path.stem: {m for m in imported_modules(path) if m.startswith("clusterloss.")}
+        for path in (PACKAGE / folder).glob("*.py")
+    }
 
 
 def test_miners_and_tuples_never_import_the_losses():
     for folder in ("miners", "tuples"):
-        offenders = {name: sorted(m for m in found if m.startswith("clusterloss.losses"))
-                     for name, found in _imports_of(folder).items()}
+        offenders = {
+            name: sorted(m for m in found if m.startswith("clusterloss.losses"))
+            for name, found in _imports_of(folder).items()
+        }
         assert {k: v for k, v in offenders.items() if v} == {}, folder
 
 
 def test_no_loss_module_imports_another_loss_module():
     shared = {"base", "regularizers", "__init__"}  # the base class and the embedding regularizer
     imports = _imports_of("losses")
-    offenders = {name: sorted(m for m in found if m.startswith("clusterloss.losses.")
-                              and m.rsplit(".", 1)[1] not in shared)
-                 for name, found in imports.items() if name != "__init__"}
+    offenders = {
+        name: sorted(m for m in found if m.startswith("clusterloss.losses.") and m.rsplit(".", 1)[1] not in shared)
+        for name, found in imports.items()
+        if name != "__init__"
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
     assert "clusterloss.tuples.triplets" in imports["margin"]  # the check sees real imports
 
@@ -69,8 +77,11 @@ def test_no_loss_module_imports_another_loss_module():
 def test_private_keras_is_imported_in_one_pinned_place():
     # `keras.src` moves between Keras releases: the library imports it in `_native` only,
     # and the test below fails (ImportError, or a wrong answer) when Keras moves it.
-    offenders = {str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
-                 if any(m.startswith("keras.src") for m in imported_modules(path))}
+    offenders = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if any(m.startswith("keras.src") for m in imported_modules(path))
+    }
     assert offenders == {"_native.py"}
 
 

@@ -15,10 +15,15 @@ import clusterloss as cl
 from clusterloss.losses.base import CALL_INPUTS, reduce_per_sample
 
 LOSSES = sorted(
-    (obj for obj in vars(cl).values() if isinstance(obj, type)
-     and issubclass(obj, cl.LossFunctionWrapper)
-     and obj not in (cl.LossFunctionWrapper, cl.MetricLoss)),
-    key=lambda c: c.__name__)
+    (
+        obj
+        for obj in vars(cl).values()
+        if isinstance(obj, type)
+        and issubclass(obj, cl.LossFunctionWrapper)
+        and obj not in (cl.LossFunctionWrapper, cl.MetricLoss)
+    ),
+    key=lambda c: c.__name__,
+)
 
 
 def _params(fn_or_cls):
@@ -32,15 +37,12 @@ def test_class_takes_its_functions_options_then_its_own(cls):
     params = _params(cls)
     if cls is cl.MarginLoss:  # PML's extra arguments (refused or ignored), by hand
         options = [o for o in options if o[0] != "learn_beta"]
-        params = [p for p in params if p[0] not in ("triplets_per_anchor", "learn_beta",
-                                                   "num_classes")]
-    assert params[:len(options)] == options
-    assert params[-3:] == [("reduction", "sum_over_batch_size"), ("name", loss.fn.__name__),
-                           ("dtype", None)]
+        params = [p for p in params if p[0] not in ("triplets_per_anchor", "learn_beta", "num_classes")]
+    assert params[: len(options)] == options
+    assert params[-3:] == [("reduction", "sum_over_batch_size"), ("name", loss.fn.__name__), ("dtype", None)]
     config = loss.get_config()
     assert cls.from_config(config).get_config() == config
-    assert keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(loss)).get_config() == config
+    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss)).get_config() == config
 
 
 # (class, bad option): the function and the class refuse it with the same message.
@@ -74,8 +76,7 @@ def test_function_and_class_refuse_a_bad_option_alike(cls, bad):
         cls(**bad)
     fn = cls().fn
     y = np.array([0, 0, 1, 1])
-    x = np.random.default_rng(0).normal(size=(4, 3, 4) if cls is cl.ExplicitTripletLoss
-                                        else (4, 4)).astype("float32")
+    x = np.random.default_rng(0).normal(size=(4, 3, 4) if cls is cl.ExplicitTripletLoss else (4, 4)).astype("float32")
     with pytest.raises(ValueError, match=f"`{name}`") as from_function:
         fn(y, x, **bad)
     assert str(from_class.value) == str(from_function.value)
@@ -88,13 +89,13 @@ class _GivenValues(keras.losses.Loss):
         return y_pred
 
 
-@pytest.mark.parametrize("reduction", ["sum", "sum_over_batch_size", "mean",
-                                       "mean_with_sample_weight", "none"])
+@pytest.mark.parametrize("reduction", ["sum", "sum_over_batch_size", "mean", "mean_with_sample_weight", "none"])
 @pytest.mark.parametrize("weights", ["none", "flat", "column", "zeros"])
 def test_reduce_per_sample_is_keras_reduction(reduction, weights):
     values = np.linspace(-1.0, 2.0, 8).astype("float32")
-    sample_weight = {"none": None, "flat": np.arange(8.0), "column": np.arange(8.0)[:, None],
-                     "zeros": np.zeros(8)}[weights]
+    sample_weight = {"none": None, "flat": np.arange(8.0), "column": np.arange(8.0)[:, None], "zeros": np.zeros(8)}[
+        weights
+    ]
     want = _GivenValues(reduction=reduction)(values, values, sample_weight=sample_weight)
     got = reduce_per_sample(keras.ops.convert_to_tensor(values), sample_weight, reduction)
     np.testing.assert_allclose(to_np(got), to_np(want), rtol=1e-6)

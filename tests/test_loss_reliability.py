@@ -23,11 +23,9 @@ Y = np.repeat(np.arange(4), 4).astype("int32")
 # name -> (make the loss, the kind of y_pred it takes)
 LOSSES = {
     "triplet": (lambda: cl.TripletMarginLoss(), "embeddings"),
-    "triplet+semihard": (lambda: cl.TripletMarginLoss(
-        miner=cl.TripletMarginMiner(0.2, "semihard")), "embeddings"),
+    "triplet+semihard": (lambda: cl.TripletMarginLoss(miner=cl.TripletMarginMiner(0.2, "semihard")), "embeddings"),
     "contrastive": (cl.ContrastiveLoss, "embeddings"),
-    "multi_similarity+miner": (lambda: cl.MultiSimilarityLoss(
-        miner=cl.MultiSimilarityMiner()), "embeddings"),
+    "multi_similarity+miner": (lambda: cl.MultiSimilarityLoss(miner=cl.MultiSimilarityMiner()), "embeddings"),
     "ntxent": (cl.NTXentLoss, "embeddings"),
     "supcon": (cl.SupConLoss, "embeddings"),
     "circle": (cl.CircleLoss, "embeddings"),
@@ -35,8 +33,13 @@ LOSSES = {
     "explicit_triplet": (cl.ExplicitTripletLoss, "triplets"),
 }
 PAIR_LOSSES = [k for k, (_, kind) in LOSSES.items() if kind == "embeddings"]
-MINERS = [lambda: cl.TripletMarginMiner(0.2, "semihard"), cl.BatchHardMiner,
-          cl.BatchSemiHardMiner, cl.MultiSimilarityMiner, lambda: cl.PairMarginMiner(0.2, 0.8)]
+MINERS = [
+    lambda: cl.TripletMarginMiner(0.2, "semihard"),
+    cl.BatchHardMiner,
+    cl.BatchSemiHardMiner,
+    cl.MultiSimilarityMiner,
+    lambda: cl.PairMarginMiner(0.2, 0.8),
+]
 
 
 def _inputs(kind, x=X):
@@ -111,8 +114,9 @@ def test_nan_in_a_training_step_stops_a_compiled_fit_with_terminate_on_nan(name)
     model = _model(kind)
     model.compile("sgd", loss=make())  # jit_compile="auto": XLA on JAX and TensorFlow
     batches = _Batches()
-    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False,
-                        callbacks=[keras.callbacks.TerminateOnNaN(), batches])
+    history = model.fit(
+        x, y, batch_size=16, epochs=3, verbose=0, shuffle=False, callbacks=[keras.callbacks.TerminateOnNaN(), batches]
+    )
     assert batches.seen == 1 and np.isnan(history.history["loss"][-1])
 
 
@@ -120,12 +124,16 @@ def test_nan_in_a_training_step_stops_a_compiled_fit_with_terminate_on_nan(name)
 # Row "distances that overflow".
 
 
-@pytest.mark.parametrize("loss", [
-    cl.TripletMarginLoss(1.0, Distance("squared_euclidean", normalize=False)),
-    cl.ContrastiveLoss(0.0, 1.0, Distance("squared_euclidean", normalize=False)),
-    cl.NTXentLoss(distance="dot"),
-    cl.SupConLoss(distance="dot"),
-], ids=["triplet-squared", "contrastive-squared", "ntxent-dot", "supcon-dot"])
+@pytest.mark.parametrize(
+    "loss",
+    [
+        cl.TripletMarginLoss(1.0, Distance("squared_euclidean", normalize=False)),
+        cl.ContrastiveLoss(0.0, 1.0, Distance("squared_euclidean", normalize=False)),
+        cl.NTXentLoss(distance="dot"),
+        cl.SupConLoss(distance="dot"),
+    ],
+    ids=["triplet-squared", "contrastive-squared", "ntxent-dot", "supcon-dot"],
+)
 def test_distances_that_overflow_give_a_nan_loss_not_zero(loss):
     x = X * np.float32(1e20)  # finite embeddings; squared distances and dots overflow
     value = float(to_np(loss(Y, x)))
@@ -155,8 +163,11 @@ def test_reference_arguments_are_checked():
     loss = cl.ContrastiveLoss()
     with pytest.raises(ValueError, match="must be given together; got only `ref_embeddings`"):
         loss(Y, X, ref_embeddings=X)
-    with pytest.raises(ValueError, match=r"`ref_embeddings` must have the dimension of `y_pred` "
-                                         r"\(8\); got 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"`ref_embeddings` must have the dimension of `y_pred` "
+        r"\(8\); got 4",
+    ):
         loss(Y, X, ref_embeddings=X[:, :4], ref_labels=Y)
     with pytest.raises(ValueError, match="`ref_labels` and `ref_embeddings` must have the same"):
         loss(Y, X, ref_embeddings=X, ref_labels=Y[:3])
@@ -166,14 +177,16 @@ def test_reference_arguments_are_checked():
 
 def test_a_batch_larger_than_the_memory_is_a_clear_error():
     memory = cl.CrossBatchMemory(cl.ContrastiveLoss(), 8, memory_size=10)
-    with pytest.raises(ValueError, match=r"The batch \(16\) must not be larger than "
-                                         "memory_size=10"):
+    with pytest.raises(
+        ValueError,
+        match=r"The batch \(16\) must not be larger than "
+        "memory_size=10",
+    ):
         memory(X, Y)
     with pytest.raises(ValueError, match="`loss` must be a clusterloss pair or triplet loss"):
         cl.CrossBatchMemory(cl.ProxyAnchorLoss(), 8)
     with pytest.raises(ValueError, match="not both"):
-        cl.CrossBatchMemory(cl.TripletMarginLoss(miner=cl.BatchHardMiner()), 8,
-                            miner=cl.BatchHardMiner())
+        cl.CrossBatchMemory(cl.TripletMarginLoss(miner=cl.BatchHardMiner()), 8, miner=cl.BatchHardMiner())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +199,7 @@ def _remapped(y):
 
 @pytest.mark.parametrize("offset", [2**24, 2**31], ids=["2**24", "2**31"])
 def test_integer_ids_keep_their_exact_value_through_the_loss_classes(offset):
-    y = (Y.astype("int64") * 1 + offset)  # ids offset, offset + 1, ...: float32 merges them
+    y = Y.astype("int64") * 1 + offset  # ids offset, offset + 1, ...: float32 merges them
     expected = float(to_np(cl.SupConLoss()(_remapped(y), X)))
     if BACKEND == "jax" and offset >= 2**31:
         with pytest.raises(ValueError, match=r"must be < 2\*\*31 on the JAX backend"):
@@ -195,8 +208,7 @@ def test_integer_ids_keep_their_exact_value_through_the_loss_classes(offset):
     np.testing.assert_allclose(float(to_np(cl.SupConLoss()(y, X))), expected, rtol=1e-6)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Identity()])
     model.compile(loss=cl.SupConLoss())
-    np.testing.assert_allclose(model.evaluate(X, y, batch_size=16, verbose=0), expected,
-                               rtol=1e-6)
+    np.testing.assert_allclose(model.evaluate(X, y, batch_size=16, verbose=0), expected, rtol=1e-6)
     # Keras's own cast of y_true to float32 merges the ids (the defect this guards against).
     merged = float(to_np(cl.SupConLoss()(y.astype("float32"), X)))
     assert abs(merged - expected) > 0.1
@@ -206,11 +218,17 @@ def test_integer_ids_keep_their_exact_value_through_the_loss_classes(offset):
 # Rows "float64 inputs", "float16/bfloat16 inputs" (the latter: test_pair_losses.py).
 
 FLOAT64_CASES = [
-    ("triplet+semihard", lambda: cl.TripletMarginLoss(miner=cl.TripletMarginMiner(0.2, "semihard")),
-     lambda: (pl.TripletMarginLoss(), pm.TripletMarginMiner(0.2, "semihard"))),
+    (
+        "triplet+semihard",
+        lambda: cl.TripletMarginLoss(miner=cl.TripletMarginMiner(0.2, "semihard")),
+        lambda: (pl.TripletMarginLoss(), pm.TripletMarginMiner(0.2, "semihard")),
+    ),
     ("contrastive", cl.ContrastiveLoss, lambda: (pl.ContrastiveLoss(), None)),
-    ("ms+miner", lambda: cl.MultiSimilarityLoss(miner=cl.MultiSimilarityMiner()),
-     lambda: (pl.MultiSimilarityLoss(), pm.MultiSimilarityMiner())),
+    (
+        "ms+miner",
+        lambda: cl.MultiSimilarityLoss(miner=cl.MultiSimilarityMiner()),
+        lambda: (pl.MultiSimilarityLoss(), pm.MultiSimilarityMiner()),
+    ),
     ("ntxent", cl.NTXentLoss, lambda: (pl.NTXentLoss(), None)),
     ("supcon", cl.SupConLoss, lambda: (pl.SupConLoss(), None)),
 ]
@@ -253,11 +271,9 @@ def policy():
 def test_mixed_precision_fit_trains_with_float32_loss_math(policy, name):
     policy(name)
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(8)])
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(8)])
     assert keras.backend.standardize_dtype(model(X).dtype) == name.split("_")[1]
-    model.compile(keras.optimizers.Adam(1e-2),
-                  loss=cl.TripletMarginLoss(0.2, miner=cl.TripletMarginMiner(0.2, "all")))
+    model.compile(keras.optimizers.Adam(1e-2), loss=cl.TripletMarginLoss(0.2, miner=cl.TripletMarginMiner(0.2, "all")))
     x, y = np.tile(X, (4, 1)), np.tile(Y, 4)
     history = model.fit(x, y, batch_size=16, epochs=3, verbose=0)
     losses = history.history["loss"]

@@ -169,8 +169,9 @@ def at_angles(thetas, dim=4, classes=3):
 def test_target_angles_near_zero_and_pi():
     # Both sides of ArcFace's switch at theta = pi - m, and the ends of [0, pi].
     m = 0.5
-    thetas = np.array([1e-3, 0.01, 0.3, np.pi - 0.6, np.pi - 0.51, np.pi - 0.49, np.pi - 0.2,
-                       np.pi - 0.01, np.pi - 1e-3])
+    thetas = np.array(
+        [1e-3, 0.01, 0.3, np.pi - 0.6, np.pi - 0.51, np.pi - 0.49, np.pi - 0.2, np.pi - 0.01, np.pi - 1e-3]
+    )
     x, w, y = at_angles(thetas)
     got = forward(make(ArcFace(3, scale=1.0, margin=m), w), x, y)[0][:, 0]
     want = np.where(thetas < np.pi - m, np.cos(thetas + m), np.cos(thetas) - m * np.sin(m))
@@ -323,9 +324,7 @@ def test_arcface_cluster_model_on_digits_improves_knn_and_round_trips(tmp_path):
     split = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
     x_train, x_test, y_train, y_test = split
     keras.utils.set_random_seed(0)
-    backbone = keras.Sequential(
-        [keras.Input((64,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(4)]
-    )
+    backbone = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(4)])
     model = ClusterModel(backbone, head=ArcFace(num_classes=10, scale=16.0, margin=0.3))
     model.compile(keras.optimizers.Adam(3e-3), SCE, metrics=["accuracy"])
     before = knn_accuracy(model, x_train, y_train, x_test, y_test)
@@ -343,5 +342,6 @@ def test_arcface_cluster_model_on_digits_improves_knn_and_round_trips(tmp_path):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6)
     # Inference logits are the plain scaled cosines (no margin).
     w = to_np(model.head.kernel).T
-    np.testing.assert_allclose(want["logits"], np_logits("arcface", want["embeddings"], w, s=16.0),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        want["logits"], np_logits("arcface", want["embeddings"], w, s=16.0), rtol=1e-4, atol=1e-4
+    )

@@ -160,8 +160,10 @@ PML_CASES = [
     (lambda: TripletMarginMiner(0.2, "semihard"), lambda: pml_miners.TripletMarginMiner(0.2, "semihard")),
     (lambda: TripletMarginMiner(0.1, "hard"), lambda: pml_miners.TripletMarginMiner(0.1, "hard")),
     (BatchHardMiner, pml_miners.BatchHardMiner),
-    (lambda: BatchHardMiner(distance="cosine"),
-     lambda: pml_miners.BatchHardMiner(distance=pml_distances.CosineSimilarity())),
+    (
+        lambda: BatchHardMiner(distance="cosine"),
+        lambda: pml_miners.BatchHardMiner(distance=pml_distances.CosineSimilarity()),
+    ),
     (MultiSimilarityMiner, pml_miners.MultiSimilarityMiner),
     (lambda: PairMarginMiner(1.1, 1.3), lambda: pml_miners.PairMarginMiner(1.1, 1.3)),
 ]
@@ -223,8 +225,12 @@ def test_bad_arguments_are_clear_errors():
 
 @pytest.mark.parametrize(
     "miner",
-    [TripletMarginMiner(0.3, "semihard", distance=Distance("squared_euclidean", False)),
-     BatchSemiHardMiner(distance="cosine"), MultiSimilarityMiner(0.2), PairMarginMiner(0.3, 0.9)],
+    [
+        TripletMarginMiner(0.3, "semihard", distance=Distance("squared_euclidean", False)),
+        BatchSemiHardMiner(distance="cosine"),
+        MultiSimilarityMiner(0.2),
+        PairMarginMiner(0.3, 0.9),
+    ],
 )
 def test_config_round_trip(miner):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(miner))
@@ -261,8 +267,7 @@ def _angle_points():
 
 
 def _pml_sets(x, y, distance, dtype):
-    pml_distance = (pml_distances.LpDistance() if distance == "euclidean"
-                    else pml_distances.CosineSimilarity())
+    pml_distance = pml_distances.LpDistance() if distance == "euclidean" else pml_distances.CosineSimilarity()
     out = {}
     for margin in np.arange(11) * 0.05:
         for kind in ("all", "hard", "semihard", "easy"):
@@ -325,8 +330,9 @@ def test_miners_with_reference_embeddings_select_what_pml_selects(ours, theirs):
     x, y = _batch(16, 4, 8)
     ref, ref_y = _batch(16, 4, 9)
     mined = ours()(x, y, ref, ref_y)
-    indices = theirs()(torch.tensor(x), torch.tensor(y, dtype=torch.long), torch.tensor(ref),
-                       torch.tensor(ref_y, dtype=torch.long))
+    indices = theirs()(
+        torch.tensor(x), torch.tensor(y, dtype=torch.long), torch.tensor(ref), torch.tensor(ref_y, dtype=torch.long)
+    )
     if len(indices) == 3:
         np.testing.assert_array_equal(to_np(mined), _as_mask((16,) * 3, indices))
         assert to_np(mined).sum() > 0

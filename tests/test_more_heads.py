@@ -89,22 +89,57 @@ SCE = cl.SparseLabelSmoothingCrossentropy(0.0, from_logits=True, dtype=WIDE)
 
 # (id, our head, our loss, PML loss, PML weight attribute, kernel rows per class)
 CASES = [
-    ("lsoftmax-m4", lambda c: cl.LargeMarginSoftmax(c), SCE,
-     lambda c, d: pl.LargeMarginSoftmaxLoss(c, d), "W", 1),
-    ("lsoftmax-m3-s0.5", lambda c: cl.LargeMarginSoftmax(c, margin=3, scale=0.5), SCE,
-     lambda c, d: pl.LargeMarginSoftmaxLoss(c, d, margin=3, scale=0.5), "W", 1),
-    ("lsoftmax-m1", lambda c: cl.LargeMarginSoftmax(c, margin=1), SCE,
-     lambda c, d: pl.LargeMarginSoftmaxLoss(c, d, margin=1), "W", 1),
-    ("subcenter-k3", lambda c: cl.SubCenterArcFace(c, scale=16.0, margin=0.5), SCE,
-     lambda c, d: pl.SubCenterArcFaceLoss(num_classes=c, embedding_size=d, scale=16,
-                                          margin=math.degrees(0.5)), "W", 3),
-    ("subcenter-k2-fallback", lambda c: cl.SubCenterArcFace(c, 8.0, 1.4, sub_centers=2), SCE,
-     lambda c, d: pl.SubCenterArcFaceLoss(num_classes=c, embedding_size=d, scale=8,
-                                          margin=math.degrees(1.4), sub_centers=2), "W", 2),
-    ("proxynca-s1", lambda c: cl.ProxyNCAHead(c), cl.ProxyNCALoss(dtype=WIDE),
-     lambda c, d: pl.ProxyNCALoss(c, d), "proxies", 1),
-    ("proxynca-s4", lambda c: cl.ProxyNCAHead(c), cl.ProxyNCALoss(4.0, dtype=WIDE),
-     lambda c, d: pl.ProxyNCALoss(c, d, softmax_scale=4.0), "proxies", 1),
+    ("lsoftmax-m4", lambda c: cl.LargeMarginSoftmax(c), SCE, lambda c, d: pl.LargeMarginSoftmaxLoss(c, d), "W", 1),
+    (
+        "lsoftmax-m3-s0.5",
+        lambda c: cl.LargeMarginSoftmax(c, margin=3, scale=0.5),
+        SCE,
+        lambda c, d: pl.LargeMarginSoftmaxLoss(c, d, margin=3, scale=0.5),
+        "W",
+        1,
+    ),
+    (
+        "lsoftmax-m1",
+        lambda c: cl.LargeMarginSoftmax(c, margin=1),
+        SCE,
+        lambda c, d: pl.LargeMarginSoftmaxLoss(c, d, margin=1),
+        "W",
+        1,
+    ),
+    (
+        "subcenter-k3",
+        lambda c: cl.SubCenterArcFace(c, scale=16.0, margin=0.5),
+        SCE,
+        lambda c, d: pl.SubCenterArcFaceLoss(num_classes=c, embedding_size=d, scale=16, margin=math.degrees(0.5)),
+        "W",
+        3,
+    ),
+    (
+        "subcenter-k2-fallback",
+        lambda c: cl.SubCenterArcFace(c, 8.0, 1.4, sub_centers=2),
+        SCE,
+        lambda c, d: pl.SubCenterArcFaceLoss(
+            num_classes=c, embedding_size=d, scale=8, margin=math.degrees(1.4), sub_centers=2
+        ),
+        "W",
+        2,
+    ),
+    (
+        "proxynca-s1",
+        lambda c: cl.ProxyNCAHead(c),
+        cl.ProxyNCALoss(dtype=WIDE),
+        lambda c, d: pl.ProxyNCALoss(c, d),
+        "proxies",
+        1,
+    ),
+    (
+        "proxynca-s4",
+        lambda c: cl.ProxyNCAHead(c),
+        cl.ProxyNCALoss(4.0, dtype=WIDE),
+        lambda c, d: pl.ProxyNCALoss(c, d, softmax_scale=4.0),
+        "proxies",
+        1,
+    ),
 ]
 
 
@@ -148,8 +183,7 @@ def test_arcface_matches_pml_in_float64_on_pml_test_inputs():
         head.build((None, 2))
         head.kernel.assign(w)
         sce = cl.SparseLabelSmoothingCrossentropy(0.0, from_logits=True, dtype="float64")
-        value, grads = _value_and_grads(lambda xx, ww: _head_loss(head, sce)(xx, ww, y), x, w,
-                                        dtype="float64")
+        value, grads = _value_and_grads(lambda xx, ww: _head_loss(head, sce)(xx, ww, y), x, w, dtype="float64")
     assert grads[0].dtype == "float64"
     np.testing.assert_allclose(value, want[0], rtol=1e-12)
     for g, g_ref in zip(grads, want[1]):
@@ -198,7 +232,7 @@ def test_lambda_annealing_counts_training_steps():
     x, w = _data(batch=6, rows=3)
     y = np.arange(6) % 3
     head = _built(lambda c: cl.LargeMarginSoftmax(c, margin=2, base=100.0, gamma=1.0), 3, 8, w)
-    for step in (1, 2):
+    for _ in range(2):
         got = to_np(head(x.astype(WIDE), labels=y, training=True))
     lam = 100.0 / 3.0
     cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
@@ -211,7 +245,6 @@ def test_lambda_annealing_counts_training_steps():
 
 def test_sub_center_logits_are_the_closest_sub_center_and_k1_is_arcface():
     x, w = _data(batch=10, rows=12)
-    y = np.arange(10) % 4
     head = _built(lambda c: cl.SubCenterArcFace(c, scale=2.0, sub_centers=3), 4, 8, w)
     unit = w / np.linalg.norm(w, axis=1, keepdims=True)
     cos = ((x / np.linalg.norm(x, axis=1, keepdims=True)) @ unit.T).reshape(10, 4, 3).max(-1)
@@ -219,8 +252,9 @@ def test_sub_center_logits_are_the_closest_sub_center_and_k1_is_arcface():
     arc = _built(lambda c: cl.ArcFace(c, scale=2.0), 12, 8, w)
     one = _built(lambda c: cl.SubCenterArcFace(c, scale=2.0, sub_centers=1), 12, 8, w)
     y12 = np.arange(10)
-    np.testing.assert_allclose(to_np(one(x.astype(WIDE), labels=y12)),
-                               to_np(arc(x.astype(WIDE), labels=y12)), rtol=1e-6)
+    np.testing.assert_allclose(
+        to_np(one(x.astype(WIDE), labels=y12)), to_np(arc(x.astype(WIDE), labels=y12)), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("threshold", [75.0, 40.0])
@@ -239,16 +273,14 @@ def test_get_outliers_matches_pml(threshold):
     np.testing.assert_array_equal(ours.outliers, np.sort(outliers.numpy()))
     np.testing.assert_allclose(ours.dominant_centers[:-1], centers.numpy().T[:-1], rtol=1e-6)
     assert np.isnan(ours.dominant_centers[-1]).all()
-    np.testing.assert_array_equal(
-        head.get_outliers(x, y, threshold, return_dominant_centers=False), ours.outliers)
+    np.testing.assert_array_equal(head.get_outliers(x, y, threshold, return_dominant_centers=False), ours.outliers)
 
 
 def test_sub_center_partial_fc_samples_whole_classes():
     classes, k = 20, 3
     x, w = _data(batch=8, rows=classes * k)
     y = np.array([0, 3, 3, 7, 11, 11, 15, 19])
-    head = _built(lambda c: cl.SubCenterArcFace(c, scale=4.0, sub_centers=k, sample_rate=0.5, seed=1),
-                  classes, 8, w)
+    head = _built(lambda c: cl.SubCenterArcFace(c, scale=4.0, sub_centers=k, sample_rate=0.5, seed=1), classes, 8, w)
     state = [ops.convert_to_tensor(to_np(v)) for v in head.non_trainable_variables]  # a copy
     logits, labels = head(x.astype(WIDE), labels=y, training=True, return_labels=True)
     logits, labels = to_np(logits), to_np(labels)
@@ -263,8 +295,7 @@ def test_sub_center_partial_fc_samples_whole_classes():
     # The same draw again (same sampler state): only the sampled classes' rows get a gradient.
 
     def fn(xx, ww):
-        out, positions = head.stateless_call([ww], state, xx, labels=y, training=True,
-                                             return_labels=True)[0]
+        out, positions = head.stateless_call([ww], state, xx, labels=y, training=True, return_labels=True)[0]
         return SCE(positions, out)
 
     _, (_, gw) = _value_and_grads(fn, x, w)
@@ -275,8 +306,13 @@ def test_sub_center_partial_fc_samples_whole_classes():
 REGULARIZERS = [
     ("regularface", lambda: cl.RegularFaceRegularizer(weight=0.5), pr.RegularFaceRegularizer, 0.5, 1),
     ("center_invariant", cl.CenterInvariantRegularizer, pr.CenterInvariantRegularizer, 1.0, 1),
-    ("sparse_centers", lambda: cl.SparseCentersRegularizer(4, 3, weight=2.0),
-     lambda: pr.SparseCentersRegularizer(4, 3), 2.0, 3),
+    (
+        "sparse_centers",
+        lambda: cl.SparseCentersRegularizer(4, 3, weight=2.0),
+        lambda: pr.SparseCentersRegularizer(4, 3),
+        2.0,
+        3,
+    ),
 ]
 
 
@@ -305,8 +341,9 @@ def test_head_kernel_regularizer_is_pml_weight_regularizer_in_the_model_loss():
     head.kernel.assign(w.astype("float32"))
     xf = x.astype("float32")
     total = float(to_np(model.compute_loss(xf, y, model(xf), training=True)))
-    theirs = pl.LargeMarginSoftmaxLoss(5, 8, margin=2, weight_regularizer=pr.RegularFaceRegularizer(),
-                                       weight_reg_weight=0.3).double()
+    theirs = pl.LargeMarginSoftmaxLoss(
+        5, 8, margin=2, weight_regularizer=pr.RegularFaceRegularizer(), weight_reg_weight=0.3
+    ).double()
     theirs.W.data = torch.tensor(w.T.copy())
     np.testing.assert_allclose(total, float(theirs(torch.tensor(x), torch.tensor(y))), rtol=1e-5)
 
@@ -336,23 +373,27 @@ def test_nan_in_gives_nan_out_and_half_precision_is_finite(name, make, dtype):
     assert np.isfinite(float(to_np(loss(y, out))))
 
 
-@pytest.mark.parametrize("make,argument", [
-    (lambda: cl.LargeMarginSoftmax(5, margin=2.5), "margin"),
-    (lambda: cl.LargeMarginSoftmax(5, margin=0), "margin"),
-    (lambda: cl.LargeMarginSoftmax(5, lambda_min=-1.0), "lambda_min"),
-    (lambda: cl.SubCenterArcFace(5, margin=28.6), "degrees"),
-    (lambda: cl.SubCenterArcFace(5, sub_centers=0), "sub_centers"),
-    (lambda: cl.SubCenterArcFace(5, sample_rate=0.5,
-                                 kernel_regularizer=cl.SparseCentersRegularizer(5, 3)),
-     "kernel_regularizer"),
-    (lambda: cl.ProxyNCALoss(softmax_scale=0.0), "softmax_scale"),
-    (lambda: cl.ProxyNCAHead(1), "num_classes"),
-    (lambda: cl.RegularFaceRegularizer(weight=-1.0), "weight"),
-    (lambda: cl.SparseCentersRegularizer(5, 1), "centers_per_class"),
-    (lambda: cl.SparseCentersRegularizer(5, 3)(ops.ones((14, 4))), "15 rows"),
-    (lambda: cl.RegularFaceRegularizer()(ops.ones((1, 4))), "at least 2 rows"),
-    (lambda: cl.ProxyNCALoss()(np.array([0, 3]), np.zeros((2, 3), "float32")), "y_true"),
-])
+@pytest.mark.parametrize(
+    "make,argument",
+    [
+        (lambda: cl.LargeMarginSoftmax(5, margin=2.5), "margin"),
+        (lambda: cl.LargeMarginSoftmax(5, margin=0), "margin"),
+        (lambda: cl.LargeMarginSoftmax(5, lambda_min=-1.0), "lambda_min"),
+        (lambda: cl.SubCenterArcFace(5, margin=28.6), "degrees"),
+        (lambda: cl.SubCenterArcFace(5, sub_centers=0), "sub_centers"),
+        (
+            lambda: cl.SubCenterArcFace(5, sample_rate=0.5, kernel_regularizer=cl.SparseCentersRegularizer(5, 3)),
+            "kernel_regularizer",
+        ),
+        (lambda: cl.ProxyNCALoss(softmax_scale=0.0), "softmax_scale"),
+        (lambda: cl.ProxyNCAHead(1), "num_classes"),
+        (lambda: cl.RegularFaceRegularizer(weight=-1.0), "weight"),
+        (lambda: cl.SparseCentersRegularizer(5, 1), "centers_per_class"),
+        (lambda: cl.SparseCentersRegularizer(5, 3)(ops.ones((14, 4))), "15 rows"),
+        (lambda: cl.RegularFaceRegularizer()(ops.ones((1, 4))), "at least 2 rows"),
+        (lambda: cl.ProxyNCALoss()(np.array([0, 3]), np.zeros((2, 3), "float32")), "y_true"),
+    ],
+)
 def test_bad_arguments_name_the_argument(make, argument):
     with pytest.raises(ValueError, match=argument):
         make()
@@ -369,23 +410,32 @@ def test_get_outliers_checks_its_inputs():
 
 
 TRAINED = [
-    ("lsoftmax", lambda: cl.LargeMarginSoftmax(  # m = 4 trains with the paper's annealing
-        10, base=1000.0, gamma=0.12, kernel_regularizer=cl.CenterInvariantRegularizer(0.01)),
-     None),
-    ("subcenter", lambda: cl.SubCenterArcFace(
-        10, scale=16.0, margin=0.3, kernel_regularizer=cl.SparseCentersRegularizer(10, 3, 0.1)),
-     None),
-    ("proxynca", lambda: cl.ProxyNCAHead(
-        10, kernel_regularizer=cl.RegularFaceRegularizer(0.1), name="proxies"),
-     lambda: cl.ProxyNCALoss(softmax_scale=8.0)),
+    (
+        "lsoftmax",
+        lambda: cl.LargeMarginSoftmax(  # m = 4 trains with the paper's annealing
+            10, base=1000.0, gamma=0.12, kernel_regularizer=cl.CenterInvariantRegularizer(0.01)
+        ),
+        None,
+    ),
+    (
+        "subcenter",
+        lambda: cl.SubCenterArcFace(
+            10, scale=16.0, margin=0.3, kernel_regularizer=cl.SparseCentersRegularizer(10, 3, 0.1)
+        ),
+        None,
+    ),
+    (
+        "proxynca",
+        lambda: cl.ProxyNCAHead(10, kernel_regularizer=cl.RegularFaceRegularizer(0.1), name="proxies"),
+        lambda: cl.ProxyNCALoss(softmax_scale=8.0),
+    ),
 ]
 
 
 @pytest.mark.parametrize("name,make,loss", TRAINED, ids=[t[0] for t in TRAINED])
 def test_fit_on_digits_then_save_and_load_with_no_custom_objects(name, make, loss, digits, tmp_path):
     keras.utils.set_random_seed(0)
-    backbone = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
-                                 keras.layers.Dense(8)])
+    backbone = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(8)])
     model = cl.ClusterModel(backbone, head=make())
     loss = loss() if loss else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(keras.optimizers.Adam(1e-2), loss=loss)
@@ -412,10 +462,12 @@ def test_heads_losses_and_regularizers_never_copy_device_tensors_to_the_host(mon
     xt = torch.tensor(x.astype("float32"), requires_grad=True)
     y = np.arange(12) % 6
     # Partial FC's draws (clusterloss._native.uniform): test_partial_fc.py's host-copy test.
-    heads = [cl.LargeMarginSoftmax(6, kernel_regularizer=cl.RegularFaceRegularizer()),
-             cl.SubCenterArcFace(6, sub_centers=2),
-             cl.SubCenterArcFace(6, kernel_regularizer=cl.SparseCentersRegularizer(6, 3)),
-             cl.ProxyNCAHead(6, kernel_regularizer=cl.CenterInvariantRegularizer())]
+    heads = [
+        cl.LargeMarginSoftmax(6, kernel_regularizer=cl.RegularFaceRegularizer()),
+        cl.SubCenterArcFace(6, sub_centers=2),
+        cl.SubCenterArcFace(6, kernel_regularizer=cl.SparseCentersRegularizer(6, 3)),
+        cl.ProxyNCAHead(6, kernel_regularizer=cl.CenterInvariantRegularizer()),
+    ]
     for head in heads:
         head.build((None, 8))
 

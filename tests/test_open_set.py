@@ -49,8 +49,7 @@ def test_against_brute_force(metric, method):
     np.testing.assert_allclose(scores, ks, atol=1e-5)
     np.testing.assert_array_equal(predicted, kl)
 
-    m = open_set_metrics(reference, reference_labels, known_q, known_labels, unknown_q,
-                         metric=metric, method=method)
+    m = open_set_metrics(reference, reference_labels, known_q, known_labels, unknown_q, metric=metric, method=method)
     sign = 1.0 if metric == "cosine" else -1.0
     is_unknown = np.r_[np.zeros(len(ks)), np.ones(len(us))]
     assert m["open_set_auroc"] == pytest.approx(roc_auc_score(is_unknown, -sign * np.r_[ks, us]), abs=1e-4)
@@ -80,8 +79,9 @@ def test_explicit_threshold():
     assert m["closed_set_accuracy"] == pytest.approx(1.0)
     assert m["open_set_known_accuracy"] == pytest.approx(2 / 3)
     assert m["open_set_accuracy"] == pytest.approx(4 / 5)
-    m = open_set_metrics(reference, labels, known_q, [0, 1, 0], unknown_q, metric="euclidean",
-                         threshold=0.5)  # distances: 0.1, 0.1, 1.0; unknown 2.01, 0.9
+    m = open_set_metrics(
+        reference, labels, known_q, [0, 1, 0], unknown_q, metric="euclidean", threshold=0.5
+    )  # distances: 0.1, 0.1, 1.0; unknown 2.01, 0.9
     assert m["open_set_known_accept_rate"] == pytest.approx(2 / 3)
     assert m["open_set_unknown_reject_rate"] == pytest.approx(1.0)
     m = open_set_metrics(reference, labels, known_q, [0, 1, 0], unknown_q, keep_known=1.0)

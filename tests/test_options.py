@@ -11,8 +11,8 @@ from pathlib import Path
 import keras
 import pytest
 
-from clusterloss.app.cli.main import build_parser
 from clusterloss.app.cli.args import config_from_args, recipe_values
+from clusterloss.app.cli.main import build_parser
 from clusterloss.app.compare import parse_setting
 from clusterloss.app.config import TrainConfig
 from clusterloss.app.options import Option
@@ -83,8 +83,9 @@ def test_every_key_round_trips_into_the_objects(name):
     backbone = make_backbone((8, 8, 1), 4, "mlp")
     model, loss, _ = build_model(name, backbone, 5, stored["options"])
     model.build((None, 8, 8, 1))
-    configs = [keras.saving.serialize_keras_object(x)
-               for x in (loss, model.head, model.center_loss, *model.loss_layers)]
+    configs = [
+        keras.saving.serialize_keras_object(x) for x in (loss, model.head, model.center_loss, *model.loss_layers)
+    ]
     config = TrainConfig(**{**stored, "learning_rate": 1e-3})
     for option in recipe.options:
         owner, parameter = option.source
@@ -102,7 +103,10 @@ def test_every_key_round_trips_into_the_objects(name):
 
 
 def test_misspelt_keys_are_rejected():
-    with pytest.raises(ValueError, match=r"unknown option 'centre_weight' for loss center in 'center:centre_weight=1' \(its options: center_weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown option 'centre_weight' for loss center in 'center:centre_weight=1' \(its options: center_weight",
+    ):
         parse_setting("center:centre_weight=1")
     with pytest.raises(ValueError, match=r"unknown option 'margin' for loss softmax \(its options: sample_rate\)"):
         RECIPES["softmax"].resolve("softmax", {"margin": 0.1})

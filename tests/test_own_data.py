@@ -24,11 +24,33 @@ def folder_run(tmp_path_factory):
     make_image_folder(root / "photos", classes=6, per_class=40)
     make_image_folder(root / "gallery", classes=5, per_class=10, seed=1)
     out = root / "run"
-    assert main([
-        "train", "--data", str(root / "photos"), "--loss", "softmax", "--image-size", "16",
-        "--embedding-dim", "8", "--epochs", "4", "--batch-size", "16", "--val-split", "0.2",
-        "--tensorboard", "--verbose", "0", "--out", str(out),
-    ]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root / "photos"),
+                "--loss",
+                "softmax",
+                "--image-size",
+                "16",
+                "--embedding-dim",
+                "8",
+                "--epochs",
+                "4",
+                "--batch-size",
+                "16",
+                "--val-split",
+                "0.2",
+                "--tensorboard",
+                "--verbose",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -72,16 +94,14 @@ def test_tensorboard_logs_and_projector(folder_run):
 def test_index_and_search_new_images(folder_run, capsys):
     gallery = folder_run.parent / "gallery"
     # 48 validation images: a rate of 0.05 lets two of them pass against other classes
-    assert main(["index", "build", str(folder_run), "--data", str(gallery), "--far", "0.05",
-                 "--verbose", "0"]) == 0  # fmt: skip
+    assert main(["index", "build", str(folder_run), "--data", str(gallery), "--far", "0.05", "--verbose", "0"]) == 0
     printed = capsys.readouterr().out
     assert "50 items of 5 classes" in printed and "48 probes of the run's validation split" in printed
     _, data, _ = load_run(folder_run)
     held_out = np.array(data.x_test.paths)  # test images, never trained on
     known_files = [p for p in held_out if "class_5" not in p]
     unknown_files = [p for p in held_out if "class_5" in p]  # no class_5 in the gallery
-    assert main(["search", str(folder_run), "--images", *known_files, *unknown_files, "-k", "3",
-                 "--json"]) == 0  # fmt: skip
+    assert main(["search", str(folder_run), "--images", *known_files, *unknown_files, "-k", "3", "--json"]) == 0
     found = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["query"] for r in found] == known_files + unknown_files
     for result in found:
@@ -100,12 +120,31 @@ def test_npz_feature_vectors(tmp_path, capsys):
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(4), 25)
     x = rng.normal(size=(100, 6)) + 3 * np.eye(4, 6)[y]
-    np.savez(tmp_path / "vectors.npz", x=x.astype("float32"), y=y * 10 + 1,
-             class_names=np.array(["a", "b", "c", "d"]))  # fmt: skip
+    np.savez(tmp_path / "vectors.npz", x=x.astype("float32"), y=y * 10 + 1, class_names=np.array(["a", "b", "c", "d"]))
     out = tmp_path / "run"
-    assert main(["train", "--data", str(tmp_path / "vectors.npz"), "--loss", "multi-similarity",
-                 "--embedding-dim", "4", "--epochs", "2", "--batch-size", "16", "--verbose", "0",
-                 "--no-evaluate", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "vectors.npz"),
+                "--loss",
+                "multi-similarity",
+                "--embedding-dim",
+                "4",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "16",
+                "--verbose",
+                "0",
+                "--no-evaluate",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_classes"] == 4 and metrics["num_test"] == 20 and metrics["num_val"] == 8
     assert metrics["config"]["backbone"] == "auto" and metrics["knn_accuracy"] > 0.5
@@ -142,8 +181,9 @@ def test_python_api_takes_image_files(tmp_path):
         model = cl.ClusterModel(backbone, num_classes=3)
         model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         watch = cl.RetrievalEvaluation(x[:12], y[:12])
-        history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
-                            validation_data=(x[12:], y[12:]), callbacks=[watch])  # fmt: skip
+        history = model.fit(
+            x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, validation_data=(x[12:], y[12:]), callbacks=[watch]
+        )
         runs.append((history.history, model.evaluate(x, y, batch_size=5, verbose=0), model.embed(x, batch_size=7)))
     (h_array, loss_array, emb_array), (h_files, loss_files, emb_files) = runs
     assert sorted(h_files) == sorted(h_array) and "val_map_at_r" in h_files and "val_loss" in h_files

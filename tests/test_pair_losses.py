@@ -15,6 +15,7 @@ from pytorch_metric_learning import miners as pm
 from pytorch_metric_learning import reducers as pr
 
 from clusterloss.distances import Distance
+from clusterloss.layers import ProxyAnchorHead
 from clusterloss.losses import (
     CircleLoss,
     ContrastiveLoss,
@@ -30,7 +31,6 @@ from clusterloss.losses import (
     supcon_loss,
     triplet_margin_loss,
 )
-from clusterloss.tuples.triplets import TripletMask
 from clusterloss.miners import (
     BatchHardMiner,
     BatchSemiHardMiner,
@@ -38,8 +38,8 @@ from clusterloss.miners import (
     PairMarginMiner,
     TripletMarginMiner,
 )
-from clusterloss.layers import ProxyAnchorHead
 from clusterloss.models import ClusterModel
+from clusterloss.tuples.triplets import TripletMask
 
 RAW = Distance("euclidean", normalize=False)
 
@@ -76,62 +76,141 @@ def _assert_same(ours, theirs):
 # (id, ours, PML loss, PML miner). PML's defaults = ours unless the case says otherwise.
 PML_CASES = [
     ("triplet", TripletMarginLoss, pl.TripletMarginLoss, None),
-    ("triplet-swap", lambda: TripletMarginLoss(0.3, swap=True),
-     lambda: pl.TripletMarginLoss(0.3, swap=True), None),
-    ("triplet-smooth", lambda: TripletMarginLoss(smooth_loss=True),
-     lambda: pl.TripletMarginLoss(smooth_loss=True), None),
-    ("triplet-sq-raw", lambda: TripletMarginLoss(1.0, Distance("squared_euclidean", False)),
-     lambda: pl.TripletMarginLoss(1.0, distance=pd.LpDistance(normalize_embeddings=False,
-                                                              power=2)), None),
-    ("triplet-cosine", lambda: TripletMarginLoss(0.1, "cosine"),
-     lambda: pl.TripletMarginLoss(0.1, distance=pd.CosineSimilarity()), None),
-    ("triplet-mean-all", lambda: TripletMarginLoss(0.2, average="all"),
-     lambda: pl.TripletMarginLoss(0.2, reducer=pr.MeanReducer()), None),
-    ("triplet+semihard", lambda: TripletMarginLoss(miner=TripletMarginMiner(0.2, "semihard")),
-     pl.TripletMarginLoss, lambda: pm.TripletMarginMiner(0.2, "semihard")),
-    ("triplet+hard", lambda: TripletMarginLoss(0.1, miner=TripletMarginMiner(0.1, "hard")),
-     lambda: pl.TripletMarginLoss(0.1), lambda: pm.TripletMarginMiner(0.1, "hard")),
-    ("triplet+batchhard", lambda: TripletMarginLoss(0.2, miner=BatchHardMiner()),
-     lambda: pl.TripletMarginLoss(0.2), pm.BatchHardMiner),
-    ("triplet+batchhard-swap", lambda: TripletMarginLoss(0.3, swap=True, miner=BatchHardMiner()),
-     lambda: pl.TripletMarginLoss(0.3, swap=True), pm.BatchHardMiner),
-    ("triplet+pairmargin", lambda: TripletMarginLoss(miner=PairMarginMiner(1.1, 1.3)),
-     pl.TripletMarginLoss, lambda: pm.PairMarginMiner(1.1, 1.3)),
+    ("triplet-swap", lambda: TripletMarginLoss(0.3, swap=True), lambda: pl.TripletMarginLoss(0.3, swap=True), None),
+    (
+        "triplet-smooth",
+        lambda: TripletMarginLoss(smooth_loss=True),
+        lambda: pl.TripletMarginLoss(smooth_loss=True),
+        None,
+    ),
+    (
+        "triplet-sq-raw",
+        lambda: TripletMarginLoss(1.0, Distance("squared_euclidean", False)),
+        lambda: pl.TripletMarginLoss(1.0, distance=pd.LpDistance(normalize_embeddings=False, power=2)),
+        None,
+    ),
+    (
+        "triplet-cosine",
+        lambda: TripletMarginLoss(0.1, "cosine"),
+        lambda: pl.TripletMarginLoss(0.1, distance=pd.CosineSimilarity()),
+        None,
+    ),
+    (
+        "triplet-mean-all",
+        lambda: TripletMarginLoss(0.2, average="all"),
+        lambda: pl.TripletMarginLoss(0.2, reducer=pr.MeanReducer()),
+        None,
+    ),
+    (
+        "triplet+semihard",
+        lambda: TripletMarginLoss(miner=TripletMarginMiner(0.2, "semihard")),
+        pl.TripletMarginLoss,
+        lambda: pm.TripletMarginMiner(0.2, "semihard"),
+    ),
+    (
+        "triplet+hard",
+        lambda: TripletMarginLoss(0.1, miner=TripletMarginMiner(0.1, "hard")),
+        lambda: pl.TripletMarginLoss(0.1),
+        lambda: pm.TripletMarginMiner(0.1, "hard"),
+    ),
+    (
+        "triplet+batchhard",
+        lambda: TripletMarginLoss(0.2, miner=BatchHardMiner()),
+        lambda: pl.TripletMarginLoss(0.2),
+        pm.BatchHardMiner,
+    ),
+    (
+        "triplet+batchhard-swap",
+        lambda: TripletMarginLoss(0.3, swap=True, miner=BatchHardMiner()),
+        lambda: pl.TripletMarginLoss(0.3, swap=True),
+        pm.BatchHardMiner,
+    ),
+    (
+        "triplet+pairmargin",
+        lambda: TripletMarginLoss(miner=PairMarginMiner(1.1, 1.3)),
+        pl.TripletMarginLoss,
+        lambda: pm.PairMarginMiner(1.1, 1.3),
+    ),
     ("contrastive", ContrastiveLoss, pl.ContrastiveLoss, None),
-    ("contrastive-cosine", lambda: ContrastiveLoss(0.9, 0.1, "cosine"),
-     lambda: pl.ContrastiveLoss(0.9, 0.1, distance=pd.CosineSimilarity()), None),
-    ("contrastive-mean-all", lambda: ContrastiveLoss(0.5, 1.2, average="all"),
-     lambda: pl.ContrastiveLoss(0.5, 1.2, reducer=pr.MeanReducer()), None),
-    ("contrastive+semihard", lambda: ContrastiveLoss(miner=TripletMarginMiner(0.3, "semihard")),
-     pl.ContrastiveLoss, lambda: pm.TripletMarginMiner(0.3, "semihard")),
-    ("contrastive+batchhard", lambda: ContrastiveLoss(miner=BatchHardMiner("cosine")),
-     pl.ContrastiveLoss, lambda: pm.BatchHardMiner(distance=pd.CosineSimilarity())),
-    ("contrastive+pairmargin", lambda: ContrastiveLoss(0.2, 1.4, miner=PairMarginMiner(1.1, 1.3)),
-     lambda: pl.ContrastiveLoss(0.2, 1.4), lambda: pm.PairMarginMiner(1.1, 1.3)),
+    (
+        "contrastive-cosine",
+        lambda: ContrastiveLoss(0.9, 0.1, "cosine"),
+        lambda: pl.ContrastiveLoss(0.9, 0.1, distance=pd.CosineSimilarity()),
+        None,
+    ),
+    (
+        "contrastive-mean-all",
+        lambda: ContrastiveLoss(0.5, 1.2, average="all"),
+        lambda: pl.ContrastiveLoss(0.5, 1.2, reducer=pr.MeanReducer()),
+        None,
+    ),
+    (
+        "contrastive+semihard",
+        lambda: ContrastiveLoss(miner=TripletMarginMiner(0.3, "semihard")),
+        pl.ContrastiveLoss,
+        lambda: pm.TripletMarginMiner(0.3, "semihard"),
+    ),
+    (
+        "contrastive+batchhard",
+        lambda: ContrastiveLoss(miner=BatchHardMiner("cosine")),
+        pl.ContrastiveLoss,
+        lambda: pm.BatchHardMiner(distance=pd.CosineSimilarity()),
+    ),
+    (
+        "contrastive+pairmargin",
+        lambda: ContrastiveLoss(0.2, 1.4, miner=PairMarginMiner(1.1, 1.3)),
+        lambda: pl.ContrastiveLoss(0.2, 1.4),
+        lambda: pm.PairMarginMiner(1.1, 1.3),
+    ),
     ("ms", MultiSimilarityLoss, pl.MultiSimilarityLoss, None),
-    ("ms-params", lambda: MultiSimilarityLoss(1.0, 20.0, 0.3),
-     lambda: pl.MultiSimilarityLoss(1.0, 20.0, 0.3), None),
-    ("ms-euclidean", lambda: MultiSimilarityLoss(2.0, 10.0, 1.0, distance="euclidean"),
-     lambda: pl.MultiSimilarityLoss(2.0, 10.0, 1.0, distance=pd.LpDistance()), None),
-    ("ms+msminer", lambda: MultiSimilarityLoss(miner=MultiSimilarityMiner(0.1)),
-     pl.MultiSimilarityLoss, pm.MultiSimilarityMiner),
+    ("ms-params", lambda: MultiSimilarityLoss(1.0, 20.0, 0.3), lambda: pl.MultiSimilarityLoss(1.0, 20.0, 0.3), None),
+    (
+        "ms-euclidean",
+        lambda: MultiSimilarityLoss(2.0, 10.0, 1.0, distance="euclidean"),
+        lambda: pl.MultiSimilarityLoss(2.0, 10.0, 1.0, distance=pd.LpDistance()),
+        None,
+    ),
+    (
+        "ms+msminer",
+        lambda: MultiSimilarityLoss(miner=MultiSimilarityMiner(0.1)),
+        pl.MultiSimilarityLoss,
+        pm.MultiSimilarityMiner,
+    ),
     ("ntxent", NTXentLoss, pl.NTXentLoss, None),
-    ("ntxent-t0.5-euclidean", lambda: NTXentLoss(0.5, distance="euclidean"),
-     lambda: pl.NTXentLoss(0.5, distance=pd.LpDistance()), None),
-    ("ntxent+alltriplets", lambda: NTXentLoss(miner=TripletMarginMiner(0.2, "all")),
-     pl.NTXentLoss, lambda: pm.TripletMarginMiner(0.2, "all")),
-    ("ntxent+msminer", lambda: NTXentLoss(0.2, miner=MultiSimilarityMiner(0.1)),
-     lambda: pl.NTXentLoss(0.2), pm.MultiSimilarityMiner),
+    (
+        "ntxent-t0.5-euclidean",
+        lambda: NTXentLoss(0.5, distance="euclidean"),
+        lambda: pl.NTXentLoss(0.5, distance=pd.LpDistance()),
+        None,
+    ),
+    (
+        "ntxent+alltriplets",
+        lambda: NTXentLoss(miner=TripletMarginMiner(0.2, "all")),
+        pl.NTXentLoss,
+        lambda: pm.TripletMarginMiner(0.2, "all"),
+    ),
+    (
+        "ntxent+msminer",
+        lambda: NTXentLoss(0.2, miner=MultiSimilarityMiner(0.1)),
+        lambda: pl.NTXentLoss(0.2),
+        pm.MultiSimilarityMiner,
+    ),
     ("supcon", SupConLoss, pl.SupConLoss, None),
-    ("supcon-t0.5-dot", lambda: SupConLoss(0.5, distance="dot"),
-     # PML's DotProductSimilarity() normalises by default (= cosine); ours does not.
-     lambda: pl.SupConLoss(0.5, distance=pd.DotProductSimilarity(normalize_embeddings=False)),
-     None),
-    ("supcon+msminer", lambda: SupConLoss(miner=MultiSimilarityMiner(0.1)),
-     pl.SupConLoss, pm.MultiSimilarityMiner),
+    (
+        "supcon-t0.5-dot",
+        lambda: SupConLoss(0.5, distance="dot"),
+        # PML's DotProductSimilarity() normalises by default (= cosine); ours does not.
+        lambda: pl.SupConLoss(0.5, distance=pd.DotProductSimilarity(normalize_embeddings=False)),
+        None,
+    ),
+    ("supcon+msminer", lambda: SupConLoss(miner=MultiSimilarityMiner(0.1)), pl.SupConLoss, pm.MultiSimilarityMiner),
     ("circle", CircleLoss, pl.CircleLoss, None),
-    ("circle-face+semihard", lambda: CircleLoss(0.25, 256.0, TripletMarginMiner(0.3, "semihard")),
-     lambda: pl.CircleLoss(0.25, 256), lambda: pm.TripletMarginMiner(0.3, "semihard")),
+    (
+        "circle-face+semihard",
+        lambda: CircleLoss(0.25, 256.0, TripletMarginMiner(0.3, "semihard")),
+        lambda: pl.CircleLoss(0.25, 256),
+        lambda: pm.TripletMarginMiner(0.3, "semihard"),
+    ),
 ]
 # (batch, classes, seed). Mostly one batch shape: eager JAX compiles each op once per shape.
 SIZES = [(16, 3, 0), (16, 6, 1)]
@@ -179,9 +258,9 @@ def test_proxy_anchor_matches_pml_for_embeddings_and_proxies(margin, alpha, clas
     head.build((None, 8))
 
     def ours(emb, kernel):
-        return loss(y, ops.matmul(
-            emb / ops.norm(emb, axis=1, keepdims=True),
-            kernel / ops.norm(kernel, axis=0, keepdims=True)))
+        return loss(
+            y, ops.matmul(emb / ops.norm(emb, axis=1, keepdims=True), kernel / ops.norm(kernel, axis=0, keepdims=True))
+        )
 
     head.kernel.assign(proxies)  # (num_classes, dim): one row per class
     np.testing.assert_allclose(float(to_np(loss(y, head(x)))), float(value.detach()), rtol=1e-5)
@@ -242,14 +321,17 @@ def test_tfa_semihard_and_hard_triplet_losses_are_reproduced(seed):
     np.testing.assert_allclose(float(to_np(hard(y, x))), _tfa_hard(y, x, 1.0), rtol=1e-5)
 
 
-@pytest.mark.parametrize("make", [
-    lambda **k: TripletMarginLoss(miner=TripletMarginMiner(0.2, "all"), **k),
-    lambda **k: TripletMarginLoss(miner=BatchHardMiner(), **k),
-    lambda **k: ContrastiveLoss(**k),
-    lambda **k: MultiSimilarityLoss(**k),
-    lambda **k: NTXentLoss(**k),
-    lambda **k: SupConLoss(**k),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **k: TripletMarginLoss(miner=TripletMarginMiner(0.2, "all"), **k),
+        lambda **k: TripletMarginLoss(miner=BatchHardMiner(), **k),
+        lambda **k: ContrastiveLoss(**k),
+        lambda **k: MultiSimilarityLoss(**k),
+        lambda **k: NTXentLoss(**k),
+        lambda **k: SupConLoss(**k),
+    ],
+)
 def test_one_value_per_anchor_whose_mean_is_the_loss_and_sample_weights(make):
     x, y = _batch(16, 3, 12)
     per_anchor = to_np(make(reduction=None)(y, x))
@@ -284,9 +366,12 @@ def test_circle_loss_matches_pml_in_float64():
 # ---------------------------------------------------------------------------------------------
 # Reference embeddings (PML's ref_emb / ref_labels).
 
-REF_CASES = [c for c in PML_CASES if c[0] in (
-    "triplet", "triplet+semihard", "triplet+batchhard", "contrastive", "ms+msminer", "ntxent",
-    "supcon", "circle")]
+REF_CASES = [
+    c
+    for c in PML_CASES
+    if c[0]
+    in ("triplet", "triplet+semihard", "triplet+batchhard", "contrastive", "ms+msminer", "ntxent", "supcon", "circle")
+]
 
 
 @pytest.mark.parametrize("case", REF_CASES, ids=[c[0] for c in REF_CASES])
@@ -329,34 +414,39 @@ class _DenseTripletMarginMiner(TripletMarginMiner):
 def _window_batches():
     x, y = _batch(16, 3, 16)
     ties = np.random.default_rng(17).integers(0, 3, size=(16, 1)).astype("float32")
-    return [("random", x, y, "euclidean"),
-            ("ties", ties, np.repeat(np.arange(4), 4).astype("int32"), RAW)]
+    return [("random", x, y, "euclidean"), ("ties", ties, np.repeat(np.arange(4), 4).astype("int32"), RAW)]
 
 
 @pytest.mark.parametrize("kind", ["all", "hard", "semihard", "easy"])
 def test_triplet_window_counts_equal_the_dense_mask_and_pml_with_ties(kind):
     for name, x, y, distance in _window_batches():
-        pml_distance = (pd.LpDistance() if distance == "euclidean"
-                        else pd.LpDistance(normalize_embeddings=False))
+        pml_distance = pd.LpDistance() if distance == "euclidean" else pd.LpDistance(normalize_embeddings=False)
         for miner_margin, margin, average in [(0.2, 0.05, "nonzero"), (1.0, 1.0, "all")]:
+
             def make(miner_cls):
-                return TripletMarginLoss(margin, distance, miner_cls(miner_margin, kind, distance),
-                                         average=average)
+                return TripletMarginLoss(margin, distance, miner_cls(miner_margin, kind, distance), average=average)
+
             fast, dense = _ours(make(TripletMarginMiner), x, y), _ours(make(_DenseTripletMarginMiner), x, y)
             np.testing.assert_allclose(fast[0], dense[0], rtol=1e-6, atol=1e-7, err_msg=name)
             np.testing.assert_allclose(fast[1], dense[1], rtol=1e-5, atol=1e-7, err_msg=name)
             reducer = pr.AvgNonZeroReducer() if average == "nonzero" else pr.MeanReducer()
-            expected = _pml(pl.TripletMarginLoss(margin, distance=pml_distance, reducer=reducer), x, y,
-                            pm.TripletMarginMiner(miner_margin, kind, distance=pml_distance))
+            expected = _pml(
+                pl.TripletMarginLoss(margin, distance=pml_distance, reducer=reducer),
+                x,
+                y,
+                pm.TripletMarginMiner(miner_margin, kind, distance=pml_distance),
+            )
             _assert_same(fast, expected)
 
 
 # ---------------------------------------------------------------------------------------------
 # Edge cases and numerics.
 
-EDGE_CASES = [c for c in PML_CASES if c[0] in (
-    "triplet", "triplet+semihard", "triplet+batchhard", "contrastive", "ms+msminer", "ntxent",
-    "supcon")]
+EDGE_CASES = [
+    c
+    for c in PML_CASES
+    if c[0] in ("triplet", "triplet+semihard", "triplet+batchhard", "contrastive", "ms+msminer", "ntxent", "supcon")
+]
 
 
 def _edge_batch(kind):
@@ -392,8 +482,7 @@ def test_edge_batches_match_pml_with_finite_gradients(case, kind):
 
 def test_no_triplet_gives_zero_for_every_triplet_style_loss():
     x, y = _edge_batch("one_class")
-    for loss in (TripletMarginLoss(), NTXentLoss(), SupConLoss(),
-                 TripletMarginLoss(miner=BatchHardMiner())):
+    for loss in (TripletMarginLoss(), NTXentLoss(), SupConLoss(), TripletMarginLoss(miner=BatchHardMiner())):
         value, g = _ours(loss, x, y)
         assert value == 0.0 and np.all(g == 0.0), loss
 
@@ -453,17 +542,20 @@ def test_bad_inputs_name_the_argument():
         ProxyAnchorLoss()(np.array([0, 3]), np.zeros((2, 3), "float32"))
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda: TripletMarginLoss(margin=-0.1), r"`margin` must be in \[0.0, inf\]; got -0.1"),
-    (lambda: ContrastiveLoss(neg_margin=-1.0), r"`neg_margin` must be in \[0.0, inf\]"),
-    (lambda: MultiSimilarityLoss(alpha=0.0), r"`alpha` must be in \(0.0, inf\]"),
-    (lambda: NTXentLoss(temperature=0.0), r"`temperature` must be in \(0.0, inf\]"),
-    (lambda: SupConLoss(distance="hamming"), "`distance` must be one of"),
-    (lambda: TripletMarginLoss(miner="semihard"), "`miner` must be a clusterloss miner"),
-    (lambda: TripletMarginLoss(average="sum"), "`average` must be one of"),
-    (lambda: ExplicitTripletLoss(margin=-1.0), "`margin` must be in"),
-    (lambda: ProxyAnchorHead(num_classes=1), "`num_classes` must be an int >= 2"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: TripletMarginLoss(margin=-0.1), r"`margin` must be in \[0.0, inf\]; got -0.1"),
+        (lambda: ContrastiveLoss(neg_margin=-1.0), r"`neg_margin` must be in \[0.0, inf\]"),
+        (lambda: MultiSimilarityLoss(alpha=0.0), r"`alpha` must be in \(0.0, inf\]"),
+        (lambda: NTXentLoss(temperature=0.0), r"`temperature` must be in \(0.0, inf\]"),
+        (lambda: SupConLoss(distance="hamming"), "`distance` must be one of"),
+        (lambda: TripletMarginLoss(miner="semihard"), "`miner` must be a clusterloss miner"),
+        (lambda: TripletMarginLoss(average="sum"), "`average` must be one of"),
+        (lambda: ExplicitTripletLoss(margin=-1.0), "`margin` must be in"),
+        (lambda: ProxyAnchorHead(num_classes=1), "`num_classes` must be an int >= 2"),
+    ],
+)
 def test_bad_hyperparameters_name_the_argument(make, message):
     with pytest.raises(ValueError, match=message):
         make()
@@ -487,7 +579,7 @@ ALL_LOSSES = [
 ]
 
 
-@pytest.mark.parametrize("loss", ALL_LOSSES, ids=lambda l: type(l).__name__)
+@pytest.mark.parametrize("loss", ALL_LOSSES, ids=lambda loss: type(loss).__name__)
 def test_config_round_trip_keeps_distance_and_miner(loss):
     config = keras.saving.serialize_keras_object(loss)
     restored = keras.saving.deserialize_keras_object(config)
@@ -533,16 +625,13 @@ def test_saved_proxy_anchor_model_keeps_its_proxies(tmp_path):
 
 
 def _backbone():
-    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
-                             keras.layers.Dense(8)])
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(8)])
 
 
 TRAINING = [  # (loss, wrapped in a ClusterModel or the plain backbone compiled directly)
-    ("triplet+semihard", lambda: TripletMarginLoss(0.2, miner=TripletMarginMiner(0.2, "semihard")),
-     "plain_model"),
+    ("triplet+semihard", lambda: TripletMarginLoss(0.2, miner=TripletMarginMiner(0.2, "semihard")), "plain_model"),
     ("contrastive", ContrastiveLoss, "cluster_model"),
-    ("multi_similarity", lambda: MultiSimilarityLoss(miner=MultiSimilarityMiner()),
-     "cluster_model"),
+    ("multi_similarity", lambda: MultiSimilarityLoss(miner=MultiSimilarityMiner()), "cluster_model"),
     ("ntxent", NTXentLoss, "cluster_model"),
     ("supcon", SupConLoss, "plain_model"),
 ]
@@ -568,8 +657,9 @@ def test_training_proxy_anchor_head(digits):
     before = knn_accuracy(backbone, digits)
     model = ClusterModel(backbone, head=ProxyAnchorHead(10, name="proxies"))
     # The paper's 100x learning rate for the proxies (OptimizerMap keys are full-match regexes).
-    optimizer = keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(
-        keras.optimizers.Adam(3e-3), {".*proxies/kernel": keras.optimizers.Adam(3e-1)}))
+    optimizer = keras.optimizers.MultiOptimizer(
+        keras.optimizers.OptimizerMap(keras.optimizers.Adam(3e-3), {".*proxies/kernel": keras.optimizers.Adam(3e-1)})
+    )
     model.compile(optimizer, loss=ProxyAnchorLoss(), metrics=["accuracy"])
     history = model.fit(digits[0][:992], digits[1][:992], batch_size=32, epochs=3, verbose=0)
     after = knn_accuracy(backbone, digits)

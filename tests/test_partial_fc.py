@@ -62,8 +62,9 @@ def test_sampled_logits_match_a_numpy_reference(name):
         rows = np.arange(len(y))
         target = cos[rows, want_positions]
         theta = np.arccos(np.clip(target, -1, 1))
-        cos[rows, want_positions] = np.where(target > np.cos(np.pi - 0.5), np.cos(theta + 0.5),
-                                             target - 0.5 * np.sin(0.5))
+        cos[rows, want_positions] = np.where(
+            target > np.cos(np.pi - 0.5), np.cos(theta + 0.5), target - 0.5 * np.sin(0.5)
+        )
         want = 64.0 * cos
     np.testing.assert_allclose(to_np(logits), want, rtol=1e-5, atol=1e-4)
     # Inference (and training=False) uses every class.
@@ -78,8 +79,7 @@ def test_a_sample_rate_that_keeps_every_class_is_the_full_head():
     almost.build((None, 4))
     almost.kernel.assign(full.kernel)
     assert not almost.sampled and almost.seed_generator is None
-    np.testing.assert_array_equal(to_np(full(x, labels=y, training=True)),
-                                  to_np(almost(x, labels=y, training=True)))
+    np.testing.assert_array_equal(to_np(full(x, labels=y, training=True)), to_np(almost(x, labels=y, training=True)))
     with pytest.raises(ValueError, match=r"3 sampled classes is less than the batch size 6"):
         cl.CosFace(12, sample_rate=0.25)(x, labels=y, training=True)
 
@@ -108,8 +108,11 @@ def test_row_sparse_leaves_absent_classes_and_their_slots_bit_identical():
     x = RNG.normal(size=(4, 8)).astype("float32")  # batch <= 5 sampled classes
     y1, y2 = np.array([0, 1, 0, 1]), np.array([2, 3, 2, 3])
     sparse = _pfc_model(keras.optimizers.AdamW(1e-2, weight_decay=0.5))
-    dense = _pfc_model(keras.optimizers.MultiOptimizer(  # AdamW on every row: the reference
-        keras.optimizers.OptimizerMap(keras.optimizers.AdamW(1e-2, weight_decay=0.5))))
+    dense = _pfc_model(
+        keras.optimizers.MultiOptimizer(  # AdamW on every row: the reference
+            keras.optimizers.OptimizerMap(keras.optimizers.AdamW(1e-2, weight_decay=0.5))
+        )
+    )
     assert isinstance(sparse.optimizer, cl.RowSparse)
     k0, c0 = to_np(sparse.head.kernel), to_np(sparse.center_loss.centers)
     sparse.train_on_batch(x, y1)
@@ -147,8 +150,12 @@ def test_sparse_row_gradients_give_the_dense_gradients_result():
         for model in models:
             model.train_on_batch(x, y)
     np.testing.assert_allclose(to_np(models[0].head.kernel), to_np(models[1].head.kernel), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(_slot(models[0], models[0].head.kernel, "velocity"),
-                               _slot(models[1], models[1].head.kernel, "velocity"), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        _slot(models[0], models[0].head.kernel, "velocity"),
+        _slot(models[1], models[1].head.kernel, "velocity"),
+        rtol=1e-6,
+        atol=1e-9,
+    )
     if BACKEND == "torch":
         assert models[0].head.kernel.value.grad.is_sparse
         assert not models[1].head.kernel.value.grad.is_sparse
@@ -156,8 +163,9 @@ def test_sparse_row_gradients_give_the_dense_gradients_result():
     routed = [cl.optimizers.takes_sparse_gradient(m.head.kernel) for m in models]
     assert routed == [True, False]
     names = sorted(v.name for v in models[0].head.weights if cl.optimizers.is_route_part(v))
-    assert names == (["routed_gradient_0", "routed_gradient_1", "routed_rows_0", "routed_rows_1"]
-                     if BACKEND == "jax" else [])
+    assert names == (
+        ["routed_gradient_0", "routed_gradient_1", "routed_rows_0", "routed_rows_1"] if BACKEND == "jax" else []
+    )
 
 
 def _routed_table(rows, dim=2, max_rows=2):
@@ -226,8 +234,11 @@ def test_row_sparse_refuses_optimizers_that_are_not_element_wise():
 
 def test_partial_fc_that_samples_one_class_is_refused():
     """A softmax over the one sampled class has zero loss: it would train nothing."""
-    with pytest.raises(ValueError, match=r"`sample_rate` must sample at least 2 of the 10 classes; "
-                       r"got 0\.1, which samples 1: .* Use sample_rate >= 0\.2\."):
+    with pytest.raises(
+        ValueError,
+        match=r"`sample_rate` must sample at least 2 of the 10 classes; "
+        r"got 0\.1, which samples 1: .* Use sample_rate >= 0\.2\.",
+    ):
         cl.ArcFace(10, sample_rate=0.1).build((None, 4))
     cl.ArcFace(10, sample_rate=0.2).build((None, 4))
 
@@ -267,6 +278,7 @@ def test_one_head_computation_per_training_step():
                 return method(*args)
             finally:
                 inside[0] = False
+
         return run
 
     model.head.call = counted
@@ -284,8 +296,9 @@ def test_no_device_to_host_copy_in_a_torch_training_step():
 
     keras.utils.set_random_seed(0)
     backbone = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
-    model = cl.ClusterModel(backbone, head=cl.ArcFace(20, sample_rate=0.5),
-                            center_loss=cl.CenterLoss(weight=0.1, update="gradient"))
+    model = cl.ClusterModel(
+        backbone, head=cl.ArcFace(20, sample_rate=0.5), center_loss=cl.CenterLoss(weight=0.1, update="gradient")
+    )
     model.compile("adam", SCE, metrics=["accuracy"])
     training = [None]
     copies = []
@@ -295,6 +308,7 @@ def test_no_device_to_host_copy_in_a_torch_training_step():
             if training[0] == threading.get_ident():  # Keras converts logs in another thread
                 copies.append(name)
             return original(*args, **kwargs)
+
         return wrapper
 
     names = ("numpy", "item", "cpu", "tolist", "__array__", "__int__", "__float__", "__bool__", "__index__")

@@ -30,8 +30,10 @@ def fails(capsys, *args) -> str:
 
 
 def search(capsys, run, files) -> list[dict]:
-    return [json.loads(line) for line in run_main(capsys, "search", str(run), "--images", *map(str, files),
-                                                  "-k", "3", "--json").splitlines()]  # fmt: skip
+    return [
+        json.loads(line)
+        for line in run_main(capsys, "search", str(run), "--images", *map(str, files), "-k", "3", "--json").splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +43,31 @@ def colour_run(tmp_path_factory):
     make_image_folder(root / "photos", classes=5, per_class=24, size=16)
     make_image_folder(root / "more", classes=8, per_class=8, size=16, seed=1)
     out = root / "run"
-    assert main(["train", "--data", str(root / "photos"), "--loss", "softmax", "--image-size", "16",
-                 "--embedding-dim", "8", "--epochs", "4", "--batch-size", "16", "--verbose", "0",
-                 "--no-evaluate", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root / "photos"),
+                "--loss",
+                "softmax",
+                "--image-size",
+                "16",
+                "--embedding-dim",
+                "8",
+                "--epochs",
+                "4",
+                "--batch-size",
+                "16",
+                "--verbose",
+                "0",
+                "--no-evaluate",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return root, out
 
 
@@ -57,8 +81,18 @@ def test_enrol_remove_reenrol_change_the_answers(colour_run, capsys):
     newcomer = sorted((root / "more" / "class_6").iterdir())
     found = search(capsys, out, newcomer[4:])
     assert all(r["neighbors"][0]["class"] != "class_6" for r in found)  # nobody by that name yet
-    printed = run_main(capsys, "index", "add", str(out), "--data", str(root / "more" / "class_6"),
-                       "--class", "magenta", "--verbose", "0")  # fmt: skip
+    printed = run_main(
+        capsys,
+        "index",
+        "add",
+        str(out),
+        "--data",
+        str(root / "more" / "class_6"),
+        "--class",
+        "magenta",
+        "--verbose",
+        "0",
+    )
     assert printed.startswith("enrolled 8 images") and "6 classes" in printed
     found = search(capsys, out, newcomer[:2])
     assert [r["neighbors"][0]["class"] for r in found] == ["magenta"] * 2
@@ -85,6 +119,7 @@ def test_failed_build_keeps_the_old_gallery_and_calibrate(colour_run, capsys, mo
     root, out = colour_run
     run_main(capsys, "index", "build", str(out), "--verbose", "0")
     before = (out / "index" / "CURRENT").read_text()
+
     def files():
         return sorted(p.name for p in (out / "index").iterdir() if not p.name.endswith(("-wal", "-shm")))
 
@@ -116,16 +151,34 @@ def test_npz_queries_keep_the_run_s_class_ids(tmp_path, capsys):
     x = (np.eye(3)[y - 1] * 3 + rng.normal(0, 0.3, (90, 3))).astype(np.float32)
     np.savez(tmp_path / "points.npz", x=x, y=y)
     out = tmp_path / "run"
-    run_main(capsys, "train", "--data", str(tmp_path / "points.npz"), "--loss", "softmax", "--epochs", "3",
-             "--embedding-dim", "4", "--verbose", "0", "--no-evaluate", "--out", str(out))  # fmt: skip
+    run_main(
+        capsys,
+        "train",
+        "--data",
+        str(tmp_path / "points.npz"),
+        "--loss",
+        "softmax",
+        "--epochs",
+        "3",
+        "--embedding-dim",
+        "4",
+        "--verbose",
+        "0",
+        "--no-evaluate",
+        "--out",
+        str(out),
+    )
     np.savez(tmp_path / "q.npz", x=x[[0, 30, 60]], y=y[[0, 30, 60]])
-    found = [json.loads(line) for line in
-             run_main(capsys, "search", str(out), "--npz", str(tmp_path / "q.npz"), "--json").splitlines()]  # fmt: skip
+    found = [
+        json.loads(line)
+        for line in run_main(capsys, "search", str(out), "--npz", str(tmp_path / "q.npz"), "--json").splitlines()
+    ]
     assert [r["class"] for r in found] == ["1", "2", "3"]
     assert all(r["neighbors"][0]["match"] for r in found)
     np.savez(tmp_path / "bad.npz", x=np.ones((2, 5), np.float32))
-    assert "queries of shape (5,) per sample; the model takes (3,)" in fails(capsys, "search", str(out), "--npz",
-                                                                            str(tmp_path / "bad.npz"))  # fmt: skip
+    assert "queries of shape (5,) per sample; the model takes (3,)" in fails(
+        capsys, "search", str(out), "--npz", str(tmp_path / "bad.npz")
+    )
     import keras  # a diverged model: NaN weights give NaN embeddings, said in one line
 
     model = keras.saving.load_model(out / "model.keras")
@@ -146,8 +199,10 @@ def test_readme_digits_run_gets_a_reachable_threshold_or_a_refusal(tmp_path, cap
         return
     threshold = saved["calibration"]["threshold"]
     assert threshold <= 1.0 and saved["calibration"]["tar"] > 0  # some enrolled query passes it
-    found = [json.loads(line) for line in
-             run_main(capsys, "search", str(out), "-q", "test:0-99", "-k", "1", "--json").splitlines()]  # fmt: skip
+    found = [
+        json.loads(line)
+        for line in run_main(capsys, "search", str(out), "-q", "test:0-99", "-k", "1", "--json").splitlines()
+    ]
     assert any(r["prediction"] != "unknown" for r in found)
     assert all((r["prediction"] != "unknown") == (r["score"] >= threshold) for r in found)
 
@@ -169,8 +224,23 @@ def olivetti_folders(root: Path, data_home: str) -> None:
 def test_olivetti_rejects_strangers_more_than_enrolled_people(data_env, tmp_path, capsys):
     olivetti_folders(tmp_path, data_env["SCIKIT_LEARN_DATA"])
     out = tmp_path / "run"
-    run_main(capsys, "train", "--data", str(tmp_path / "train"), "--image-size", "32", "--epochs", "30",
-             "--embedding-dim", "32", "--verbose", "0", "--no-evaluate", "--out", str(out))  # fmt: skip
+    run_main(
+        capsys,
+        "train",
+        "--data",
+        str(tmp_path / "train"),
+        "--image-size",
+        "32",
+        "--epochs",
+        "30",
+        "--embedding-dim",
+        "32",
+        "--verbose",
+        "0",
+        "--no-evaluate",
+        "--out",
+        str(out),
+    )
     printed = run_main(capsys, "index", "build", str(out), "--verbose", "0")  # the defaults
     assert "30 probes of the run's validation split" in printed and "1/30 = 0.033" in printed
     run_main(capsys, "index", "add", str(out), "--data", str(tmp_path / "enrol"), "--verbose", "0")

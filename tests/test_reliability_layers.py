@@ -3,9 +3,9 @@ input paths"): one test per row of that table, on every backend."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-import keras
 from conftest import BACKEND, to_np
 
 import clusterloss as cl
@@ -58,8 +58,11 @@ def _data(path, y):
 @pytest.mark.parametrize("path", ["arrays", "pydataset", "sampler", "generator", "tf.data"])
 @pytest.mark.parametrize(
     "bad,message",
-    [(7, r"`y` must be < num_classes=3"), (-1, r"`y` must be >= 0"),
-     (2**32 + 1, r"`y` must be < num_classes=3|`y` must be < 2\*\*31 on the JAX backend")],
+    [
+        (7, r"`y` must be < num_classes=3"),
+        (-1, r"`y` must be >= 0"),
+        (2**32 + 1, r"`y` must be < num_classes=3|`y` must be < 2\*\*31 on the JAX backend"),
+    ],
     ids=["7", "-1", "2**32+1"],
 )
 def test_labels_out_of_range_on_every_input_path(path, bad, message):
@@ -78,7 +81,10 @@ def test_label_ids_that_the_backend_cannot_hold_are_rejected_without_num_classes
     if limit is None:
         cl.MPerClassSampler(X[:4], y, m=1, batch_size=2, replace=True)  # accepted
         return
-    with pytest.raises(ValueError, match=r"`y` must be < 2\*\*31 on the JAX backend \(64-bit integers are off\); got a label 4294967297"):
+    with pytest.raises(
+        ValueError,
+        match=r"`y` must be < 2\*\*31 on the JAX backend \(64-bit integers are off\); got a label 4294967297",
+    ):
         cl.MPerClassSampler(X[:4], y, m=1, batch_size=2, replace=True)
 
 
@@ -119,8 +125,9 @@ def test_diverged_model_gives_nan_and_terminate_on_nan_stops(eager):
     kernel.assign(value)
     centers = to_np(m.center_loss.centers)
     steps = StepCount()
-    history = m.fit(X, Y, batch_size=16, epochs=2, verbose=0,
-                    callbacks=[keras.callbacks.TerminateOnNaN(), steps]).history
+    history = m.fit(
+        X, Y, batch_size=16, epochs=2, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN(), steps]
+    ).history
     assert steps.steps == 1 and np.isnan(history["loss"]).all()
     assert np.isnan(history["classification_loss"]).all() and np.isnan(history["center_loss"]).all()
     np.testing.assert_array_equal(to_np(m.center_loss.centers), centers)
@@ -148,8 +155,11 @@ def test_empty_batches_are_errors():
 
 def test_numpy_integers_are_accepted_where_an_int_is_expected():
     three = np.int64(3)
-    m = cl.ClusterModel(keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)]),
-                        num_classes=three, center_loss=cl.CenterLoss(three))
+    m = cl.ClusterModel(
+        keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)]),
+        num_classes=three,
+        center_loss=cl.CenterLoss(three),
+    )
     assert m.num_classes == 3 and type(m.num_classes) is int
     for head in (cl.ArcFace(three), cl.SoftmaxHead(np.int32(3)), cl.SphereFace(3, margin=np.int64(2))):
         assert head.num_classes == 3
@@ -160,10 +170,14 @@ def test_numpy_integers_are_accepted_where_an_int_is_expected():
 @pytest.mark.parametrize(
     "make,message",
     [
-        (lambda: cl.ClusterModel(keras.layers.Dense(4), num_classes=3, head=cl.ArcFace(4)),
-         r"`head` has 4 classes but `num_classes` is 3"),
-        (lambda: cl.ClusterModel(keras.layers.Dense(4), num_classes=3, center_loss=cl.CenterLoss(4)),
-         r"`center_loss.num_classes` \(4\) must equal `num_classes` \(3\)"),
+        (
+            lambda: cl.ClusterModel(keras.layers.Dense(4), num_classes=3, head=cl.ArcFace(4)),
+            r"`head` has 4 classes but `num_classes` is 3",
+        ),
+        (
+            lambda: cl.ClusterModel(keras.layers.Dense(4), num_classes=3, center_loss=cl.CenterLoss(4)),
+            r"`center_loss.num_classes` \(4\) must equal `num_classes` \(3\)",
+        ),
         (lambda: cl.center_optimizer("adam", centers=-0.5), r"`centers` must be in \[0.0, inf\]; got -0.5"),
         (lambda: cl.center_optimizer("adam", centers=float("nan")), r"`centers` must be finite; got nan"),
         (lambda: cl.ArcFace(3, sample_rate=0.0), r"`sample_rate` must be in \(0.0, 1.0\]; got 0.0"),
@@ -171,8 +185,7 @@ def test_numpy_integers_are_accepted_where_an_int_is_expected():
         (lambda: cl.ClusterModel(keras.layers.Dense(4), num_classes=True), r"`num_classes` must be an int >= 2"),
         (lambda: cl.RowSparse(keras.optimizers.Lamb()), r"RowSparse needs an element-wise optimizer"),
     ],
-    ids=["head-mismatch", "center-mismatch", "negative-lr", "nan-lr", "sample-rate", "regularizer",
-         "bool", "lamb"],
+    ids=["head-mismatch", "center-mismatch", "negative-lr", "nan-lr", "sample-rate", "regularizer", "bool", "lamb"],
 )
 def test_silently_accepted_arguments_are_errors(make, message):
     with pytest.raises(ValueError, match=message):
@@ -206,8 +219,9 @@ def test_float64_and_mixed_precision_fits_with_center_loss_and_a_margin_head(pol
     keras.config.set_dtype_policy(policy)
     try:
         m = compiled(cl.ArcFace(3, scale=16.0))
-        history = m.fit(X.astype("float64" if policy == "float64" else "float32"), Y,
-                        batch_size=16, epochs=2, verbose=0).history
+        history = m.fit(
+            X.astype("float64" if policy == "float64" else "float32"), Y, batch_size=16, epochs=2, verbose=0
+        ).history
         out = m.predict(X[:4], verbose=0)
     finally:
         keras.config.set_dtype_policy(previous)

@@ -73,9 +73,7 @@ def test_matches_pml_cosine_and_avg_of_avgs():
             retrieval_metrics(q, ql, r, rl, metric="cosine", avg_of_avgs=avg),
             calc.get_accuracy(qn, ql, rn, rl),
         )
-        _assert_matches_pml(
-            retrieval_metrics(q, ql, metric="cosine", avg_of_avgs=avg), calc.get_accuracy(qn, ql)
-        )
+        _assert_matches_pml(retrieval_metrics(q, ql, metric="cosine", avg_of_avgs=avg), calc.get_accuracy(qn, ql))
 
 
 def test_ref_includes_query_matches_pml():
@@ -130,8 +128,9 @@ def test_hand_computed_separate_sets_with_query_of_unknown_class():
     # q1 (B): [B, A, A, B]; q2: class 7 has no reference (left out); q3 (A): [B, A, B, A]
     query = np.array([[1.0], [2.2], [5.0], [9.0]], "float32")
     query_labels = np.array([0, 1, 7, 0])
-    m = retrieval_metrics(query, query_labels, reference, reference_labels, k=None,
-                          metric="euclidean", recall_at=(1, 2))
+    m = retrieval_metrics(
+        query, query_labels, reference, reference_labels, k=None, metric="euclidean", recall_at=(1, 2)
+    )
     assert m["precision_at_1"] == pytest.approx(2 / 3)
     assert m["r_precision"] == pytest.approx(0.5)
     assert m["map_at_r"] == pytest.approx((0.5 + 0.5 + 0.25) / 3)

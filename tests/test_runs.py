@@ -27,8 +27,19 @@ from clusterloss.app.rundir import RunDir, atomic_path
 from clusterloss.app.runs import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--epochs", "1", "--train-limit", "200", "--test-limit", "100", "--embedding-dim", "4",
-        "--verbose", "0", "--no-evaluate"]  # fmt: skip
+TINY = [
+    "--epochs",
+    "1",
+    "--train-limit",
+    "200",
+    "--test-limit",
+    "100",
+    "--embedding-dim",
+    "4",
+    "--verbose",
+    "0",
+    "--no-evaluate",
+]
 
 
 def fails(capsys, *argv: str) -> str:
@@ -74,20 +85,21 @@ def test_stale_index_is_refused(tmp_path, capsys):
     assert main(["search", str(out), "-q", "test:0"]) == 0
 
 
-HOLDER = ("import fcntl, json, os, socket, sys, time\n"
-          "handle = open(sys.argv[1], 'a+')\n"
-          "fcntl.flock(handle, fcntl.LOCK_EX)\n"
-          "json.dump({'pid': os.getpid(), 'host': socket.gethostname()}, handle)\n"
-          "handle.flush()\n"
-          "print('locked', flush=True)\n"
-          "time.sleep(60)\n")  # fmt: skip
+HOLDER = (
+    "import fcntl, json, os, socket, sys, time\n"
+    "handle = open(sys.argv[1], 'a+')\n"
+    "fcntl.flock(handle, fcntl.LOCK_EX)\n"
+    "json.dump({'pid': os.getpid(), 'host': socket.gethostname()}, handle)\n"
+    "handle.flush()\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(60)\n"
+)
 
 
 def test_one_writer_at_a_time(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out / ".lock")],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "locked\n"
         lock = {"pid": holder.pid, "host": socket.gethostname()}
@@ -173,8 +185,22 @@ def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
     assert path.read_text() == "new" and len(list(tmp_path.iterdir())) == 1
 
 
-RESUMED = ["train", "--loss", "center", "--epochs", "4", "--train-limit", "300", "--val-split",
-           "0.2", "--embedding-dim", "4", "--verbose", "0", "--no-evaluate"]  # fmt: skip
+RESUMED = [
+    "train",
+    "--loss",
+    "center",
+    "--epochs",
+    "4",
+    "--train-limit",
+    "300",
+    "--val-split",
+    "0.2",
+    "--embedding-dim",
+    "4",
+    "--verbose",
+    "0",
+    "--no-evaluate",
+]
 KILLER = textwrap.dedent("""
     import os, signal, sys, keras
     from clusterloss.app.cli.args import config_from_args
@@ -193,8 +219,13 @@ KILLER = textwrap.dedent("""
 
 def _killed(argv: list[str], out: Path) -> dict:
     """Run `train argv --out out` in a process killed after epoch 2; its checkpoint."""
-    killed = subprocess.run([sys.executable, "-c", KILLER, *argv, "--out", str(out)], cwd=ROOT,
-                            env={**os.environ, "KERAS_BACKEND": BACKEND}, capture_output=True, text=True)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, *argv, "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "KERAS_BACKEND": BACKEND},
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 2 and len(state["history"]["loss"]) == 2
@@ -241,9 +272,26 @@ def test_killed_folder_run_resumes_to_the_same_result(tmp_path, capsys):
     resume is refused."""
     photos = tmp_path / "photos"
     make_image_folder(photos, classes=4, per_class=20, size=12)
-    argv = ["train", "--data", str(photos), "--loss", "softmax", "--image-size", "12", "--epochs", "4",
-            "--batch-size", "2", "--val-split", "0.25", "--embedding-dim", "4", "--verbose", "0",
-            "--no-evaluate"]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        str(photos),
+        "--loss",
+        "softmax",
+        "--image-size",
+        "12",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "2",
+        "--val-split",
+        "0.25",
+        "--embedding-dim",
+        "4",
+        "--verbose",
+        "0",
+        "--no-evaluate",
+    ]
     state = _killed(argv, tmp_path / "resumed")
     resume = [*argv, "--out", str(tmp_path / "resumed"), "--resume"]
     image, moved = photos / "class_1" / "img_004.png", photos / "class_1" / "new.png"
@@ -272,7 +320,10 @@ def test_diverged_training_stops_with_a_hint(tmp_path):
     """Not the evaluation's "`queries` must be finite": the run says that training diverged,
     where, and what to change."""
     args = build_parser().parse_args(["train", *TINY, "--out", str(tmp_path / "r")])
-    with pytest.raises(RunError, match=r"training diverged: the loss became nan at epoch 1, "
-                       r"batch 3, so nothing was evaluated; lower --learning-rate"):
+    with pytest.raises(
+        RunError,
+        match=r"training diverged: the loss became nan at epoch 1, "
+        r"batch 3, so nothing was evaluated; lower --learning-rate",
+    ):
         train(config_from_args(args, args.loss, args.seed, args.out), callbacks=[ExplodeWeights()])
     assert not (tmp_path / "r" / "metrics.json").exists()

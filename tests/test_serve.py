@@ -36,9 +36,10 @@ TOKEN = "test-token"
 MAX_BYTES = 256 * 1024
 CHROMIUM = "/usr/bin/chromium"
 server_test = pytest.mark.skipif(
-    BACKEND != "jax", reason="the HTTP service is tested once, on JAX; its model call on every backend "
-    "by test_embedder_matches_the_model"
-)  # fmt: skip
+    BACKEND != "jax",
+    reason="the HTTP service is tested once, on JAX; its model call on every backend "
+    "by test_embedder_matches_the_model",
+)
 
 
 def test_embedder_matches_the_model():
@@ -129,11 +130,17 @@ def multipart(fields: list[tuple[str, str | bytes]]) -> tuple[bytes, dict[str, s
     parts = []
     for name, value in fields:
         if isinstance(value, bytes):
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="x.png"\r\n'
-                         f"Content-Type: image/png\r\n\r\n".encode() + value + b"\r\n")  # fmt: skip
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="x.png"\r\n'
+                f"Content-Type: image/png\r\n\r\n".encode()
+                + value
+                + b"\r\n"
+            )
         else:
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {
+        "Content-Type": f"multipart/form-data; boundary={boundary}"
+    }
 
 
 def call(server, method: str, path: str, body=None, headers=None, connection=None):
@@ -186,11 +193,34 @@ def server(tmp_path_factory):
     run = root / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("builtins.print", lambda *a, **k: None)
-        assert main(["train", "--data", str(root / "photos"), "--loss", "softmax", "--image-size", "16",
-                     "--embedding-dim", "8", "--epochs", "4", "--batch-size", "16", "--verbose", "0",
-                     "--no-evaluate", "--out", str(run)]) == 0  # fmt: skip
-        assert main(["index", "build", str(run), "--data", str(root / "gallery"), "--far", "0.05",
-                     "--verbose", "0"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(root / "photos"),
+                    "--loss",
+                    "softmax",
+                    "--image-size",
+                    "16",
+                    "--embedding-dim",
+                    "8",
+                    "--epochs",
+                    "4",
+                    "--batch-size",
+                    "16",
+                    "--verbose",
+                    "0",
+                    "--no-evaluate",
+                    "--out",
+                    str(run),
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(["index", "build", str(run), "--data", str(root / "gallery"), "--far", "0.05", "--verbose", "0"]) == 0
+        )
     app, summary = open_service(run, token=TOKEN, max_batch=8, max_queue=64, max_bytes=MAX_BYTES)
     assert summary.startswith("40 items of 5 classes (flat, cosine, threshold ")
     uvicorn_server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
@@ -201,8 +231,13 @@ def server(tmp_path_factory):
     while not uvicorn_server.started and time.monotonic() < deadline and thread.is_alive():
         time.sleep(0.05)
     assert uvicorn_server.started
-    yield SimpleNamespace(port=listener.getsockname()[1], url=f"http://127.0.0.1:{listener.getsockname()[1]}",
-                          run=run, queries=root / "queries", root=root)  # fmt: skip
+    yield SimpleNamespace(
+        port=listener.getsockname()[1],
+        url=f"http://127.0.0.1:{listener.getsockname()[1]}",
+        run=run,
+        queries=root / "queries",
+        root=root,
+    )
     uvicorn_server.should_exit = True
     thread.join(30)
     listener.close()
@@ -222,8 +257,13 @@ def test_search_enrol_and_remove_over_http(server):
         assert status == 200 and thumb[:8] == b"\x89PNG\r\n\x1a\n"
     # the same query as JSON (base64, k as a number) and as a raw image body
     image = png(files(server.queries, "class_1")[0])
-    status, by_json = call(server, "POST", "/search", json.dumps({"image": base64.b64encode(image).decode(), "k": 2}),
-                           {"Content-Type": "application/json"})  # fmt: skip
+    status, by_json = call(
+        server,
+        "POST",
+        "/search",
+        json.dumps({"image": base64.b64encode(image).decode(), "k": 2}),
+        {"Content-Type": "application/json"},
+    )
     status_raw, raw = call(server, "POST", "/search?k=2", image, {"Content-Type": "image/png"})
     assert status == status_raw == 200 and by_json == raw and len(raw["neighbors"]) == 2
 
@@ -257,7 +297,9 @@ def header_only_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @server_test
@@ -282,7 +324,7 @@ def test_bad_requests_are_one_clear_4xx_and_the_server_goes_on(server):
         ((b'{"image": "aGk=", "k": [1]}', {"Content-Type": "application/json"}), 400, r"^k: expected a string or"),
         ((b"k=3", {"Content-Type": "application/x-www-form-urlencoded"}), 415, r"^unsupported content type"),
         ((b"x" * (MAX_BYTES + 1), {"Content-Type": "image/png"}), 413, r"larger than 262,144 bytes"),
-    ]  # fmt: skip
+    ]
     for (body, headers), status, message in cases:
         got, answer = call(server, "POST", "/search", body, headers)
         assert got == status and list(answer) == ["error"] and re.search(message, answer["error"]), (message, answer)
@@ -300,7 +342,8 @@ def test_bad_requests_are_one_clear_4xx_and_the_server_goes_on(server):
         ("GET", "/items/abc/image", 400, "item_id must be a positive integer; got 'abc'"),
         ("GET", "/items/999999/image", 404, "item 999999 has no image"),
     ]:
-        assert call(server, method, path)[1]["error"].startswith(message), path
+        got, answer = call(server, method, path)
+        assert got == status and answer["error"].startswith(message), path
     status, answer = enrol(server, "unknown", [good])
     assert status == 400 and "cannot be a class name" in answer["error"]
     status, answer = enrol(server, "", [good])
@@ -392,10 +435,17 @@ def test_page_searches_and_enrols_in_headless_chromium(server, tmp_path):
     outside, errors = [], []
     with playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"],
-        )  # fmt: skip
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 900})
             page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server.url, "blob:")) else None)
@@ -406,8 +456,9 @@ def test_page_searches_and_enrols_in_headless_chromium(server, tmp_path):
 
             page.set_input_files("#file", str(files(server.queries, "class_3")[0]))
             page.wait_for_function("document.querySelectorAll('#neighbors .card').length === 5")
-            page.wait_for_function("[...document.querySelectorAll('#neighbors img')]"
-                                   ".every(i => i.complete && i.naturalWidth > 0)")  # fmt: skip
+            page.wait_for_function(
+                "[...document.querySelectorAll('#neighbors img')].every(i => i.complete && i.naturalWidth > 0)"
+            )
             assert page.text_content("#decision") == "class_3"
             assert page.get_attribute("#decision", "class") == "known"
             assert page.locator("#neighbors .class").all_text_contents() == ["class_3"] * 5
@@ -421,8 +472,9 @@ def test_page_searches_and_enrols_in_headless_chromium(server, tmp_path):
             assert page.text_content("#enroll-result") == "enrolled 4 image(s) of visitor; the gallery holds 44 items"
             page.set_input_files("#file", grey[5])
             page.wait_for_function("document.querySelector('#neighbors .class')?.textContent === 'visitor'")
-            page.wait_for_function("[...document.querySelectorAll('#neighbors img')]"
-                                   ".every(i => i.complete && i.naturalWidth > 0)")  # fmt: skip
+            page.wait_for_function(
+                "[...document.querySelectorAll('#neighbors img')].every(i => i.complete && i.naturalWidth > 0)"
+            )
             shot = tmp_path / "page.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:
@@ -447,8 +499,11 @@ def test_workers_share_the_gallery(server, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(server.run, run, ignore=shutil.ignore_patterns("uploads"))
-    process = subprocess.Popen([sys.executable, "-m", "clusterloss", "serve", str(run), "--port", "0", "--workers",
-                                "2", "--token", TOKEN], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clusterloss", "serve", str(run), "--port", "0", "--workers", "2", "--token", TOKEN],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stdout.readline()
         assert line.startswith("clusterloss serve: http://127.0.0.1:") and "2 workers" in line, line

@@ -17,8 +17,18 @@ from clusterloss import TrainingOnly, WarmupSchedule
 from clusterloss.app.cli.main import main
 from clusterloss.app.training import augmentation, make_optimizer
 
-TINY = ["train", "--train-limit", "128", "--test-limit", "60", "--embedding-dim", "4",
-        "--verbose", "0", "--no-evaluate"]  # fmt: skip
+TINY = [
+    "train",
+    "--train-limit",
+    "128",
+    "--test-limit",
+    "60",
+    "--embedding-dim",
+    "4",
+    "--verbose",
+    "0",
+    "--no-evaluate",
+]
 STEPS = 2  # 128 training rows in batches of 64
 
 
@@ -49,7 +59,9 @@ def expected_rate(step: int, peak: float, total: int, decay: str, warmup: int) -
 def test_schedule_per_step_is_the_formula(decay, warmup):
     schedule = WarmupSchedule(0.3, 40, decay, warmup_steps=warmup)
     for step in range(45):
-        assert float(to_np(schedule(step))) == pytest.approx(expected_rate(step, 0.3, 40, decay, warmup), rel=1e-5, abs=1e-7), step
+        assert float(to_np(schedule(step))) == pytest.approx(
+            expected_rate(step, 0.3, 40, decay, warmup), rel=1e-5, abs=1e-7
+        ), step
     shifted = WarmupSchedule(0.3, 40, decay, warmup_steps=warmup, offset=7)
     assert float(to_np(shifted(3))) == pytest.approx(expected_rate(10, 0.3, 40, decay, warmup), rel=1e-5, abs=1e-7)
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(shifted))
@@ -71,10 +83,14 @@ def is_a(optimizer, kind) -> bool:
     return isinstance(optimizer, kind) and type(optimizer).__name__ == kind.__name__
 
 
-@pytest.mark.parametrize(("name", "kind", "decay"), [
-    ("adam", keras.optimizers.Adam, None), ("adamw", keras.optimizers.AdamW, 0.01),
-    ("sgd", keras.optimizers.SGD, 0.01),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "kind", "decay"),
+    [
+        ("adam", keras.optimizers.Adam, None),
+        ("adamw", keras.optimizers.AdamW, 0.01),
+        ("sgd", keras.optimizers.SGD, 0.01),
+    ],
+)
 def test_optimizer_choice(name, kind, decay):
     optimizer = make_optimizer(name, 0.1, decay or 0.0)
     assert is_a(optimizer, kind) and optimizer.weight_decay == decay
@@ -87,9 +103,31 @@ def test_schedule_and_optimizer_in_a_run(tmp_path, trunk_weights):
     continues the schedule): the logged learning rate at each epoch's end is the formula at
     step epochs x steps; the saved model's optimizer is AdamW with the schedule."""
     out = tmp_path / "run"
-    assert main([*TINY, "--epochs", "4", "--out", str(out), "--optimizer", "adamw",
-                 "--lr-schedule", "cosine", "--warmup-epochs", "1", "--learning-rate", "0.02",
-                 "--freeze-backbone-epochs", "1", "--weights", trunk_weights, "--tensorboard"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                *TINY,
+                "--epochs",
+                "4",
+                "--out",
+                str(out),
+                "--optimizer",
+                "adamw",
+                "--lr-schedule",
+                "cosine",
+                "--warmup-epochs",
+                "1",
+                "--learning-rate",
+                "0.02",
+                "--freeze-backbone-epochs",
+                "1",
+                "--weights",
+                trunk_weights,
+                "--tensorboard",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["weight_decay"] == 0.004  # AdamW's default, recorded
     expected = [expected_rate(e * STEPS, 0.02, 4 * STEPS, "cosine", STEPS) for e in (1, 2, 3, 4)]
@@ -104,8 +142,12 @@ def test_schedule_and_optimizer_in_a_run(tmp_path, trunk_weights):
         import tensorflow as tf
 
         (path,) = (out / "logs" / "train").iterdir()
-        found = [v.simple_value for e in tf.compat.v1.train.summary_iterator(str(path))
-                 for v in e.summary.value if v.tag == "epoch_learning_rate"]  # fmt: skip
+        found = [
+            v.simple_value
+            for e in tf.compat.v1.train.summary_iterator(str(path))
+            for v in e.summary.value
+            if v.tag == "epoch_learning_rate"
+        ]
         np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-9)
 
 
@@ -113,9 +155,30 @@ def test_patience_stops_and_counts_across_the_frozen_phase(tmp_path, trunk_weigh
     """With a learning rate of 1e-12 the validation MAP@R never improves after epoch 1:
     patience 2 stops at the end of epoch 3, although epoch 1 was a phase of its own."""
     out = tmp_path / "run"
-    assert main([*TINY, "--epochs", "6", "--out", str(out), "--optimizer", "sgd",
-                 "--learning-rate", "1e-12", "--val-split", "0.2", "--patience", "2",
-                 "--freeze-backbone-epochs", "1", "--weights", trunk_weights]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                *TINY,
+                "--epochs",
+                "6",
+                "--out",
+                str(out),
+                "--optimizer",
+                "sgd",
+                "--learning-rate",
+                "1e-12",
+                "--val-split",
+                "0.2",
+                "--patience",
+                "2",
+                "--freeze-backbone-epochs",
+                "1",
+                "--weights",
+                trunk_weights,
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     values = metrics["history"]["val_map_at_r"]
     assert len(values) == 3 and len(set(values)) == 1
@@ -124,7 +187,11 @@ def test_patience_stops_and_counts_across_the_frozen_phase(tmp_path, trunk_weigh
 
 def test_augmentation_is_seeded_and_only_in_training():
     images = np.random.default_rng(0).random((16, 12, 12, 3)).astype("float32")
-    a, b, other = augmentation("crop-flip-color", 3), augmentation("crop-flip-color", 3), augmentation("crop-flip-color", 4)
+    a, b, other = (
+        augmentation("crop-flip-color", 3),
+        augmentation("crop-flip-color", 3),
+        augmentation("crop-flip-color", 4),
+    )
     first = to_np(a(images, training=True))
     assert not np.allclose(first, images) and first.shape == images.shape
     np.testing.assert_array_equal(to_np(b(images, training=True)), first)  # same seed
@@ -141,8 +208,9 @@ def test_augmentation_is_seeded_and_only_in_training():
 
 def test_augmented_run_embeds_validation_and_test_images_unchanged(tmp_path):
     out = tmp_path / "run"
-    assert main([*TINY, "--epochs", "1", "--out", str(out), "--augment", "flip",
-                 "--val-split", "0.2"]) == 0  # fmt: skip (crop-flip-color: the resume test)
+    assert (
+        main([*TINY, "--epochs", "1", "--out", str(out), "--augment", "flip", "--val-split", "0.2"]) == 0
+    )  # crop-flip-color: in the resume test
     model = keras.saving.load_model(out / "model.keras")
     outer = model.backbone
     inner = next(layer for layer in outer.layers if isinstance(layer, keras.Model))
@@ -189,9 +257,27 @@ def test_interrupted_run_resumes_with_the_same_schedule_augmentation_and_patienc
     from clusterloss.app.cli.main import build_parser
     from clusterloss.app.runs import train
 
-    argv = [*TINY, "--epochs", "4", "--val-split", "0.2", "--optimizer", "sgd",
-            "--lr-schedule", "step", "--warmup-epochs", "1", "--augment", "crop-flip-color",
-            "--freeze-backbone-epochs", "1", "--weights", trunk_weights, "--patience", "3"]  # fmt: skip
+    argv = [
+        *TINY,
+        "--epochs",
+        "4",
+        "--val-split",
+        "0.2",
+        "--optimizer",
+        "sgd",
+        "--lr-schedule",
+        "step",
+        "--warmup-epochs",
+        "1",
+        "--augment",
+        "crop-flip-color",
+        "--freeze-backbone-epochs",
+        "1",
+        "--weights",
+        trunk_weights,
+        "--patience",
+        "3",
+    ]
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     assert main([*argv, "--out", str(whole)]) == 0
     args = build_parser().parse_args([*argv, "--out", str(resumed)])
@@ -208,17 +294,22 @@ def test_interrupted_run_resumes_with_the_same_schedule_augmentation_and_patienc
     assert a["stopped_epoch"] == b["stopped_epoch"] and a["best_epoch"] == b["best_epoch"]
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
-    (["--weight-decay", "-1"], "argument --weight-decay: must be >= 0; got -1"),
-    (["--learning-rate", "nan"], "argument --learning-rate: expected a finite number; got 'nan'"),
-    (["--lr-schedule", "linear"], "argument --lr-schedule: invalid choice: 'linear'"),
-    (["--mixed-precision", "float8"], "argument --mixed-precision: invalid choice: 'float8'"),
-    (["--augment", "rotate"], "argument --augment: invalid choice: 'rotate'"),
-    (["--patience", "2"], "--patience stops on validation MAP@R, and digits has no validation "
-     "split: set --val-split (e.g. 0.1)"),
-    (["--epochs", "2", "--warmup-epochs", "2"], "--warmup-epochs must be < --epochs (2); got 2."),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
+        (["--weight-decay", "-1"], "argument --weight-decay: must be >= 0; got -1"),
+        (["--learning-rate", "nan"], "argument --learning-rate: expected a finite number; got 'nan'"),
+        (["--lr-schedule", "linear"], "argument --lr-schedule: invalid choice: 'linear'"),
+        (["--mixed-precision", "float8"], "argument --mixed-precision: invalid choice: 'float8'"),
+        (["--augment", "rotate"], "argument --augment: invalid choice: 'rotate'"),
+        (
+            ["--patience", "2"],
+            "--patience stops on validation MAP@R, and digits has no validation split: set --val-split (e.g. 0.1)",
+        ),
+        (["--epochs", "2", "--warmup-epochs", "2"], "--warmup-epochs must be < --epochs (2); got 2."),
+    ],
+)
 def test_bad_values_are_one_line(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         main([*TINY, "--out", str(tmp_path / "run"), *argv])
@@ -231,8 +322,7 @@ def test_augment_refuses_feature_vectors(tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "vectors.npz", x=rng.random((60, 5)).astype("float32"), y=np.arange(60) % 3)
     with pytest.raises(SystemExit) as exit_info:
-        main([*TINY, "--data", str(tmp_path / "vectors.npz"), "--out", str(tmp_path / "run"),
-              "--augment", "flip"])  # fmt: skip
+        main([*TINY, "--data", str(tmp_path / "vectors.npz"), "--out", str(tmp_path / "run"), "--augment", "flip"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert "--augment flip needs images; vectors.npz holds feature vectors of shape (5,)" in err

@@ -16,13 +16,14 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
+from conftest import BACKEND  # noqa: E402
+
 from clusterloss.app.cli.main import main  # noqa: E402
 from clusterloss.app.config import TrainConfig  # noqa: E402
 from clusterloss.app.folds import class_folds  # noqa: E402
 from clusterloss.app.recipes import RECIPES  # noqa: E402
 from clusterloss.app.runs import train  # noqa: E402
 from clusterloss.app.tune import Pruning, fold_score, parse_space, search_space, trial_config  # noqa: E402
-from conftest import BACKEND  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = [(name, o) for name, r in RECIPES.items() for o in r.options if o.space]
@@ -60,8 +61,9 @@ def test_misspelt_search_key_is_an_error(tmp_path, capsys):
 def original_classes(data) -> dict[str, set[str]]:
     """The class names (digits: the digit itself) present in each part of `data`."""
     names = data.all_class_names
-    return {part: {names[label] for label in getattr(data, f"y_{part}")}
-            for part in ("train", "val", "test", "unknown")}  # fmt: skip
+    return {
+        part: {names[label] for label in getattr(data, f"y_{part}")} for part in ("train", "val", "test", "unknown")
+    }
 
 
 def test_folds_never_hold_a_test_class():
@@ -85,8 +87,9 @@ def test_folds_never_hold_a_test_class():
 
 def study_with(values: list[float], steps: int = 3):
     """An in-memory study whose finished trials reported `value` at every step."""
-    study = optuna.create_study(direction="maximize",
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))  # fmt: skip
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    )
     for value in values:
         trial = study.ask()
         for step in range(steps):
@@ -111,8 +114,23 @@ def test_pruning_stops_a_poor_trial_early():
     assert trial.study.trials[-1].intermediate_values == {3: pytest.approx(0.75)}
 
 
-TUNE = ["tune", "--loss", "center", "--trials", "3", "--epochs", "1", "--folds", "2", "--train-limit",
-        "400", "--embedding-dim", "4", "--verbose", "0"]  # fmt: skip
+TUNE = [
+    "tune",
+    "--loss",
+    "center",
+    "--trials",
+    "3",
+    "--epochs",
+    "1",
+    "--folds",
+    "2",
+    "--train-limit",
+    "400",
+    "--embedding-dim",
+    "4",
+    "--verbose",
+    "0",
+]
 KILLER = textwrap.dedent("""
     import os, signal, sys, keras
     import clusterloss.app.tune as tune
@@ -137,10 +155,19 @@ KILLER = textwrap.dedent("""
 @pytest.mark.slow
 def test_killed_tuning_resumes_and_train_replays_the_best(tmp_path, capsys):
     out = str(tmp_path / "tune")
-    env = {**os.environ, "KERAS_BACKEND": BACKEND,
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    killed = subprocess.run([sys.executable, "-c", KILLER, *TUNE, "--out", out], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": BACKEND,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, *TUNE, "--out", out],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     storage = f"sqlite:///{tmp_path / 'tune' / 'study.db'}"
     states = [t.state.name for t in optuna.load_study(study_name="center", storage=storage).trials]
@@ -179,13 +206,19 @@ def test_compare_takes_the_tuned_settings(tmp_path):
     from clusterloss.app.compare import parse_setting, tuned_settings
     from clusterloss.app.errors import RunError
 
-    tuned = {"config": {"data": "digits", "known_classes": [0, 1, 2, 3, 4, 5]}, "losses": {
-        "arcface": {"best_options": {"scale": 6.385, "scale_rule": "adacos", "margin": 0.08706}},
-        "triplet": {"best_options": {"margin": 0.1252, "type_of_triplets": "all"}}}}  # fmt: skip
+    tuned = {
+        "config": {"data": "digits", "known_classes": [0, 1, 2, 3, 4, 5]},
+        "losses": {
+            "arcface": {"best_options": {"scale": 6.385, "scale_rule": "adacos", "margin": 0.08706}},
+            "triplet": {"best_options": {"margin": 0.1252, "type_of_triplets": "all"}},
+        },
+    }
     (tmp_path / "tune.json").write_text(json.dumps(tuned))
     settings = tuned_settings(tmp_path, "digits", [0, 1, 2, 3, 4, 5])
-    assert settings == [parse_setting("arcface:scale=6.385,scale_rule=adacos,margin=0.08706"),
-                        parse_setting("triplet:margin=0.1252,type_of_triplets=all")]  # fmt: skip
+    assert settings == [
+        parse_setting("arcface:scale=6.385,scale_rule=adacos,margin=0.08706"),
+        parse_setting("triplet:margin=0.1252,type_of_triplets=all"),
+    ]
     with pytest.raises(RunError, match=r"tuned with --known-classes \[0, 1, 2, 3, 4, 5\], not None"):
         tuned_settings(tmp_path, "digits", None)
     with pytest.raises(RunError, match="holds no tune.json"):

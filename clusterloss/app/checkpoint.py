@@ -69,15 +69,27 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         state: a loaded `state.json` to continue from (`TrainingCheckpoint.read`).
     """
 
-    def __init__(self, directory: str | Path, config: dict[str, Any], monitor: str | None = None,
-                 mode: str = "max", state: dict[str, Any] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        directory: str | Path,
+        config: dict[str, Any],
+        monitor: str | None = None,
+        mode: str = "max",
+        state: dict[str, Any] | None = None,
+    ):
         super().__init__()
         self.directory = Path(directory)
         self.monitor, self.mode = monitor, mode
         self.state = state or {
-            "config": config, "epoch": 0, "history": {}, "weights": None,
-            "monitor": monitor, "best": None, "best_epoch": None, "best_weights": None,
-        }  # fmt: skip
+            "config": config,
+            "epoch": 0,
+            "history": {},
+            "weights": None,
+            "monitor": monitor,
+            "best": None,
+            "best_epoch": None,
+            "best_weights": None,
+        }
         self._before = float(self.state.get("train_seconds", 0.0))  # the parts before a resume
         self._began = time.perf_counter()
 
@@ -125,8 +137,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             self.state["best"], self.state["best_epoch"] = float(value), epoch + 1
             self.state["best_weights"] = self._save_weights(f"best-{epoch + 1}.weights.h5")
         self.state["weights"] = self._save_weights(f"epoch-{epoch + 1}.weights.h5")
-        self.state["seeds"] = [np.asarray(keras.ops.convert_to_numpy(g.state)).tolist()
-                               for g in seed_generators(self.model)]  # fmt: skip
+        self.state["seeds"] = [
+            np.asarray(keras.ops.convert_to_numpy(g.state)).tolist() for g in seed_generators(self.model)
+        ]
         self.state["epoch"] = epoch + 1
         self.state["train_seconds"] = self.seconds()
         write_text(self.directory / STATE, json.dumps(self.state, indent=1) + "\n")

@@ -85,8 +85,10 @@ def tuned_settings(directory: str | Path, data: str, known_classes: list[int] | 
     for key, now in (("data", data), ("known_classes", known_classes)):
         if config[key] != now:
             flag = "--" + key.replace("_", "-")
-            raise RunError(f"{directory} was tuned with {flag} {config[key]}, not {now}: compare "
-                           f"on the data it was tuned for (pass {flag} {config[key]})")  # fmt: skip
+            raise RunError(
+                f"{directory} was tuned with {flag} {config[key]}, not {now}: compare "
+                f"on the data it was tuned for (pass {flag} {config[key]})"
+            )
     return [Setting(loss, tuple(options.items())) for loss, options in found]
 
 
@@ -150,9 +152,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path, base: TrainConfig, seeds
     writer = csv.writer(table)
     writer.writerow(["setting", "seeds"] + [x for m in names for x in (m, m + "_std")])
     for r in rows:
-        writer.writerow(
-            [r["setting"], r["seeds"]] + [r.get(x, "") for m in names for x in (m, m + "_std")]
-        )
+        writer.writerow([r["setting"], r["seeds"]] + [r.get(x, "") for m in names for x in (m, m + "_std")])
     header = "| setting | " + " | ".join(names) + " |"
     lines = [
         f"data {base.data}, {base.embedding_dim}-D embeddings, {base.epochs} epochs, "
@@ -176,8 +176,7 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path, columns: int = 4) ->
     columns = max(1, min(columns, len(names)))
     grid = (max(1, -(-len(names) // columns)), columns)
     height = 0.28 * len(rows) + 1.0
-    fig, axes = plt.subplots(*grid, figsize=(3.6 * columns, height * grid[0]), dpi=110,
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(*grid, figsize=(3.6 * columns, height * grid[0]), dpi=110, squeeze=False)
     colors = [f"C{i % 10}" for i in range(len(rows))]
     y = np.arange(len(rows))[::-1]
     for ax, name in zip(axes.flat, names):
@@ -194,7 +193,7 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path, columns: int = 4) ->
         ax.set_yticks(y, [r["setting"] for r in rows], fontsize=7)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(axis="x", alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
     fig.tight_layout()
     save_figure(fig, path)
@@ -208,9 +207,7 @@ def plot_feature_panels(settings: list[Setting], seed: int, out: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), dpi=100, squeeze=False)
     for ax, setting in zip(axes.flat, settings):
         emb = load_embeddings(out / "runs" / f"{setting.slug}-s{seed}")
-        plot_features(
-            emb["test"], emb["test_labels"], "", emb["centers"], title=setting.label, ax=ax
-        )
+        plot_features(emb["test"], emb["test_labels"], "", emb["centers"], title=setting.label, ax=ax)
     for ax in list(axes.flat)[len(settings) :]:
         ax.axis("off")
     fig.tight_layout()

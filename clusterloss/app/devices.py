@@ -30,8 +30,11 @@ from clusterloss.data import Batches
 
 DISTRIBUTE = ("auto", "none")
 # Keras's environment variables for several processes (`keras.distribution.initialize`).
-PROCESS_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
-                     "KERAS_DISTRIBUTION_PROCESS_ID")  # fmt: skip
+PROCESS_VARIABLES = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
 
 
 def initialize() -> int:
@@ -41,13 +44,16 @@ def initialize() -> int:
     if not given:
         return 0
     if keras.backend.backend() != "jax":
-        raise RunError(f"{', '.join(given)}: several processes need the JAX backend (Keras "
-                       f"{keras.__version__}'s distribution); got {keras.backend.backend()}")  # fmt: skip
+        raise RunError(
+            f"{', '.join(given)}: several processes need the JAX backend (Keras "
+            f"{keras.__version__}'s distribution); got {keras.backend.backend()}"
+        )
     try:
         keras.distribution.initialize()
     except (ValueError, RuntimeError) as error:
-        raise RunError(f"keras.distribution.initialize() from {', '.join(given)}: "
-                       f"{str(error).splitlines()[0]}") from None  # fmt: skip
+        raise RunError(
+            f"keras.distribution.initialize() from {', '.join(given)}: {str(error).splitlines()[0]}"
+        ) from None
     return process_position()[0]
 
 
@@ -58,8 +64,11 @@ class _Shard(keras.utils.PyDataset):
     most `devices - 1` rows (different ones each epoch: the batches are shuffled)."""
 
     def __init__(self, dataset: keras.utils.PyDataset, devices: int, process: int, processes: int):
-        super().__init__(workers=dataset.workers, use_multiprocessing=dataset.use_multiprocessing,
-                         max_queue_size=dataset.max_queue_size)  # fmt: skip
+        super().__init__(
+            workers=dataset.workers,
+            use_multiprocessing=dataset.use_multiprocessing,
+            max_queue_size=dataset.max_queue_size,
+        )
         self.dataset, self.devices, self.process, self.processes = dataset, devices, process, processes
         rows = len(dataset.x) if isinstance(dataset, Batches) else len(dataset) * dataset.batch_size
         last = rows - (len(dataset) - 1) * dataset.batch_size
@@ -146,14 +155,21 @@ class Devices:
         count = len(self.names)
         if batch_size % count:
             fit = max(count, batch_size // count * count)
-            raise RunError(f"--batch-size: a batch of {batch_size} is split over {count} devices "
-                           f"({self.how}); it must be a multiple of {count}: use --batch-size "
-                           f"{fit}, or --distribute none")  # fmt: skip
+            raise RunError(
+                f"--batch-size: a batch of {batch_size} is split over {count} devices "
+                f"({self.how}); it must be a multiple of {count}: use --batch-size "
+                f"{fit}, or --distribute none"
+            )
         if self.how == "MirroredStrategy" and (pairs or sample_rate < 1.0):
-            what = "pair losses would mine inside each replica's slice" if pairs else \
-                "Partial FC (--sample-rate) would sample classes per replica"  # fmt: skip
-            raise RunError(f"--distribute on TensorFlow: {what}; use --backend jax (the loss "
-                           "sees the global batch) or --distribute none")  # fmt: skip
+            what = (
+                "pair losses would mine inside each replica's slice"
+                if pairs
+                else "Partial FC (--sample-rate) would sample classes per replica"
+            )
+            raise RunError(
+                f"--distribute on TensorFlow: {what}; use --backend jax (the loss "
+                "sees the global batch) or --distribute none"
+            )
 
     def batches(self, dataset: keras.utils.PyDataset) -> keras.utils.PyDataset:
         """`fit`'s data: `dataset` itself, or under `DataParallel` its shard (`_Shard`)."""
@@ -180,9 +196,11 @@ def plan(distribute: str, partial_fc: bool = False) -> Devices:
     names = local_devices()
     process, processes = process_position()
     if processes > 1 and distribute == "none":
-        raise RunError(f"--distribute none: this is one of {processes} processes "
-                       "(KERAS_DISTRIBUTION_*); several processes train together with "
-                       "--distribute auto")  # fmt: skip
+        raise RunError(
+            f"--distribute none: this is one of {processes} processes "
+            "(KERAS_DISTRIBUTION_*); several processes train together with "
+            "--distribute auto"
+        )
     if distribute == "none" or len(names) < 2:
         return Devices(tuple(names[:1]))
     backend = keras.backend.backend()
@@ -194,7 +212,10 @@ def plan(distribute: str, partial_fc: bool = False) -> Devices:
         return Devices(tuple(names), "DataParallel", parallel, process, processes)
     if backend == "tensorflow":
         return Devices(tuple(names), "MirroredStrategy", mirrored_strategy(names))
-    print(f"clusterloss: --distribute auto: Keras {keras.__version__} has no distribution for "
-          f"torch; training on {names[0]} alone of {len(names)} devices (--backend jax or "
-          "tensorflow trains on all)", file=sys.stderr)  # fmt: skip
+    print(
+        f"clusterloss: --distribute auto: Keras {keras.__version__} has no distribution for "
+        f"torch; training on {names[0]} alone of {len(names)} devices (--backend jax or "
+        "tensorflow trains on all)",
+        file=sys.stderr,
+    )
     return Devices(tuple(names[:1]))

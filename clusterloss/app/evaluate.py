@@ -62,15 +62,12 @@ def _progress(verbose: Any):
         return None
     from keras.utils import Progbar
 
-    print("evaluation: embeddings, retrieval, unseen classes, verification, open set, plots, "
-          "report", flush=True)  # fmt: skip
+    print("evaluation: embeddings, retrieval, unseen classes, verification, open set, plots, report", flush=True)
     return Progbar(7, verbose=2 if verbose in (2, "2") else 1, unit_name="step")
 
 
 def _retrieval(query, query_labels, reference=None, reference_labels=None, prefix="", seed=0):
-    found = retrieval_metrics(
-        query, query_labels, reference, reference_labels, metric=METRIC, seed=seed
-    )
+    found = retrieval_metrics(query, query_labels, reference, reference_labels, metric=METRIC, seed=seed)
     return {prefix + key: value for key, value in found.items()}
 
 
@@ -95,8 +92,9 @@ def _grid_rows(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.array(chosen + rest[: n - len(chosen)], dtype=np.int64)
 
 
-def _neighbor_grid(path, q_images, q_labels, q_emb, r_images, r_labels, r_emb,
-                   class_names, title, same_source: bool, seed: int) -> None:
+def _neighbor_grid(
+    path, q_images, q_labels, q_emb, r_images, r_labels, r_emb, class_names, title, same_source: bool, seed: int
+) -> None:
     """Nearest references of a few queries, drawn by `plot_neighbors` (images only: no grid
     for feature vectors)."""
     from clusterloss.app.report.plots import plot_neighbors
@@ -115,9 +113,15 @@ def _neighbor_grid(path, q_images, q_labels, q_emb, r_images, r_labels, r_emb,
         found, scores = drop_self_matches(rows, found, scores)
     neighbors = r_images[found.reshape(-1)]  # an array or ImageFiles: read these only
     plot_neighbors(
-        path, q_images[rows], q_labels[rows], neighbors.reshape(*found.shape, *neighbors.shape[1:]),
-        r_labels[found], scores, class_names, title,
-    )  # fmt: skip
+        path,
+        q_images[rows],
+        q_labels[rows],
+        neighbors.reshape(*found.shape, *neighbors.shape[1:]),
+        r_labels[found],
+        scores,
+        class_names,
+        title,
+    )
 
 
 def run_title(metrics: dict[str, Any]) -> str:
@@ -184,8 +188,9 @@ def evaluate_run(
         stats, embeddings = summarize(model, data)
         metrics.update(stats)
         save_embeddings(run_dir, embeddings)
-        plot_features(embeddings["test"], data.y_test, run_dir / "features.png",
-                      embeddings["centers"], data.class_names, title)  # fmt: skip
+        plot_features(
+            embeddings["test"], data.y_test, run_dir / "features.png", embeddings["centers"], data.class_names, title
+        )
         if metrics.get("history"):
             plot_history(metrics["history"], run_dir / "history.png", title, **history_marks(metrics))
     train_emb, test_emb = embeddings["train"], embeddings["test"]
@@ -223,9 +228,14 @@ def evaluate_run(
     # 5. open set: known test queries vs unseen-class queries, against the training gallery
     if unknown_emb is not None and len(unknown_emb):
         open_set = open_set_metrics(
-            train_emb, y_train, test_emb, y_test, unknown_emb,
-            metric=METRIC, keep_known=KEEP_KNOWN,
-        )  # fmt: skip
+            train_emb,
+            y_train,
+            test_emb,
+            y_test,
+            unknown_emb,
+            metric=METRIC,
+            keep_known=KEEP_KNOWN,
+        )
         found.update(open_set)
         found["num_unknown_classes"] = int(len(np.unique(y_unknown)))
     step()
@@ -235,15 +245,32 @@ def evaluate_run(
         save_roc_plot(temporary, curves, title=f"Verification ROC ({METRIC}): {title}")
     names = data.all_class_names
     _neighbor_grid(
-        run_dir / "neighbors.png", data.x_test, y_test, test_emb, data.x_train, y_train,
-        train_emb, names, "test queries: nearest training images (cosine)", False, seed,
-    )  # fmt: skip
+        run_dir / "neighbors.png",
+        data.x_test,
+        y_test,
+        test_emb,
+        data.x_train,
+        y_train,
+        train_emb,
+        names,
+        "test queries: nearest training images (cosine)",
+        False,
+        seed,
+    )
     if unseen:
         _neighbor_grid(
-            run_dir / "neighbors_unseen.png", data.x_unknown, y_unknown, unknown_emb,
-            data.x_unknown, y_unknown, unknown_emb, names,
-            "unseen classes: nearest other unseen images (cosine)", True, seed,
-        )  # fmt: skip
+            run_dir / "neighbors_unseen.png",
+            data.x_unknown,
+            y_unknown,
+            unknown_emb,
+            data.x_unknown,
+            y_unknown,
+            unknown_emb,
+            names,
+            "unseen classes: nearest other unseen images (cosine)",
+            True,
+            seed,
+        )
     step()
 
     found["evaluate_seconds"] = round(time.perf_counter() - start, 3)

@@ -5,7 +5,7 @@ among the test classes."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,9 +25,11 @@ def class_folds(classes: Sequence[int], folds: int, seed: int) -> list[list[int]
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise ValueError(f"`folds` must be an int >= 2; got {folds!r}.")
     if len(classes) < 2 * folds:
-        raise ValueError(f"`folds` = {folds} needs 2 training classes per fold ({2 * folds}); "
-                         f"the run trains on {len(classes)}: use --folds {len(classes) // 2} "
-                         "or fewer")  # fmt: skip
+        raise ValueError(
+            f"`folds` = {folds} needs 2 training classes per fold ({2 * folds}); "
+            f"the run trains on {len(classes)}: use --folds {len(classes) // 2} "
+            "or fewer"
+        )
     order = np.random.default_rng(seed).permutation(classes)
     return [sorted(int(c) for c in part) for part in np.array_split(order, folds)]
 
@@ -41,11 +43,14 @@ def hold_out_classes(data: Dataset, val_classes: Sequence[int], known: Sequence[
     known = list(known)
     missing = [c for c in val_classes if c not in known]
     if missing or len(set(val_classes)) != len(val_classes) or len(val_classes) < 2:
-        raise ValueError(f"`val_classes` must be at least 2 distinct ids among the training "
-                         f"classes ({_ids(known)}); got {list(val_classes)}.")  # fmt: skip
+        raise ValueError(
+            f"`val_classes` must be at least 2 distinct ids among the training "
+            f"classes ({_ids(known)}); got {list(val_classes)}."
+        )
     if len(known) - len(val_classes) < 2:
-        raise ValueError(f"`val_classes` must leave 2 of the training classes ({_ids(known)}) "
-                         f"to train on; got {list(val_classes)}.")  # fmt: skip
+        raise ValueError(
+            f"`val_classes` must leave 2 of the training classes ({_ids(known)}) to train on; got {list(val_classes)}."
+        )
     if len(data.y_val):
         raise ValueError("`val_classes` replaces the validation split: set no `val_split`.")
     held = [known.index(c) for c in val_classes]
@@ -62,11 +67,18 @@ def hold_out_classes(data: Dataset, val_classes: Sequence[int], known: Sequence[
     x_test, y_test = part(data.x_test, data.y_test, kept)
     x_unknown, y_unknown = part(data.x_test, data.y_test, held)
     return Dataset(
-        name=data.name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-        class_names=[data.class_names[c] for c in kept], x_val=x_val, y_val=y_val,
-        x_unknown=x_unknown, y_unknown=y_unknown,
+        name=data.name,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        class_names=[data.class_names[c] for c in kept],
+        x_val=x_val,
+        y_val=y_val,
+        x_unknown=x_unknown,
+        y_unknown=y_unknown,
         unknown_class_names=[data.class_names[c] for c in held],
-    )  # fmt: skip
+    )
 
 
 def _ids(ids: Sequence[int]) -> str:

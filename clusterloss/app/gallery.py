@@ -59,8 +59,12 @@ def _load(model, source: str, **splits: Any) -> Dataset:
     size, channels = input_format(model)
     builtin = source in DATASETS
     try:
-        return load_dataset(source if builtin else os.path.abspath(source), channels=channels,
-                            **splits, **({"image_size": size} if size else {}))  # fmt: skip
+        return load_dataset(
+            source if builtin else os.path.abspath(source),
+            channels=channels,
+            **splits,
+            **({"image_size": size} if size else {}),
+        )
     except ValueError as error:
         raise RunError(str(error)) from None
 
@@ -70,8 +74,10 @@ def embed_checked(model, x: Any, what: str, verbose: Any = 0) -> np.ndarray:
     emb = embed_all(model, x, verbose)
     bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
     if len(bad):
-        raise RunError(f"the model gives NaN or inf embeddings for {len(bad)} of {len(emb)} inputs of {what} "
-                       f"(the first: #{bad[0]}); a diverged model: retrain it (lower --learning-rate)")  # fmt: skip
+        raise RunError(
+            f"the model gives NaN or inf embeddings for {len(bad)} of {len(emb)} inputs of {what} "
+            f"(the first: #{bad[0]}); a diverged model: retrain it (lower --learning-rate)"
+        )
     return emb
 
 
@@ -97,18 +103,30 @@ def probe_data(model, data: Dataset, calibrate: str | None) -> tuple[Any, list[s
     return data.x_test, [data.class_names[i] for i in data.y_test], "the run's test split"
 
 
-def calibrate_gallery(gallery: Gallery, model, data: Dataset, calibrate: str | None, *,
-                      far: float | None, tar: float | None, verbose: Any = 0) -> str:  # fmt: skip
+def calibrate_gallery(
+    gallery: Gallery,
+    model,
+    data: Dataset,
+    calibrate: str | None,
+    *,
+    far: float | None,
+    tar: float | None,
+    verbose: Any = 0,
+) -> str:
     """Calibrate `gallery` on the probes (see `probe_data`); the lines to print (the table
     and the chosen rule, or why there is no threshold)."""
     x, names, described = probe_data(model, data, calibrate)
     if not len(names):
-        raise RunError("no held-out images to calibrate on (the run has no validation or test split); "
-                       "pass --calibrate PATH, a folder of labelled images that are not in the gallery")  # fmt: skip
+        raise RunError(
+            "no held-out images to calibrate on (the run has no validation or test split); "
+            "pass --calibrate PATH, a folder of labelled images that are not in the gallery"
+        )
     paths = getattr(x, "paths", None)
     if paths is not None and gallery.count_paths(paths):
-        raise RunError(f"{described}: images that are in the gallery cannot calibrate it (a probe would find "
-                       "itself); pass images that are not enrolled")  # fmt: skip
+        raise RunError(
+            f"{described}: images that are in the gallery cannot calibrate it (a probe would find "
+            "itself); pass images that are not enrolled"
+        )
     try:
         gallery.calibrate(embed_checked(model, x, described, verbose), names, far=far, tar=tar, paths=paths)
     except CalibrationError:
@@ -123,8 +141,11 @@ def describe_calibration(gallery: Gallery, probes: str | None = None) -> str:
     if calibration is None:
         reason = error or "not calibrated (clusterloss calibrate RUN_DIR)"
         return f"no open-set threshold ({reason}); search names the nearest class for every query"
-    lines = [f"open-set calibration{f' on {probes}' if probes else ''}:", calibration.format_table(),
-             calibration.summary()]  # fmt: skip
+    lines = [
+        f"open-set calibration{f' on {probes}' if probes else ''}:",
+        calibration.format_table(),
+        calibration.summary(),
+    ]
     if calibration.note:
         lines.append(f"note: {calibration.note}")
     if calibration.warning():
@@ -135,8 +156,11 @@ def describe_calibration(gallery: Gallery, probes: str | None = None) -> str:
 def write_calibration(run_dir: str | Path, gallery: Gallery) -> None:
     """RUN_DIR/index/calibration.json: the calibration in force (or the reason there is none)."""
     calibration = gallery.calibration
-    body = {"calibration": None if calibration is None else calibration.to_dict(),
-            "error": gallery.stats()["calibration_error"], "gallery_generation": gallery.stats()["generation"]}  # fmt: skip
+    body = {
+        "calibration": None if calibration is None else calibration.to_dict(),
+        "error": gallery.stats()["calibration_error"],
+        "gallery_generation": gallery.stats()["generation"],
+    }
     write_text(Path(run_dir) / CALIBRATION_FILE, json.dumps(body, indent=2) + "\n")
 
 
@@ -152,7 +176,9 @@ def current(run_dir: str | Path) -> dict[str, str] | None:
         if "/" in found["database"] or not database.is_file():
             raise ValueError(f"no file {database}")
     except (ValueError, KeyError, TypeError) as error:
-        raise RunError(f"{file} does not name a gallery ({error}); rebuild it: clusterloss index build {run_dir}") from None
+        raise RunError(
+            f"{file} does not name a gallery ({error}); rebuild it: clusterloss index build {run_dir}"
+        ) from None
     return found
 
 
@@ -178,15 +204,26 @@ def open_run_gallery(run_dir: str | Path, model_sha256: str | None = None, **opt
         raise RunError(f"{error}; rebuild it: clusterloss index build {run_dir}") from None
     if gallery.stale(model_sha256 or model_hash(run_dir)):
         gallery.close()
-        raise RunError(f"{run_dir / INDEX} was built from another model.keras than the run's present one "
-                       f"(stale); rebuild it: clusterloss index build {run_dir}")  # fmt: skip
+        raise RunError(
+            f"{run_dir / INDEX} was built from another model.keras than the run's present one "
+            f"(stale); rebuild it: clusterloss index build {run_dir}"
+        )
     return gallery
 
 
-def build_gallery(run_dir: str | Path, model, data: Dataset, source: str | None = None, *,
-                  metric: str = "cosine", kind: str = "flat", far: float | None = DEFAULT_FAR,
-                  tar: float | None = None, calibrate: str | None = None,
-                  verbose: Any = 0) -> tuple[Gallery, str]:  # fmt: skip
+def build_gallery(
+    run_dir: str | Path,
+    model,
+    data: Dataset,
+    source: str | None = None,
+    *,
+    metric: str = "cosine",
+    kind: str = "flat",
+    far: float | None = DEFAULT_FAR,
+    tar: float | None = None,
+    calibrate: str | None = None,
+    verbose: Any = 0,
+) -> tuple[Gallery, str]:
     """Embed the gallery and calibrate it into a new database, then make it the run's
     current one (see the module docstring); `(gallery, lines to print)`."""
     run_dir = Path(run_dir)
@@ -218,7 +255,9 @@ def _remove_database(path: Path) -> None:
         file.unlink(missing_ok=True)
 
 
-def enrol(run_dir: str | Path, model, source: str, class_name: str | None, verbose: Any = 0) -> tuple[Gallery, int, str]:
+def enrol(
+    run_dir: str | Path, model, source: str, class_name: str | None, verbose: Any = 0
+) -> tuple[Gallery, int, str]:
     """Embed the images of `source` and add them to the run's gallery; `(gallery, count,
     lines to print)`."""
     gallery = open_run_gallery(run_dir)
@@ -226,7 +265,11 @@ def enrol(run_dir: str | Path, model, source: str, class_name: str | None, verbo
     if size is None:
         raise RunError("index add takes images; this run's model takes vectors (rebuild with index build --data)")
     paths, names = labelled_images(source, class_name)
-    gallery.add(embed_checked(model, ImageFiles(paths, size, channels), source, verbose), names, [os.path.abspath(p) for p in paths])
+    gallery.add(
+        embed_checked(model, ImageFiles(paths, size, channels), source, verbose),
+        names,
+        [os.path.abspath(p) for p in paths],
+    )
     gallery.flush()
     write_calibration(run_dir, gallery)
     return gallery, len(paths), describe_calibration(gallery)
@@ -249,18 +292,22 @@ def unenrol(run_dir: str | Path, classes: list[str] | None, paths: list[str] | N
 def run_set_gallery(model, data: Dataset, part: str, verbose: Any = 0) -> tuple[Gallery, str]:
     """An in-memory gallery of one part of the run's data, embedded now: the training set
     (calibrated on the held-out split) or the test / unknown set (no threshold)."""
-    x, y = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test),
-            "unknown": (data.x_unknown, data.y_unknown)}[part]  # fmt: skip
+    x, y = {
+        "train": (data.x_train, data.y_train),
+        "test": (data.x_test, data.y_test),
+        "unknown": (data.x_unknown, data.y_unknown),
+    }[part]
     if not len(y):
-        raise RunError(f"the {part} set is empty (unknown holds the classes left out of training: "
-                       "olivetti's people 30-39, or train with --known-classes)")  # fmt: skip
+        raise RunError(
+            f"the {part} set is empty (unknown holds the classes left out of training: "
+            "olivetti's people 30-39, or train with --known-classes)"
+        )
     emb = embed_checked(model, x, f"the {part} set", verbose)
     gallery = Gallery(dim=emb.shape[1])
     gallery.add(emb, [data.all_class_names[i] for i in y], getattr(x, "paths", None))
     if part == "train":
         calibrate_gallery(gallery, model, data, None, far=DEFAULT_FAR, tar=None)
-    return gallery, (f"the run's {part} set, embedded now ({len(y)} items; `clusterloss index build` "
-                     "saves a gallery)")  # fmt: skip
+    return gallery, (f"the run's {part} set, embedded now ({len(y)} items; `clusterloss index build` saves a gallery)")
 
 
 def _names_by_id(npz: str) -> dict[str, str]:
@@ -272,8 +319,9 @@ def _names_by_id(npz: str) -> dict[str, str]:
     return dict(zip(ids, names))
 
 
-def read_queries(model, images: list[str] | None, npz: str | None,
-                 trained_on: str | None = None) -> tuple[Any, list[str] | None, list[str]]:  # fmt: skip
+def read_queries(
+    model, images: list[str] | None, npz: str | None, trained_on: str | None = None
+) -> tuple[Any, list[str] | None, list[str]]:
     """`(x, class names or None, names)` of query files: images (in the model's input
     format) or an .npz with `x` (and optional `y`, the ids of the .npz the run was trained
     on, `trained_on`, whose class names they get; or with its own `class_names`), checked

@@ -11,8 +11,9 @@ option carries its own default and the `reason`, which the docs table shows.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 _FROM_SOURCE = object()
 
@@ -55,8 +56,10 @@ class Option:
             return
         low, high, *scale = self.space
         if scale not in ([], ["log"]) or not low < high or (scale and low <= 0):
-            raise ValueError(f"option {self.key}: space must be (low, high) or (low, high, 'log') "
-                             f"with low < high (and low > 0 for 'log'); got {self.space!r}")
+            raise ValueError(
+                f"option {self.key}: space must be (low, high) or (low, high, 'log') "
+                f"with low < high (and low > 0 for 'log'); got {self.space!r}"
+            )
         self.check(low), self.check(high)
 
     @property
@@ -110,10 +113,19 @@ class Option:
         return self.check(int(number) if self.type is int and number.is_integer() else number)
 
 
-def option(source: Callable, parameter: str, key: str | None = None, help: str = "", *,
-           default: Any = _FROM_SOURCE, reason: str = "", type: type | None = None,
-           choices: tuple[str, ...] = (), low: float | None = None,
-           space: tuple = ()) -> Option:  # fmt: skip
+def option(
+    source: Callable,
+    parameter: str,
+    key: str | None = None,
+    help: str = "",
+    *,
+    default: Any = _FROM_SOURCE,
+    reason: str = "",
+    type: type | None = None,
+    choices: tuple[str, ...] = (),
+    low: float | None = None,
+    space: tuple = (),
+) -> Option:
     """An `Option` mirroring `source`'s `parameter`: its default (unless `default` is given,
     which needs a `reason`) and its type (that of the default, unless `type`)."""
     declared = inspect.signature(source).parameters[parameter].default
@@ -122,13 +134,21 @@ def option(source: Callable, parameter: str, key: str | None = None, help: str =
     if default is _FROM_SOURCE:
         default = declared
     elif default != declared and not reason:
-        raise ValueError(f"option {key or parameter}: a default that differs from "
-                         f"{source.__name__}({parameter}={declared!r}) needs a reason.")  # fmt: skip
+        raise ValueError(
+            f"option {key or parameter}: a default that differs from "
+            f"{source.__name__}({parameter}={declared!r}) needs a reason."
+        )
     return Option(
-        key=key or parameter, type=type or builtins_type(declared), default=default,
-        help=help, source=(source, parameter), reason=reason, choices=choices, low=low,
+        key=key or parameter,
+        type=type or builtins_type(declared),
+        default=default,
+        help=help,
+        source=(source, parameter),
+        reason=reason,
+        choices=choices,
+        low=low,
         space=space,
-    )  # fmt: skip
+    )
 
 
 def builtins_type(value: Any) -> type:

@@ -6,8 +6,9 @@ https://projector.tensorflow.org)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,21 +40,29 @@ def export_projector(
     rows = np.arange(len(embeddings))
     if len(rows) > MAX_POINTS:
         rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_POINTS, replace=False))
-    write_text(directory / "tensors.tsv", "".join(
-        "\t".join(f"{v:.6g}" for v in embeddings[i]) + "\n" for i in rows))  # fmt: skip
+    write_text(directory / "tensors.tsv", "".join("\t".join(f"{v:.6g}" for v in embeddings[i]) + "\n" for i in rows))
     header = "label\tclass" + ("\tfile" if paths is not None else "") + "\n"
-    write_text(directory / "metadata.tsv", header + "".join(
-        f"{int(labels[i])}\t{_tsv_cell(class_names[int(labels[i])])}"
-        + (f"\t{_tsv_cell(paths[i])}" if paths is not None else "") + "\n"
-        for i in rows))  # fmt: skip
+    write_text(
+        directory / "metadata.tsv",
+        header
+        + "".join(
+            f"{int(labels[i])}\t{_tsv_cell(class_names[int(labels[i])])}"
+            + (f"\t{_tsv_cell(paths[i])}" if paths is not None else "")
+            + "\n"
+            for i in rows
+        ),
+    )
     sprite = ""
     if images is not None and len(images[:1].shape) == 4:
         cell = _write_sprite(directory / "sprite.png", images, rows)
         sprite = f'  sprite {{\n    image_path: "sprite.png"\n    single_image_dim: {cell}\n    single_image_dim: {cell}\n  }}\n'
-    config = write_text(directory / "projector_config.pbtxt", (
-        'embeddings {\n  tensor_name: "test_embeddings"\n  tensor_path: "tensors.tsv"\n'
-        f'  metadata_path: "metadata.tsv"\n{sprite}}}\n'
-    ))  # fmt: skip
+    config = write_text(
+        directory / "projector_config.pbtxt",
+        (
+            'embeddings {\n  tensor_name: "test_embeddings"\n  tensor_path: "tensors.tsv"\n'
+            f'  metadata_path: "metadata.tsv"\n{sprite}}}\n'
+        ),
+    )
     EventFile(directory)  # makes the folder a TensorBoard run, so the projector finds it
     return config
 

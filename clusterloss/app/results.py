@@ -75,12 +75,16 @@ def summarize(model: ClusterModel, data: Dataset) -> tuple[dict[str, Any], dict[
     else:
         centers = class_means(train_emb, data.y_train, data.num_classes)
     embeddings = {
-        "train": train_emb, "train_labels": data.y_train,
-        "val": embed_all(model, data.x_val), "val_labels": data.y_val,
-        "test": test_emb, "test_labels": data.y_test,
-        "unknown": embed_all(model, data.x_unknown), "unknown_labels": data.y_unknown,
+        "train": train_emb,
+        "train_labels": data.y_train,
+        "val": embed_all(model, data.x_val),
+        "val_labels": data.y_val,
+        "test": test_emb,
+        "test_labels": data.y_test,
+        "unknown": embed_all(model, data.x_unknown),
+        "unknown_labels": data.y_unknown,
         "centers": centers,
-    }  # fmt: skip
+    }
     return metrics, embeddings
 
 
@@ -113,8 +117,7 @@ def _split(config: TrainConfig, data: Dataset) -> dict[str, list[str]] | None:
     """The files of each part of a folder's split, relative to the folder (None for arrays)."""
     if not isinstance(data.x_train, ImageFiles):
         return None
-    return {part: [os.path.relpath(p, config.data) for p in getattr(data, f"x_{part}").paths]
-            for part in PARTS}  # fmt: skip
+    return {part: [os.path.relpath(p, config.data) for p in getattr(data, f"x_{part}").paths] for part in PARTS}
 
 
 def record_data(run_dir: str | Path, config: TrainConfig, data: Dataset) -> None:
@@ -152,12 +155,14 @@ def check_data(run_dir: str | Path, config: TrainConfig) -> None:
         return
     then, now = record["files"], _data_files(config)
     changes = [
-        _names(kind, names) for kind, names in (
+        _names(kind, names)
+        for kind, names in (
             ("added", sorted(set(now) - set(then))),
             ("removed", sorted(set(then) - set(now))),
             ("changed", sorted(k for k in set(now) & set(then) if now[k] != then[k])),
-        ) if names
-    ]  # fmt: skip
+        )
+        if names
+    ]
     if changes:
         raise _changed(run_dir, config, changes)
 
@@ -174,8 +179,10 @@ def run_model(run_dir: str | Path) -> ClusterModel:
     """The run's model alone (its data is not read)."""
     path = Path(run_dir) / "model.keras"
     if not path.is_file():
-        raise RunError(f"{run_dir} holds no model.keras (the run did not finish, or it is not a run: "
-                       f"make one with `clusterloss train --out {run_dir}`)")  # fmt: skip
+        raise RunError(
+            f"{run_dir} holds no model.keras (the run did not finish, or it is not a run: "
+            f"make one with `clusterloss train --out {run_dir}`)"
+        )
     return keras.saving.load_model(path)
 
 

@@ -24,8 +24,8 @@ import re
 import shutil
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from clusterloss.app.errors import RunError
 
@@ -36,9 +36,17 @@ LOGS = "logs"
 FILES = "files.json"  # the files and split of a run's own data (clusterloss.app.results)
 # Everything `train`, `evaluate` and `index build` write (what --overwrite deletes).
 RUN_FILES = (
-    "model.keras", "metrics.json", "embeddings.npz", "features.png", "history.png", "roc.png",
-    "neighbors.png", "neighbors_unseen.png", "report.html", FILES,
-)  # fmt: skip
+    "model.keras",
+    "metrics.json",
+    "embeddings.npz",
+    "features.png",
+    "history.png",
+    "roc.png",
+    "neighbors.png",
+    "neighbors_unseen.png",
+    "report.html",
+    FILES,
+)
 RUN_FOLDERS = (INDEX, LOGS, CHECKPOINT, "export")
 TEMPORARY = re.compile(r"\.tmp-(\d+)-")  # the name `atomic_path` gives a temporary
 
@@ -133,8 +141,11 @@ class RunDir:
         try:
             left = handle.read().strip()
             if left:
-                print(f"clusterloss: {self.path}: taking over the lock of process "
-                      f"{_holder(left).get('pid', '?')}, which no longer runs", file=sys.stderr)  # fmt: skip
+                print(
+                    f"clusterloss: {self.path}: taking over the lock of process "
+                    f"{_holder(left).get('pid', '?')}, which no longer runs",
+                    file=sys.stderr,
+                )
             handle.seek(0)
             handle.truncate()
             json.dump({"pid": os.getpid(), "host": socket.gethostname()}, handle)
@@ -194,8 +205,10 @@ class RunDir:
 
     def _held_message(self, lock: Path) -> str:
         holder = self.holder()
-        return (f"{self.path} is in use by process {holder.get('pid', '?')} on "
-                f"{holder.get('host', '?')} ({lock}); wait for it to finish or stop it")  # fmt: skip
+        return (
+            f"{self.path} is in use by process {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')} ({lock}); wait for it to finish or stop it"
+        )
 
 
 def _holder(text: str) -> dict:

@@ -16,8 +16,9 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import keras
 import numpy as np
@@ -31,12 +32,23 @@ from clusterloss.app.projector import export_projector
 from clusterloss.app.recipes import Recipe, build_model, get_recipe
 from clusterloss.app.report.plots import history_marks, plot_features, plot_history
 from clusterloss.app.results import (
-    check_data, check_split, read_metrics, record_data, save_embeddings, summarize, write_metrics,
+    check_data,
+    check_split,
+    read_metrics,
+    record_data,
+    save_embeddings,
+    summarize,
+    write_metrics,
 )
 from clusterloss.app.rundir import CHECKPOINT, LOGS, RunDir, atomic_path
 from clusterloss.app.tensorboard import EpochScalars
 from clusterloss.app.training import (
-    LearningRateLog, Patience, make_learning_rate, make_optimizer, precision, wrap_backbone,
+    LearningRateLog,
+    Patience,
+    make_learning_rate,
+    make_optimizer,
+    precision,
+    wrap_backbone,
 )
 from clusterloss.data import Batches, Dataset, ImageFiles
 from clusterloss.evaluation import RetrievalEvaluation
@@ -48,13 +60,16 @@ from clusterloss.sampling import MPerClassSampler
 
 # A run killed during its final evaluation: neither --resume (nothing left to train) nor a
 # new `train` (it holds a run) continues it.
-_UNEVALUATED = ("{0} finished training but its evaluation did not end (stopped during it?); "
-                "`clusterloss evaluate {0}` finishes it")  # fmt: skip
+_UNEVALUATED = (
+    "{0} finished training but its evaluation did not end (stopped during it?); `clusterloss evaluate {0}` finishes it"
+)
 # Said at the start of a run with a keras.applications trunk and no weights (docs/cli.md,
 # "Backbones", has the measurement behind it).
-RANDOM_TRUNK = ("warning: a randomly initialised {} trunk (--weights none) is made for "
-                "ImageNet-sized data: on a few thousand images expect lower accuracy than with "
-                "--weights imagenet (or a weights file) or --backbone cnn")  # fmt: skip
+RANDOM_TRUNK = (
+    "warning: a randomly initialised {} trunk (--weights none) is made for "
+    "ImageNet-sized data: on a few thousand images expect lower accuracy than with "
+    "--weights imagenet (or a weights file) or --backbone cnn"
+)
 MONITOR = "val_map_at_r"  # the validation metric that picks the model kept
 
 
@@ -98,18 +113,21 @@ def _optimizer(config: TrainConfig, model: ClusterModel, base: keras.optimizers.
     return base
 
 
-def _configure(model: ClusterModel, loss, config: TrainConfig, phase: Phase,
-               steps_per_epoch: int) -> keras.optimizers.Optimizer:  # fmt: skip
+def _configure(
+    model: ClusterModel, loss, config: TrainConfig, phase: Phase, steps_per_epoch: int
+) -> keras.optimizers.Optimizer:
     """Freeze or unfreeze the trunk and compile with a new optimizer, built (so that a
     checkpoint's optimizer state can be loaded into it); returns the optimizer that holds
     the learning rate (its schedule continues from `phase.begin`)."""
     if config.freeze_backbone_epochs:
         _trunk(model).trainable = not phase.frozen
-    rate = make_learning_rate(config.learning_rate, config.lr_schedule, config.epochs,
-                              config.warmup_epochs, steps_per_epoch, phase.begin)  # fmt: skip
+    rate = make_learning_rate(
+        config.learning_rate, config.lr_schedule, config.epochs, config.warmup_epochs, steps_per_epoch, phase.begin
+    )
     base = make_optimizer(config.optimizer, rate, config.weight_decay)
-    model.compile(optimizer=_optimizer(config, model, base), loss=loss,
-                  metrics=["accuracy"] if model.head is not None else None)  # fmt: skip
+    model.compile(
+        optimizer=_optimizer(config, model, base), loss=loss, metrics=["accuracy"] if model.head is not None else None
+    )
     model.optimizer.build(model.trainable_variables)
     return base
 
@@ -127,11 +145,9 @@ def _training_data(config: TrainConfig, data: Dataset, recipe: Recipe, epoch: in
     Image files are read on all cores, inside each batch (`ImageFiles`) and ahead of it
     (`ReadAhead`); never by Keras's `workers`, which read across the end of an epoch."""
     if not recipe.pairs:
-        return Batches(data.x_train, data.y_train, config.batch_size, shuffle=True,
-                       seed=config.seed, epoch=epoch)  # fmt: skip
+        return Batches(data.x_train, data.y_train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch)
     m, classes = _sampler_shape(config, data)
-    return MPerClassSampler(data.x_train, data.y_train, m=m, batch_size=m * classes, seed=config.seed,
-                            epoch=epoch)  # fmt: skip
+    return MPerClassSampler(data.x_train, data.y_train, m=m, batch_size=m * classes, seed=config.seed, epoch=epoch)
 
 
 def _check_pair_batches(config: TrainConfig, data: Dataset) -> None:
@@ -143,9 +159,11 @@ def _check_pair_batches(config: TrainConfig, data: Dataset) -> None:
         return
     name = data.class_names[int(counts.argmin())]
     if fewest < 2:
-        raise RunError(f"class {name!r} has {fewest} training sample(s); a pair loss needs 2 "
-                       "per class: use more samples per class, or lower --val-split / "
-                       "--test-split")  # fmt: skip
+        raise RunError(
+            f"class {name!r} has {fewest} training sample(s); a pair loss needs 2 "
+            "per class: use more samples per class, or lower --val-split / "
+            "--test-split"
+        )
     fix = f"--batch-size {fewest * classes} or less"
     if fewest < config.options["m_per_class"]:
         fix += f" and --m-per-class {fewest}"
@@ -179,8 +197,9 @@ def _check_evaluable(config: TrainConfig, data: Dataset) -> None:
         )
     if _identical(data.x_train):
         what = "files are byte for byte" if isinstance(data.x_train, ImageFiles) else "samples are"
-        raise RunError(f"{config.data}: all {len(data.y_train)} training {what} the same; "
-                       "nothing tells the classes apart")  # fmt: skip
+        raise RunError(
+            f"{config.data}: all {len(data.y_train)} training {what} the same; nothing tells the classes apart"
+        )
 
 
 def _unevaluated(run_dir: RunDir) -> bool:
@@ -197,18 +216,27 @@ def _check_resume(config: TrainConfig, state: dict[str, Any] | None, run_dir: Ru
     if state is None and _unevaluated(run_dir):
         raise RunError(_UNEVALUATED.format(run_dir.path))
     if state is None:
-        raise RunError(f"{run_dir.path} holds no checkpoint to resume (nothing was stopped there, "
-                       "or it finished); train without --resume")  # fmt: skip
+        raise RunError(
+            f"{run_dir.path} holds no checkpoint to resume (nothing was stopped there, "
+            "or it finished); train without --resume"
+        )
     saved, now = state["config"], dataclasses.asdict(config)
     changed = [k for k in now if k not in PRESENTATION and saved.get(k) != now[k]]
     if changed:
         diffs = ", ".join(f"{k} {saved.get(k)!r} (now {now[k]!r})" for k in changed[:3])
-        raise RunError(f"--resume continues {run_dir.path} with the settings it started with; "
-                       f"these differ: {diffs}; run the same command with --resume")  # fmt: skip
+        raise RunError(
+            f"--resume continues {run_dir.path} with the settings it started with; "
+            f"these differ: {diffs}; run the same command with --resume"
+        )
 
 
-def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
-          callbacks: Iterable[keras.callbacks.Callback] = ()) -> dict[str, Any]:  # fmt: skip
+def train(
+    config: TrainConfig,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    callbacks: Iterable[keras.callbacks.Callback] = (),
+) -> dict[str, Any]:
     """Train, evaluate and write the run directory; returns the contents of `metrics.json`.
 
     Args:
@@ -228,9 +256,11 @@ def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         raise RunError(str(error)) from None
     config.learning_rate = config.resolved_learning_rate()
     if config.freeze_backbone_epochs and config.weights is None:
-        raise RunError(f"--freeze-backbone-epochs {config.freeze_backbone_epochs} would freeze a "
-                       "randomly initialised trunk (--weights none): pass --weights imagenet or "
-                       "a weights file, or drop --freeze-backbone-epochs")  # fmt: skip
+        raise RunError(
+            f"--freeze-backbone-epochs {config.freeze_backbone_epochs} would freeze a "
+            "randomly initialised trunk (--weights none): pass --weights imagenet or "
+            "a weights file, or drop --freeze-backbone-epochs"
+        )
     if config.backbone in APPLICATIONS and config.weights is None:
         print(RANDOM_TRUNK.format(config.backbone), file=sys.stderr)
     config.weight_decay = config.resolved_weight_decay()
@@ -250,11 +280,14 @@ def _check_controls(config: TrainConfig, data: Dataset) -> None:
     if config.warmup_epochs >= config.epochs:
         raise ValueError(f"`warmup_epochs` must be < `epochs` ({config.epochs}); got {config.warmup_epochs}.")
     if config.augment != "none" and len(data.input_shape) != 3:
-        raise ValueError(f"`augment` {config.augment} needs images; {data.name} holds feature "
-                         f"vectors of shape {tuple(data.input_shape)}")  # fmt: skip
+        raise ValueError(
+            f"`augment` {config.augment} needs images; {data.name} holds feature "
+            f"vectors of shape {tuple(data.input_shape)}"
+        )
     if config.patience and not len(data.y_val):
-        raise ValueError(f"`patience` stops on validation MAP@R, and {data.name} has no "
-                         "validation split: set `val_split` (e.g. 0.1)")  # fmt: skip
+        raise ValueError(
+            f"`patience` stops on validation MAP@R, and {data.name} has no validation split: set `val_split` (e.g. 0.1)"
+        )
 
 
 def _build(config: TrainConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
@@ -262,24 +295,32 @@ def _build(config: TrainConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
         data = config.load_data()
         _check_evaluable(config, data)
         if config.freeze_backbone_epochs >= config.epochs:
-            raise ValueError(f"`freeze_backbone_epochs` must be < `epochs` ({config.epochs}); "
-                             f"got {config.freeze_backbone_epochs}.")  # fmt: skip
+            raise ValueError(
+                f"`freeze_backbone_epochs` must be < `epochs` ({config.epochs}); got {config.freeze_backbone_epochs}."
+            )
         _check_controls(config, data)
         backbone = make_backbone(
-            data.input_shape, config.embedding_dim, config.backbone_kind(data),
-            weights=config.weights, feature=config.feature, batch_norm=config.batch_norm,
-        )  # fmt: skip
+            data.input_shape,
+            config.embedding_dim,
+            config.backbone_kind(data),
+            weights=config.weights,
+            feature=config.feature,
+            batch_norm=config.batch_norm,
+        )
         if config.augment != "none" or config.mixed_precision != "none":
-            backbone = wrap_backbone(backbone, config.augment, config.seed,
-                                     float32_output=config.mixed_precision != "none")  # fmt: skip
+            backbone = wrap_backbone(
+                backbone, config.augment, config.seed, float32_output=config.mixed_precision != "none"
+            )
         model, loss, recipe = build_model(config.loss, backbone, data.num_classes, config.options)
         if isinstance(model.head, ClassHead):
             model.head.check_batch_size(config.batch_size)
         if recipe.pairs:
             m = config.options["m_per_class"]
             if config.batch_size < 2 * m:
-                raise ValueError(f"`batch_size` must hold 2 classes of `m_per_class` = {m} "
-                                 f"samples (>= {2 * m}); got {config.batch_size}.")  # fmt: skip
+                raise ValueError(
+                    f"`batch_size` must hold 2 classes of `m_per_class` = {m} "
+                    f"samples (>= {2 * m}); got {config.batch_size}."
+                )
             _check_pair_batches(config, data)
         model.build((None, *data.input_shape))
     except ValueError as error:  # bad settings for this data, or bad data (DataError)
@@ -314,7 +355,8 @@ class _Divergence(keras.callbacks.Callback):
             raise DivergedError(
                 f"training diverged: the loss became {loss} at epoch {epoch}, batch {batch}, "
                 f"so nothing was evaluated; lower --learning-rate (was {config.learning_rate:g}) "
-                f"or the loss's weights and run again with --overwrite")  # fmt: skip
+                f"or the loss's weights and run again with --overwrite"
+            )
 
 
 def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) -> dict[str, Any]:
@@ -324,8 +366,9 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     devices = plan(config.distribute, partial_fc=sample_rate < 1.0)
     with devices.scope():  # the variables are made for the devices
         model, loss, recipe, data = _build(config)
-    devices.check(math.prod(_sampler_shape(config, data)) if recipe.pairs else config.batch_size,
-                  recipe.pairs, sample_rate)  # fmt: skip
+    devices.check(
+        math.prod(_sampler_shape(config, data)) if recipe.pairs else config.batch_size, recipe.pairs, sample_rate
+    )
     unfrozen = config.epochs - config.freeze_backbone_epochs  # the BatchNormalization settles in them
     settle_batch_norm(_trunk(model), len(_training_data(config, data, recipe, 0)) * unfrozen)
     if resume:
@@ -333,12 +376,12 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     else:
         record_data(run_dir.path, config, data)
     has_val = len(data.y_val) > 0
-    checkpoint = TrainingCheckpoint(run_dir / CHECKPOINT, dataclasses.asdict(config),
-                                    MONITOR if has_val else None, "max", state)  # fmt: skip
+    checkpoint = TrainingCheckpoint(
+        run_dir / CHECKPOINT, dataclasses.asdict(config), MONITOR if has_val else None, "max", state
+    )
     own: list[keras.callbacks.Callback] = devices.callbacks()
     if has_val:
-        own.append(RetrievalEvaluation(data.x_val, data.y_val, every=config.eval_every,
-                                       seed=config.seed))  # fmt: skip
+        own.append(RetrievalEvaluation(data.x_val, data.y_val, every=config.eval_every, seed=config.seed))
     patience = Patience(MONITOR, config.patience, checkpoint.history, verbose=int(config.verbose != 0))
     if config.patience:
         own.append(patience)
@@ -359,8 +402,14 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
                 checkpoint.restore(model)
             if phase.end <= start:
                 continue
-            model.fit(devices.batches(batches), initial_epoch=first, epochs=phase.end, callbacks=own + callbacks,
-                      verbose=config.verbose, shuffle=False)  # fmt: skip
+            model.fit(
+                devices.batches(batches),
+                initial_epoch=first,
+                epochs=phase.end,
+                callbacks=own + callbacks,
+                verbose=config.verbose,
+                shuffle=False,
+            )
             divergence.check(config)
             if patience.stopped:
                 break
@@ -371,9 +420,16 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     return _write_run(config, run_dir, model, data, checkpoint, train_seconds, devices, patience.stopped)
 
 
-def _write_run(config: TrainConfig, run_dir: RunDir, model: ClusterModel, data: Dataset,
-               checkpoint: TrainingCheckpoint, train_seconds: float,
-               devices: Devices, stopped: int | None) -> dict[str, Any]:  # fmt: skip
+def _write_run(
+    config: TrainConfig,
+    run_dir: RunDir,
+    model: ClusterModel,
+    data: Dataset,
+    checkpoint: TrainingCheckpoint,
+    train_seconds: float,
+    devices: Devices,
+    stopped: int | None,
+) -> dict[str, Any]:
     out = run_dir.path
     with atomic_path(out / "model.keras") as temporary:
         model.save(temporary)
@@ -403,15 +459,20 @@ def _write_run(config: TrainConfig, run_dir: RunDir, model: ClusterModel, data: 
         metrics["best_epoch"] = state["best_epoch"]
         metrics["best_" + MONITOR] = state["best"]
     title = run_title(metrics)
-    plot_features(emb["test"], data.y_test, out / "features.png", emb["centers"],
-                  data.class_names, title)  # fmt: skip
+    plot_features(emb["test"], data.y_test, out / "features.png", emb["centers"], data.class_names, title)
     plot_history(state["history"], out / "history.png", title, **history_marks(metrics))
     save_embeddings(out, emb)
     write_metrics(out, metrics)
     if config.tensorboard:
-        export_projector(out / LOGS / "projector", emb["test"], data.y_test, data.all_class_names,
-                         images=data.x_test, paths=getattr(data.x_test, "paths", None),
-                         seed=config.seed)  # fmt: skip
+        export_projector(
+            out / LOGS / "projector",
+            emb["test"],
+            data.y_test,
+            data.all_class_names,
+            images=data.x_test,
+            paths=getattr(data.x_test, "paths", None),
+            seed=config.seed,
+        )
     shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     if config.evaluate:  # retrieval, verification, open set, roc.png, report.html
         metrics = evaluate_run(out, model, data, metrics, embeddings=emb, verbose=config.verbose)

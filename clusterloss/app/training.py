@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import keras
 from keras import layers
@@ -32,8 +33,9 @@ def default_weight_decay(optimizer: str) -> float:
     return 0.0
 
 
-def make_optimizer(name: str, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
-                   weight_decay: float) -> keras.optimizers.Optimizer:  # fmt: skip
+def make_optimizer(
+    name: str, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule, weight_decay: float
+) -> keras.optimizers.Optimizer:
     """`adam`, `adamw` or `sgd` (momentum 0.9). Keras applies `weight_decay` the same
     decoupled way in each (`w -= learning_rate * weight_decay * w` every step); 0 is off."""
     if name == "adamw":
@@ -46,15 +48,20 @@ def make_optimizer(name: str, learning_rate: float | keras.optimizers.schedules.
     raise ValueError(f"`optimizer` must be one of {list(OPTIMIZERS)}; got {name!r}.")
 
 
-def make_learning_rate(learning_rate: float, schedule: str, epochs: int, warmup_epochs: int,
-                       steps_per_epoch: int, first_epoch: int = 0):  # fmt: skip
+def make_learning_rate(
+    learning_rate: float, schedule: str, epochs: int, warmup_epochs: int, steps_per_epoch: int, first_epoch: int = 0
+):
     """The optimizer's learning rate: a float for a constant one without warm-up, else a
     `WarmupSchedule` per step over `epochs` (`first_epoch`: where this optimizer starts)."""
     if schedule == "constant" and not warmup_epochs:
         return learning_rate
-    return WarmupSchedule(learning_rate, epochs * steps_per_epoch, schedule,
-                          warmup_steps=warmup_epochs * steps_per_epoch,
-                          offset=first_epoch * steps_per_epoch)  # fmt: skip
+    return WarmupSchedule(
+        learning_rate,
+        epochs * steps_per_epoch,
+        schedule,
+        warmup_steps=warmup_epochs * steps_per_epoch,
+        offset=first_epoch * steps_per_epoch,
+    )
 
 
 def augmentation(kind: str, seed: int) -> keras.Sequential:
@@ -69,8 +76,10 @@ def augmentation(kind: str, seed: int) -> keras.Sequential:
         parts += [layers.RandomZoom((-CROP, 0.0), seed=seed), layers.RandomTranslation(SHIFT, SHIFT, seed=seed + 1)]
     parts.append(layers.RandomFlip("horizontal", seed=seed + 2))
     if kind.endswith("color"):
-        parts += [layers.RandomBrightness(JITTER, value_range=(0.0, 1.0), seed=seed + 3),
-                  layers.RandomContrast(JITTER, value_range=(0.0, 1.0), seed=seed + 4)]  # fmt: skip
+        parts += [
+            layers.RandomBrightness(JITTER, value_range=(0.0, 1.0), seed=seed + 3),
+            layers.RandomContrast(JITTER, value_range=(0.0, 1.0), seed=seed + 4),
+        ]
     return keras.Sequential(parts, name="augmentation")
 
 

@@ -21,8 +21,9 @@ import math
 import os
 import shlex
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -72,8 +73,7 @@ def search_space(losses: Sequence[str], overrides: Mapping[str, tuple] = {}) -> 
     for key in overrides:
         if not any(key in mine for mine in options.values()):
             listed = ", ".join(sorted({k for mine in options.values() for k in mine}))
-            raise ValueError(f"unknown search-space key {key!r} for {', '.join(losses)} "
-                             f"(their options: {listed})")  # fmt: skip
+            raise ValueError(f"unknown search-space key {key!r} for {', '.join(losses)} (their options: {listed})")
     for loss, mine in options.items():
         space = {k: o for k, o in mine.items() if o.space}
         for key, bounds in overrides.items():
@@ -81,8 +81,9 @@ def search_space(losses: Sequence[str], overrides: Mapping[str, tuple] = {}) -> 
                 converted = tuple(mine[key].parse(str(b)) for b in bounds if b != "log")
                 space[key] = dataclasses.replace(mine[key], space=converted + tuple(b for b in bounds if b == "log"))
         if not space:
-            raise ValueError(f"loss {loss} has no search space (no option declares one); "
-                             "give one with --space KEY=LOW:HIGH")  # fmt: skip
+            raise ValueError(
+                f"loss {loss} has no search space (no option declares one); give one with --space KEY=LOW:HIGH"
+            )
         found[loss] = space
     return found
 
@@ -127,16 +128,26 @@ def fold_score(metrics: Mapping[str, Any], metric: str) -> float:
     return float(history[epoch - 1])
 
 
-def trial_config(base: TrainConfig, loss: str, values: Mapping[str, Any], fold: Sequence[int],
-                 out: Path) -> TrainConfig:  # fmt: skip
+def trial_config(
+    base: TrainConfig, loss: str, values: Mapping[str, Any], fold: Sequence[int], out: Path
+) -> TrainConfig:
     """The run of one (trial, fold): `base` with the loss, its option values, the fold's
     classes held out for validation, no final evaluation."""
-    return dataclasses.replace(base, loss=loss, options=dict(values), val_classes=list(fold),
-                               val_split=None, evaluate=False, verbose=0, out=str(out))  # fmt: skip
+    return dataclasses.replace(
+        base,
+        loss=loss,
+        options=dict(values),
+        val_classes=list(fold),
+        val_split=None,
+        evaluate=False,
+        verbose=0,
+        out=str(out),
+    )
 
 
-def _objective(base: TrainConfig, loss: str, space: Mapping[str, Option], folds: list[list[int]],
-               metric: str, out: Path):  # fmt: skip
+def _objective(
+    base: TrainConfig, loss: str, space: Mapping[str, Option], folds: list[list[int]], metric: str, out: Path
+):
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, space)
         scores: list[float] = []
@@ -176,8 +187,10 @@ def _check_same(study: optuna.Study, settings: dict[str, Any], out: Path) -> Non
     if json.loads(json.dumps(settings)) != saved:
         changed = [k for k in settings["config"] if settings["config"][k] != saved["config"].get(k)]
         changed += [k for k in _FIXED if json.loads(json.dumps(settings[k])) != saved[k]]
-        raise RunError(f"{out} holds a tuning started with other settings ({', '.join(changed)} "
-                       "differ); resume it with the same command, or use another --out")  # fmt: skip
+        raise RunError(
+            f"{out} holds a tuning started with other settings ({', '.join(changed)} "
+            "differ); resume it with the same command, or use another --out"
+        )
 
 
 def _fail_stale(study: optuna.Study) -> int:
@@ -196,9 +209,16 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
 
 
-def tune(base: TrainConfig, losses: Sequence[str], out: str | Path, trials: int = 20,
-         timeout: float | None = None, metric: str = MONITOR, folds: int = DEFAULT_FOLDS,
-         space: Mapping[str, tuple] = {}) -> dict[str, Any]:  # fmt: skip
+def tune(
+    base: TrainConfig,
+    losses: Sequence[str],
+    out: str | Path,
+    trials: int = 20,
+    timeout: float | None = None,
+    metric: str = MONITOR,
+    folds: int = DEFAULT_FOLDS,
+    space: Mapping[str, tuple] = {},
+) -> dict[str, Any]:
     """Tune each loss in `losses` for `trials` finished trials (or until `timeout` seconds
     per loss have passed: no trial starts later), resuming what `out` holds; write and return
     `tune.json`'s contents.
@@ -224,19 +244,26 @@ def tune(base: TrainConfig, losses: Sequence[str], out: str | Path, trials: int 
         settings = _settings(base, losses, metric, class_folds_, spaces)
         for loss in losses:
             study = optuna.create_study(
-                study_name=loss, storage=_storage(out), direction="maximize", load_if_exists=True,
+                study_name=loss,
+                storage=_storage(out),
+                direction="maximize",
+                load_if_exists=True,
                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-            )  # fmt: skip
+            )
             _check_same(study, {**settings, "space": {loss: settings["space"][loss]}}, out)
             stale = _fail_stale(study)
             # seeded by the trials so far: a resumed tuning does not redraw the first ones
-            study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials),
-                                                       n_startup_trials=max(2, min(10, trials // 3)))  # fmt: skip
+            study.sampler = optuna.samplers.TPESampler(
+                seed=base.seed + len(study.trials), n_startup_trials=max(2, min(10, trials // 3))
+            )
             objective = _objective(base, loss, spaces[loss], class_folds_, metric, out)
             began = time.monotonic()
             done = len(finished(study))
-            print(f"[tune] {loss}: {done} of {trials} trials done"
-                  + (f", {stale} stopped trial(s) marked failed and redone" if stale else ""), flush=True)  # fmt: skip
+            print(
+                f"[tune] {loss}: {done} of {trials} trials done"
+                + (f", {stale} stopped trial(s) marked failed and redone" if stale else ""),
+                flush=True,
+            )
             while len(finished(study)) < trials and (timeout is None or time.monotonic() - began < timeout):
                 study.optimize(objective, n_trials=1)
                 last = study.get_trials(deepcopy=False)[-1]
@@ -276,31 +303,45 @@ def train_command(config: TrainConfig) -> str:
     return shlex.join(words)
 
 
-def summarize(out: Path, base: TrainConfig, losses: Sequence[str], metric: str,
-              folds: list[list[int]]) -> dict[str, Any]:  # fmt: skip
+def summarize(
+    out: Path, base: TrainConfig, losses: Sequence[str], metric: str, folds: list[list[int]]
+) -> dict[str, Any]:
     """`tune.json`: per loss, the best trial's settings and command, and every trial."""
     result: dict[str, Any] = {
-        "metric": metric, "folds": folds, "training_classes": sorted(c for f in folds for c in f),
+        "metric": metric,
+        "folds": folds,
+        "training_classes": sorted(c for f in folds for c in f),
         "config": {k: v for k, v in dataclasses.asdict(base).items() if k not in ("options", "out")},
         "losses": {},
-    }  # fmt: skip
+    }
     for loss in losses:
         study = optuna.load_study(study_name=loss, storage=_storage(out))
-        rows = [{
-            "number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-            "fold_scores": t.user_attrs.get("fold_scores"),
-            "last_reported": t.intermediate_values.get(max(t.intermediate_values, default=-1)),
-            "diverged": t.user_attrs.get("diverged"),
-            "seconds": t.duration.total_seconds() if t.duration else None,
-        } for t in study.get_trials(deepcopy=False)]  # fmt: skip
+        rows = [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": t.params,
+                "fold_scores": t.user_attrs.get("fold_scores"),
+                "last_reported": t.intermediate_values.get(max(t.intermediate_values, default=-1)),
+                "diverged": t.user_attrs.get("diverged"),
+                "seconds": t.duration.total_seconds() if t.duration else None,
+            }
+            for t in study.get_trials(deepcopy=False)
+        ]
         entry: dict[str, Any] = {"trials": rows, "finished": len(finished(study))}
         complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
         if complete:
             best = max(complete, key=lambda t: t.value)
             options = {k: rounded(v) for k, v in best.params.items()}
             config = dataclasses.replace(base, loss=loss, options=options)
-            entry.update(best_trial=best.number, best_value=best.value, best_params=best.params,
-                         best_options=options, command=train_command(config))  # fmt: skip
+            entry.update(
+                best_trial=best.number,
+                best_value=best.value,
+                best_params=best.params,
+                best_options=options,
+                command=train_command(config),
+            )
         result["losses"][loss] = entry
     return result
 
@@ -316,11 +357,21 @@ def plot_trials(result: Mapping[str, Any], path: Path) -> None:
         done = [r for r in rows if r["state"] == "COMPLETE"]
         pruned = [r for r in rows if r["state"] == "PRUNED" and r["last_reported"] is not None]
         ax.plot([r["number"] for r in done], [r["value"] for r in done], "o", label="complete")
-        ax.plot([r["number"] for r in pruned], [r["last_reported"] for r in pruned], "x", color="C3",
-                label="pruned (last report)")  # fmt: skip
+        ax.plot(
+            [r["number"] for r in pruned],
+            [r["last_reported"] for r in pruned],
+            "x",
+            color="C3",
+            label="pruned (last report)",
+        )
         if done:
-            ax.step([r["number"] for r in done], np.maximum.accumulate([r["value"] for r in done]),
-                    where="post", color="k", label="best so far")  # fmt: skip
+            ax.step(
+                [r["number"] for r in done],
+                np.maximum.accumulate([r["value"] for r in done]),
+                where="post",
+                color="k",
+                label="best so far",
+            )
         ax.set_title(loss, fontsize=10)
         ax.set_xlabel("trial")
         ax.set_ylabel(result["metric"])
@@ -335,8 +386,7 @@ def plot_params(result: Mapping[str, Any], spaces: Mapping[str, Mapping[str, Opt
     plt = _pyplot()
     losses = list(result["losses"])
     columns = max(len(spaces[loss]) for loss in losses)
-    fig, axes = plt.subplots(len(losses), columns, figsize=(3.4 * columns, 3.0 * len(losses)), dpi=100,
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(len(losses), columns, figsize=(3.4 * columns, 3.0 * len(losses)), dpi=100, squeeze=False)
     for row, loss in zip(axes, losses):
         done = [r for r in result["losses"][loss]["trials"] if r["state"] == "COMPLETE"]
         for ax, (key, o) in zip(row, spaces[loss].items()):
@@ -348,7 +398,7 @@ def plot_params(result: Mapping[str, Any], spaces: Mapping[str, Mapping[str, Opt
             ax.set_title(f"{loss}: {key}", fontsize=9)
             ax.set_ylabel(result["metric"], fontsize=8)
             ax.grid(alpha=0.3)
-        for ax in row[len(spaces[loss]):]:
+        for ax in row[len(spaces[loss]) :]:
             ax.axis("off")
     fig.tight_layout()
     save_figure(fig, path)
@@ -369,11 +419,11 @@ def write_report(result: Mapping[str, Any], path: Path) -> None:
     text = f"""<!doctype html><meta charset="utf-8"><title>clusterloss tune</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px}}
 table{{border-collapse:collapse}}</style>
-<h1>Tuning: {html.escape(result['config']['data'])}, {html.escape(result['metric'])}</h1>
+<h1>Tuning: {html.escape(result["config"]["data"])}, {html.escape(result["metric"])}</h1>
 <p>Class-disjoint folds of the training classes (validation classes per fold): {html.escape(folds)}.
 The test classes were never used.</p>
-<table><tr><th>loss</th><th>trials</th><th>best {html.escape(result['metric'])} (mean over folds)</th>
-<th>best settings</th><th>command</th></tr>{''.join(rows)}</table>
+<table><tr><th>loss</th><th>trials</th><th>best {html.escape(result["metric"])} (mean over folds)</th>
+<th>best settings</th><th>command</th></tr>{"".join(rows)}</table>
 <h2>Trials</h2><img src="trials.png" alt="metric per trial">
 <h2>Settings against the metric</h2><img src="params.png" alt="each option against the metric">
 """
@@ -391,4 +441,3 @@ def tuned_options(directory: str | Path) -> tuple[list[tuple[str, dict[str, Any]
     if empty:
         raise RunError(f"{path}: no complete trial for {', '.join(empty)}; tune them further")
     return [(loss, entry["best_options"]) for loss, entry in result["losses"].items()], result["config"]
-

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -110,8 +111,16 @@ class Batches(ReadAhead):
         prefetch: batches read ahead; None: 2 for `ImageFiles`, 0 for arrays.
     """
 
-    def __init__(self, x: Any, y=None, batch_size: int = 32, shuffle: bool = False,
-                 seed: int = 0, epoch: int = 0, prefetch: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        x: Any,
+        y=None,
+        batch_size: int = 32,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        prefetch: int | None = None,
+    ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
         if y is not None and len(y) != len(x):

@@ -115,8 +115,18 @@ def _load_builtin(name: str, seed: int):
         import keras
 
         (x_tr, y_tr), (x_te, y_te) = keras.datasets.fashion_mnist.load_data()
-        names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
+        names = [
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ]
         scale = lambda a: (a.astype("float32") / 255.0)[..., None]  # noqa: E731
         return scale(x_tr), y_tr, scale(x_te), y_te, names
     from sklearn.datasets import fetch_olivetti_faces
@@ -179,14 +189,11 @@ def load_dataset(
     if not builtin and path.is_file() and path.suffix != ".npz":
         raise DataError(f"{source}: a data file must be an .npz with arrays 'x' and 'y'")
     if builtin and test_split is not None:
-        raise ValueError(
-            f"`test_split` applies to a folder or an .npz file; {source} has its own test split."
-        )
+        raise ValueError(f"`test_split` applies to a folder or an .npz file; {source} has its own test split.")
     val_split = _check_fraction(
         (0.0 if builtin else DEFAULT_VAL_SPLIT) if val_split is None else val_split, "val_split"
     )
-    test_split = _check_fraction(DEFAULT_TEST_SPLIT if test_split is None else test_split,
-                                 "test_split")  # fmt: skip
+    test_split = _check_fraction(DEFAULT_TEST_SPLIT if test_split is None else test_split, "test_split")
     for value, name in ((train_limit, "train_limit"), (test_limit, "test_limit")):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"`{name}` must be a positive int or None; got {value!r}.")
@@ -206,9 +213,7 @@ def load_dataset(
         known = list(range(len(names)))
     bad = [c for c in known if not 0 <= c < len(names)]
     if bad or len(set(known)) != len(known) or len(known) < 2:
-        raise ValueError(
-            f"`known_classes` must be at least 2 distinct ids in [0, {len(names)}); got {known}."
-        )
+        raise ValueError(f"`known_classes` must be at least 2 distinct ids in [0, {len(names)}); got {known}.")
     unknown = [c for c in range(len(names)) if c not in known]
     relabel = np.full(len(names), -1, "int32")
     relabel[known + unknown] = np.arange(len(names), dtype="int32")

@@ -22,9 +22,7 @@ def check_classes(labels: np.ndarray, class_names: list[str], where: str) -> Non
     if lonely:
         name, n = lonely[0]
         more = f" (and {len(lonely) - 1} more)" if len(lonely) > 1 else ""
-        raise DataError(
-            f"{where}: class {name!r} has {n} sample(s){more}; every class needs at least 2"
-        )
+        raise DataError(f"{where}: class {name!r} has {n} sample(s){more}; every class needs at least 2")
 
 
 def _visible(folder: Path) -> list[os.DirEntry]:
@@ -37,8 +35,10 @@ def _visible(folder: Path) -> list[os.DirEntry]:
         raise DataError(f"{folder}: cannot read the folder ({error.strerror})") from None
     for entry in entries:
         if entry.is_symlink() and not os.path.exists(entry.path):
-            raise DataError(f"{entry.path}: a broken link (to {os.readlink(entry.path)}); "
-                            "mount or restore its target, or remove the link")  # fmt: skip
+            raise DataError(
+                f"{entry.path}: a broken link (to {os.readlink(entry.path)}); "
+                "mount or restore its target, or remove the link"
+            )
     return entries
 
 
@@ -68,11 +68,16 @@ def class_files(root: str | os.PathLike) -> dict[str, list[str]]:
         raise DataError(f"{root}: not a directory")
     folders = [e for e in _visible(root) if e.is_dir()]
     names = [e.name for e in folders]
-    if len(names) >= 2 and all(n.lower() in SPLIT_NAMES for n in names) and any(
-            any(d.is_dir() for d in _visible(Path(e.path))) for e in folders):  # fmt: skip
-        raise DataError(f"{root}: its sub-folders {', '.join(names)} look like the splits of a data set, each "
-                        f"with class folders, not classes; pass one of them (--data {root / names[0]}): "
-                        "clusterloss makes its own splits (--val-split, --test-split)")  # fmt: skip
+    if (
+        len(names) >= 2
+        and all(n.lower() in SPLIT_NAMES for n in names)
+        and any(any(d.is_dir() for d in _visible(Path(e.path))) for e in folders)
+    ):
+        raise DataError(
+            f"{root}: its sub-folders {', '.join(names)} look like the splits of a data set, each "
+            f"with class folders, not classes; pass one of them (--data {root / names[0]}): "
+            "clusterloss makes its own splits (--val-split, --test-split)"
+        )
     return {e.name: _images_under(Path(e.path)) for e in folders}
 
 
@@ -111,9 +116,11 @@ def _array(arrays, key: str, path: str) -> np.ndarray:
     except ValueError as error:
         if "allow_pickle" not in str(error):
             raise
-        raise DataError(f"{path}: '{key}' is an object array (Python objects, loaded only with "
-                        "pickle, which clusterloss never does); save numbers, and strings for "
-                        "class_names") from None
+        raise DataError(
+            f"{path}: '{key}' is an object array (Python objects, loaded only with "
+            "pickle, which clusterloss never does); save numbers, and strings for "
+            "class_names"
+        ) from None
 
 
 def read_npz(path: str | os.PathLike, queries: bool = False):
@@ -139,17 +146,18 @@ def read_npz(path: str | os.PathLike, queries: bool = False):
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise DataError(f"{path}: 'y' must be integer class ids of shape (n,); got {y.dtype} {y.shape}")
     if x.ndim not in (2, 3, 4) or x.dtype.kind not in "iuf":
-        raise DataError(f"{path}: 'x' must be numbers, (n, d) features or (n, h, w[, c]) images; "
-                        f"got {x.dtype} {x.shape}")  # fmt: skip
+        raise DataError(
+            f"{path}: 'x' must be numbers, (n, d) features or (n, h, w[, c]) images; got {x.dtype} {x.shape}"
+        )
     if len(x) != len(y):
         raise DataError(f"{path}: 'x' has {len(x)} rows but 'y' has {len(y)}")
     bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1)) if x.dtype.kind == "f" else []
     if len(bad):
-        raise DataError(f"{path}: 'x' holds NaN or inf in {len(bad)} row(s) (first: row {bad[0]}); "
-                        "remove or repair them")  # fmt: skip
+        raise DataError(
+            f"{path}: 'x' holds NaN or inf in {len(bad)} row(s) (first: row {bad[0]}); remove or repair them"
+        )
     if names is not None and (names.ndim != 1 or names.dtype.kind not in "US"):
-        raise DataError(f"{path}: 'class_names' must be strings of shape (classes,); got "
-                        f"{names.dtype} {names.shape}")  # fmt: skip
+        raise DataError(f"{path}: 'class_names' must be strings of shape (classes,); got {names.dtype} {names.shape}")
     ids, labels = np.unique(y, return_inverse=True)
     if names is None:
         class_names = [str(i) for i in ids]

@@ -9,8 +9,9 @@ import io
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +20,7 @@ from clusterloss.data.errors import DataError
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
 # The value range of each grayscale mode deeper than 8 bits (16-bit PNGs open as "I;16"):
 # its pixels are scaled by it to [0, 1], not clipped to 8 bits.
-DEEP_RANGES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0,
-               "I": 2.0**31 - 1, "F": 1.0}  # fmt: skip
+DEEP_RANGES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 2.0**31 - 1, "F": 1.0}
 GRAY_MODES = ("1", "L", "LA", *DEEP_RANGES)
 # Files whose header is read to decide grayscale or RGB (spread over the list).
 CHANNEL_SAMPLE = 64
@@ -80,8 +80,7 @@ def to_pixels(image: Any, size: tuple[int, int], channels: int, out: np.ndarray 
         values = np.asarray(image, dtype=np.float64)
         low, top = float(values.min()), float(values.max())
         if low < 0 or top > high:
-            raise ValueError(f"mode {image.mode} pixels in [{low:g}, {top:g}], outside "
-                             f"its range [0, {high:g}]")  # fmt: skip
+            raise ValueError(f"mode {image.mode} pixels in [{low:g}, {top:g}], outside its range [0, {high:g}]")
         image = Image.fromarray((values / high).astype(np.float32))  # mode F
         scale = 1.0
     else:
@@ -243,7 +242,7 @@ class ImageFiles:
     def ndim(self) -> int:
         return 4
 
-    def subset(self, rows) -> "ImageFiles":
+    def subset(self, rows) -> ImageFiles:
         paths = np.asarray(self.paths, dtype=object)[np.asarray(rows, dtype=np.int64)]
         return ImageFiles(list(paths), self.size, self.channels)
 
@@ -252,8 +251,7 @@ class ImageFiles:
             return read_image(self.paths[rows], self.size, self.channels)
         if isinstance(rows, slice):
             rows = range(*rows.indices(len(self.paths)))
-        return load_images([self.paths[int(i)] for i in np.asarray(rows).reshape(-1)],
-                           self.size, self.channels)  # fmt: skip
+        return load_images([self.paths[int(i)] for i in np.asarray(rows).reshape(-1)], self.size, self.channels)
 
     def __repr__(self) -> str:
         return f"ImageFiles({len(self.paths)} files, size={self.size}, channels={self.channels})"

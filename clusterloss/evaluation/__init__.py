@@ -10,10 +10,10 @@ from clusterloss.evaluation.keys import PML_NAMES, far_key
 from clusterloss.evaluation.open_set import class_centers, open_set_metrics, open_set_scores
 from clusterloss.evaluation.retrieval import METRIC_NAMES, Ranking, cluster_labels, register_metric, retrieval_metrics
 from clusterloss.evaluation.verification import (
+    impostor_threshold,
     make_pairs,
     pair_scores,
     roc_curve,
-    impostor_threshold,
     roc_metrics,
     save_roc_plot,
     threshold_at_far,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -79,8 +80,10 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self.x = x
         self.y = as_labels(y, "y", length=len(x), length_name="x")
         if reference is not None:
-            reference = (reference[0], as_labels(reference[1], "reference labels",
-                                                 length=len(reference[0]), length_name="reference"))  # fmt: skip
+            reference = (
+                reference[0],
+                as_labels(reference[1], "reference labels", length=len(reference[0]), length_name="reference"),
+            )
         self.reference = reference
         self.every = check_positive_int(every, "every")
         self.include = tuple(_select(tuple(include), ()))
@@ -105,11 +108,11 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             ref, ref_labels = embed(self.model, self.reference[0], self.batch_size), self.reference[1]
         if not all(np.isfinite(e).all() for e in (emb, ref) if e is not None):
             return dict.fromkeys(self._keys(), float("nan"))
-        found = retrieval_metrics(emb, self.y, ref, ref_labels, include=self.include,
-                                  metric=self.metric, seed=self.seed)  # fmt: skip
+        found = retrieval_metrics(
+            emb, self.y, ref, ref_labels, include=self.include, metric=self.metric, seed=self.seed
+        )
         if self.verification:
-            scores = verification_scores(emb, self.y, metric=self.metric,
-                                         max_pairs=self.max_pairs, seed=self.seed)  # fmt: skip
+            scores = verification_scores(emb, self.y, metric=self.metric, max_pairs=self.max_pairs, seed=self.seed)
             roc = roc_metrics(*scores, far_targets=self.far_targets)
             found["roc_auc"], found["eer"] = roc["roc_auc"], roc["eer"]
             for far in self.far_targets:

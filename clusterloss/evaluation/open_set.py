@@ -43,8 +43,16 @@ def class_centers(reference, reference_labels, metric: str = "cosine"):
     return centers, classes
 
 
-def open_set_scores(reference, reference_labels, queries, *, metric: str = "cosine",
-                    method: str = "nearest", backend: str = "auto", batch_size: int = 1024):
+def open_set_scores(
+    reference,
+    reference_labels,
+    queries,
+    *,
+    metric: str = "cosine",
+    method: str = "nearest",
+    backend: str = "auto",
+    batch_size: int = 1024,
+):
     """`(scores, predicted_labels)` of each query: cosine similarity to (or Euclidean distance
     from) the nearest known reference or class center, and that reference's or center's
     label."""
@@ -70,10 +78,20 @@ def _nearest(index: Index, q: np.ndarray):
     return scores[:, 0].astype(np.float64), index.labels[idx[:, 0]]
 
 
-def open_set_metrics(reference, reference_labels, known_queries, known_query_labels,
-                     unknown_queries, *, metric: str = "cosine", method: str = "nearest",
-                     threshold: float | None = None, keep_known: float = 0.95,
-                     backend: str = "auto", batch_size: int = 1024) -> dict[str, float]:
+def open_set_metrics(
+    reference,
+    reference_labels,
+    known_queries,
+    known_query_labels,
+    unknown_queries,
+    *,
+    metric: str = "cosine",
+    method: str = "nearest",
+    threshold: float | None = None,
+    keep_known: float = 0.95,
+    backend: str = "auto",
+    batch_size: int = 1024,
+) -> dict[str, float]:
     """Open-set metrics (see the module docstring).
 
     Args:
@@ -102,8 +120,7 @@ def open_set_metrics(reference, reference_labels, known_queries, known_query_lab
     check_range(keep_known, "keep_known", low=0.0, high=1.0, low_open=True)
     index = _known_index(reference, reference_labels, metric, method, backend, batch_size)
     known = as_embeddings(known_queries, "known_queries", dim=index.dim)
-    known_labels = as_labels(known_query_labels, "known_query_labels", length=len(known),
-                             length_name="known_queries")
+    known_labels = as_labels(known_query_labels, "known_query_labels", length=len(known), length_name="known_queries")
     unknown = as_embeddings(unknown_queries, "unknown_queries", dim=index.dim)
     known_scores, predicted = _nearest(index, known)
     unknown_scores, _ = _nearest(index, unknown)

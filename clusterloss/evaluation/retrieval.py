@@ -19,9 +19,9 @@ gives PML's name of each), computed in bounded memory through `clusterloss.index
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
 
 import numpy as np
 
@@ -266,9 +266,7 @@ def retrieval_metrics(
         r_labels = as_labels(reference_labels, "reference_labels", length=len(r), length_name="reference")
         n_ref = len(r)
         if ref_includes_query:
-            if len(r) < len(q) or not (
-                np.allclose(q, r[: len(q)]) and np.array_equal(q_labels, r_labels[: len(q)])
-            ):
+            if len(r) < len(q) or not (np.allclose(q, r[: len(q)]) and np.array_equal(q_labels, r_labels[: len(q)])):
                 raise ValueError(
                     "`ref_includes_query=True` needs the first len(query) rows of `reference` and "
                     "`reference_labels` to equal `query` and `query_labels`."
@@ -306,8 +304,7 @@ def retrieval_metrics(
         kept_labels = q_labels[not_lone]
         if num_k < 1 or not not_lone.any():
             warnings.warn(
-                "None of the query labels has another reference of its class: the neighbour "
-                "metrics are NaN.",
+                "None of the query labels has another reference of its class: the neighbour metrics are NaN.",
                 stacklevel=2,
             )
         else:

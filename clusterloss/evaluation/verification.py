@@ -153,8 +153,9 @@ def pair_scores(embeddings, i, j, metric: str = "cosine", batch_size: int = 6553
     return scores
 
 
-def verification_scores(embeddings, labels, *, metric: str = "cosine",
-                        max_pairs: int | None = 1_000_000, seed: int = 0):
+def verification_scores(
+    embeddings, labels, *, metric: str = "cosine", max_pairs: int | None = 1_000_000, seed: int = 0
+):
     """`(scores, is_genuine)` of the pairs from `make_pairs`, scored by `pair_scores`."""
     x = as_embeddings(embeddings, "embeddings")
     y = as_labels(labels, "labels", length=len(x))
@@ -182,8 +183,7 @@ def _check_scores(scores, is_genuine):
         raise ValueError("`scores` must be finite; got NaN or inf values.")
     if g.all() or not g.any():
         raise ValueError(
-            f"verification needs genuine and impostor pairs; got {int(g.sum())} genuine and "
-            f"{int((~g).sum())} impostor."
+            f"verification needs genuine and impostor pairs; got {int(g.sum())} genuine and {int((~g).sum())} impostor."
         )
     return s, g
 
@@ -268,9 +268,15 @@ def roc_metrics(scores, is_genuine, far_targets=DEFAULT_FAR_TARGETS) -> dict[str
     return results
 
 
-def verification_metrics(embeddings, labels, *, metric: str = "cosine",
-                         max_pairs: int | None = 1_000_000, seed: int = 0,
-                         far_targets=DEFAULT_FAR_TARGETS) -> dict[str, float]:
+def verification_metrics(
+    embeddings,
+    labels,
+    *,
+    metric: str = "cosine",
+    max_pairs: int | None = 1_000_000,
+    seed: int = 0,
+    far_targets=DEFAULT_FAR_TARGETS,
+) -> dict[str, float]:
     """Verification metrics of labelled embeddings: `roc_metrics` on the pairs of
     `verification_scores` (all pairs, or a seeded sample of at most `max_pairs`)."""
     scores, is_genuine = verification_scores(embeddings, labels, metric=metric, max_pairs=max_pairs, seed=seed)
@@ -280,8 +286,7 @@ def verification_metrics(embeddings, labels, *, metric: str = "cosine",
 # ----------------------------------------------------------------------------- plot
 
 
-def save_roc_plot(path, curves, *, title: str = "Verification ROC",
-                  far_targets=DEFAULT_FAR_TARGETS, dpi: int = 120):
+def save_roc_plot(path, curves, *, title: str = "Verification ROC", far_targets=DEFAULT_FAR_TARGETS, dpi: int = 120):
     """Save a ROC plot (TAR against FAR on a log axis) as a PNG at `path`.
 
     `curves` is `(scores, is_genuine)` or a dict `{name: (scores, is_genuine)}`. Uses

@@ -71,7 +71,7 @@ class Calibration:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Calibration":
+    def from_dict(cls, values: dict[str, Any]) -> Calibration:
         return cls(**values)
 
     def accepts(self, score: float) -> bool:
@@ -83,8 +83,10 @@ class Calibration:
         lines = [f"  {name:>12}  {'FAR':>7}  {'TAR':>7}  {'precision':>9}  {'recall':>7}"]
         for row in self.table:
             mark = "  <- chosen" if row["threshold"] == self.threshold else ""
-            lines.append(f"  {row['threshold']:>12.6f}  {row['far']:>7.4f}  {_fmt(row['tar'])}  "
-                         f"{_fmt(row['precision'], 9)}  {_fmt(row['recall'])}{mark}")  # fmt: skip
+            lines.append(
+                f"  {row['threshold']:>12.6f}  {row['far']:>7.4f}  {_fmt(row['tar'])}  "
+                f"{_fmt(row['precision'], 9)}  {_fmt(row['recall'])}{mark}"
+            )
         return "\n".join(lines)
 
     def warning(self) -> str | None:
@@ -94,8 +96,10 @@ class Calibration:
             return None
         better = next((row for row in self.table if row["tar"] is not None and row["tar"] >= 0.8), None)
         hint = f"; --far {better['far']:.3g} accepts {better['tar']:.0%}" if better else ""
-        return (f"at this threshold only {self.tar:.0%} of enrolled people are accepted: the features do not "
-                f"separate strangers at FAR {self.far:.3g} (too few dimensions, or too little training){hint}")  # fmt: skip
+        return (
+            f"at this threshold only {self.tar:.0%} of enrolled people are accepted: the features do not "
+            f"separate strangers at FAR {self.far:.3g} (too few dimensions, or too little training){hint}"
+        )
 
     def summary(self) -> str:
         """One line: the rule and what it measured."""
@@ -103,8 +107,10 @@ class Calibration:
         if self.far is None:
             return f"{rule} (set by hand, not measured)"
         tar = "TAR n/a (no probe of an enrolled class)" if self.tar is None else f"TAR {self.tar:.3f}"
-        return (f"{rule}: FAR {self.far:.3f} over {self.num_strangers} stranger trials, {tar} over "
-                f"{self.num_mated} enrolled-class probes")  # fmt: skip
+        return (
+            f"{rule}: FAR {self.far:.3f} over {self.num_strangers} stranger trials, {tar} over "
+            f"{self.num_mated} enrolled-class probes"
+        )
 
 
 def _fmt(value: float | None, width: int = 7) -> str:
@@ -192,14 +198,16 @@ def calibrate_target(far: float | None, tar: float | None) -> tuple[float | None
     return float(check_range(far, "far", low=0.0, high=1.0, low_open=True)), None
 
 
-def calibrate(scores: ProbeScores, metric: str, *, far: float | None = DEFAULT_FAR,
-              tar: float | None = None) -> Calibration:  # fmt: skip
+def calibrate(
+    scores: ProbeScores, metric: str, *, far: float | None = DEFAULT_FAR, tar: float | None = None
+) -> Calibration:
     """Choose the threshold (see the module docstring) from the probes' scores."""
     far, tar = calibrate_target(far, tar)
     n = len(scores.stranger)
     if n < 2:
-        raise CalibrationError(f"calibration needs at least 2 probes with a class other than the nearest "
-                               f"gallery items'; got {n}")  # fmt: skip
+        raise CalibrationError(
+            f"calibration needs at least 2 probes with a class other than the nearest gallery items'; got {n}"
+        )
     if np.ptp(scores.stranger) == 0 and (not len(scores.mated) or np.ptp(scores.mated) == 0):
         raise CalibrationError(
             f"every probe scores {scores.stranger[0]:.4f}: the embeddings have collapsed (all inputs "
@@ -211,8 +219,10 @@ def calibrate(scores: ProbeScores, metric: str, *, far: float | None = DEFAULT_F
     else:
         estimable = max(far, 1.0 / n)
         if estimable > far:
-            note = (f"FAR {far:g} needs >= {math.ceil(1 / far)} stranger trials, the probes give {n}: "
-                    f"threshold at the smallest FAR they estimate, 1/{n} = {1 / n:.3f}")  # fmt: skip
+            note = (
+                f"FAR {far:g} needs >= {math.ceil(1 / far)} stranger trials, the probes give {n}: "
+                f"threshold at the smallest FAR they estimate, 1/{n} = {1 / n:.3f}"
+            )
         t = _threshold_at_far(scores.stranger, estimable)
     rows = []
     for target in sorted({*(f for f in TABLE_FARS if f * n >= 1 - 1e-9), *([] if tar else [max(far, 1 / n)])}):
@@ -227,7 +237,11 @@ def calibrate(scores: ProbeScores, metric: str, *, far: float | None = DEFAULT_F
         table.append({"threshold": _out(sim, metric), **_rates(scores, sim)})
     if metric == "cosine" and t > 1.0:  # only float rounding scores above 1
         reachable = [r for r in table if r["threshold"] <= 1.0]
-        hint = f"; the strictest reachable FAR is {reachable[0]['far']:.3f} (--far {reachable[0]['far']:.3g})" if reachable else ""
+        hint = (
+            f"; the strictest reachable FAR is {reachable[0]['far']:.3f} (--far {reachable[0]['far']:.3g})"
+            if reachable
+            else ""
+        )
         tied = int(np.count_nonzero(scores.stranger >= np.float32(1.0)))
         raise CalibrationError(
             f"no cosine threshold reaches FAR {far:g}: {tied} of {n} stranger trials score 1.0, as "
@@ -236,11 +250,18 @@ def calibrate(scores: ProbeScores, metric: str, *, far: float | None = DEFAULT_F
         )
     rates = _rates(scores, t)
     return Calibration(
-        threshold=_out(t, metric), metric=metric, far=rates["far"], tar=rates["tar"],
-        precision=rates["precision"], recall=rates["recall"],
+        threshold=_out(t, metric),
+        metric=metric,
+        far=rates["far"],
+        tar=rates["tar"],
+        precision=rates["precision"],
+        recall=rates["recall"],
         target={"tar": float(tar)} if tar is not None else {"far": float(far)},
-        num_strangers=n, num_mated=len(scores.mated), note=note, table=table,
-    )  # fmt: skip
+        num_strangers=n,
+        num_mated=len(scores.mated),
+        note=note,
+        table=table,
+    )
 
 
 def _out(similarity: float, metric: str) -> float:

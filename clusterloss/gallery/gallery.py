@@ -22,7 +22,8 @@ import os
 import re
 import sqlite3
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,9 +75,18 @@ class Gallery:
         timeout: seconds a writer waits for another process's write.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, *, dim: int | None = None,
-                 metric: str = "cosine", kind: str | None = None, model_sha256: str | None = None,
-                 backend: str = "auto", ef_search: int | None = None, timeout: float = 30.0):  # fmt: skip
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        dim: int | None = None,
+        metric: str = "cosine",
+        kind: str | None = None,
+        model_sha256: str | None = None,
+        backend: str = "auto",
+        ef_search: int | None = None,
+        timeout: float = 30.0,
+    ):
         self.path = None if path is None else os.fspath(path)
         if self.path is not None and not os.path.exists(self.path) and dim is None:
             raise FileNotFoundError(f"{self.path}: no such gallery (pass `dim` to create one)")
@@ -86,9 +96,14 @@ class Gallery:
             if not self._has_schema() or self._store.meta("format") is None:
                 if dim is None:
                     raise ValueError(f"{self.path}: not a clusterloss gallery (no gallery tables)")
-                self._store.create({"dim": check_positive_int(dim, "dim"), "metric": check_metric(metric),
-                                    "kind": check_choice(kind or "flat", "kind", KINDS),
-                                    "model_sha256": model_sha256})  # fmt: skip
+                self._store.create(
+                    {
+                        "dim": check_positive_int(dim, "dim"),
+                        "metric": check_metric(metric),
+                        "kind": check_choice(kind or "flat", "kind", KINDS),
+                        "model_sha256": model_sha256,
+                    }
+                )
         except sqlite3.DatabaseError as error:
             raise ValueError(f"{self.path}: not a clusterloss gallery (SQLite: {error})") from None
         self.dim = int(self._store.meta("dim"))
@@ -204,7 +219,7 @@ class Gallery:
         with self._lock:
             self._store.close()
 
-    def __enter__(self) -> "Gallery":
+    def __enter__(self) -> Gallery:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -216,8 +231,10 @@ class Gallery:
         return len(self._index)
 
     def __repr__(self) -> str:
-        return (f"Gallery({self.path or 'in memory'}: {len(self)} items of {len(self._class_names)} "
-                f"classes, {self.dim}-D {self.metric}, {self.kind})")  # fmt: skip
+        return (
+            f"Gallery({self.path or 'in memory'}: {len(self)} items of {len(self._class_names)} "
+            f"classes, {self.dim}-D {self.metric}, {self.kind})"
+        )
 
     @property
     def class_names(self) -> list[str]:
@@ -255,15 +272,21 @@ class Gallery:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "path": self.path, "size": len(self), "num_classes": len(self._class_names),
-                "dim": self.dim, "metric": self.metric, "kind": self.kind,
-                "exact": self._index.is_exact, "index_backend": self._index.backend,
-                "generation": self._generation, "model_sha256": self.model_sha256,
+                "path": self.path,
+                "size": len(self),
+                "num_classes": len(self._class_names),
+                "dim": self.dim,
+                "metric": self.metric,
+                "kind": self.kind,
+                "exact": self._index.is_exact,
+                "index_backend": self._index.backend,
+                "generation": self._generation,
+                "model_sha256": self.model_sha256,
                 "threshold": self.threshold,
                 "calibration": None if self._calibration is None else self._calibration.summary(),
                 "calibration_note": None if self._calibration is None else self._calibration.note,
                 "calibration_error": self._calibration_error,
-            }  # fmt: skip
+            }
 
     def search(self, queries, k: int = 5) -> list[dict[str, Any]]:
         """Per query: `prediction` (the nearest item's class, or "unknown" when its score
@@ -281,14 +304,27 @@ class Gallery:
             answers = []
             for score_row, row in zip(scores, rows):
                 neighbors = [
-                    {"rank": rank + 1, "id": int(ids[j]), "class": self._class_names[int(labels[j])],
-                     "score": float(s), "path": paths.get(int(ids[j]))}
-                    for rank, (s, j) in enumerate(zip(score_row, row)) if j >= 0
-                ]  # fmt: skip
+                    {
+                        "rank": rank + 1,
+                        "id": int(ids[j]),
+                        "class": self._class_names[int(labels[j])],
+                        "score": float(s),
+                        "path": paths.get(int(ids[j])),
+                    }
+                    for rank, (s, j) in enumerate(zip(score_row, row))
+                    if j >= 0
+                ]
                 best = neighbors[0]["score"]
                 known = self._calibration is None or self._calibration.accepts(best)
-                answers.append({"prediction": neighbors[0]["class"] if known else UNKNOWN, "known": known,
-                                "score": best, "threshold": self.threshold, "neighbors": neighbors})  # fmt: skip
+                answers.append(
+                    {
+                        "prediction": neighbors[0]["class"] if known else UNKNOWN,
+                        "known": known,
+                        "score": best,
+                        "threshold": self.threshold,
+                        "neighbors": neighbors,
+                    }
+                )
             return answers
 
     # ------------------------------------------------------------------ changing
@@ -306,14 +342,25 @@ class Gallery:
             self._recalibrate()
         return ids
 
-    def remove(self, *, classes: Sequence[str] | str | None = None, paths: Sequence[str] | None = None,
-               ids: Sequence[int] | None = None) -> int:  # fmt: skip
+    def remove(
+        self,
+        *,
+        classes: Sequence[str] | str | None = None,
+        paths: Sequence[str] | None = None,
+        ids: Sequence[int] | None = None,
+    ) -> int:
         """Remove every item of `classes`, with a source path in `paths`, or with an id in
         `ids` (one transaction); the number removed. A class left with no item is gone."""
-        groups = {"class_id IN (SELECT id FROM classes WHERE name IN ({}))": (classes, str),
-                  "path IN ({})": (paths, os.fspath), "id IN ({})": (ids, int)}  # fmt: skip
-        given = {where: [kind(v) for v in ([values] if isinstance(values, (str, os.PathLike)) else values)]
-                 for where, (values, kind) in groups.items() if values is not None}  # fmt: skip
+        groups = {
+            "class_id IN (SELECT id FROM classes WHERE name IN ({}))": (classes, str),
+            "path IN ({})": (paths, os.fspath),
+            "id IN ({})": (ids, int),
+        }
+        given = {
+            where: [kind(v) for v in ([values] if isinstance(values, (str, os.PathLike)) else values)]
+            for where, (values, kind) in groups.items()
+            if values is not None
+        }
         if not given:
             raise ValueError("`remove` needs `classes`, `paths` or `ids`; got none.")
         with self._change(removes=True):
@@ -325,8 +372,15 @@ class Gallery:
 
     # ------------------------------------------------------------------ calibration
 
-    def calibrate(self, embeddings, classes: Sequence[str], *, far: float | None = cal.DEFAULT_FAR,
-                  tar: float | None = None, paths: Sequence[str | None] | None = None) -> cal.Calibration:  # fmt: skip
+    def calibrate(
+        self,
+        embeddings,
+        classes: Sequence[str],
+        *,
+        far: float | None = cal.DEFAULT_FAR,
+        tar: float | None = None,
+        paths: Sequence[str | None] | None = None,
+    ) -> cal.Calibration:
         """Choose the open-set threshold on held-out probes (embeddings with their class
         names, not in the gallery) at `far` (or `tar`), keep the probes, and return the
         `Calibration` (a `CalibrationError` when no threshold is usable; the gallery then
@@ -365,13 +419,14 @@ class Gallery:
         with self._change():
             value = None
             if threshold is not None:
-                value = cal.Calibration(float(threshold), self.metric, None, None, None, None,
-                                        {"manual": float(threshold)}, 0, 0).to_dict()  # fmt: skip
+                value = cal.Calibration(
+                    float(threshold), self.metric, None, None, None, None, {"manual": float(threshold)}, 0, 0
+                ).to_dict()
             self._store.set_meta(calibration=value, calibration_target=None, calibration_error=None)
 
     # ------------------------------------------------------------------ files
 
-    def save(self, path: str | os.PathLike) -> "Gallery":
+    def save(self, path: str | os.PathLike) -> Gallery:
         """Copy this gallery to a new database file `path` (SQLite's backup: consistent
         while others write) with its index cache; the copy, opened. An existing file is
         refused."""
@@ -392,6 +447,6 @@ class Gallery:
         return copy
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backend: str = "auto") -> "Gallery":
+    def load(cls, path: str | os.PathLike, backend: str = "auto") -> Gallery:
         """Open an existing gallery (`FileNotFoundError` if there is none)."""
         return cls(path, backend=backend)

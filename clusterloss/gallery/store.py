@@ -18,7 +18,8 @@ import contextlib
 import json
 import sqlite3
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,8 +83,9 @@ class Store:
         self.conn.executescript(SCHEMA)
         with self.write():
             if self.meta("format") is None:
-                self.set_meta(format=FORMAT_VERSION, generation=0, removed_generation=0,
-                              created=time.time(), **settings)  # fmt: skip
+                self.set_meta(
+                    format=FORMAT_VERSION, generation=0, removed_generation=0, created=time.time(), **settings
+                )
 
     # ------------------------------------------------------------------ meta
 
@@ -92,8 +94,9 @@ class Store:
         return default if row is None else json.loads(row[0])
 
     def set_meta(self, **values: Any) -> None:
-        self.conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                              [(k, json.dumps(v)) for k, v in values.items()])  # fmt: skip
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()]
+        )
 
     def generation(self) -> int:
         return int(self.meta("generation", 0))
@@ -113,11 +116,14 @@ class Store:
             ids.append(known.get(name, -1))
         return np.asarray(ids, np.int64)
 
-    def insert(self, embeddings: np.ndarray, class_ids: np.ndarray, paths: Sequence[str | None],
-               model_sha256: str | None) -> np.ndarray:  # fmt: skip
+    def insert(
+        self, embeddings: np.ndarray, class_ids: np.ndarray, paths: Sequence[str | None], model_sha256: str | None
+    ) -> np.ndarray:
         """Insert items (inside `write()`); their ids, consecutive."""
         now = time.time()
-        first = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'items'").fetchone()[0]
+        first = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'items'").fetchone()[
+            0
+        ]
         self.conn.executemany(
             "INSERT INTO items (class_id, path, model_sha256, added, embedding) VALUES (?, ?, ?, ?, ?)",
             ((int(c), p, model_sha256, now, e.tobytes()) for c, p, e in zip(class_ids, paths, embeddings)),
@@ -126,8 +132,9 @@ class Store:
 
     def items(self, after_id: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`(ids, class_ids, embeddings)` of the items with id > `after_id`, by id."""
-        rows = self.conn.execute("SELECT id, class_id, embedding FROM items WHERE id > ? ORDER BY id",
-                                 (after_id,)).fetchall()  # fmt: skip
+        rows = self.conn.execute(
+            "SELECT id, class_id, embedding FROM items WHERE id > ? ORDER BY id", (after_id,)
+        ).fetchall()
         dim = int(self.meta("dim"))
         if not rows:
             return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, dim), np.float32)
@@ -142,14 +149,18 @@ class Store:
         return found
 
     def count_paths(self, paths: Sequence[str]) -> int:
-        return sum(self.conn.execute(f"SELECT COUNT(*) FROM items WHERE path IN ({marks})", part).fetchone()[0]
-                   for marks, part in _in_parts(paths))  # fmt: skip
+        return sum(
+            self.conn.execute(f"SELECT COUNT(*) FROM items WHERE path IN ({marks})", part).fetchone()[0]
+            for marks, part in _in_parts(paths)
+        )
 
     def delete(self, where: str, values: Sequence[Any]) -> int:
         """Delete the items matching `where`, a condition with `{}` where the `?` marks of
         `values` go, e.g. "path IN ({})" (inside `write()`), then the classes left empty."""
-        count = sum(self.conn.execute(f"DELETE FROM items WHERE {where.format(marks)}", part).rowcount
-                    for marks, part in _in_parts(values))  # fmt: skip
+        count = sum(
+            self.conn.execute(f"DELETE FROM items WHERE {where.format(marks)}", part).rowcount
+            for marks, part in _in_parts(values)
+        )
         self.conn.execute("DELETE FROM classes WHERE id NOT IN (SELECT DISTINCT class_id FROM items)")
         return count
 
@@ -157,8 +168,10 @@ class Store:
 
     def set_probes(self, embeddings: np.ndarray, classes: Sequence[str], paths: Sequence[str | None]) -> None:
         self.conn.execute("DELETE FROM probes")
-        self.conn.executemany("INSERT INTO probes (class, path, embedding) VALUES (?, ?, ?)",
-                              ((c, p, e.tobytes()) for c, p, e in zip(classes, paths, embeddings)))  # fmt: skip
+        self.conn.executemany(
+            "INSERT INTO probes (class, path, embedding) VALUES (?, ?, ?)",
+            ((c, p, e.tobytes()) for c, p, e in zip(classes, paths, embeddings)),
+        )
 
     def drop_probes(self, paths: Sequence[str]) -> None:
         for marks, part in _in_parts(paths):

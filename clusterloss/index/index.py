@@ -88,8 +88,8 @@ def _warn_numpy_once(reason: str):
     if not _warned_numpy:
         _warned_numpy = True
         logging.getLogger("clusterloss.index").warning(
-            "clusterloss: %s; exact NumPy search (same results, slower): "
-            "pip install 'clusterloss[faiss]' for speed", reason
+            "clusterloss: %s; exact NumPy search (same results, slower): pip install 'clusterloss[faiss]' for speed",
+            reason,
         )
 
 
@@ -216,8 +216,11 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
             start = handle.tell()
             if start + dtype.itemsize * math.prod(shape) > os.fstat(handle.fileno()).st_size:
                 raise ValueError(f"{key}: the file is truncated")
-            arrays[key] = np.memmap(path, dtype, "r", start, shape, "F" if fortran else "C") if math.prod(shape) \
-                else np.empty(shape, dtype)  # fmt: skip
+            arrays[key] = (
+                np.memmap(path, dtype, "r", start, shape, "F" if fortran else "C")
+                if math.prod(shape)
+                else np.empty(shape, dtype)
+            )
     return arrays
 
 
@@ -295,8 +298,7 @@ class Index:
             )
         if backend == "numpy" and self.kind != "flat":
             raise ValueError(
-                f"`kind={self.kind!r}` is an approximate FAISS index; `backend='numpy'` supports "
-                "only kind='flat'."
+                f"`kind={self.kind!r}` is an approximate FAISS index; `backend='numpy'` supports only kind='flat'."
             )
         if faiss is None and backend == "auto":
             reason = "FAISS is not installed" + (
@@ -380,7 +382,7 @@ class Index:
     def _prepare(self, x: np.ndarray) -> np.ndarray:
         return normalize_rows(x) if self.metric == "cosine" else x
 
-    def train(self, x) -> "Index":
+    def train(self, x) -> Index:
         """Train an IVF index on `x` (a representative sample); a no-op for other kinds."""
         x = as_embeddings(x, "x", dim=self.dim)
         if self.kind != "ivf" or self.backend != "faiss":
@@ -400,8 +402,9 @@ class Index:
         self._faiss_index = index
         return self
 
-    def add(self, embeddings, labels=None, ids=None, *, batch_size: int | None = None,
-            verbose: bool | None = None) -> "Index":
+    def add(
+        self, embeddings, labels=None, ids=None, *, batch_size: int | None = None, verbose: bool | None = None
+    ) -> Index:
         """Append vectors (and their labels / ids). Labels and ids must be given on every
         call or on none."""
         x = as_embeddings(embeddings, "embeddings", dim=self.dim, allow_empty=True)
@@ -480,8 +483,9 @@ class Index:
 
     # ------------------------------------------------------------------ search
 
-    def search(self, queries, k: int, *, batch_size: int | None = None,
-               verbose: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries, k: int, *, batch_size: int | None = None, verbose: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The `k` nearest stored vectors of each query.
 
         Returns `(scores, indices)`, both `(n_queries, k)`: cosine similarities (decreasing)
@@ -519,7 +523,9 @@ class Index:
 
     def _search_batch(self, q: np.ndarray, k: int):
         if self.backend == "numpy":
-            return _exact_search(q, self._xb[: self._n], self._sqnorms[: self._n] if self.metric == "euclidean" else None, k)
+            return _exact_search(
+                q, self._xb[: self._n], self._sqnorms[: self._n] if self.metric == "euclidean" else None, k
+            )
         if self.kind == "flat" and len(q) * self._n <= _SMALL_SEARCH:
             # FAISS starts (and spins) its OpenMP threads for every search: for a small one
             # that costs ~100x the arithmetic. The NumPy path gives the same answer.
@@ -605,7 +611,7 @@ class Index:
             np.savez(handle, **arrays)
 
     @classmethod
-    def load(cls, path, backend: str = "auto", verbose: bool = False) -> "Index":
+    def load(cls, path, backend: str = "auto", verbose: bool = False) -> Index:
         """Load an index written by `save`. An exact index loads on either backend; an
         approximate one needs FAISS. A file that is not a complete, consistent Index file
         (truncated, another format, pickled objects, labels that do not match the vectors)
@@ -625,21 +631,19 @@ class Index:
             raise ValueError(f"{name} is not a clusterloss Index file (no config).")
         if config.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(
-                f"{name} was written by a newer clusterloss (format "
-                f"{config['format_version']} > {FORMAT_VERSION})."
+                f"{name} was written by a newer clusterloss (format {config['format_version']} > {FORMAT_VERSION})."
             )
         try:
             return cls._from_saved(data, config, name, backend, verbose)
         except (ImportError, ValueError):
             raise
         except Exception as error:  # a damaged array or FAISS blob, a missing config key
-            raise ValueError(
-                f"{name} is a damaged clusterloss Index file: {type(error).__name__}: {error}"
-            ) from error
+            raise ValueError(f"{name} is a damaged clusterloss Index file: {type(error).__name__}: {error}") from error
 
     @classmethod
-    def _from_saved(cls, data: dict[str, np.ndarray], config: dict[str, Any], name: str, backend: str,
-                    verbose: bool) -> "Index":
+    def _from_saved(
+        cls, data: dict[str, np.ndarray], config: dict[str, Any], name: str, backend: str, verbose: bool
+    ) -> Index:
         kind = config["kind"]
         index = cls(
             config["dim"],
@@ -682,13 +686,10 @@ class Index:
                 index.train(vectors)  # an IVF index saved before FAISS was available
             index._add_prepared(vectors, prepared=True)
         if index._n != config["ntotal"]:
-            raise ValueError(
-                f"{name} is inconsistent: {index._n} vectors, config says {config['ntotal']}."
-            )
+            raise ValueError(f"{name} is inconsistent: {index._n} vectors, config says {config['ntotal']}.")
         index._has_labels = bool(config["has_labels"])
         index._has_ids = bool(config["has_ids"])
-        for flag, key, attr in ((index._has_labels, "labels", "_label_parts"),
-                                (index._has_ids, "ids", "_id_parts")):
+        for flag, key, attr in ((index._has_labels, "labels", "_label_parts"), (index._has_ids, "ids", "_id_parts")):
             if not flag:
                 continue
             if key not in data:

@@ -24,9 +24,17 @@ class KNNClassifier:
         kind, backend, batch_size, verbose, **index_kwargs: passed to `Index`.
     """
 
-    def __init__(self, k: int = 5, weights: str = "uniform", metric: str = "euclidean",
-                 kind: str = "flat", backend: str = "auto", batch_size: int = 1024,
-                 verbose: bool = False, **index_kwargs):
+    def __init__(
+        self,
+        k: int = 5,
+        weights: str = "uniform",
+        metric: str = "euclidean",
+        kind: str = "flat",
+        backend: str = "auto",
+        batch_size: int = 1024,
+        verbose: bool = False,
+        **index_kwargs,
+    ):
         self.k = check_positive_int(k, "k")
         self.weights = check_choice(weights, "weights", ("uniform", "distance"))
         self.metric = check_choice(metric, "metric", ("cosine", "euclidean"))
@@ -37,14 +45,21 @@ class KNNClassifier:
         self.index_kwargs = index_kwargs
         self.index_: Index | None = None
 
-    def fit(self, X, y) -> "KNNClassifier":
+    def fit(self, X, y) -> KNNClassifier:
         x = as_embeddings(X, "X")
         labels = as_labels(y, "y", length=len(x), length_name="X")
         if self.k > len(x):
             raise ValueError(f"`k` must be <= the number of fitted samples ({len(x)}); got {self.k}.")
         self.classes_, encoded = np.unique(labels, return_inverse=True)
-        self.index_ = Index(x.shape[1], metric=self.metric, kind=self.kind, backend=self.backend,
-                            batch_size=self.batch_size, verbose=self.verbose, **self.index_kwargs)
+        self.index_ = Index(
+            x.shape[1],
+            metric=self.metric,
+            kind=self.kind,
+            backend=self.backend,
+            batch_size=self.batch_size,
+            verbose=self.verbose,
+            **self.index_kwargs,
+        )
         self.index_.add(x, encoded)
         self.n_features_in_ = x.shape[1]
         return self

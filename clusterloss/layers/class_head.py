@@ -37,7 +37,11 @@ from clusterloss._validation import check_embeddings, check_range, check_same_ba
 from clusterloss.layers.labels import HostLabelCheck, check_num_classes, guard_labels, nan_unless
 from clusterloss.layers.precision import full_precision
 from clusterloss.optimizers import (
-    is_route_part, mark_sparse_rows, route_row_gradient, routed_rows, takes_sparse_gradient,
+    is_route_part,
+    mark_sparse_rows,
+    route_row_gradient,
+    routed_rows,
+    takes_sparse_gradient,
 )
 
 
@@ -71,9 +75,7 @@ def sample_classes(labels, num_classes: int, num_sampled: int, seed):
     the batch has more distinct classes than `num_sampled` (some positives were left out).
     """
     scores = _native.uniform((num_classes,), seed)
-    scores = ops.scatter_update(
-        scores, ops.expand_dims(labels, 1), ops.full_like(labels, 2.0, dtype=scores.dtype)
-    )
+    scores = ops.scatter_update(scores, ops.expand_dims(labels, 1), ops.full_like(labels, 2.0, dtype=scores.dtype))
     index = ops.sort(ops.top_k(scores, num_sampled)[1])
     position = ops.scatter_update(
         ops.full((num_classes,), -1, "int32"),
@@ -277,9 +279,7 @@ class ClassHead(HostLabelCheck, keras.layers.Layer):
                 )
             if isinstance(embeddings.shape[0], int):
                 self.check_batch_size(embeddings.shape[0])
-            index, labels, ok = sample_classes(
-                labels, self.num_classes, self.num_sampled, self.seed_generator
-            )
+            index, labels, ok = sample_classes(labels, self.num_classes, self.num_sampled, self.seed_generator)
             weights, valid = self.class_weights(index), ops.logical_and(valid, ok)
         else:
             weights = self.class_weights()
@@ -339,9 +339,7 @@ class SoftmaxHead(ClassHead):
 
     def build_class_variables(self, embedding_shape) -> None:
         if self.use_bias:
-            self.bias = self.add_weight(
-                shape=(self.num_classes,), initializer=self.bias_initializer, name="bias"
-            )
+            self.bias = self.add_weight(shape=(self.num_classes,), initializer=self.bias_initializer, name="bias")
 
     def class_variables(self) -> list:
         return [self.kernel, self.bias] if self.use_bias else [self.kernel]

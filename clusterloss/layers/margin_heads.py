@@ -109,8 +109,10 @@ class CosineHead(ClassHead):
         super().__init__(num_classes, **kwargs)
         check_range(scale, "scale", 0.0, low_open=True)
         if scale_rule not in self.scale_rules:
-            raise ValueError(f"`scale_rule` must be one of {', '.join(map(repr, self.scale_rules))} "
-                             f"for {type(self).__name__}; got {scale_rule!r}.")  # fmt: skip
+            raise ValueError(
+                f"`scale_rule` must be one of {', '.join(map(repr, self.scale_rules))} "
+                f"for {type(self).__name__}; got {scale_rule!r}."
+            )
         self.scale = float(scale)
         self.scale_rule = scale_rule
 
@@ -122,14 +124,20 @@ class CosineHead(ClassHead):
 
     def build(self, embedding_shape):
         if self.scale_rule != "fixed" and self.num_classes < 3:
-            raise ValueError(f"`scale_rule={self.scale_rule!r}` needs num_classes >= 3 (sqrt(2) "
-                             f"log(C - 1) is 0 for 2 classes); got {self.num_classes}.")  # fmt: skip
+            raise ValueError(
+                f"`scale_rule={self.scale_rule!r}` needs num_classes >= 3 (sqrt(2) "
+                f"log(C - 1) is 0 for 2 classes); got {self.num_classes}."
+            )
         super().build(embedding_shape)
         if self.scale_rule == "adacos":
             self.adaptive_scale = self.add_weight(
-                shape=(), initializer=keras.initializers.Constant(self.initial_scale), trainable=False,
-                dtype="float32", aggregation="mean", name="adaptive_scale",
-            )  # fmt: skip
+                shape=(),
+                initializer=keras.initializers.Constant(self.initial_scale),
+                trainable=False,
+                dtype="float32",
+                aggregation="mean",
+                name="adaptive_scale",
+            )
 
     @property
     def current_scale(self) -> float:
@@ -367,9 +375,7 @@ class LargeMarginSoftmax(CosineHead):
         super().__init__(num_classes, scale=scale, **kwargs)
         integral = isinstance(margin, (int, float, np.number)) and float(margin).is_integer()
         if isinstance(margin, bool) or not integral or margin < 1:
-            raise ValueError(
-                f"`margin` must be an integer >= 1 (the angle multiplier m); got {margin!r}."
-            )
+            raise ValueError(f"`margin` must be an integer >= 1 (the angle multiplier m); got {margin!r}.")
         for value, name in ((base, "base"), (gamma, "gamma"), (power, "power")):
             check_range(value, name, 0.0)
         check_range(lambda_min, "lambda_min", 0.0)
@@ -487,8 +493,14 @@ class SphereFace(LargeMarginSoftmax):
         **kwargs: Any,
     ):
         super().__init__(
-            num_classes, margin=margin, scale=scale, base=base, gamma=gamma, power=power,
-            lambda_min=lambda_min, **kwargs,
+            num_classes,
+            margin=margin,
+            scale=scale,
+            base=base,
+            gamma=gamma,
+            power=power,
+            lambda_min=lambda_min,
+            **kwargs,
         )
 
 

@@ -114,23 +114,23 @@ class SubCenterArcFace(ArcFace):
             raise ValueError("`get_outliers` needs a built head (call it or fit the model first).")
         x = np.asarray(ops.convert_to_numpy(embeddings), "float64")
         if x.ndim != 2 or x.shape[1] != self.kernel.shape[1]:
-            raise ValueError(
-                f"`embeddings` must have shape (n, {self.kernel.shape[1]}); got {x.shape}."
-            )
+            raise ValueError(f"`embeddings` must have shape (n, {self.kernel.shape[1]}); got {x.shape}.")
         y = np.asarray(ops.convert_to_numpy(check_labels(labels, self.num_classes))).astype("int64")
         if len(y) != len(x):
-            raise ValueError(
-                f"`labels` and `embeddings` must have the same length; got {len(y)} and {len(x)}."
-            )
+            raise ValueError(f"`labels` and `embeddings` must have the same length; got {len(y)} and {len(x)}.")
         k, dim = self.sub_centers, x.shape[1]
         kernel = np.asarray(ops.convert_to_numpy(self.kernel), "float64")
         centers = _unit_rows(kernel).reshape(self.num_classes, k, dim)
-        cos = np.concatenate(
-            [
-                np.einsum("nd,nkd->nk", _unit_rows(x[i : i + batch_size]), centers[y[i : i + batch_size]])
-                for i in range(0, len(x), batch_size)
-            ]
-        ) if len(x) else np.zeros((0, k))
+        cos = (
+            np.concatenate(
+                [
+                    np.einsum("nd,nkd->nk", _unit_rows(x[i : i + batch_size]), centers[y[i : i + batch_size]])
+                    for i in range(0, len(x), batch_size)
+                ]
+            )
+            if len(x)
+            else np.zeros((0, k))
+        )
         counts = np.zeros((self.num_classes, k), "int64")
         np.add.at(counts, (y, np.argmax(cos, axis=1)), 1)
         dominant = np.argmax(counts, axis=1)

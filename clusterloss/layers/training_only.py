@@ -35,7 +35,7 @@ class TrainingOnly(keras.layers.Layer):
         return {**super().get_config(), "layer": keras.saving.serialize_keras_object(self.layer)}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "TrainingOnly":
+    def from_config(cls, config: dict[str, Any]) -> TrainingOnly:
         config = dict(config)
         config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
         return cls(**config)

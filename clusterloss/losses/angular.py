@@ -48,8 +48,9 @@ def _negative_logsumexp(u, v, neg):
         exponent = u[:, None, :] + v[None, :, :]
         mask = ops.broadcast_to(neg[:, None, :], ops.shape(exponent))
         return masked_logsumexp(exponent, mask, axis=-1), ops.zeros(shape[:2], "bool")
-    top_u = ops.stop_gradient(ops.where(ops.any(neg, axis=1, keepdims=True),
-                                        masked_max(u, neg, axis=1, keepdims=True), 0.0))
+    top_u = ops.stop_gradient(
+        ops.where(ops.any(neg, axis=1, keepdims=True), masked_max(u, neg, axis=1, keepdims=True), 0.0)
+    )
     top_v = ops.stop_gradient(ops.max(v, axis=1, keepdims=True))
     left = ops.where(neg, ops.exp(ops.where(neg, u - top_u, 0.0)), 0.0)
     total = matmul_t(left, ops.exp(v - top_v))

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 from keras import ops
@@ -36,7 +37,6 @@ from clusterloss._validation import check_range, upcast
 from clusterloss.distances import get_distance
 from clusterloss.losses.regularizers import get_embedding_regularizer
 from clusterloss.tuples.pairs import get_miner
-
 
 # Parameters of a loss function that are tensors given per call, not options of its class.
 CALL_INPUTS = frozenset({"y_true", "y_pred", "ref_embeddings", "ref_labels", "ref_mask"})
@@ -84,14 +84,15 @@ def _derive_init(cls: type, fn: Callable[..., Any]) -> None:
     """Give `cls` an `__init__` with `fn`'s options, the class's own parameters, then
     `reduction`, `name`, `dtype`; see the module docstring."""
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    options = [p.replace(kind=positional) for p in inspect.signature(fn).parameters.values()
-               if p.name not in CALL_INPUTS]
-    tail = [inspect.Parameter("reduction", positional, default="sum_over_batch_size",
-                              annotation="str | None"),
-            inspect.Parameter("name", positional, default=fn.__name__, annotation="str"),
-            inspect.Parameter("dtype", positional, default=None, annotation="str | None")]
-    signature = inspect.Signature([inspect.Parameter("self", positional), *options,
-                                   *cls.own_parameters, *tail])
+    options = [
+        p.replace(kind=positional) for p in inspect.signature(fn).parameters.values() if p.name not in CALL_INPUTS
+    ]
+    tail = [
+        inspect.Parameter("reduction", positional, default="sum_over_batch_size", annotation="str | None"),
+        inspect.Parameter("name", positional, default=fn.__name__, annotation="str"),
+        inspect.Parameter("dtype", positional, default=None, annotation="str | None"),
+    ]
+    signature = inspect.Signature([inspect.Parameter("self", positional), *options, *cls.own_parameters, *tail])
     annotations = {p.name: p.annotation for p in options}
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -145,8 +146,7 @@ class LossFunctionWrapper(keras.losses.Loss):
         with keras.name_scope(self.name):
             wide = keras.backend.standardize_dtype(self.dtype) == "float64"
             y_pred = upcast(y_pred, "float64" if wide else None)
-            return reduce_per_sample(self.call(y_true, y_pred, **inputs), sample_weight,
-                                     self.reduction)
+            return reduce_per_sample(self.call(y_true, y_pred, **inputs), sample_weight, self.reduction)
 
     def call(self, y_true, y_pred, **inputs: Any):
         return unchecked(self.fn)(y_true, y_pred, **inputs, **self.options)
@@ -202,10 +202,10 @@ def reduce_per_sample(values, sample_weight=None, reduction="sum_over_batch_size
     if reduction == "mean_with_sample_weight" and sample_weight is not None:
         divisor = ops.sum(ops.broadcast_to(weights, ops.shape(values)))
     else:
-        divisor = ops.cast(ops.prod(ops.convert_to_tensor(ops.shape(values), "int32")),
-                           values.dtype)
-    mean = ops.where(divisor == 0, ops.zeros_like(total),
-                     total / ops.where(divisor == 0, ops.ones_like(divisor), divisor))
+        divisor = ops.cast(ops.prod(ops.convert_to_tensor(ops.shape(values), "int32")), values.dtype)
+    mean = ops.where(
+        divisor == 0, ops.zeros_like(total), total / ops.where(divisor == 0, ops.ones_like(divisor), divisor)
+    )
     replicas = replicas_in_sync()
     return mean if replicas == 1 else mean * ops.cast(1.0 / replicas, mean.dtype)
 
@@ -224,10 +224,12 @@ class MetricLoss(LossFunctionWrapper):
     `regularized=False` does not take these two (a loss on something else than embeddings)."""
 
     own_parameters = (
-        inspect.Parameter("embedding_regularizer", inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                          default=None, annotation="Any"),
-        inspect.Parameter("embedding_reg_weight", inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                          default=1.0, annotation="float"),
+        inspect.Parameter(
+            "embedding_regularizer", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation="Any"
+        ),
+        inspect.Parameter(
+            "embedding_reg_weight", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1.0, annotation="float"
+        ),
     )
 
     def __init_subclass__(cls, regularized: bool = True, **kwargs: Any):
@@ -235,8 +237,16 @@ class MetricLoss(LossFunctionWrapper):
             cls.own_parameters = ()
         super().__init_subclass__(**kwargs)
 
-    def __init__(self, fn, reduction="sum_over_batch_size", name=None, dtype=None,
-                 embedding_regularizer=None, embedding_reg_weight: float = 1.0, **options):
+    def __init__(
+        self,
+        fn,
+        reduction="sum_over_batch_size",
+        name=None,
+        dtype=None,
+        embedding_regularizer=None,
+        embedding_reg_weight: float = 1.0,
+        **options,
+    ):
         if "distance" in options:
             options["distance"] = get_distance(options["distance"])
         if "miner" in options:
@@ -244,8 +254,7 @@ class MetricLoss(LossFunctionWrapper):
         super().__init__(fn, reduction=reduction, name=name, dtype=dtype, **options)
         self._accepted = frozenset(inspect.signature(fn).parameters)
         self.embedding_regularizer = get_embedding_regularizer(embedding_regularizer)
-        self.embedding_reg_weight = float(check_range(embedding_reg_weight,
-                                                      "embedding_reg_weight"))
+        self.embedding_reg_weight = float(check_range(embedding_reg_weight, "embedding_reg_weight"))
 
     @property
     def distance(self):
@@ -278,7 +287,6 @@ class MetricLoss(LossFunctionWrapper):
         if config.get("miner") is not None:
             config["miner"] = keras.saving.serialize_keras_object(config["miner"])
         if self.embedding_regularizer is not None:  # only then: not every class takes it
-            config["embedding_regularizer"] = keras.saving.serialize_keras_object(
-                self.embedding_regularizer)
+            config["embedding_regularizer"] = keras.saving.serialize_keras_object(self.embedding_regularizer)
             config["embedding_reg_weight"] = self.embedding_reg_weight
         return config

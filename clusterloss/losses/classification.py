@@ -9,7 +9,7 @@ finite. Accuracy needs nothing new: argmax of logits is argmax of softmax, so Ke
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 from keras import ops
@@ -32,9 +32,7 @@ def _log_probs(y_pred, from_logits: bool):
 def _target_log_prob(y_true, y_pred, from_logits: bool):
     """(labels, log p) with log p of shape (batch, classes); checks shapes and labels."""
     if len(y_pred.shape) != 2:
-        raise ValueError(
-            f"`y_pred` must have shape (batch, num_classes); got shape {tuple(y_pred.shape)}."
-        )
+        raise ValueError(f"`y_pred` must have shape (batch, num_classes); got shape {tuple(y_pred.shape)}.")
     labels = check_labels(y_true, num_classes=y_pred.shape[-1], name="y_true")
     log_p = _log_probs(y_pred, from_logits)
     log_p_y = ops.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
@@ -78,10 +76,7 @@ def sparse_categorical_focal_crossentropy(
     labels, _, log_p_y = _target_log_prob(y_true, y_pred, from_logits)
     if isinstance(alpha, list):
         if len(alpha) != y_pred.shape[-1]:
-            raise ValueError(
-                f"`alpha` must have one weight per class ({y_pred.shape[-1]}); "
-                f"got {len(alpha)}."
-            )
+            raise ValueError(f"`alpha` must have one weight per class ({y_pred.shape[-1]}); got {len(alpha)}.")
         alpha_y = ops.take(ops.convert_to_tensor(alpha, dtype=y_pred.dtype), labels)
     else:
         alpha_y = alpha
@@ -115,8 +110,7 @@ def sparse_label_smoothing_crossentropy(
 
 
 @register
-class SparseCategoricalFocalCrossentropy(LossFunctionWrapper,
-                                         fn=sparse_categorical_focal_crossentropy):
+class SparseCategoricalFocalCrossentropy(LossFunctionWrapper, fn=sparse_categorical_focal_crossentropy):
     """Focal loss for integer labels; see `sparse_categorical_focal_crossentropy`.
 
     Example:
@@ -125,8 +119,7 @@ class SparseCategoricalFocalCrossentropy(LossFunctionWrapper,
 
 
 @register
-class SparseLabelSmoothingCrossentropy(LossFunctionWrapper,
-                                       fn=sparse_label_smoothing_crossentropy):
+class SparseLabelSmoothingCrossentropy(LossFunctionWrapper, fn=sparse_label_smoothing_crossentropy):
     """Label-smoothed crossentropy for integer labels; see `sparse_label_smoothing_crossentropy`.
 
     Example:

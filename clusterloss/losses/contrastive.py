@@ -68,8 +68,7 @@ def contrastive_loss(
     pos_loss = ops.relu(distance.margin(mat, pos_margin))
     neg_loss = ops.relu(distance.margin(neg_margin, mat))
     nonzero = average == "nonzero"
-    return pairs.guard(
-        per_anchor_mean(pos_loss, pos_w, nonzero) + per_anchor_mean(neg_loss, neg_w, nonzero))
+    return pairs.guard(per_anchor_mean(pos_loss, pos_w, nonzero) + per_anchor_mean(neg_loss, neg_w, nonzero))
 
 
 @register

@@ -22,8 +22,7 @@ from clusterloss.tuples.pairs import get_miner
 
 
 def _takes_references(loss) -> bool:
-    return isinstance(loss, MetricLoss) and (
-        "ref_embeddings" in inspect.signature(loss.fn).parameters)
+    return isinstance(loss, MetricLoss) and ("ref_embeddings" in inspect.signature(loss.fn).parameters)
 
 
 @register
@@ -63,8 +62,7 @@ class CrossBatchMemory(keras.layers.Layer):
             one of the two, not both).
     """
 
-    def __init__(self, loss: Any, embedding_size: int, memory_size: int = 1024,
-                 miner: Any = None, **kwargs: Any):
+    def __init__(self, loss: Any, embedding_size: int, memory_size: int = 1024, miner: Any = None, **kwargs: Any):
         super().__init__(**kwargs)
         if isinstance(loss, dict):
             loss = keras.saving.deserialize_keras_object(loss)
@@ -99,9 +97,11 @@ class CrossBatchMemory(keras.layers.Layer):
             self._check_size(embeddings_shape)
         state = dict(initializer="zeros", trainable=False, aggregation="only_first_replica")
         self.embedding_memory = self.add_weight(
-            shape=(self.memory_size, self.embedding_size), name="embedding_memory", **state)
+            shape=(self.memory_size, self.embedding_size), name="embedding_memory", **state
+        )
         self.label_memory = self.add_weight(
-            shape=(self.memory_size,), dtype=label_dtype(), name="label_memory", **state)
+            shape=(self.memory_size,), dtype=label_dtype(), name="label_memory", **state
+        )
         self.position = self.add_weight(shape=(), dtype="int32", name="position", **state)
         self.filled = self.add_weight(shape=(), dtype="int32", name="filled", **state)
         self.built = True
@@ -113,19 +113,19 @@ class CrossBatchMemory(keras.layers.Layer):
         labels = check_labels(labels)
         batch = embeddings.shape[0]
         if isinstance(batch, int) and batch > self.memory_size:
-            raise ValueError(
-                f"The batch ({batch}) must not be larger than memory_size={self.memory_size}."
-            )
+            raise ValueError(f"The batch ({batch}) must not be larger than memory_size={self.memory_size}.")
         x = upcast(embeddings)
         n = ops.shape(x)[0]
         size = self.memory_size
         slots = (self.position + ops.arange(n, dtype="int32")) % size  # (batch,)
         memory = ops.scatter_update(
-            ops.convert_to_tensor(self.embedding_memory), slots[:, None],
-            ops.cast(ops.stop_gradient(x), self.embedding_memory.dtype))
+            ops.convert_to_tensor(self.embedding_memory),
+            slots[:, None],
+            ops.cast(ops.stop_gradient(x), self.embedding_memory.dtype),
+        )
         memory_labels = ops.scatter_update(
-            ops.convert_to_tensor(self.label_memory), slots[:, None],
-            ops.cast(labels, self.label_memory.dtype))
+            ops.convert_to_tensor(self.label_memory), slots[:, None], ops.cast(labels, self.label_memory.dtype)
+        )
         filled = ops.minimum(self.filled + n, size)
         if training:
             self.embedding_memory.assign(memory)
@@ -133,11 +133,9 @@ class CrossBatchMemory(keras.layers.Layer):
             self.position.assign((self.position + n) % size)
             self.filled.assign(filled)
         index = ops.arange(size, dtype="int32")
-        ref_mask = ops.logical_and((index < filled)[None, :],
-                                   ops.not_equal(slots[:, None], index[None, :]))
+        ref_mask = ops.logical_and((index < filled)[None, :], ops.not_equal(slots[:, None], index[None, :]))
         override = {} if self.miner is None else {"miner": self.miner}
-        return self.loss.call(labels, x, ref_embeddings=memory, ref_labels=memory_labels,
-                              ref_mask=ref_mask, **override)
+        return self.loss.call(labels, x, ref_embeddings=memory, ref_labels=memory_labels, ref_mask=ref_mask, **override)
 
     def compute_output_shape(self, embeddings_shape, labels_shape=None):
         return (embeddings_shape[0],)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from keras import ops
 
 from clusterloss._registry import register
@@ -50,8 +49,7 @@ def instance_loss(y_true, y_pred, gamma: float = 64.0):
     """
     pairs = pair_batch(y_true, y_pred)
     log_p = ops.log_softmax(gamma * pairs.matrix(_COSINE), axis=1)  # one fused op on torch
-    return pairs.guard(-ops.take_along_axis(log_p, label_ranks(pairs.labels)[:, None],
-                                            axis=1)[:, 0])
+    return pairs.guard(-ops.take_along_axis(log_p, label_ranks(pairs.labels)[:, None], axis=1)[:, 0])
 
 
 @register

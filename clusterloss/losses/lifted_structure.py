@@ -76,21 +76,21 @@ def lifted_structure_loss(
     mat = pairs.matrix(distance)
     pos_w, neg_w = mined_pairs(miner, pairs)
     has_neg = neg_w > 0
-    anchor_lse = masked_logsumexp(distance.margin(neg_margin, mat), has_neg, axis=1,
-                                  weights=neg_w)
+    anchor_lse = masked_logsumexp(distance.margin(neg_margin, mat), has_neg, axis=1, weights=neg_w)
     anchor_has = ops.any(has_neg, axis=1)
     if pairs.has_refs:
         ref_neg = _reference_negatives(pairs)
-        other_lse = masked_logsumexp(distance.margin(neg_margin, pairs.ref_matrix(distance)),
-                                     ref_neg, axis=1)
+        other_lse = masked_logsumexp(distance.margin(neg_margin, pairs.ref_matrix(distance)), ref_neg, axis=1)
         other_has = ops.any(ref_neg, axis=1)
     else:
         other_lse, other_has = anchor_lse, anchor_has
     shape = ops.shape(mat)
-    both = ops.stack([ops.broadcast_to(anchor_lse[:, None], shape),
-                      ops.broadcast_to(other_lse[None, :], shape)], axis=-1)
-    present = ops.stack([ops.broadcast_to(anchor_has[:, None], shape),
-                         ops.broadcast_to(other_has[None, :], shape)], axis=-1)
+    both = ops.stack(
+        [ops.broadcast_to(anchor_lse[:, None], shape), ops.broadcast_to(other_lse[None, :], shape)], axis=-1
+    )
+    present = ops.stack(
+        [ops.broadcast_to(anchor_has[:, None], shape), ops.broadcast_to(other_has[None, :], shape)], axis=-1
+    )
     neg_term = masked_logsumexp(both, present, axis=-1)
     losses = ops.square(ops.relu(neg_term + distance.margin(mat, pos_margin))) / 2.0
     values = per_anchor_mean(losses, pos_w, nonzero=False)

@@ -90,8 +90,9 @@ def margin_loss(
     pos_count, neg_count = selected.pair_counts(dtype)  # triplets holding each pair
     pos_loss = ops.relu(distance.margin(mat, beta_a[:, None]) + margin)
     neg_loss = ops.relu(distance.margin(beta_a[:, None], mat) + margin)
-    divisor = ops.stop_gradient(ops.sum(ops.where(pos_loss > 0, pos_count, 0.0))
-                                + ops.sum(ops.where(neg_loss > 0, neg_count, 0.0)))
+    divisor = ops.stop_gradient(
+        ops.sum(ops.where(pos_loss > 0, pos_count, 0.0)) + ops.sum(ops.where(neg_loss > 0, neg_count, 0.0))
+    )
     per_anchor = ops.sum(pos_count * pos_loss, axis=1) + ops.sum(neg_count * neg_loss, axis=1)
     if learn_beta and per_class:  # PML: sum over triplets of nu * beta_anchor / divisor
         per_anchor = per_anchor + nu * beta_a * ops.sum(pos_count, axis=1)
@@ -155,8 +156,7 @@ class MarginLoss(MetricLoss):
                 "every backend: use `MarginLossLayer(learn_beta=True, ...)` as a loss layer "
                 "(e.g. `ClusterModel(backbone, loss_layers=[MarginLossLayer()])`)."
             )
-        self.num_classes = None if num_classes is None else check_positive_int(
-            num_classes, "num_classes")
+        self.num_classes = None if num_classes is None else check_positive_int(num_classes, "num_classes")
         super().__init__(
             margin_loss,
             reduction=reduction,
@@ -218,14 +218,16 @@ class MarginLossLayer(keras.layers.Layer):
         self.learn_beta = bool(learn_beta)
         # Not named `num_classes`: ClusterModel would fill it in and turn a global beta into
         # one per class.
-        self.beta_classes = None if num_classes is None else check_positive_int(
-            num_classes, "num_classes")
+        self.beta_classes = None if num_classes is None else check_positive_int(num_classes, "num_classes")
         self.distance = get_distance(distance)
         self.miner = get_miner(miner)
         self.beta = self.add_weight(
-            shape=(self.beta_classes or 1,), name="beta",
+            shape=(self.beta_classes or 1,),
+            name="beta",
             initializer=keras.initializers.Constant(self.initial_beta),
-            trainable=self.learn_beta, autocast=False)  # float32 beta under mixed precision
+            trainable=self.learn_beta,
+            autocast=False,
+        )  # float32 beta under mixed precision
 
     def build(self, embeddings_shape=None, labels_shape=None):
         self.built = True
@@ -234,9 +236,16 @@ class MarginLossLayer(keras.layers.Layer):
         check_embeddings(embeddings, allow_empty=False)
         check_same_batch(labels, embeddings)
         labels = check_labels(labels, num_classes=self.beta_classes)
-        return margin_loss(labels, embeddings, margin=self.margin, nu=self.nu,
-                           beta=self.beta, learn_beta=self.learn_beta,
-                           distance=self.distance, miner=self.miner)
+        return margin_loss(
+            labels,
+            embeddings,
+            margin=self.margin,
+            nu=self.nu,
+            beta=self.beta,
+            learn_beta=self.learn_beta,
+            distance=self.distance,
+            miner=self.miner,
+        )
 
     def compute_output_shape(self, embeddings_shape, labels_shape=None):
         return (embeddings_shape[0],)
@@ -250,8 +259,7 @@ class MarginLossLayer(keras.layers.Layer):
             "learn_beta": self.learn_beta,
             "num_classes": self.beta_classes,
             "distance": self.distance.get_config(),
-            "miner": None if self.miner is None else keras.saving.serialize_keras_object(
-                self.miner),
+            "miner": None if self.miner is None else keras.saving.serialize_keras_object(self.miner),
         }
 
 

@@ -21,7 +21,6 @@ from clusterloss.tuples.pairs import (
     proxy_batch,
 )
 
-
 # The range of each distance between L2-normalised embeddings: `softmax_scale * range` bounds
 # the logits' magnitude and how far below a row's largest any other lies.
 _NORMALISED_RANGE = {"euclidean": 2.0, "squared_euclidean": 4.0, "cosine": 2.0, "dot": 2.0}
@@ -44,8 +43,7 @@ def nca_terms(logits, pos, every, gap_bound: float | None = None):
     on_pos = ops.sum(e * ops.cast(pos, e.dtype), axis=1)
     has_pos = on_pos > 0
     one = ops.ones_like(total)
-    return ops.where(has_pos, ops.log(ops.where(has_pos, total, one))
-                     - ops.log(ops.where(has_pos, on_pos, one)), 0.0)
+    return ops.where(has_pos, ops.log(ops.where(has_pos, total, one)) - ops.log(ops.where(has_pos, on_pos, one)), 0.0)
 
 
 def _gap_bound(distance, softmax_scale: float) -> float | None:
@@ -91,8 +89,7 @@ def nca_loss(
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
     logits = -softmax_scale * farness(pairs.matrix(distance), distance)
     has_pos = ops.any(pairs.pos, axis=1)
-    losses = nca_terms(logits, pairs.pos, ops.logical_or(pairs.pos, pairs.neg),
-                       _gap_bound(distance, softmax_scale))
+    losses = nca_terms(logits, pairs.pos, ops.logical_or(pairs.pos, pairs.neg), _gap_bound(distance, softmax_scale))
     losses = ops.where(has_pos, losses * miner_sample_weights(miner, pairs), 0.0)
     return pairs.guard(batch_share(losses, ops.sum(ops.cast(has_pos, losses.dtype))))
 

@@ -81,8 +81,7 @@ def triplet_margin_loss(
     far = farness(pairs.matrix(distance), distance)
     selected = select_triplets(miner, pairs, distance)
     nonzero = average == "nonzero"
-    if isinstance(selected, TripletWindow) and not (swap or smooth_loss) and (
-            selected.distance == distance):
+    if isinstance(selected, TripletWindow) and not (swap or smooth_loss) and (selected.distance == distance):
         return pairs.guard(hinge_sum(selected, far, margin, average))
     if isinstance(selected, TripletChoice):  # one negative per (a, p): (batch, num_refs) terms
         weights, neg_index = selected.weights, selected.neg_index
@@ -123,8 +122,7 @@ def explicit_triplet_loss(y_true, y_pred, margin: float = 0.1, distance: Any = "
     shape = tuple(y_pred.shape)
     if len(shape) != 3 or shape[1] != 3:
         raise ValueError(
-            "`y_pred` must have shape (batch, 3, dim) (query, right answer, wrong answer); "
-            f"got shape {shape}."
+            f"`y_pred` must have shape (batch, 3, dim) (query, right answer, wrong answer); got shape {shape}."
         )
     if shape[0] == 0:
         raise ValueError(f"`y_pred` must hold at least one triplet; got shape {shape}.")
@@ -132,8 +130,7 @@ def explicit_triplet_loss(y_true, y_pred, margin: float = 0.1, distance: Any = "
     query, right, wrong = y_pred[:, 0], y_pred[:, 1], y_pred[:, 2]
     d_right = distance.paired(query, right)
     d_wrong = distance.paired(query, wrong)
-    return nan_unless_finite(ops.relu(distance.margin(d_right, d_wrong) + margin),
-                             d_right, d_wrong)
+    return nan_unless_finite(ops.relu(distance.margin(d_right, d_wrong) + margin), d_right, d_wrong)
 
 
 @register

@@ -29,7 +29,7 @@ def negative_to_center_sq(x, refs):
     rr = ops.sum(ops.square(refs), axis=-1)
     xr, r2 = matmul_t(x, refs), matmul_t(refs, refs)
     center_sq = (xx[:, None] + 2.0 * xr + rr[None, :]) / 4.0  # (batch, refs): ||c_ap||^2
-    value = (rr[None, None, :] - xr[:, None, :] - r2[None, :, :] + center_sq[:, :, None])
+    value = rr[None, None, :] - xr[:, None, :] - r2[None, :, :] + center_sq[:, :, None]
     return ops.where(value > 0, value, 0.0)
 
 
@@ -62,8 +62,7 @@ class AngularMiner(Miner):
         nc_sq = negative_to_center_sq(x, refs)
         bound = 4.0 * math.tan(math.radians(self.angle)) ** 2
         wide = ops.square(ap)[:, :, None] > bound * nc_sq
-        keep = ops.logical_and(ops.logical_and(pairs.pos[:, :, None], pairs.neg[:, None, :]),
-                               wide)
+        keep = ops.logical_and(ops.logical_and(pairs.pos[:, :, None], pairs.neg[:, None, :]), wide)
         return TripletMask(ops.cast(keep, ap.dtype))
 
     def get_config(self) -> dict[str, Any]:

@@ -74,8 +74,7 @@ class Miner:
 
     def mine(self, embeddings, labels, ref_embeddings=None, ref_labels=None, ref_mask=None):
         """The dense masks described in the class docstring, without the batch checks."""
-        pairs = pair_batch(labels, embeddings, ref_embeddings, ref_labels, ref_mask,
-                           names=("labels", "embeddings"))
+        pairs = pair_batch(labels, embeddings, ref_embeddings, ref_labels, ref_mask, names=("labels", "embeddings"))
         selected = self.select(pairs)
         dtype = pairs.embeddings.dtype
         if self.kind == "pair":
@@ -87,8 +86,7 @@ class Miner:
         `TripletChoice` or `TripletWindow` for a triplet miner."""
         mat = ops.stop_gradient(pairs.matrix(self.distance))
         out = self._mine(mat, pairs.pos, pairs.neg)
-        if self.kind == "triplet" and not isinstance(out, (TripletMask, TripletChoice,
-                                                           TripletWindow)):
+        if self.kind == "triplet" and not isinstance(out, (TripletMask, TripletChoice, TripletWindow)):
             out = TripletMask(out)
         return out
 

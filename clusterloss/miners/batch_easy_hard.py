@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from keras import ops
 
@@ -30,8 +31,7 @@ def _pick(far, mask, farthest: bool):
     index = ops.argmax(masked, axis=1) if farthest else ops.argmin(masked, axis=1)
     one_hot = ops.equal(ops.arange(ops.shape(far)[1])[None, :], index[:, None])
     found = ops.any(mask, axis=1)
-    return ops.logical_and(one_hot, found[:, None]), ops.take_along_axis(
-        far, index[:, None], axis=1), found
+    return ops.logical_and(one_hot, found[:, None]), ops.take_along_axis(far, index[:, None], axis=1), found
 
 
 @register
@@ -57,17 +57,24 @@ class BatchEasyHardMiner(Miner):
 
     kind = "pair"
 
-    def __init__(self, pos_strategy: str = "easy", neg_strategy: str = "semihard",
-                 allowed_pos_range: Sequence[float] | None = None,
-                 allowed_neg_range: Sequence[float] | None = None, distance: Any = None):
+    def __init__(
+        self,
+        pos_strategy: str = "easy",
+        neg_strategy: str = "semihard",
+        allowed_pos_range: Sequence[float] | None = None,
+        allowed_neg_range: Sequence[float] | None = None,
+        distance: Any = None,
+    ):
         super().__init__(distance)
         check_choice(pos_strategy, "pos_strategy", STRATEGIES)
         check_choice(neg_strategy, "neg_strategy", STRATEGIES)
         if pos_strategy == neg_strategy == "semihard":
             raise ValueError("`pos_strategy` and `neg_strategy` cannot both be 'semihard'.")
         if "semihard" in (pos_strategy, neg_strategy) and "all" in (pos_strategy, neg_strategy):
-            raise ValueError("'semihard' cannot be combined with 'all' "
-                             f"(got pos_strategy={pos_strategy!r}, neg_strategy={neg_strategy!r}).")
+            raise ValueError(
+                "'semihard' cannot be combined with 'all' "
+                f"(got pos_strategy={pos_strategy!r}, neg_strategy={neg_strategy!r})."
+            )
         self.pos_strategy, self.neg_strategy = pos_strategy, neg_strategy
         self.allowed_pos_range = _check_range_arg(allowed_pos_range, "allowed_pos_range")
         self.allowed_neg_range = _check_range_arg(allowed_neg_range, "allowed_neg_range")
@@ -104,9 +111,13 @@ class BatchEasyHardMiner(Miner):
         return ops.logical_and(pos_sel, both), ops.logical_and(neg_sel, both)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "pos_strategy": self.pos_strategy,
-                "neg_strategy": self.neg_strategy, "allowed_pos_range": self.allowed_pos_range,
-                "allowed_neg_range": self.allowed_neg_range}
+        return {
+            **super().get_config(),
+            "pos_strategy": self.pos_strategy,
+            "neg_strategy": self.neg_strategy,
+            "allowed_pos_range": self.allowed_pos_range,
+            "allowed_neg_range": self.allowed_neg_range,
+        }
 
 
 __all__ = ["BatchEasyHardMiner", "STRATEGIES"]

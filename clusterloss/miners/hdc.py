@@ -48,8 +48,7 @@ class HDCMiner(Miner):
 
     def _mine(self, mat, pos, neg):
         far = self.farness(mat)
-        return (hardest_fraction(far, pos, self.filter_percentage),
-                hardest_fraction(-far, neg, self.filter_percentage))
+        return (hardest_fraction(far, pos, self.filter_percentage), hardest_fraction(-far, neg, self.filter_percentage))
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "filter_percentage": self.filter_percentage}

@@ -53,8 +53,9 @@ class DistanceWeightedMiner(SamplingMiner):
         seed: an int for repeatable draws, or `None`.
     """
 
-    def __init__(self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4,
-                 seed: int | None = None, distance: Any = None):
+    def __init__(
+        self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4, seed: int | None = None, distance: Any = None
+    ):
         super().__init__(distance, seed)
         if self.distance.name != "euclidean" or not self.distance.normalize:
             raise ValueError(
@@ -78,8 +79,7 @@ class DistanceWeightedMiner(SamplingMiner):
         sum to 1, or 0 for an anchor with nothing to draw); PML's normalised weights."""
         d = ops.where(mat > self.cutoff, mat, self.cutoff)
         log_w = (2.0 - dim) * ops.log(d) - ((dim - 3.0) / 2.0) * ops.log(1.0 - 0.25 * ops.square(d))
-        valid = ops.logical_and(ops.logical_and(neg, mat < self.nonzero_loss_cutoff),
-                                ops.isfinite(log_w))
+        valid = ops.logical_and(ops.logical_and(neg, mat < self.nonzero_loss_cutoff), ops.isfinite(log_w))
         peak = masked_max(log_w, valid, axis=1, keepdims=True)
         weights = ops.where(valid, ops.exp(ops.where(valid, log_w - peak, 0.0)), 0.0)
         total = ops.sum(weights, axis=1, keepdims=True)
@@ -120,8 +120,14 @@ class UniformHistogramMiner(SamplingMiner):
     kind = "pair"
     needs_positive_pair = False
 
-    def __init__(self, num_bins: int = 100, pos_per_bin: int = 10, neg_per_bin: int = 10,
-                 distance: Any = None, seed: int | None = None):
+    def __init__(
+        self,
+        num_bins: int = 100,
+        pos_per_bin: int = 10,
+        neg_per_bin: int = 10,
+        distance: Any = None,
+        seed: int | None = None,
+    ):
         super().__init__(distance, seed)
         self.num_bins = check_positive_int(num_bins, "num_bins")
         self.pos_per_bin = check_positive_int(pos_per_bin, "pos_per_bin")
@@ -129,8 +135,7 @@ class UniformHistogramMiner(SamplingMiner):
 
     def _mine(self, mat, pos, neg):
         u = self.uniform((self.num_bins, self.pos_per_bin + self.neg_per_bin), mat)
-        return (self._sample(mat, pos, u[:, :self.pos_per_bin]),
-                self._sample(mat, neg, u[:, self.pos_per_bin:]))
+        return (self._sample(mat, pos, u[:, : self.pos_per_bin]), self._sample(mat, neg, u[:, self.pos_per_bin :]))
 
     def bins(self, mat, mask):
         """The bin of each pair of `mask` (`num_bins` elsewhere), int32 `(batch, num_refs)`."""
@@ -150,17 +155,21 @@ class UniformHistogramMiner(SamplingMiner):
         counts = ops.segment_sum(ops.ones_like(index), index, num_segments=nb + 1)[:nb]
         start = ops.cumsum(counts) - counts  # int32
         order = ops.cast(ops.argsort(index), "int32")  # pairs grouped by bin
-        rank = ops.minimum(ops.cast(ops.floor(u * ops.cast(counts, u.dtype)[:, None]), "int32"),
-                           ops.maximum(counts - 1, 0)[:, None])
+        rank = ops.minimum(
+            ops.cast(ops.floor(u * ops.cast(counts, u.dtype)[:, None]), "int32"), ops.maximum(counts - 1, 0)[:, None]
+        )
         chosen = ops.take(order, ops.clip(start[:, None] + rank, 0, n - 1))
         drawn = ops.cast(ops.broadcast_to(counts[:, None] > 0, ops.shape(chosen)), mat.dtype)
-        weights = ops.segment_sum(ops.reshape(drawn, (-1,)), ops.reshape(chosen, (-1,)),
-                                  num_segments=n)
+        weights = ops.segment_sum(ops.reshape(drawn, (-1,)), ops.reshape(chosen, (-1,)), num_segments=n)
         return ops.reshape(weights, ops.shape(mat))
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "num_bins": self.num_bins,
-                "pos_per_bin": self.pos_per_bin, "neg_per_bin": self.neg_per_bin}
+        return {
+            **super().get_config(),
+            "num_bins": self.num_bins,
+            "pos_per_bin": self.pos_per_bin,
+            "neg_per_bin": self.neg_per_bin,
+        }
 
 
 __all__ = ["DistanceWeightedMiner", "UniformHistogramMiner", "sample_columns"]

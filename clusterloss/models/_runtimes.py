@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -47,8 +47,11 @@ def _litert(path: Path) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
 
 
 # format -> (the modules, any one of which runs it; loader)
-RUNTIMES = {"saved_model": (("tensorflow",), _saved_model), "onnx": (("onnxruntime",), _onnx),
-            "litert": (("ai_edge_litert", "tensorflow"), _litert)}  # fmt: skip
+RUNTIMES = {
+    "saved_model": (("tensorflow",), _saved_model),
+    "onnx": (("onnxruntime",), _onnx),
+    "litert": (("ai_edge_litert", "tensorflow"), _litert),
+}
 
 
 def runtime_for(format: str, path: Path) -> tuple[str, Callable[[np.ndarray], np.ndarray]] | None:

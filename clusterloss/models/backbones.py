@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import keras
 from keras import layers, ops
@@ -112,9 +113,12 @@ def make_trunk(input_shape: tuple[int, ...], kind: str = "auto", weights: str | 
             )
         with _loading(weights):
             network = getattr(keras.applications, constructor)(
-                include_top=False, weights=weights, input_shape=(*input_shape[:2], 3),
-                pooling="avg", **kwargs,
-            )  # fmt: skip
+                include_top=False,
+                weights=weights,
+                input_shape=(*input_shape[:2], 3),
+                pooling="avg",
+                **kwargs,
+            )
         x = network(ImageNetPreprocessing(mode, name="preprocessing")(inputs))
         return keras.Model(inputs, x, name=TRUNK)
     if weights == "imagenet":
@@ -173,8 +177,11 @@ def _loading(weights: str | None) -> Iterator[None]:
             raise
         text = str(error).strip()
         first = text.splitlines()[0].rstrip(":") if text else type(error).__name__
-        where = ("ImageNet weights (Keras downloads them once into ~/.keras/models: offline?)"
-                 if weights == "imagenet" else f"{weights!r}, not weights of this trunk")  # fmt: skip
+        where = (
+            "ImageNet weights (Keras downloads them once into ~/.keras/models: offline?)"
+            if weights == "imagenet"
+            else f"{weights!r}, not weights of this trunk"
+        )
         raise ValueError(f"`weights`: cannot load {where}: {first}") from None
 
 

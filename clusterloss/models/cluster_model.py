@@ -29,6 +29,7 @@ def _quick(backbone: keras.Model) -> bool:
     """Whether `backbone` can be called compiled on an array: built, one input."""
     return backbone.built and len(getattr(backbone, "inputs", None) or ()) == 1
 
+
 HEAD_LABELS = "head_labels"  # y_pred key: the labels of the training logits (Partial FC)
 _RESERVED = ("loss", "classification_loss", "embedding_loss")
 
@@ -134,9 +135,7 @@ class ClusterModel(keras.Model):
                     f"give one of them, or make them equal."
                 )
         if loss_layers is not None and not isinstance(loss_layers, (list, tuple)):
-            raise ValueError(
-                f"`loss_layers` must be a list of layers; got {type(loss_layers).__name__}."
-            )
+            raise ValueError(f"`loss_layers` must be a list of layers; got {type(loss_layers).__name__}.")
         loss_layers = list(loss_layers or [])
         terms = ([("center_loss", center_loss)] if center_loss is not None else []) + [
             (layer.name, layer) for layer in loss_layers
@@ -171,20 +170,14 @@ class ClusterModel(keras.Model):
                 raise ValueError(f"The loss layer `{name}` needs `num_classes` (or a head that has it).")
             layer.num_classes = num_classes
         elif num_classes is not None and layer.num_classes != num_classes:
-            raise ValueError(
-                f"`{name}.num_classes` ({layer.num_classes}) must equal `num_classes` "
-                f"({num_classes})."
-            )
+            raise ValueError(f"`{name}.num_classes` ({layer.num_classes}) must equal `num_classes` ({num_classes}).")
 
     def build(self, input_shape):
         if not self.backbone.built:
             self.backbone.build(input_shape)
         embedding_shape = tuple(self.backbone.compute_output_shape(input_shape))
         if len(embedding_shape) != 2:
-            raise ValueError(
-                "`backbone` must output embeddings of shape (batch, dim); "
-                f"got shape {embedding_shape}."
-            )
+            raise ValueError(f"`backbone` must output embeddings of shape (batch, dim); got shape {embedding_shape}.")
         for layer in [self.head] + [layer for _, layer in self._terms]:
             if layer is not None and not layer.built:
                 layer.build(embedding_shape)
@@ -232,8 +225,7 @@ class ClusterModel(keras.Model):
             total = value if total is None else total + ops.cast(value, total.dtype)
         if total is None:
             raise ValueError(
-                "No loss to compute: pass a `loss` to `compile`, or give the model a "
-                "`center_loss` or `loss_layers`."
+                "No loss to compute: pass a `loss` to `compile`, or give the model a `center_loss` or `loss_layers`."
             )
         if self.num_classes is not None and y is not None:
             total = nan_unless(guard_labels(y, self.num_classes, name="y")[1], total)
@@ -299,8 +291,9 @@ class ClusterModel(keras.Model):
         kwargs = _arguments(keras.Model.fit, inputs.checked_data(x, y, check), y, args, kwargs)
         size = kwargs.get("batch_size")
         if isinstance(x, ImageFiles):
-            kwargs.update(x=inputs.image_batches(x, y, size, kwargs.get("shuffle", True)), y=None,
-                          batch_size=None, shuffle=False)  # fmt: skip
+            kwargs.update(
+                x=inputs.image_batches(x, y, size, kwargs.get("shuffle", True)), y=None, batch_size=None, shuffle=False
+            )
         validation = kwargs.get("validation_data")
         if validation is not None:  # a tuple's labels are checked now, a dataset's per batch
             kwargs["validation_data"] = inputs.checked_validation_data(validation, check)
@@ -346,8 +339,15 @@ class ClusterModel(keras.Model):
             x = np.concatenate([x, np.zeros((padded - rows, *x.shape[1:]), x.dtype)])
         return np.asarray(self._quick_call(x))[:rows]
 
-    def export(self, filepath, format: str = "tf_saved_model", verbose: Any = None,
-               input_signature: Any = None, preprocessing: Any = None, **kwargs) -> None:  # fmt: skip
+    def export(
+        self,
+        filepath,
+        format: str = "tf_saved_model",
+        verbose: Any = None,
+        input_signature: Any = None,
+        preprocessing: Any = None,
+        **kwargs,
+    ) -> None:
         """`keras.Model.export` of the **embeddings**: the backbone alone, not the head's
         logits, on every backend that can export `format` (also after `load_model`; see
         `clusterloss.models.export`). Formats and arguments as Keras's (`"tf_saved_model"`,
@@ -375,9 +375,7 @@ class ClusterModel(keras.Model):
         config = dict(config)
         for key in ("backbone", "head", "center_loss"):
             if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(
-                    config[key], custom_objects=custom_objects
-                )
+                config[key] = keras.saving.deserialize_keras_object(config[key], custom_objects=custom_objects)
         config["loss_layers"] = [
             keras.saving.deserialize_keras_object(layer, custom_objects=custom_objects)
             for layer in config.get("loss_layers") or []

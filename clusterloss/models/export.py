@@ -63,8 +63,11 @@ class ExportUnsupported(ValueError):
 
     def __init__(self, format: str, backend: str, reason: str, backends: tuple[str, ...]):
         self.format, self.backend, self.reason, self.backends = format, backend, reason, backends
-        use = (f"use the {' or '.join(backends)} backend (KERAS_BACKEND, or the command line's "
-               "--backend)" if backends else "no other backend exports it")  # fmt: skip
+        use = (
+            f"use the {' or '.join(backends)} backend (KERAS_BACKEND, or the command line's --backend)"
+            if backends
+            else "no other backend exports it"
+        )
         super().__init__(f"format {format!r} cannot be exported on the {backend} backend ({reason}); {use}")
 
 
@@ -163,8 +166,7 @@ def _serving(model, preprocessing) -> tuple[keras.Model, Preprocessing]:
     return keras.Model(inputs, backbone(x), name="embeddings"), prep
 
 
-def serving_model(model_or_backbone: keras.Layer,
-                  preprocessing: Preprocessing | float | None = None) -> keras.Model:  # fmt: skip
+def serving_model(model_or_backbone: keras.Layer, preprocessing: Preprocessing | float | None = None) -> keras.Model:
     """The embedding model (a `ClusterModel`'s backbone: embeddings, no head) with its input
     preprocessing inside, sharing the backbone's weights.
 
@@ -177,8 +179,9 @@ def serving_model(model_or_backbone: keras.Layer,
     return _serving(model_or_backbone, preprocessing)[0]
 
 
-def keras_export(serving: keras.Model, filepath, format: str, verbose: Any = None,
-                 input_signature: Any = None, **kwargs) -> None:  # fmt: skip
+def keras_export(
+    serving: keras.Model, filepath, format: str, verbose: Any = None, input_signature: Any = None, **kwargs
+) -> None:
     """`serving.export(...)` (Keras's format names, or ours), with the packages and backend
     checked first and the input signature of `serving`'s named input by default."""
     ours = {keras_name: name for name, keras_name in FORMATS.items()}.get(format, format)
@@ -187,8 +190,13 @@ def keras_export(serving: keras.Model, filepath, format: str, verbose: Any = Non
     if input_signature is None:
         spec = keras.InputSpec(shape=serving.input.shape, dtype=serving.input.dtype, name=serving.input.name)
         input_signature = [spec]
-    serving.export(os.fspath(filepath), format=FORMATS.get(format, format), verbose=verbose,
-                   input_signature=input_signature, **kwargs)  # fmt: skip
+    serving.export(
+        os.fspath(filepath),
+        format=FORMATS.get(format, format),
+        verbose=verbose,
+        input_signature=input_signature,
+        **kwargs,
+    )
 
 
 def _check(serving: keras.Model, prep: Preprocessing, format: str, artifact: Path) -> dict[str, Any] | None:
@@ -213,8 +221,10 @@ def _check(serving: keras.Model, prep: Preprocessing, format: str, artifact: Pat
         raise ExportUnsupported(format, backend, f"the export does not run: {message}", others) from None
     diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else math.inf
     if not diff <= CHECK_TOLERANCE * max(1.0, float(np.max(np.abs(expected)))):
-        reason = (f"the export gives other embeddings than Keras in {runtime}: shape {got.shape} "
-                  f"vs {expected.shape}, largest difference {diff:.3g}")  # fmt: skip
+        reason = (
+            f"the export gives other embeddings than Keras in {runtime}: shape {got.shape} "
+            f"vs {expected.shape}, largest difference {diff:.3g}"
+        )
         raise ExportUnsupported(format, backend, reason, others)
     return {"runtime": runtime, "max_abs_diff": diff}
 
@@ -225,19 +235,33 @@ def _describe(serving: keras.Model, prep: Preprocessing, format: str, metric: st
     image = len(shape) == 4
     channels = shape[-1] if image else None
     return {
-        "format": format, "file": ARTIFACT[format] or ".", "input_name": serving.input.name,
-        "input_shape": shape, "dtype": prep.dtype, "scale": prep.scale,
-        "image_size": shape[1:3] if image else None, "channels": channels,
+        "format": format,
+        "file": ARTIFACT[format] or ".",
+        "input_name": serving.input.name,
+        "input_shape": shape,
+        "dtype": prep.dtype,
+        "scale": prep.scale,
+        "image_size": shape[1:3] if image else None,
+        "channels": channels,
         "color": {1: "L", 3: "RGB"}.get(channels) if image else None,
         "resize": "bilinear" if image else None,
-        "embedding_dim": int(serving.output.shape[-1]), "metric": metric,
-        "keras": keras.__version__, "backend": keras.backend.backend(),
-    }  # fmt: skip
+        "embedding_dim": int(serving.output.shape[-1]),
+        "metric": metric,
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+    }
 
 
-def export_embeddings(model: keras.Layer, path: str | os.PathLike, format: str = "saved_model",
-                      preprocessing: Preprocessing | float | None = None, *, metric: str = "cosine",
-                      overwrite: bool = False, check: bool = True) -> Path:  # fmt: skip
+def export_embeddings(
+    model: keras.Layer,
+    path: str | os.PathLike,
+    format: str = "saved_model",
+    preprocessing: Preprocessing | float | None = None,
+    *,
+    metric: str = "cosine",
+    overwrite: bool = False,
+    check: bool = True,
+) -> Path:
     """Write the embedding model of `model` (a `ClusterModel` or a backbone) with its input
     preprocessing inside (`serving_model`) to the folder `path`, with Keras's `Model.export`.
 
@@ -269,8 +293,10 @@ def export_embeddings(model: keras.Layer, path: str | os.PathLike, format: str =
             if check:  # the check runs the export at another batch size than torch traced
                 warnings.filterwarnings("ignore", message=TRACER_WARNINGS)
             keras_export(serving, artifact, format, verbose=False)
-        info = {**_describe(serving, prep, format, metric),
-                "check": _check(serving, prep, format, artifact) if check else None}  # fmt: skip
+        info = {
+            **_describe(serving, prep, format, metric),
+            "check": _check(serving, prep, format, artifact) if check else None,
+        }
         (temporary / PREPROCESSING_FILE).write_text(json.dumps(info, indent=2) + "\n")
         _replace(temporary, path)
     finally:

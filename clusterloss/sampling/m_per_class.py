@@ -101,19 +101,12 @@ class MPerClassSampler(ReadAhead):
         labels = labels.reshape(-1)
         for leaf in keras.tree.flatten(x):
             if len(leaf) != len(labels):
-                raise ValueError(
-                    f"`x` and `y` must have the same number of rows; got {len(leaf)} and "
-                    f"{len(labels)}."
-                )
+                raise ValueError(f"`x` and `y` must have the same number of rows; got {len(leaf)} and {len(labels)}.")
         self.x = x
         self.y = labels
-        self.classes, inverse, counts = np.unique(
-            labels, return_inverse=True, return_counts=True
-        )
+        self.classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         if len(self.classes) < 2:
-            raise ValueError(
-                f"M-per-class sampling needs at least 2 classes; `y` has {len(self.classes)}."
-            )
+            raise ValueError(f"M-per-class sampling needs at least 2 classes; `y` has {len(self.classes)}.")
         if self.classes_per_batch > len(self.classes):
             raise ValueError(
                 f"`batch_size // m` = {self.classes_per_batch} classes per batch, but `y` has "
@@ -122,9 +115,7 @@ class MPerClassSampler(ReadAhead):
         self.replace = bool(replace)
         small = counts < self.m
         if small.any() and not self.replace:
-            names = ", ".join(
-                f"{c} ({n})" for c, n in zip(self.classes[small][:5], counts[small][:5])
-            )
+            names = ", ".join(f"{c} ({n})" for c, n in zip(self.classes[small][:5], counts[small][:5]))
             raise ValueError(
                 f"`m` = {m} is more than the samples of {int(small.sum())} class(es): {names}"
                 f"{', ...' if small.sum() > 5 else ''}. Use a smaller m, drop those classes, "
@@ -170,14 +161,10 @@ class MPerClassSampler(ReadAhead):
                 for c in np.flatnonzero(left == 0):
                     queues[c] = self._groups(rng, self.class_indices[c])
                     left[c] = len(queues[c])
-            chosen = rng.choice(
-                n_classes, size=self.classes_per_batch, replace=False, p=left / left.sum()
-            )
+            chosen = rng.choice(n_classes, size=self.classes_per_batch, replace=False, p=left / left.sum())
             batch = np.concatenate([queues[c].pop() for c in chosen])
             left[chosen] -= 1
-            batches[step] = np.concatenate(
-                [rng.permutation(part) for part in np.split(batch, self.num_replicas)]
-            )
+            batches[step] = np.concatenate([rng.permutation(part) for part in np.split(batch, self.num_replicas)])
         return batches
 
     def __len__(self) -> int:

@@ -60,8 +60,7 @@ BIG = 3.0e38
 """Stands in for +-inf inside masked reductions (finite, so no NaN gradients)."""
 
 
-def prepare(y_true, y_pred, ref_embeddings=None, ref_labels=None,
-            names: tuple[str, str] = ("y_true", "y_pred")):
+def prepare(y_true, y_pred, ref_embeddings=None, ref_labels=None, names: tuple[str, str] = ("y_true", "y_pred")):
     """Validated `(labels, embeddings, ref_labels, ref_embeddings)`.
 
     Labels keep their integer value (`check_labels`); embeddings are float32, or float64 when
@@ -72,9 +71,7 @@ def prepare(y_true, y_pred, ref_embeddings=None, ref_labels=None,
     check_same_batch(labels, y_pred, names)
     if (ref_embeddings is None) != (ref_labels is None):
         given = "ref_embeddings" if ref_labels is None else "ref_labels"
-        raise ValueError(
-            f"`ref_embeddings` and `ref_labels` must be given together; got only `{given}`."
-        )
+        raise ValueError(f"`ref_embeddings` and `ref_labels` must be given together; got only `{given}`.")
     if ref_embeddings is None:
         return labels, upcast(y_pred, compute_dtype(y_pred)), None, None
     check_embeddings(ref_embeddings, "ref_embeddings", allow_empty=False)
@@ -82,10 +79,7 @@ def prepare(y_true, y_pred, ref_embeddings=None, ref_labels=None,
     check_same_batch(ref_labels, ref_embeddings, ("ref_labels", "ref_embeddings"))
     dim, ref_dim = y_pred.shape[-1], ref_embeddings.shape[-1]
     if isinstance(dim, int) and isinstance(ref_dim, int) and dim != ref_dim:
-        raise ValueError(
-            f"`ref_embeddings` must have the dimension of `{names[1]}` ({dim}); "
-            f"got {ref_dim}."
-        )
+        raise ValueError(f"`ref_embeddings` must have the dimension of `{names[1]}` ({dim}); got {ref_dim}.")
     dtype = compute_dtype(y_pred, ref_embeddings)
     if labels.dtype != ref_labels.dtype:  # compare in the widest integer type there is
         labels, ref_labels = ops.cast(labels, label_dtype()), ops.cast(ref_labels, label_dtype())
@@ -146,8 +140,7 @@ class Pairs:
 
     def _label_masks(self):
         if self._masks is None:
-            self._masks = label_masks(self.labels, self.ref_labels if self.has_refs else None,
-                                      self.ref_mask)
+            self._masks = label_masks(self.labels, self.ref_labels if self.has_refs else None, self.ref_mask)
         return self._masks
 
     @property
@@ -186,8 +179,9 @@ class Pairs:
         return ops.where(ok, values, float("nan"))
 
 
-def pair_batch(y_true, y_pred, ref_embeddings=None, ref_labels=None, ref_mask=None,
-               names: tuple[str, str] = ("y_true", "y_pred")) -> Pairs:
+def pair_batch(
+    y_true, y_pred, ref_embeddings=None, ref_labels=None, ref_mask=None, names: tuple[str, str] = ("y_true", "y_pred")
+) -> Pairs:
     """`prepare` + `label_masks` in one `Pairs`."""
     labels, x, ref_labels, ref_x = prepare(y_true, y_pred, ref_embeddings, ref_labels, names)
     return Pairs(labels, x, ref_labels, ref_x, ref_mask)
@@ -215,8 +209,7 @@ def safe_divide(num, den):
     return ops.where(ok, num / ops.where(ok, den, ops.ones_like(den)), ops.zeros_like(num))
 
 
-def masked_logsumexp(x, mask, axis: int = -1, add_one: bool = False, weights=None,
-                     keepdims: bool = False):
+def masked_logsumexp(x, mask, axis: int = -1, add_one: bool = False, weights=None, keepdims: bool = False):
     """`log(sum_{mask} w * exp(x) [+ 1])` along `axis`; 0 where the mask is empty (as PML's
     `lmu.logsumexp`). `weights` (default 1) count repeated terms. Finite values and gradients
     for any finite input: a masked-out entry is excluded from the maximum by `-3e38` and its
@@ -295,10 +288,7 @@ def get_miner(miner: Any):
     if isinstance(miner, dict):
         miner = keras.saving.deserialize_keras_object(miner)
     if not (hasattr(miner, "select") and getattr(miner, "kind", None) in ("pair", "triplet")):
-        raise ValueError(
-            "`miner` must be a clusterloss miner (e.g. TripletMarginMiner()) or None; "
-            f"got {miner!r}."
-        )
+        raise ValueError(f"`miner` must be a clusterloss miner (e.g. TripletMarginMiner()) or None; got {miner!r}.")
     return miner
 
 

@@ -60,8 +60,7 @@ class TripletChoice(NamedTuple):
         weights = ops.cast(self.weights, dtype)
         rows, cols = ops.shape(weights)[0], ops.shape(weights)[1]
         flat = ops.arange(rows)[:, None] * cols + ops.cast(self.neg_index, "int32")
-        counts = ops.segment_sum(ops.reshape(weights, (-1,)), ops.reshape(flat, (-1,)),
-                                 num_segments=rows * cols)
+        counts = ops.segment_sum(ops.reshape(weights, (-1,)), ops.reshape(flat, (-1,)), num_segments=rows * cols)
         return weights, ops.reshape(counts, ops.shape(weights))
 
 
@@ -104,12 +103,10 @@ def count_sorted(sorted_rows, queries, inclusive: bool):
     n = ops.shape(sorted_rows)[-1]
     index_dtype = label_dtype()  # int64 where the backend has it
     if not isinstance(n, int):
-        return ops.cast(_count_sorted_dynamic(sorted_rows, queries, inclusive, index_dtype),
-                        "int32")
+        return ops.cast(_count_sorted_dynamic(sorted_rows, queries, inclusive, index_dtype), "int32")
     steps = max(n, 1).bit_length()
     pad_shape = (*ops.shape(sorted_rows)[:-1], 2**steps - n)
-    padded = ops.concatenate([sorted_rows, ops.full(pad_shape, float("inf"), sorted_rows.dtype)],
-                             axis=-1)
+    padded = ops.concatenate([sorted_rows, ops.full(pad_shape, float("inf"), sorted_rows.dtype)], axis=-1)
     pos = ops.zeros(ops.shape(queries), index_dtype)
     for k in reversed(range(steps)):
         value = ops.take_along_axis(padded, pos + (2**k - 1), axis=-1)
@@ -130,8 +127,11 @@ def _count_sorted_dynamic(sorted_rows, queries, inclusive: bool, index_dtype: st
         value = ops.take_along_axis(sorted_rows, ops.minimum(mid, n - 1), axis=-1)
         hit = value <= queries if inclusive else value < queries
         active = lo < hi
-        return (i + 1, ops.where(ops.logical_and(active, hit), mid + 1, lo),
-                ops.where(ops.logical_and(active, ops.logical_not(hit)), mid, hi))
+        return (
+            i + 1,
+            ops.where(ops.logical_and(active, hit), mid + 1, lo),
+            ops.where(ops.logical_and(active, ops.logical_not(hit)), mid, hi),
+        )
 
     def cond(i, lo, hi):
         return ops.logical_and(i < 33, ops.any(lo < hi))
@@ -139,8 +139,7 @@ def _count_sorted_dynamic(sorted_rows, queries, inclusive: bool, index_dtype: st
     return ops.while_loop(cond, body, (0, lo, hi))[1]
 
 
-def window_counts(window: TripletWindow, hinge: float | None = None, per_neg: bool = True,
-                  dtype=None):
+def window_counts(window: TripletWindow, hinge: float | None = None, per_neg: bool = True, dtype=None):
     """Exact counts of the triplets of `window` (also with `far[a, n] < far[a, p] + hinge`, the
     active set of a hinge with that margin): `(per_pos, per_neg)`, each `(batch, num_refs)`:
     for each `(a, p)` the number of its negatives `n`, for each `(a, n)` the number of its
@@ -153,8 +152,7 @@ def window_counts(window: TripletWindow, hinge: float | None = None, per_neg: bo
         n_pos = ops.sum(ops.cast(window.pos, "int32"), axis=1, keepdims=True)
         zero = ops.zeros_like(n_neg)
         per_pos = ops.cast(ops.where(window.pos, n_neg, zero), dtype)
-        return per_pos, (ops.cast(ops.where(window.neg, n_pos, zero), dtype) if per_neg
-                         else None)
+        return per_pos, (ops.cast(ops.where(window.neg, n_pos, zero), dtype) if per_neg else None)
     neg_sorted = ops.sort(ops.where(window.neg, far, BIG), axis=1)
     # Each search: (sorted rows, queries, inclusive). Forward: count negatives per (a, p).
     searches = {}
@@ -177,8 +175,9 @@ def window_counts(window: TripletWindow, hinge: float | None = None, per_neg: bo
     for inclusive in (True, False):
         names = [k for k, search in searches.items() if search[2] is inclusive]
         if names:
-            found = count_sorted(ops.stack([searches[k][0] for k in names]),
-                                 ops.stack([searches[k][1] for k in names]), inclusive)
+            found = count_sorted(
+                ops.stack([searches[k][0] for k in names]), ops.stack([searches[k][1] for k in names]), inclusive
+            )
             counts.update({k: found[i] for i, k in enumerate(names)})
 
     # The sets are prefixes (or suffixes) of one sorted order, so intersections are minima.
@@ -206,7 +205,7 @@ def hinge_sum(window: TripletWindow, far, margin: float, average: str):
     the window's): `average="nonzero"` divides by the number of triplets with a positive loss,
     `"all"` by the number of triplets in the window."""
     per_pos, per_neg = window_counts(window, hinge=margin, dtype=far.dtype)
-    per_anchor = (ops.sum(per_pos * (far + margin), axis=1) - ops.sum(per_neg * far, axis=1))
+    per_anchor = ops.sum(per_pos * (far + margin), axis=1) - ops.sum(per_neg * far, axis=1)
     if average == "nonzero":
         count = ops.sum(per_pos)
     else:
@@ -242,5 +241,13 @@ def choice_from_sorted(far, neg, thresholds, fallback):
     return ops.where(found, picked, fallback[:, None])
 
 
-__all__ = ["TripletChoice", "TripletMask", "TripletWindow", "choice_from_sorted", "count_sorted",
-           "hinge_sum", "select_triplets", "window_counts"]
+__all__ = [
+    "TripletChoice",
+    "TripletMask",
+    "TripletWindow",
+    "choice_from_sorted",
+    "count_sorted",
+    "hinge_sum",
+    "select_triplets",
+    "window_counts",
+]

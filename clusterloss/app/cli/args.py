@@ -62,19 +62,24 @@ def _options_by_key() -> dict[str, list[tuple[str, Option]]]:
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """`--loss` and one flag per recipe option key (typed by the chosen loss's option)."""
     parser.add_argument(
-        "--loss", default=TrainConfig.loss, choices=sorted(RECIPES), metavar="LOSS",
-        help=f"(default {TrainConfig.loss}) " + "; ".join(
-            f"{name}: {RECIPES[name].description}" for name in sorted(RECIPES)),
-    )  # fmt: skip
-    group = parser.add_argument_group(
-        "loss options", "each applies to the losses named in its help (defaults there)"
+        "--loss",
+        default=TrainConfig.loss,
+        choices=sorted(RECIPES),
+        metavar="LOSS",
+        help=f"(default {TrainConfig.loss}) "
+        + "; ".join(f"{name}: {RECIPES[name].description}" for name in sorted(RECIPES)),
     )
+    group = parser.add_argument_group("loss options", "each applies to the losses named in its help (defaults there)")
     for key, owners in _options_by_key().items():
         first = owners[0][1]
         defaults = ", ".join(f"{name} {o.default}" for name, o in owners)
         choices = f" ({'|'.join(first.choices)})" if first.choices else ""
-        group.add_argument(first.flag, dest=f"option_{key}", metavar=first.type.__name__.upper(),
-                           help=f"{first.help}{choices}; default: {defaults}")  # fmt: skip
+        group.add_argument(
+            first.flag,
+            dest=f"option_{key}",
+            metavar=first.type.__name__.upper(),
+            help=f"{first.help}{choices}; default: {defaults}",
+        )
 
 
 def recipe_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -82,8 +87,9 @@ def recipe_values(args: argparse.Namespace) -> dict[str, Any]:
     checked by building its parts once; a flag the loss does not take is an error."""
     recipe = get_recipe(args.loss)
     mine = {o.key: o for o in recipe.options}
-    given = {k: getattr(args, f"option_{k}") for k in _options_by_key()
-             if getattr(args, f"option_{k}", None) is not None}  # fmt: skip
+    given = {
+        k: getattr(args, f"option_{k}") for k in _options_by_key() if getattr(args, f"option_{k}", None) is not None
+    }
     values = {}
     for key, text in given.items():
         flag = "--" + key.replace("_", "-")
@@ -101,14 +107,20 @@ def recipe_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def config_from_args(args: argparse.Namespace, loss: str, seed: int, out: str,
-                     options: dict[str, Any] | None = None) -> TrainConfig:  # fmt: skip
+def config_from_args(
+    args: argparse.Namespace, loss: str, seed: int, out: str, options: dict[str, Any] | None = None
+) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in CLI_FIELDS if hasattr(args, f.name)}
     values.update(loss=loss, seed=seed, out=out, options=options or {})
     if values["freeze_backbone_epochs"] >= values["epochs"] and values["freeze_backbone_epochs"]:
-        fail(args, f"--freeze-backbone-epochs ({values['freeze_backbone_epochs']}) must be "
-                   f"less than --epochs ({values['epochs']})")  # fmt: skip
+        fail(
+            args,
+            f"--freeze-backbone-epochs ({values['freeze_backbone_epochs']}) must be "
+            f"less than --epochs ({values['epochs']})",
+        )
     if values["weights"] == "imagenet" and values["backbone"] in ("auto", "mlp", "cnn"):
-        fail(args, "--weights imagenet needs a keras.applications --backbone "
-                   "(resnet50, efficientnetv2b0, mobilenetv3small)")  # fmt: skip
+        fail(
+            args,
+            "--weights imagenet needs a keras.applications --backbone (resnet50, efficientnetv2b0, mobilenetv3small)",
+        )
     return TrainConfig(**values)

@@ -26,6 +26,7 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
 
 def run(args: argparse.Namespace) -> int:
     from clusterloss.app.gallery import calibrate_gallery, open_run_gallery, write_calibration
+
     with locked_run(args.run_dir) as (run_dir, model, data, _):
         gallery = open_run_gallery(run_dir)
         lines = calibrate_gallery(gallery, model, data, args.calibrate, verbose=args.verbose, **target(args))

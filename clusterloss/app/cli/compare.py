@@ -18,16 +18,21 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
         "optimizer and budget; write DIR/results.md, results.csv, comparison.png, features.png "
         "and one run directory per (setting, seed) in DIR/runs/.",
     )
-    parser.add_argument("settings", nargs="*", metavar="SETTING",
-                        help="e.g. softmax center:center_weight=0.1 triplet:margin=0.1")  # fmt: skip
-    parser.add_argument("--tuned", metavar="DIR", help="also each loss of the tuning in DIR "
-                        "(`clusterloss tune --out DIR`) at its best settings")  # fmt: skip
+    parser.add_argument(
+        "settings", nargs="*", metavar="SETTING", help="e.g. softmax center:center_weight=0.1 triplet:margin=0.1"
+    )
+    parser.add_argument(
+        "--tuned",
+        metavar="DIR",
+        help="also each loss of the tuning in DIR (`clusterloss tune --out DIR`) at its best settings",
+    )
     parser.add_argument("--seeds", type=class_ids, default=[0], help="e.g. 0-2 or 0,1,2")
     parser.add_argument("--out", default="runs/compare", help="output directory")
     parser.add_argument(
-        "--reuse", action="store_true",
+        "--reuse",
+        action="store_true",
         help="read runs whose metrics.json exists instead of training them again",
-    )  # fmt: skip
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing runs in DIR/runs/")
     add_config_arguments(parser, skip=("seed",))
     parser.set_defaults(run=run)

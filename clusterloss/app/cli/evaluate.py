@@ -13,9 +13,12 @@ from clusterloss.app.summaries import summary
 def add_run_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a directory from `clusterloss train`")
     parser.add_argument(
-        "--verbose", default="auto", type=verbosity, metavar="{auto,0,1,2}",
+        "--verbose",
+        default="auto",
+        type=verbosity,
+        metavar="{auto,0,1,2}",
         help="progress bars: 1 (or auto) a bar, 2 one line per bar, 0 silent",
-    )  # fmt: skip
+    )
 
 
 @contextlib.contextmanager

@@ -25,19 +25,26 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
         "(tensorflow), jax2onnx (jax) or onnx (torch); litert the tensorflow backend.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a directory from `clusterloss train`")
-    parser.add_argument("--format", required=True, choices=tuple(FORMATS),
-                        help="saved_model (a TensorFlow SavedModel folder), onnx (model.onnx) or "
-                        "litert (model.tflite)")  # fmt: skip
-    parser.add_argument("--out", metavar="PATH",
-                        help="the folder to write (default RUN_DIR/export/FORMAT)")  # fmt: skip
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=tuple(FORMATS),
+        help="saved_model (a TensorFlow SavedModel folder), onnx (model.onnx) or litert (model.tflite)",
+    )
+    parser.add_argument("--out", metavar="PATH", help="the folder to write (default RUN_DIR/export/FORMAT)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export at PATH")
     parser.add_argument(
-        "--scale", type=positive_float,
+        "--scale",
+        type=positive_float,
         help="raw inputs are multiplied by this inside the model (default: from the run's data: "
         "1/16 for digits, 1/255 for other images and uint8 .npz, 1 for float .npz)",
-    )  # fmt: skip
-    parser.add_argument("--input-dtype", choices=DTYPES, default="float32",
-                        help="the input's dtype (default float32; uint8 for 8-bit images)")  # fmt: skip
+    )
+    parser.add_argument(
+        "--input-dtype",
+        choices=DTYPES,
+        default="float32",
+        help="the input's dtype (default float32; uint8 for 8-bit images)",
+    )
     parser.set_defaults(run=run)
     return [parser]
 
@@ -64,8 +71,10 @@ def _scale(args: argparse.Namespace, metrics: dict) -> float:
     try:
         return data_scale(data or "")
     except ValueError:
-        raise RunError(f"cannot tell how the run's data ({data}) was scaled: it is not found from "
-                       "here; pass --scale (e.g. 0.00392156862745098 for 0-255 images)") from None  # fmt: skip
+        raise RunError(
+            f"cannot tell how the run's data ({data}) was scaled: it is not found from "
+            "here; pass --scale (e.g. 0.00392156862745098 for 0-255 images)"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +84,11 @@ def run(args: argparse.Namespace) -> int:
     from clusterloss.app.results import read_metrics
     from clusterloss.app.rundir import RunDir
     from clusterloss.models.export import (
-        LOAD_HINT, PREPROCESSING_FILE, Preprocessing, check_exportable, export_embeddings,
+        LOAD_HINT,
+        PREPROCESSING_FILE,
+        Preprocessing,
+        check_exportable,
+        export_embeddings,
     )
 
     try:
@@ -93,16 +106,21 @@ def run(args: argparse.Namespace) -> int:
         prep = Preprocessing(_scale(args, metrics), args.input_dtype)
         model = keras.saving.load_model(run_dir / "model.keras")
         try:
-            artifact = export_embeddings(model, out, args.format, prep, overwrite=args.overwrite,
-                                         metric=metrics.get("metric", "cosine"))  # fmt: skip
+            artifact = export_embeddings(
+                model, out, args.format, prep, overwrite=args.overwrite, metric=metrics.get("metric", "cosine")
+            )
         except (ImportError, ValueError) as error:
             raise RunError(_unavailable(args, error)) from None
     info = json.loads((out / PREPROCESSING_FILE).read_text())
     shape = ", ".join(["batch", *map(str, info["input_shape"][1:])])
     values = "as trained" if prep.scale == 1 else f"0-{1 / prep.scale:g} (x {prep.scale:.6g} inside)"
-    checked = f"same embeddings in {info['check']['runtime']}" if info["check"] else "not checked (no runtime installed)"
+    checked = (
+        f"same embeddings in {info['check']['runtime']}" if info["check"] else "not checked (no runtime installed)"
+    )
     hint = LOAD_HINT[args.format].format(path=str(artifact), name=info["input_name"])
-    print(f"wrote {artifact} (+ {PREPROCESSING_FILE}): input {info['input_name']!r} {prep.dtype} "
-          f"({shape}), values {values} -> {info['embedding_dim']}-D embeddings; {checked}; "
-          f"load: {hint}")  # fmt: skip
+    print(
+        f"wrote {artifact} (+ {PREPROCESSING_FILE}): input {info['input_name']!r} {prep.dtype} "
+        f"({shape}), values {values} -> {info['embedding_dim']}-D embeddings; {checked}; "
+        f"load: {hint}"
+    )
     return 0

@@ -8,21 +8,30 @@ import argparse
 from clusterloss.app.cli.evaluate import add_run_dir, locked_run
 from clusterloss.app.config import rate
 
-CALIBRATION_HELP = ("the open-set threshold is chosen on held-out probes (the run's validation split, "
-                    "else its test split, or --calibrate PATH) so that at most --far of strangers "
-                    "pass it (or at least --tar of enrolled people are accepted and named right)")  # fmt: skip
+CALIBRATION_HELP = (
+    "the open-set threshold is chosen on held-out probes (the run's validation split, "
+    "else its test split, or --calibrate PATH) so that at most --far of strangers "
+    "pass it (or at least --tar of enrolled people are accepted and named right)"
+)
 
 
 def add_target(parser: argparse.ArgumentParser) -> None:
     """--far / --tar and --calibrate (shared with `clusterloss calibrate`)."""
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--far", type=rate, default=None,
-                        help="false accept rate of strangers at the threshold (default 0.01; with too "
-                        "few probes, the smallest rate they can estimate, said in one line)")  # fmt: skip
+    target.add_argument(
+        "--far",
+        type=rate,
+        default=None,
+        help="false accept rate of strangers at the threshold (default 0.01; with too "
+        "few probes, the smallest rate they can estimate, said in one line)",
+    )
     target.add_argument("--tar", type=rate, help="instead: the accept rate of enrolled people to reach")
-    parser.add_argument("--calibrate", metavar="PATH",
-                        help="probes: a folder of class sub-folders of images not in the gallery (or an "
-                        ".npz); default: the run's validation split, else its test split")  # fmt: skip
+    parser.add_argument(
+        "--calibrate",
+        metavar="PATH",
+        help="probes: a folder of class sub-folders of images not in the gallery (or an "
+        ".npz); default: the run's validation split, else its test split",
+    )
 
 
 def target(args: argparse.Namespace) -> dict[str, float | None]:
@@ -51,14 +60,17 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
         "refuses it. A failed or stopped build leaves the previous gallery as it was.",
     )
     add_run_dir(build)
-    build.add_argument("--data", metavar="PATH",
-                       help="the gallery: a folder of class sub-folders or an .npz (default: "
-                       "the run's training set)")  # fmt: skip
     build.add_argument(
-        "--approximate", choices=("hnsw", "ivf"),
+        "--data",
+        metavar="PATH",
+        help="the gallery: a folder of class sub-folders or an .npz (default: the run's training set)",
+    )
+    build.add_argument(
+        "--approximate",
+        choices=("hnsw", "ivf"),
         help="an approximate FAISS index instead of exact search (needs faiss-cpu; without "
         "it the index runs exact, with a warning)",
-    )  # fmt: skip
+    )
     build.add_argument("--metric", default="cosine", choices=("cosine", "euclidean"))
     add_target(build)
     build.set_defaults(run=run_build)
@@ -91,17 +103,27 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
 
 def _size(gallery) -> str:
     stats = gallery.stats()
-    return (f"{stats['size']} items of {stats['num_classes']} classes, {stats['dim']}-D, {stats['metric']}, "
-            f"{stats['kind']} ({'exact' if stats['exact'] else 'approximate'}, {stats['index_backend']})")  # fmt: skip
+    return (
+        f"{stats['size']} items of {stats['num_classes']} classes, {stats['dim']}-D, {stats['metric']}, "
+        f"{stats['kind']} ({'exact' if stats['exact'] else 'approximate'}, {stats['index_backend']})"
+    )
 
 
 def run_build(args: argparse.Namespace) -> int:
     from clusterloss.app.gallery import CURRENT, build_gallery
 
     with locked_run(args.run_dir) as (run_dir, model, data, _):
-        gallery, lines = build_gallery(run_dir, model, data, args.data, metric=args.metric,
-                                       kind=args.approximate or "flat", calibrate=args.calibrate,
-                                       verbose=args.verbose, **target(args))  # fmt: skip
+        gallery, lines = build_gallery(
+            run_dir,
+            model,
+            data,
+            args.data,
+            metric=args.metric,
+            kind=args.approximate or "flat",
+            calibrate=args.calibrate,
+            verbose=args.verbose,
+            **target(args),
+        )
     print(f"wrote {run_dir / CURRENT.parent}: {_size(gallery)}\n{lines}")
     gallery.close()
     return 0

@@ -27,8 +27,7 @@ BACKEND_HELP = "Keras backend (default: $KERAS_BACKEND or keras.json, else the f
 
 
 def add_backend(parser: argparse.ArgumentParser, top: bool = False) -> None:
-    parser.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP,
-                        default=None if top else argparse.SUPPRESS)  # fmt: skip
+    parser.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP, default=None if top else argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.backend and args.backend != keras.backend.backend():
         if args.backend not in installed_backends():
-            fail(args, f"--backend {args.backend}: {args.backend} is not installed (installed: "
-                       f"{', '.join(installed_backends())}); pip install {args.backend}")  # fmt: skip
+            fail(
+                args,
+                f"--backend {args.backend}: {args.backend} is not installed (installed: "
+                f"{', '.join(installed_backends())}); pip install {args.backend}",
+            )
         env = {**os.environ, "KERAS_BACKEND": args.backend}
         os.execve(sys.executable, [sys.executable, "-m", "clusterloss", *argv], env)
     try:

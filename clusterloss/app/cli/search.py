@@ -17,13 +17,12 @@ def parse_query(text: str) -> tuple[str, list[int]]:
     name, sep, rest = text.partition(":")
     if not sep or name not in SETS or not rest:
         raise argparse.ArgumentTypeError(
-            f"expected SET:INDICES with SET one of {', '.join(SETS)}, e.g. test:0,5,7 or "
-            f"unknown:0-3; got {text!r}"
+            f"expected SET:INDICES with SET one of {', '.join(SETS)}, e.g. test:0,5,7 or unknown:0-3; got {text!r}"
         )
     try:
         return name, class_ids(rest)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected indices like 0,5,7 or 0-3 after ':'; got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected indices like 0,5,7 or 0-3 after ':'; got {text!r}") from None
 
 
 def add_parser(subparsers) -> list[argparse.ArgumentParser]:
@@ -42,16 +41,22 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
     queries.add_argument("--images", nargs="+", metavar="FILE", help="image files to search for")
     queries.add_argument("--npz", metavar="FILE", help="an .npz with queries x (and labels y)")
     queries.add_argument(
-        "--query", "-q", type=parse_query, action="append", metavar="SET:INDICES",
+        "--query",
+        "-q",
+        type=parse_query,
+        action="append",
+        metavar="SET:INDICES",
         help="samples of the run: SET is train, test or unknown (unseen classes), INDICES "
         "positions in it, e.g. test:0,5,7 or unknown:0-3; repeatable",
-    )  # fmt: skip
+    )
     parser.add_argument("-k", type=positive_int, default=5, help="neighbours per query (default 5)")
     parser.add_argument(
-        "--gallery", default="train", choices=SETS,
+        "--gallery",
+        default="train",
+        choices=SETS,
         help="with --query: the run's set searched (default train: RUN_DIR/index/ if built); "
         "a query is never its own neighbour",
-    )  # fmt: skip
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per query and line")
     parser.set_defaults(run=run)
     return [parser]
@@ -65,15 +70,20 @@ def _set_queries(args, data):
     from clusterloss.app.errors import RunError
     from clusterloss.data.images import subset
 
-    parts = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test),
-             "unknown": (data.x_unknown, data.y_unknown)}  # fmt: skip
+    parts = {
+        "train": (data.x_train, data.y_train),
+        "test": (data.x_test, data.y_test),
+        "unknown": (data.x_unknown, data.y_unknown),
+    }
     picked = []
     for name, positions in args.query:
         count = len(parts[name][1])
         bad = [p for p in positions if not 0 <= p < count]
         if bad and not count:
-            raise RunError(f"the {name} set is empty (unknown holds the classes left out of "
-                           "training: olivetti's people 30-39, or train with --known-classes)")  # fmt: skip
+            raise RunError(
+                f"the {name} set is empty (unknown holds the classes left out of "
+                "training: olivetti's people 30-39, or train with --known-classes)"
+            )
         if bad:
             raise RunError(f"{name} has {count} samples (0-{count - 1}); got indices {bad}")
         picked += [(name, p) for p in positions]
@@ -92,7 +102,9 @@ def open_gallery(args, model, data):
     built = current(args.run_dir) if args.gallery == "train" else None
     if built is not None:
         gallery = open_run_gallery(args.run_dir)
-        described = f"{args.run_dir}/index ({len(gallery)} items of {len(gallery.class_names)} classes of {built['source']})"
+        described = (
+            f"{args.run_dir}/index ({len(gallery)} items of {len(gallery.class_names)} classes of {built['source']})"
+        )
         return gallery, described, "train" if built["source"] == "train" else None
     return (*run_set_gallery(model, data, args.gallery, 0 if args.json else args.verbose), args.gallery)
 
@@ -146,8 +158,11 @@ def _print_table(results, source: str, gallery) -> None:
     metric = gallery.metric
     score_name = "cosine" if metric == "cosine" else "distance"
     threshold = gallery.threshold
-    rule = (f"no open-set threshold ({gallery.stats()['calibration_error'] or 'not calibrated'})" if threshold is None
-            else f"unknown {'below' if metric == 'cosine' else 'above'} {threshold:.4f}")  # fmt: skip
+    rule = (
+        f"no open-set threshold ({gallery.stats()['calibration_error'] or 'not calibrated'})"
+        if threshold is None
+        else f"unknown {'below' if metric == 'cosine' else 'above'} {threshold:.4f}"
+    )
     print(f"gallery: {source}, {metric}; {rule}")
     for r in results:
         truth = f"  class {r['class']}" if "class" in r else ""

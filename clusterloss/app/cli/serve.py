@@ -30,22 +30,41 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
     add_run_dir(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=count, default=8000, help="port (default 8000; 0: any free one)")
-    parser.add_argument("--token", default=None,
-                        help=f"bearer token for enrolment and removal (default: ${TOKEN_ENV})")  # fmt: skip
-    parser.add_argument("--max-batch", type=positive_int, default=32,
-                        help="images embedded in one model call at most (default 32)")  # fmt: skip
-    parser.add_argument("--max-queue", type=positive_int, default=256,
-                        help="requests waiting at most; more are answered 503 (default 256)")  # fmt: skip
-    parser.add_argument("--max-bytes", type=positive_int, default=10 * 2**20,
-                        help="largest request body in bytes; larger ones are answered 413 (default 10 MiB)")  # fmt: skip
-    parser.add_argument("--approximate", choices=("hnsw", "ivf"),
-                        help="search with an approximate FAISS index instead of the gallery's own "
-                        "(built at the first start and kept beside the gallery)")  # fmt: skip
-    parser.add_argument("--ef-search", type=positive_int, default=None,
-                        help="HNSW search beam (default 64): larger finds more true neighbours, slower")
-    parser.add_argument("--workers", type=positive_int, default=1,
-                        help="server processes sharing the port, each with its own model and batches "
-                        "(default 1); the gallery stays one (its database)")  # fmt: skip
+    parser.add_argument("--token", default=None, help=f"bearer token for enrolment and removal (default: ${TOKEN_ENV})")
+    parser.add_argument(
+        "--max-batch", type=positive_int, default=32, help="images embedded in one model call at most (default 32)"
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=positive_int,
+        default=256,
+        help="requests waiting at most; more are answered 503 (default 256)",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=positive_int,
+        default=10 * 2**20,
+        help="largest request body in bytes; larger ones are answered 413 (default 10 MiB)",
+    )
+    parser.add_argument(
+        "--approximate",
+        choices=("hnsw", "ivf"),
+        help="search with an approximate FAISS index instead of the gallery's own "
+        "(built at the first start and kept beside the gallery)",
+    )
+    parser.add_argument(
+        "--ef-search",
+        type=positive_int,
+        default=None,
+        help="HNSW search beam (default 64): larger finds more true neighbours, slower",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="server processes sharing the port, each with its own model and batches "
+        "(default 1); the gallery stays one (its database)",
+    )
     parser.set_defaults(run=run)
     return [parser]
 
@@ -63,15 +82,19 @@ def run(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get(TOKEN_ENV) or None
     local = is_loopback(args.host)
     if not local and token is None:
-        raise RunError(f"--host {args.host} is not a loopback address: set a token (--token or ${TOKEN_ENV}) so "
-                       "that enrolment and removal are not open to the network")  # fmt: skip
+        raise RunError(
+            f"--host {args.host} is not a loopback address: set a token (--token or ${TOKEN_ENV}) so "
+            "that enrolment and removal are not open to the network"
+        )
     try:
         import python_multipart  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn
     except ImportError as error:
-        raise RunError(f"clusterloss serve needs Starlette, uvicorn and python-multipart ({error}): "
-                       "pip install 'clusterloss[serve]'") from None  # fmt: skip
+        raise RunError(
+            f"clusterloss serve needs Starlette, uvicorn and python-multipart ({error}): "
+            "pip install 'clusterloss[serve]'"
+        ) from None
     try:
         family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
         listener = socket.create_server((args.host, args.port), family=family)
@@ -79,9 +102,16 @@ def run(args: argparse.Namespace) -> int:
         raise RunError(f"cannot listen on {args.host}:{args.port} ({error})") from None
     from clusterloss.app.serve import SERVICE_ENV, gallery_summary, open_service
 
-    options = {"run_dir": os.fspath(args.run_dir), "token": token, "max_batch": args.max_batch,
-               "max_queue": args.max_queue, "max_bytes": args.max_bytes, "show_paths": local,
-               "kind": args.approximate, "ef_search": args.ef_search}  # fmt: skip
+    options = {
+        "run_dir": os.fspath(args.run_dir),
+        "token": token,
+        "max_batch": args.max_batch,
+        "max_queue": args.max_queue,
+        "max_bytes": args.max_bytes,
+        "show_paths": local,
+        "kind": args.approximate,
+        "ef_search": args.ef_search,
+    }
     with listener:
         host, port = listener.getsockname()[:2]
         shown = f"[{host}]" if family == socket.AF_INET6 else host
@@ -94,9 +124,17 @@ def run(args: argparse.Namespace) -> int:
         # approximate index, built once here) is opened first so that a missing one is said now.
         summary = gallery_summary(args.run_dir, kind=args.approximate, ef_search=args.ef_search)
         os.environ[SERVICE_ENV] = json.dumps(options)
-        print(f"clusterloss serve: http://{shown}:{port}/ - {summary}; {args.workers} workers (each compiles the "
-              "model first); Ctrl-C stops", flush=True)  # fmt: skip
-        config = uvicorn.Config("clusterloss.app.serve:service_from_env", factory=True, workers=args.workers,
-                                log_level="warning", access_log=False)  # fmt: skip
+        print(
+            f"clusterloss serve: http://{shown}:{port}/ - {summary}; {args.workers} workers (each compiles the "
+            "model first); Ctrl-C stops",
+            flush=True,
+        )
+        config = uvicorn.Config(
+            "clusterloss.app.serve:service_from_env",
+            factory=True,
+            workers=args.workers,
+            log_level="warning",
+            access_log=False,
+        )
         uvicorn.supervisors.Multiprocess(config, sockets=[listener]).run()
     return 0

@@ -25,10 +25,12 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
         "roc.png, neighbors.png, report.html) unless --no-evaluate.",
     )
     parser.add_argument("--out", default="", help="run directory (default runs/DATA-LOSS-sSEED)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the run in --out (deletes its files, index/ included)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run stopped in --out (run the same command again)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out (deletes its files, index/ included)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run stopped in --out (run the same command again)"
+    )
     add_recipe_arguments(parser)
     add_config_arguments(parser)
     parser.set_defaults(run=run)

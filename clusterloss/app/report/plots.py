@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,12 +87,16 @@ def plot_features(
 def history_marks(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """`plot_history`'s marks of a run's metrics.json: its frozen epochs and kept epoch."""
     config = metrics.get("config") or {}
-    return {"frozen_epochs": int(config.get("freeze_backbone_epochs") or 0),
-            "kept_epoch": metrics.get("best_epoch")}  # fmt: skip
+    return {"frozen_epochs": int(config.get("freeze_backbone_epochs") or 0), "kept_epoch": metrics.get("best_epoch")}
 
 
-def plot_history(history: Mapping[str, Sequence[float]], path: str | Path, title: str = "",
-                 frozen_epochs: int = 0, kept_epoch: int | None = None) -> None:  # fmt: skip
+def plot_history(
+    history: Mapping[str, Sequence[float]],
+    path: str | Path,
+    title: str = "",
+    frozen_epochs: int = 0,
+    kept_epoch: int | None = None,
+) -> None:
     """Loss parts (left) and accuracy-like metrics (right) per epoch; the first
     `frozen_epochs` (trunk frozen) shaded, and the epoch whose model was kept (1-based) a
     dotted line with a star on the validation metric that chose it (`val_map_at_r`)."""
@@ -197,8 +202,15 @@ def plot_neighbors(
     ax.imshow(canvas, interpolation="nearest")
     ax.set_axis_off()
     for x, y, label, is_query in texts:
-        ax.text(x, y, label, ha="center", va="bottom" if is_query is None else "top",
-                fontsize=7, fontweight="bold" if is_query else "normal")  # fmt: skip
+        ax.text(
+            x,
+            y,
+            label,
+            ha="center",
+            va="bottom" if is_query is None else "top",
+            fontsize=7,
+            fontweight="bold" if is_query else "normal",
+        )
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 0.1 / (height * px / 110 + title_h))
     save_figure(fig, path)

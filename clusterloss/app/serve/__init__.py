@@ -16,9 +16,17 @@ UPLOADS = Path(INDEX) / "uploads"  # images enrolled over HTTP, kept for their t
 SERVICE_ENV = "CLUSTERLOSS_SERVICE"  # open_service's options (JSON) for each worker process
 
 
-def open_service(run_dir: str | Path, *, token: str | None = None, max_batch: int = 32, max_queue: int = 256,
-                 max_bytes: int = 10 * 2**20, show_paths: bool = True, kind: str | None = None,
-                 ef_search: int | None = None):  # fmt: skip
+def open_service(
+    run_dir: str | Path,
+    *,
+    token: str | None = None,
+    max_batch: int = 32,
+    max_queue: int = 256,
+    max_bytes: int = 10 * 2**20,
+    show_paths: bool = True,
+    kind: str | None = None,
+    ef_search: int | None = None,
+):
     """`(app, summary)`: the service of RUN_DIR's gallery and model, and a line about it;
     `kind` / `ef_search`: search the gallery with another index (e.g. "hnsw", built once and
     kept beside the database)."""
@@ -44,8 +52,9 @@ def open_service(run_dir: str | Path, *, token: str | None = None, max_batch: in
 
     embedder = Embedder(model.backbone, max_batch)
     seconds = embedder.warm_up()
-    settings = Settings(token=token, max_bytes=max_bytes, uploads=run_dir / UPLOADS, show_paths=show_paths,
-                        is_current=is_current)  # fmt: skip
+    settings = Settings(
+        token=token, max_bytes=max_bytes, uploads=run_dir / UPLOADS, show_paths=show_paths, is_current=is_current
+    )
     app = create_app(gallery, Batcher(embedder, gallery, max_batch, max_queue), embedder.input_shape, settings)
     return app, f"{describe(gallery)}; model compiled in {seconds:.1f} s"
 

@@ -11,10 +11,11 @@ import hmac
 import io
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
@@ -76,8 +77,10 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
 
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         """A route's refusal as `{"error": ...}`; the router's own 404 and 405 named."""
-        message = {404: f"no route {request.method} {request.url.path}",
-                   405: f"{request.method} is not allowed on {request.url.path}"}.get(error.status_code)  # fmt: skip
+        message = {
+            404: f"no route {request.method} {request.url.path}",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }.get(error.status_code)
         if isinstance(error, Refusal) or not message:
             message = str(error.detail)
         return JSONResponse({"error": message}, error.status_code, error.headers)
@@ -90,15 +93,21 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given:
-            raise Refusal(401, "enrolment and removal need the server's token: send the header "
-                                "'Authorization: Bearer TOKEN'", {"WWW-Authenticate": "Bearer"})  # fmt: skip
+            raise Refusal(
+                401,
+                "enrolment and removal need the server's token: send the header 'Authorization: Bearer TOKEN'",
+                {"WWW-Authenticate": "Bearer"},
+            )
         if not hmac.compare_digest(given.strip().encode(), settings.token.encode()):
             raise Refusal(403, "wrong token")
 
     def check_current() -> None:
         if not settings.is_current():
-            raise bad("the run's gallery was rebuilt since this server started (index build); restart "
-                      "clusterloss serve to use it", 409)  # fmt: skip
+            raise bad(
+                "the run's gallery was rebuilt since this server started (index build); restart "
+                "clusterloss serve to use it",
+                409,
+            )
 
     def decode(images: list[bytes], name: str) -> np.ndarray:
         out = np.empty((len(images), *input_shape), np.float32)
@@ -163,8 +172,10 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
         if not name:
             raise bad("missing field 'name' (the class to enrol the images as)")
         if name == UNKNOWN or len(name) > MAX_NAME or not name.isprintable() or "/" in name:
-            raise bad(f"name: {name[:40]!r} cannot be a class name (not {UNKNOWN!r}, printable, no '/', "
-                      f"at most {MAX_NAME} characters)")  # fmt: skip
+            raise bad(
+                f"name: {name[:40]!r} cannot be a class name (not {UNKNOWN!r}, printable, no '/', "
+                f"at most {MAX_NAME} characters)"
+            )
         files = images.get("images", []) + images.get("image", [])
         if not files:
             raise bad("missing field 'images' (one or more image files; in JSON, a list of base64)")
@@ -178,8 +189,7 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
             for path in written:
                 path.unlink(missing_ok=True)
             raise
-        return JSONResponse({"class": name, "added": len(ids), "ids": [int(i) for i in ids],
-                             "size": len(gallery)}, 201)  # fmt: skip
+        return JSONResponse({"class": name, "added": len(ids), "ids": [int(i) for i in ids], "size": len(gallery)}, 201)
 
     async def remove(request: Request) -> JSONResponse:
         name = request.path_params["name"]
@@ -216,11 +226,18 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
             found.pop("path", None)
         counts = dict(batcher.counts)
         service = {
-            "input_shape": list(input_shape), "max_batch": batcher.max_batch, "max_queue": batcher.max_queue,
-            "max_bytes": settings.max_bytes, "max_k": MAX_K, "token_required": settings.token is not None,
-            "waiting": batcher.waiting, "current": settings.is_current(), "pid": os.getpid(), **counts,
+            "input_shape": list(input_shape),
+            "max_batch": batcher.max_batch,
+            "max_queue": batcher.max_queue,
+            "max_bytes": settings.max_bytes,
+            "max_k": MAX_K,
+            "token_required": settings.token is not None,
+            "waiting": batcher.waiting,
+            "current": settings.is_current(),
+            "pid": os.getpid(),
+            **counts,
             "mean_batch": counts["images"] / counts["batches"] if counts["batches"] else None,
-        }  # fmt: skip
+        }
         return JSONResponse({"gallery": found, "service": service})
 
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
@@ -256,8 +273,12 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
         Route("/stats", stats, methods=["GET"]),
         Route("/", index, methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(BodyLimit, max_bytes=settings.max_bytes)],
-                     exception_handlers={HTTPException: http_error, Exception: failed}, lifespan=lifespan)  # fmt: skip
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(BodyLimit, max_bytes=settings.max_bytes)],
+        exception_handlers={HTTPException: http_error, Exception: failed},
+        lifespan=lifespan,
+    )
 
 
 def header_pixels(data: bytes) -> int:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-
 
 MAX_WAIT = 0.002  # seconds a batch waits for requests that are being read
 
@@ -47,8 +47,9 @@ class Batcher:
         max_queue: jobs waiting at most; `submit` raises `Busy` past it.
     """
 
-    def __init__(self, embed: Callable[[np.ndarray], np.ndarray], gallery: Any, max_batch: int = 32,
-                 max_queue: int = 256):  # fmt: skip
+    def __init__(
+        self, embed: Callable[[np.ndarray], np.ndarray], gallery: Any, max_batch: int = 32, max_queue: int = 256
+    ):
         self.embed = embed
         self.gallery = gallery
         self.max_batch = int(max_batch)
@@ -58,7 +59,7 @@ class Batcher:
         self._thread = threading.Thread(target=self._work, name="clusterloss-batcher", daemon=True)
         self.counts = {"jobs": 0, "batches": 0, "images": 0, "largest_batch": 0, "refused": 0, "busy_seconds": 0.0}
 
-    def start(self) -> "Batcher":
+    def start(self) -> Batcher:
         self._thread.start()
         return self
 

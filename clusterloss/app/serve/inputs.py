@@ -97,8 +97,9 @@ def _base64(value: Any, name: str) -> bytes:
         raise bad(f"{name}: not base64 ({error})") from None
 
 
-async def read_request(request: Request, images: tuple[str, ...], fields: tuple[str, ...],
-                       max_files: int) -> tuple[dict[str, list[bytes]], dict[str, str]]:  # fmt: skip
+async def read_request(
+    request: Request, images: tuple[str, ...], fields: tuple[str, ...], max_files: int
+) -> tuple[dict[str, list[bytes]], dict[str, str]]:
     """`(images by field, text fields)` of a request: a multipart form (image files), a JSON
     object (images as base64 strings, or lists of them) or a raw `image/*` body (the field
     `image`); text fields may also come in the query string. A field that is not in `images`
@@ -135,8 +136,11 @@ async def read_request(request: Request, images: tuple[str, ...], fields: tuple[
     elif kind.startswith("image/") and "image" in images:
         found["image"] = [await request.body()]
     else:
-        raise bad(f"unsupported content type {kind or '(none)'!r}: send multipart/form-data, "
-                  "application/json (images in base64) or an image/* body", 415)  # fmt: skip
+        raise bad(
+            f"unsupported content type {kind or '(none)'!r}: send multipart/form-data, "
+            "application/json (images in base64) or an image/* body",
+            415,
+        )
     unknown = sorted(set(texts) - set(fields) - set(images))
     if unknown:
         raise bad(f"unknown field {unknown[0]!r}; this route takes {', '.join(images + fields)}")
