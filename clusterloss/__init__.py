@@ -8,7 +8,7 @@ from clusterloss._backend import choose_default_backend
 
 choose_default_backend()
 
-from clusterloss import evaluation, index, miners, tuples  # noqa: E402,F401
+from clusterloss import evaluation, index, layers, losses, miners, tuples  # noqa: E402,F401
 from clusterloss.callbacks import CenterLossScheduler, warmup  # noqa: E402,F401
 from clusterloss.data import load_dataset  # noqa: E402,F401
 from clusterloss.distances import Distance, get_distance  # noqa: E402,F401
@@ -33,3 +33,19 @@ from clusterloss.evaluation import RetrievalEvaluation, embed  # noqa: E402,F401
 
 # Recognition: enrolment, calibrated open-set search.
 from clusterloss.gallery import Calibration, CalibrationError, Gallery  # noqa: E402,F401
+
+# The public API: what `from clusterloss import *` gives, pinned by tests/test_public_api.py.
+__all__ = sorted(
+    {
+        *layers.__all__,
+        *losses.__all__,
+        *miners.__all__,
+        *("evaluation", "index", "miners", "tuples"),
+        *("CenterLossScheduler", "warmup", "load_dataset", "Distance", "get_distance"),
+        *("open_set_metrics", "retrieval_metrics", "verification_metrics", "Index", "KNNClassifier"),
+        *("ClusterModel", "export_embeddings", "make_backbone", "serving_model"),
+        *("RowSparse", "WarmupSchedule", "center_optimizer", "mark_sparse_rows", "MPerClassSampler"),
+        *("Batches", "DataError", "ImageFiles", "RetrievalEvaluation", "embed"),
+        *("Calibration", "CalibrationError", "Gallery"),
+    }
+)
