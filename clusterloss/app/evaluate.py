@@ -38,6 +38,7 @@ import numpy as np
 
 from clusterloss.app.results import clean, load_run, save_embeddings, summarize, write_metrics
 from clusterloss.app.rundir import atomic_path
+from clusterloss.app.summaries import run_title
 from clusterloss.evaluation.open_set import open_set_metrics
 from clusterloss.evaluation.retrieval import retrieval_metrics
 from clusterloss.evaluation.verification import (
@@ -122,21 +123,6 @@ def _neighbor_grid(
         class_names,
         title,
     )
-
-
-def run_title(metrics: dict[str, Any]) -> str:
-    """`'photos / arcface / 128-D / mobilenetv3small, imagenet weights / 224x224 / seed 0'`
-    (`'digits / center / 2-D / mlp, random init / 8x8 / seed 0'`),
-    the title of a run's plots and report (trunk and image size from `metrics["resolved"]`,
-    where the run recorded them)."""
-    resolved = metrics.get("resolved") or {}
-    parts = [str(metrics.get("dataset")), str(metrics.get("loss")), f"{metrics.get('embedding_dim')}-D"]
-    if resolved.get("backbone"):
-        weights = resolved.get("weights", "none")
-        parts.append(f"{resolved['backbone']}, " + ("random init" if weights == "none" else f"{weights} weights"))
-    if resolved.get("image_size"):
-        parts.append(str(resolved["image_size"]))
-    return " / ".join([*parts, f"seed {metrics.get('seed')}"])
 
 
 def evaluate_run(

@@ -27,7 +27,7 @@ from clusterloss.app.checkpoint import TrainingCheckpoint
 from clusterloss.app.config import CLI_FIELDS, PRESENTATION, TrainConfig
 from clusterloss.app.devices import Devices, plan
 from clusterloss.app.errors import RunError
-from clusterloss.app.evaluate import evaluate_run, run_title
+from clusterloss.app.evaluate import evaluate_run
 from clusterloss.app.projector import export_projector
 from clusterloss.app.recipes import Recipe, build_model, get_recipe
 from clusterloss.app.report.plots import history_marks, plot_features, plot_history
@@ -41,6 +41,7 @@ from clusterloss.app.results import (
     write_metrics,
 )
 from clusterloss.app.rundir import CHECKPOINT, LOGS, RunDir, atomic_path
+from clusterloss.app.summaries import run_title
 from clusterloss.app.tensorboard import EpochScalars
 from clusterloss.app.training import (
     LearningRateLog,

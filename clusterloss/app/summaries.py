@@ -1,10 +1,11 @@
-"""Which metric keys each summary of a run shows, and in what order: one table for the
-numbers `train` and `evaluate` print, the columns of `compare`'s table and the headline of
-`report.html`. The keys are those of `metrics.json` (`clusterloss.evaluation.keys`)."""
+"""How a run is summed up: its title (plots and report), and which metric keys each summary
+shows, in what order: one table for the numbers `train` and `evaluate` print, the columns of
+`compare`'s table and the headline of `report.html`. The keys are those of `metrics.json`
+(`clusterloss.evaluation.keys`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 View = Literal["train", "evaluate", "compare", "headline"]
 
@@ -41,3 +42,18 @@ def shown(view: View) -> tuple[str, ...]:
 def summary(metrics: dict, view: View) -> dict:
     """The entries of `metrics` that `view` shows, in order (missing ones left out)."""
     return {key: metrics[key] for key in shown(view) if key in metrics}
+
+
+def run_title(metrics: dict[str, Any]) -> str:
+    """`'photos / arcface / 128-D / mobilenetv3small, imagenet weights / 224x224 / seed 0'`
+    (`'digits / center / 2-D / mlp, random init / 8x8 / seed 0'`),
+    the title of a run's plots and report (trunk and image size from `metrics["resolved"]`,
+    where the run recorded them)."""
+    resolved = metrics.get("resolved") or {}
+    parts = [str(metrics.get("dataset")), str(metrics.get("loss")), f"{metrics.get('embedding_dim')}-D"]
+    if resolved.get("backbone"):
+        weights = resolved.get("weights", "none")
+        parts.append(f"{resolved['backbone']}, " + ("random init" if weights == "none" else f"{weights} weights"))
+    if resolved.get("image_size"):
+        parts.append(str(resolved["image_size"]))
+    return " / ".join([*parts, f"seed {metrics.get('seed')}"])

@@ -12,9 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from clusterloss.app.evaluate import run_title
 from clusterloss.app.rundir import write_text
-from clusterloss.app.summaries import shown
+from clusterloss.app.summaries import run_title, shown
 
 # (title, note, keys) of the metric tables; keys ending in "*" match by prefix.
 GROUPS = (
