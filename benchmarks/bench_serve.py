@@ -68,43 +68,18 @@ def make_run(root: Path, dim: int, image_size: int = 32) -> Path:
     if not (root / "photos").exists():
         make_image_folder(root / "photos", classes=8, per_class=40, size=image_size)
     run = root / f"run{dim}"
-    quiet(
-        "train",
-        "--data",
-        str(root / "photos"),
-        "--backbone",
-        "cnn",
-        "--loss",
-        "softmax",
-        "--image-size",
-        str(image_size),
-        "--embedding-dim",
-        str(dim),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "32",
-        "--verbose",
-        "0",
-        "--no-evaluate",
-        "--out",
-        str(run),
-    )
+    quiet("train", "--data", str(root / "photos"), "--backbone", "cnn", "--loss", "softmax", "--image-size",
+          str(image_size), "--embedding-dim", str(dim), "--epochs", "1", "--batch-size", "32", "--verbose", "0",
+          "--no-evaluate", "--out", str(run))  # fmt: skip
     return run
 
 
 def body(image: bytes, k: int, raw: bool) -> tuple[str, bytes, dict[str, str]]:
     if raw:
         return f"/search?k={k}", image, {"Content-Type": "image/png"}
-    data = (
-        (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="k"\r\n\r\n{k}\r\n'
+    data = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="k"\r\n\r\n{k}\r\n'
             f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n'
-            "Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + image
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
-    )
+            "Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()  # fmt: skip
     return "/search", data, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 
@@ -224,25 +199,9 @@ def load_wrk(port: int, image: bytes, clients: int, seconds: int, root: Path) ->
         return None
     (root / "post.lua").write_text(WRK_SCRIPT)
     (root / "query.png").write_bytes(image)
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t",
-            str(min(2, clients)),
-            "-c",
-            str(clients),
-            "-d",
-            f"{seconds}s",
-            "--latency",
-            "-s",
-            str(root / "post.lua"),
-            f"http://127.0.0.1:{port}/search?k=5",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "BENCH_IMAGE": str(root / "query.png")},
-    )
+    out = subprocess.run(["wrk", "-t", str(min(2, clients)), "-c", str(clients), "-d", f"{seconds}s", "--latency",
+                          "-s", str(root / "post.lua"), f"http://127.0.0.1:{port}/search?k=5"],
+                         capture_output=True, text=True, check=True, env={**os.environ, "BENCH_IMAGE": str(root / "query.png")})  # fmt: skip
     lines = out.stdout.splitlines()
     value = {line.split()[0]: line.split()[1] for line in lines if line.strip().startswith(("50%", "99%"))}
     rps = next(float(line.split()[1]) for line in lines if line.startswith("Requests/sec:"))

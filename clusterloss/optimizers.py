@@ -430,17 +430,9 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     DECAYS = ("constant", "cosine", "step")
 
-    def __init__(
-        self,
-        learning_rate: float,
-        total_steps: int,
-        decay: str = "constant",
-        warmup_steps: int = 0,
-        boundaries: tuple[float, ...] = (0.5, 0.75),
-        factor: float = 0.1,
-        offset: int = 0,
-        name: str | None = None,
-    ):
+    def __init__(self, learning_rate: float, total_steps: int, decay: str = "constant",
+                 warmup_steps: int = 0, boundaries: tuple[float, ...] = (0.5, 0.75),
+                 factor: float = 0.1, offset: int = 0, name: str | None = None):  # fmt: skip
         check_range(learning_rate, "learning_rate", 0.0, low_open=True)
         check_positive_int(total_steps, "total_steps")
         check_choice(decay, "decay", self.DECAYS)

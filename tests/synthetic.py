@@ -9,18 +9,10 @@ import numpy as np
 # One colour per class (RGB in [0, 1]); a class is a blob of its colour on a dim noisy
 # background. The sixth, grey, is unlike the five colours before it: the open-set tests
 # train on those five and expect grey blobs to be "unknown".
-COLOURS = np.array(
-    [
-        [1.0, 0.1, 0.1],
-        [0.1, 1.0, 0.1],
-        [0.1, 0.1, 1.0],
-        [1.0, 1.0, 0.1],
-        [0.1, 1.0, 1.0],
-        [0.5, 0.5, 0.5],
-        [1.0, 0.1, 1.0],
-        [1.0, 0.5, 0.1],
-    ]
-)
+COLOURS = np.array([
+    [1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0], [1.0, 1.0, 0.1], [0.1, 1.0, 1.0],
+    [0.5, 0.5, 0.5], [1.0, 0.1, 1.0], [1.0, 0.5, 0.1],
+])  # fmt: skip
 
 
 def blob_image(rng: np.random.Generator, colour: np.ndarray, size: int) -> np.ndarray:

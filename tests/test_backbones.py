@@ -96,36 +96,12 @@ def test_local_weights_then_frozen_then_unfrozen(tmp_path, monkeypatch):
     network.save_weights(path)
     saved = [np.array(w) for w in network.get_weights()]
     out = str(tmp_path / "run")
-    args = build_parser().parse_args(
-        [
-            "train",
-            "--data",
-            str(tmp_path / "photos"),
-            "--backbone",
-            "mobilenetv3small",
-            "--weights",
-            str(path),
-            "--image-size",
-            "32",
-            "--loss",
-            "softmax",
-            "--epochs",
-            "2",
-            "--freeze-backbone-epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--val-split",
-            "0",
-            "--embedding-dim",
-            "8",
-            "--verbose",
-            "0",
-            "--no-evaluate",
-            "--out",
-            out,
-        ]
-    )
+    args = build_parser().parse_args([
+        "train", "--data", str(tmp_path / "photos"), "--backbone", "mobilenetv3small",
+        "--weights", str(path), "--image-size", "32", "--loss", "softmax", "--epochs", "2",
+        "--freeze-backbone-epochs", "1", "--batch-size", "8", "--val-split", "0",
+        "--embedding-dim", "8", "--verbose", "0", "--no-evaluate", "--out", out,
+    ])  # fmt: skip
     config = config_from_args(args, "softmax", 0, out)
     snapshots = Snapshots()
     metrics = train(config, callbacks=[snapshots])
@@ -171,17 +147,8 @@ def test_a_random_application_trunk_is_warned_about_and_not_frozen(tmp_path, mon
     """`--weights none` on a keras.applications trunk: one warning line at the start; with
     `--freeze-backbone-epochs`, one error line, exit 2, nothing written."""
     make_image_folder(tmp_path / "photos", classes=2, per_class=4, size=8)
-    command = [
-        "train",
-        "--data",
-        str(tmp_path / "photos"),
-        "--backbone",
-        "mobilenetv3small",
-        "--epochs",
-        "2",
-        "--out",
-        str(tmp_path / "run"),
-    ]
+    command = ["train", "--data", str(tmp_path / "photos"), "--backbone", "mobilenetv3small",
+               "--epochs", "2", "--out", str(tmp_path / "run")]  # fmt: skip
     with pytest.raises(SystemExit) as exited:
         main([*command, "--freeze-backbone-epochs", "1"])
     err = capsys.readouterr().err

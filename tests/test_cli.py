@@ -42,27 +42,10 @@ def test_train_tiny_digits_run_end_to_end(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "clusterloss",
-            "train",
-            "--loss",
-            "center",
-            "--epochs",
-            "3",
-            "--verbose",
-            "2",
-            "--out",
-            str(out),
-            "--backend",
-            BACKEND,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+        [sys.executable, "-m", "clusterloss", "train", "--loss", "center", "--epochs", "3",
+         "--verbose", "2", "--out", str(out), "--backend", BACKEND],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"wrote {out}" in result.stdout
     metrics = check_run_dir(out, "center")
@@ -186,53 +169,19 @@ def test_fashion_mnist_through_the_keras_loader(data_env, monkeypatch, tmp_path,
     # Keras reads KERAS_HOME once, at import: point its cache at the copy for this test.
     monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", data_env["KERAS_HOME"])
     out = tmp_path / "fm"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                "fashion-mnist",
-                "--loss",
-                "softmax",
-                "--epochs",
-                "1",
-                "--train-limit",
-                "256",
-                "--test-limit",
-                "128",
-                "--embedding-dim",
-                "8",
-                "--verbose",
-                "0",
-                "--no-evaluate",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main([
+        "train", "--data", "fashion-mnist", "--loss", "softmax", "--epochs", "1",
+        "--train-limit", "256", "--test-limit", "128", "--embedding-dim", "8",
+        "--verbose", "0", "--no-evaluate", "--out", str(out),
+    ]) == 0  # fmt: skip
     metrics = check_run_dir(out, "softmax", "fashion-mnist")
     assert metrics["num_train"] == 256 and metrics["num_test"] == 128
 
 
 def test_compare_tiny_budget_writes_tables_and_figures(tmp_path, capsys):
     out = tmp_path / "cmp"
-    args = [
-        "compare",
-        "softmax",
-        "center:center_weight=0.05",
-        "--seeds",
-        "0,1",
-        "--epochs",
-        "1",
-        "--train-limit",
-        "300",
-        "--verbose",
-        "0",
-        "--no-evaluate",
-        "--out",
-        str(out),
-    ]
+    args = ["compare", "softmax", "center:center_weight=0.05", "--seeds", "0,1", "--epochs", "1",
+            "--train-limit", "300", "--verbose", "0", "--no-evaluate", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     table = (out / "results.md").read_text()
     assert "| softmax |" in table and "| center:center_weight=0.05 |" in table

@@ -68,15 +68,9 @@ def _one_device(out: Path, argv: list[str]) -> list[float]:
 def _distributed(setup: str, env: dict[str, str], codes: list[int], *runs: list[str]) -> list[str]:
     """Runs the CLI with each argument list in one subprocess, which must exit with `codes`;
     the error lines."""
-    result = subprocess.run(
-        [sys.executable, "-c", CLI.format(setup=setup), json.dumps(runs)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    result = subprocess.run([sys.executable, "-c", CLI.format(setup=setup), json.dumps(runs)],
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            check=False)  # fmt: skip
     assert f"CODES {json.dumps(codes)}" in result.stdout, result.stderr[-3000:]
     return [line for line in result.stderr.splitlines() if "error:" in line]
 
@@ -93,21 +87,9 @@ def _many_classes(path: Path) -> Path:
 @pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution: JAX backend (Keras 3.15)")
 def test_jax_four_devices_give_the_one_device_losses(tmp_path):
     many = tmp_path / "many"
-    partial_fc = [
-        *RUN,
-        "--data",
-        str(_many_classes(tmp_path / "classes.npz")),
-        "--loss",
-        "arcface",
-        "--sample-rate",
-        "0.5",
-        "--batch-size",
-        "32",
-        "--val-split",
-        "0",
-        "--test-split",
-        "0.2",
-    ]
+    partial_fc = [*RUN, "--data", str(_many_classes(tmp_path / "classes.npz")), "--loss",
+                  "arcface", "--sample-rate", "0.5", "--batch-size", "32", "--val-split", "0",
+                  "--test-split", "0.2"]  # fmt: skip
     odd = _distributed(
         "",
         _env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
@@ -162,21 +144,11 @@ def _free_port() -> int:
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX's distributed runtime")
 def test_jax_two_processes_on_localhost_give_the_one_device_losses(tmp_path):
     out, port = tmp_path / "many", _free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "clusterloss", *TINY, "--out", str(out)],
-            cwd=ROOT,
-            env=_env(
-                KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
-                KERAS_DISTRIBUTION_NUM_PROCESSES="2",
-                KERAS_DISTRIBUTION_PROCESS_ID=str(i),
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "clusterloss", *TINY, "--out", str(out)], cwd=ROOT,
+        env=_env(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
+                 KERAS_DISTRIBUTION_NUM_PROCESSES="2", KERAS_DISTRIBUTION_PROCESS_ID=str(i)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]  # fmt: skip
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]

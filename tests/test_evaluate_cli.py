@@ -23,21 +23,10 @@ from clusterloss.evaluation import far_key
 
 PNG = b"\x89PNG\r\n\x1a\n"
 UNIT = (
-    "precision_at_1",
-    "r_precision",
-    "map_at_r",
-    "mean_average_precision",
-    "mean_reciprocal_rank",
-    "recall_at_1",
-    "recall_at_8",
-    "nmi",
-    "ami",
-    "roc_auc",
-    "eer",
-    "tar_at_far_1e-1",
-    "tar_at_far_1e-2",
-    "tar_at_far_1e-3",
-)
+    "precision_at_1", "r_precision", "map_at_r", "mean_average_precision",
+    "mean_reciprocal_rank", "recall_at_1", "recall_at_8", "nmi", "ami", "roc_auc", "eer",
+    "tar_at_far_1e-1", "tar_at_far_1e-2", "tar_at_far_1e-3",
+)  # fmt: skip
 UNSEEN = tuple(f"unseen_{k}" for k in UNIT[:9])
 OPEN_SET = (
     "open_set_auroc",
@@ -67,26 +56,8 @@ def digits_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         printed = []
         patch.setattr("builtins.print", lambda *a, **k: printed.append(" ".join(map(str, a))))
-        assert (
-            main(
-                [
-                    "train",
-                    "--loss",
-                    "softmax",
-                    "--epochs",
-                    "2",
-                    "--known-classes",
-                    "0-6",
-                    "--embedding-dim",
-                    "8",
-                    "--verbose",
-                    "0",
-                    "--out",
-                    str(out),
-                ]
-            )
-            == 0
-        )
+        assert main(["train", "--loss", "softmax", "--epochs", "2", "--known-classes", "0-6",
+                     "--embedding-dim", "8", "--verbose", "0", "--out", str(out)]) == 0  # fmt: skip
     return out, "\n".join(printed)
 
 
@@ -110,14 +81,8 @@ def test_report_names_what_was_trained(digits_run):
     the value a default resolved to, not n/a."""
     out, _ = digits_run
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["resolved"] == {
-        "backbone": "mlp",
-        "weights": "none",
-        "image_size": "8x8",
-        "val_split": 0.0,
-        "test_split": "the set's own",
-        "learning_rate": 0.01,
-    }
+    assert metrics["resolved"] == {"backbone": "mlp", "weights": "none", "image_size": "8x8",
+                                   "val_split": 0.0, "test_split": "the set's own", "learning_rate": 0.01}  # fmt: skip
     text = (out / "report.html").read_text()
     assert "<h1>clusterloss run: digits / softmax / 8-D / mlp, random init / 8x8 / seed 0</h1>" in text
     settings = text[text.index("<h2>Settings</h2>") :]
@@ -235,18 +200,10 @@ def test_report_is_self_contained_and_renders_in_a_browser(digits_run, tmp_path)
         )
     )
     flags = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--enable-logging=stderr",
-    ]
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+    ]  # fmt: skip
     dom = subprocess.run(
         [*flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
         capture_output=True,
@@ -300,16 +257,8 @@ def test_olivetti_open_set_protocol(data_env, monkeypatch, tmp_path):
     Trained with evaluate=False (train() then writes no evaluation), evaluated after."""
     monkeypatch.setenv("SCIKIT_LEARN_DATA", data_env["SCIKIT_LEARN_DATA"])
     out = tmp_path / "faces"
-    config = TrainConfig(
-        data="olivetti",
-        loss="softmax",
-        backbone="mlp",
-        embedding_dim=16,
-        epochs=1,
-        out=str(out),
-        verbose=0,
-        evaluate=False,
-    )
+    config = TrainConfig(data="olivetti", loss="softmax", backbone="mlp", embedding_dim=16,
+                         epochs=1, out=str(out), verbose=0, evaluate=False)  # fmt: skip
     assert "roc_auc" not in train(config) and not (out / "roc.png").exists()
     metrics = evaluate_run(out)
     assert metrics["verification_set"] == "unseen"

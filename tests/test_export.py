@@ -233,29 +233,9 @@ def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("builtins.print", lambda *a, **k: None)
-        assert (
-            main(
-                [
-                    "train",
-                    "--loss",
-                    "softmax",
-                    "--epochs",
-                    "1",
-                    "--embedding-dim",
-                    "4",
-                    "--train-limit",
-                    "200",
-                    "--test-limit",
-                    "20",
-                    "--no-evaluate",
-                    "--verbose",
-                    "0",
-                    "--out",
-                    str(out),
-                ]
-            )
-            == 0
-        )
+        assert main(["train", "--loss", "softmax", "--epochs", "1", "--embedding-dim", "4",
+                     "--train-limit", "200", "--test-limit", "20", "--no-evaluate",
+                     "--verbose", "0", "--out", str(out)]) == 0  # fmt: skip
     return out
 
 

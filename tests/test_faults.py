@@ -69,33 +69,19 @@ def folders(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize(
-    "data, flags, message",
-    [
-        (
-            "photos",
-            ["--test-split", "0"],
-            r"the test split holds 0 sample\(s\) \(none\); evaluating "
-            r"needs 2 classes and 2 samples of one class in it: raise --test-split",
-        ),
-        ("photos", ["--val-split", "0.99"], r"the test split holds 0 sample\(s\)"),
-        ("pairs", [], r"the test split holds 0 sample\(s\) .* or add samples per class"),
-        ("photos", ["--test-limit", "1"], r"the test split holds 1 sample\(s\) \(class_\d 1\); .*raise --test-limit"),
-        ("photos", ["--test-limit", "2"], r"the test split holds 2 sample\(s\) \(class_\d 1, class_\d 1\)"),
-        ("same", [], r"same: all 21 training files are byte for byte the same"),
-        (
-            "photos",
-            ["--loss", "triplet"],
-            r"--batch-size 64 makes pair-loss batches of 3 classes x 21 "
-            r"samples, but class 'class_0' has only 7 training samples; use --batch-size 21 or less",
-        ),
-        (
-            "photos",
-            ["--loss", "contrastive", "--val-split", "0.4", "--test-split", "0.5"],
-            r"class 'class_0' has 1 training sample\(s\); a pair loss needs 2 per class",
-        ),
-    ],
-)
+@pytest.mark.parametrize("data, flags, message", [
+    ("photos", ["--test-split", "0"], r"the test split holds 0 sample\(s\) \(none\); evaluating "
+     r"needs 2 classes and 2 samples of one class in it: raise --test-split"),
+    ("photos", ["--val-split", "0.99"], r"the test split holds 0 sample\(s\)"),
+    ("pairs", [], r"the test split holds 0 sample\(s\) .* or add samples per class"),
+    ("photos", ["--test-limit", "1"], r"the test split holds 1 sample\(s\) \(class_\d 1\); .*raise --test-limit"),
+    ("photos", ["--test-limit", "2"], r"the test split holds 2 sample\(s\) \(class_\d 1, class_\d 1\)"),
+    ("same", [], r"same: all 21 training files are byte for byte the same"),
+    ("photos", ["--loss", "triplet"], r"--batch-size 64 makes pair-loss batches of 3 classes x 21 "
+     r"samples, but class 'class_0' has only 7 training samples; use --batch-size 21 or less"),
+    ("photos", ["--loss", "contrastive", "--val-split", "0.4", "--test-split", "0.5"],
+     r"class 'class_0' has 1 training sample\(s\); a pair loss needs 2 per class"),
+])  # fmt: skip
 def test_a_run_that_could_not_be_evaluated_is_refused_before_training(folders, tmp_path, capsys, data, flags, message):
     """Found before training (before: a traceback after it, `model.keras` and `checkpoint/`
     left, and a directory that --resume, evaluate and train all refused)."""
@@ -152,19 +138,8 @@ def test_a_changed_folder_is_refused_by_evaluate_and_resume(folders, tmp_path, c
     photos = tmp_path / "photos"
     shutil.copytree(folders / "photos", photos)
     out = tmp_path / "run"
-    argv = [
-        "train",
-        "--data",
-        str(photos),
-        *FAST,
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--no-evaluate",
-        "--out",
-        str(out),
-    ]
+    argv = ["train", "--data", str(photos), *FAST, "--epochs", "2", "--batch-size", "8",
+            "--no-evaluate", "--out", str(out)]  # fmt: skip
     with pytest.raises(Stop):
         train(config(*argv), callbacks=[StopAfter(0)])
     record = json.loads((out / "files.json").read_text())
@@ -258,26 +233,9 @@ def offline(*args, **kwargs):
 def test_a_resumed_partial_fc_run_continues_the_class_draws(tmp_path):
     """The head's SeedGenerator state is in the checkpoint (before: a resumed run drew the
     negative classes of epoch 1 again, and ended elsewhere than the uninterrupted run)."""
-    argv = [
-        "train",
-        "--loss",
-        "softmax",
-        "--sample-rate",
-        "0.5",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "3",
-        "--train-limit",
-        "120",
-        "--test-limit",
-        "60",
-        "--embedding-dim",
-        "4",
-        "--verbose",
-        "0",
-        "--no-evaluate",
-    ]
+    argv = ["train", "--loss", "softmax", "--sample-rate", "0.5", "--batch-size", "4", "--epochs",
+            "3", "--train-limit", "120", "--test-limit", "60", "--embedding-dim", "4",
+            "--verbose", "0", "--no-evaluate"]  # fmt: skip
     resumed = config(*argv, "--out", str(tmp_path / "resumed"))
     with pytest.raises(Stop):
         train(resumed, callbacks=[StopAfter(1)])

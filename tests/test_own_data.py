@@ -24,33 +24,11 @@ def folder_run(tmp_path_factory):
     make_image_folder(root / "photos", classes=6, per_class=40)
     make_image_folder(root / "gallery", classes=5, per_class=10, seed=1)
     out = root / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(root / "photos"),
-                "--loss",
-                "softmax",
-                "--image-size",
-                "16",
-                "--embedding-dim",
-                "8",
-                "--epochs",
-                "4",
-                "--batch-size",
-                "16",
-                "--val-split",
-                "0.2",
-                "--tensorboard",
-                "--verbose",
-                "0",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main([
+        "train", "--data", str(root / "photos"), "--loss", "softmax", "--image-size", "16",
+        "--embedding-dim", "8", "--epochs", "4", "--batch-size", "16", "--val-split", "0.2",
+        "--tensorboard", "--verbose", "0", "--out", str(out),
+    ]) == 0  # fmt: skip
     return out
 
 
@@ -122,29 +100,9 @@ def test_npz_feature_vectors(tmp_path, capsys):
     x = rng.normal(size=(100, 6)) + 3 * np.eye(4, 6)[y]
     np.savez(tmp_path / "vectors.npz", x=x.astype("float32"), y=y * 10 + 1, class_names=np.array(["a", "b", "c", "d"]))
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(tmp_path / "vectors.npz"),
-                "--loss",
-                "multi-similarity",
-                "--embedding-dim",
-                "4",
-                "--epochs",
-                "2",
-                "--batch-size",
-                "16",
-                "--verbose",
-                "0",
-                "--no-evaluate",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(["train", "--data", str(tmp_path / "vectors.npz"), "--loss", "multi-similarity",
+                 "--embedding-dim", "4", "--epochs", "2", "--batch-size", "16", "--verbose", "0",
+                 "--no-evaluate", "--out", str(out)]) == 0  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_classes"] == 4 and metrics["num_test"] == 20 and metrics["num_val"] == 8
     assert metrics["config"]["backbone"] == "auto" and metrics["knn_accuracy"] > 0.5

@@ -43,31 +43,9 @@ def colour_run(tmp_path_factory):
     make_image_folder(root / "photos", classes=5, per_class=24, size=16)
     make_image_folder(root / "more", classes=8, per_class=8, size=16, seed=1)
     out = root / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(root / "photos"),
-                "--loss",
-                "softmax",
-                "--image-size",
-                "16",
-                "--embedding-dim",
-                "8",
-                "--epochs",
-                "4",
-                "--batch-size",
-                "16",
-                "--verbose",
-                "0",
-                "--no-evaluate",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(["train", "--data", str(root / "photos"), "--loss", "softmax", "--image-size", "16",
+                 "--embedding-dim", "8", "--epochs", "4", "--batch-size", "16", "--verbose", "0",
+                 "--no-evaluate", "--out", str(out)]) == 0  # fmt: skip
     return root, out
 
 
@@ -81,18 +59,8 @@ def test_enrol_remove_reenrol_change_the_answers(colour_run, capsys):
     newcomer = sorted((root / "more" / "class_6").iterdir())
     found = search(capsys, out, newcomer[4:])
     assert all(r["neighbors"][0]["class"] != "class_6" for r in found)  # nobody by that name yet
-    printed = run_main(
-        capsys,
-        "index",
-        "add",
-        str(out),
-        "--data",
-        str(root / "more" / "class_6"),
-        "--class",
-        "magenta",
-        "--verbose",
-        "0",
-    )
+    printed = run_main(capsys, "index", "add", str(out), "--data", str(root / "more" / "class_6"),
+                       "--class", "magenta", "--verbose", "0")  # fmt: skip
     assert printed.startswith("enrolled 8 images") and "6 classes" in printed
     found = search(capsys, out, newcomer[:2])
     assert [r["neighbors"][0]["class"] for r in found] == ["magenta"] * 2
@@ -151,23 +119,8 @@ def test_npz_queries_keep_the_run_s_class_ids(tmp_path, capsys):
     x = (np.eye(3)[y - 1] * 3 + rng.normal(0, 0.3, (90, 3))).astype(np.float32)
     np.savez(tmp_path / "points.npz", x=x, y=y)
     out = tmp_path / "run"
-    run_main(
-        capsys,
-        "train",
-        "--data",
-        str(tmp_path / "points.npz"),
-        "--loss",
-        "softmax",
-        "--epochs",
-        "3",
-        "--embedding-dim",
-        "4",
-        "--verbose",
-        "0",
-        "--no-evaluate",
-        "--out",
-        str(out),
-    )
+    run_main(capsys, "train", "--data", str(tmp_path / "points.npz"), "--loss", "softmax", "--epochs", "3",
+             "--embedding-dim", "4", "--verbose", "0", "--no-evaluate", "--out", str(out))  # fmt: skip
     np.savez(tmp_path / "q.npz", x=x[[0, 30, 60]], y=y[[0, 30, 60]])
     found = [
         json.loads(line)
@@ -224,23 +177,8 @@ def olivetti_folders(root: Path, data_home: str) -> None:
 def test_olivetti_rejects_strangers_more_than_enrolled_people(data_env, tmp_path, capsys):
     olivetti_folders(tmp_path, data_env["SCIKIT_LEARN_DATA"])
     out = tmp_path / "run"
-    run_main(
-        capsys,
-        "train",
-        "--data",
-        str(tmp_path / "train"),
-        "--image-size",
-        "32",
-        "--epochs",
-        "30",
-        "--embedding-dim",
-        "32",
-        "--verbose",
-        "0",
-        "--no-evaluate",
-        "--out",
-        str(out),
-    )
+    run_main(capsys, "train", "--data", str(tmp_path / "train"), "--image-size", "32", "--epochs", "30",
+             "--embedding-dim", "32", "--verbose", "0", "--no-evaluate", "--out", str(out))  # fmt: skip
     printed = run_main(capsys, "index", "build", str(out), "--verbose", "0")  # the defaults
     assert "30 probes of the run's validation split" in printed and "1/30 = 0.033" in printed
     run_main(capsys, "index", "add", str(out), "--data", str(tmp_path / "enrol"), "--verbose", "0")

@@ -41,21 +41,13 @@ def test_logs_reach_history_checkpoint_and_early_stopping(tmp_path):
     model = cl.ClusterModel(backbone, num_classes=4)
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     expected = Expected(x_val, y_val)
-    history = model.fit(
-        x,
-        y,
-        epochs=3,
-        batch_size=30,
-        verbose=0,
-        callbacks=[
-            cl.RetrievalEvaluation(x_val, y_val, verification=True, far_targets=(0.1,)),
-            expected,
-            keras.callbacks.ModelCheckpoint(
-                tmp_path / "best.keras", monitor="val_map_at_r", mode="max", save_best_only=True
-            ),
-            keras.callbacks.EarlyStopping("val_map_at_r", mode="max", patience=5),
-        ],
-    )
+    history = model.fit(x, y, epochs=3, batch_size=30, verbose=0, callbacks=[
+        cl.RetrievalEvaluation(x_val, y_val, verification=True, far_targets=(0.1,)),
+        expected,
+        keras.callbacks.ModelCheckpoint(tmp_path / "best.keras", monitor="val_map_at_r",
+                                        mode="max", save_best_only=True),
+        keras.callbacks.EarlyStopping("val_map_at_r", mode="max", patience=5),
+    ])  # fmt: skip
     logged = history.history
     for key in ("val_precision_at_1", "val_map_at_r", "val_roc_auc", "val_eer", "val_tar_at_far_1e-1"):
         assert len(logged[key]) == 3, key
@@ -78,23 +70,10 @@ def test_any_model_every_n_epochs_and_a_gallery():
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
     model.compile("adam", "mse")
     target = np.eye(4, dtype="float32")[y]
-    history = model.fit(
-        x,
-        target,
-        epochs=5,
-        batch_size=40,
-        verbose=0,
-        callbacks=[
-            cl.RetrievalEvaluation(
-                x[:40],
-                y[:40],
-                reference=(x[40:], y[40:]),
-                every=2,
-                include=("precision_at_1", "recall_at_k"),
-                prefix="gallery_",
-            ),
-        ],
-    )
+    history = model.fit(x, target, epochs=5, batch_size=40, verbose=0, callbacks=[
+        cl.RetrievalEvaluation(x[:40], y[:40], reference=(x[40:], y[40:]), every=2,
+                               include=("precision_at_1", "recall_at_k"), prefix="gallery_"),
+    ])  # fmt: skip
     logged = history.history
     assert len(logged["loss"]) == 5 and len(logged["gallery_precision_at_1"]) == 3
     assert set(logged) >= {"gallery_recall_at_1", "gallery_recall_at_8"}

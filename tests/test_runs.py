@@ -27,19 +27,8 @@ from clusterloss.app.rundir import RunDir, atomic_path
 from clusterloss.app.runs import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--epochs",
-    "1",
-    "--train-limit",
-    "200",
-    "--test-limit",
-    "100",
-    "--embedding-dim",
-    "4",
-    "--verbose",
-    "0",
-    "--no-evaluate",
-]
+TINY = ["--epochs", "1", "--train-limit", "200", "--test-limit", "100", "--embedding-dim", "4",
+        "--verbose", "0", "--no-evaluate"]  # fmt: skip
 
 
 def fails(capsys, *argv: str) -> str:
@@ -185,22 +174,8 @@ def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
     assert path.read_text() == "new" and len(list(tmp_path.iterdir())) == 1
 
 
-RESUMED = [
-    "train",
-    "--loss",
-    "center",
-    "--epochs",
-    "4",
-    "--train-limit",
-    "300",
-    "--val-split",
-    "0.2",
-    "--embedding-dim",
-    "4",
-    "--verbose",
-    "0",
-    "--no-evaluate",
-]
+RESUMED = ["train", "--loss", "center", "--epochs", "4", "--train-limit", "300", "--val-split",
+           "0.2", "--embedding-dim", "4", "--verbose", "0", "--no-evaluate"]  # fmt: skip
 KILLER = textwrap.dedent("""
     import os, signal, sys, keras
     from clusterloss.app.cli.args import config_from_args
@@ -272,26 +247,9 @@ def test_killed_folder_run_resumes_to_the_same_result(tmp_path, capsys):
     resume is refused."""
     photos = tmp_path / "photos"
     make_image_folder(photos, classes=4, per_class=20, size=12)
-    argv = [
-        "train",
-        "--data",
-        str(photos),
-        "--loss",
-        "softmax",
-        "--image-size",
-        "12",
-        "--epochs",
-        "4",
-        "--batch-size",
-        "2",
-        "--val-split",
-        "0.25",
-        "--embedding-dim",
-        "4",
-        "--verbose",
-        "0",
-        "--no-evaluate",
-    ]
+    argv = ["train", "--data", str(photos), "--loss", "softmax", "--image-size", "12", "--epochs", "4",
+            "--batch-size", "2", "--val-split", "0.25", "--embedding-dim", "4", "--verbose", "0",
+            "--no-evaluate"]  # fmt: skip
     state = _killed(argv, tmp_path / "resumed")
     resume = [*argv, "--out", str(tmp_path / "resumed"), "--resume"]
     image, moved = photos / "class_1" / "img_004.png", photos / "class_1" / "new.png"

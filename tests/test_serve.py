@@ -193,31 +193,9 @@ def server(tmp_path_factory):
     run = root / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("builtins.print", lambda *a, **k: None)
-        assert (
-            main(
-                [
-                    "train",
-                    "--data",
-                    str(root / "photos"),
-                    "--loss",
-                    "softmax",
-                    "--image-size",
-                    "16",
-                    "--embedding-dim",
-                    "8",
-                    "--epochs",
-                    "4",
-                    "--batch-size",
-                    "16",
-                    "--verbose",
-                    "0",
-                    "--no-evaluate",
-                    "--out",
-                    str(run),
-                ]
-            )
-            == 0
-        )
+        assert main(["train", "--data", str(root / "photos"), "--loss", "softmax", "--image-size", "16",
+                     "--embedding-dim", "8", "--epochs", "4", "--batch-size", "16", "--verbose", "0",
+                     "--no-evaluate", "--out", str(run)]) == 0  # fmt: skip
         assert (
             main(["index", "build", str(run), "--data", str(root / "gallery"), "--far", "0.05", "--verbose", "0"]) == 0
         )
@@ -435,17 +413,10 @@ def test_page_searches_and_enrols_in_headless_chromium(server, tmp_path):
     outside, errors = [], []
     with playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
-        )
+            executable_path=CHROMIUM, headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"],
+        )  # fmt: skip
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 900})
             page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server.url, "blob:")) else None)

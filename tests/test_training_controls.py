@@ -17,18 +17,8 @@ from clusterloss import TrainingOnly, WarmupSchedule
 from clusterloss.app.cli.main import main
 from clusterloss.app.training import augmentation, make_optimizer
 
-TINY = [
-    "train",
-    "--train-limit",
-    "128",
-    "--test-limit",
-    "60",
-    "--embedding-dim",
-    "4",
-    "--verbose",
-    "0",
-    "--no-evaluate",
-]
+TINY = ["train", "--train-limit", "128", "--test-limit", "60", "--embedding-dim", "4",
+        "--verbose", "0", "--no-evaluate"]  # fmt: skip
 STEPS = 2  # 128 training rows in batches of 64
 
 
@@ -103,31 +93,9 @@ def test_schedule_and_optimizer_in_a_run(tmp_path, trunk_weights):
     continues the schedule): the logged learning rate at each epoch's end is the formula at
     step epochs x steps; the saved model's optimizer is AdamW with the schedule."""
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                *TINY,
-                "--epochs",
-                "4",
-                "--out",
-                str(out),
-                "--optimizer",
-                "adamw",
-                "--lr-schedule",
-                "cosine",
-                "--warmup-epochs",
-                "1",
-                "--learning-rate",
-                "0.02",
-                "--freeze-backbone-epochs",
-                "1",
-                "--weights",
-                trunk_weights,
-                "--tensorboard",
-            ]
-        )
-        == 0
-    )
+    assert main([*TINY, "--epochs", "4", "--out", str(out), "--optimizer", "adamw",
+                 "--lr-schedule", "cosine", "--warmup-epochs", "1", "--learning-rate", "0.02",
+                 "--freeze-backbone-epochs", "1", "--weights", trunk_weights, "--tensorboard"]) == 0  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["weight_decay"] == 0.004  # AdamW's default, recorded
     expected = [expected_rate(e * STEPS, 0.02, 4 * STEPS, "cosine", STEPS) for e in (1, 2, 3, 4)]
@@ -155,30 +123,9 @@ def test_patience_stops_and_counts_across_the_frozen_phase(tmp_path, trunk_weigh
     """With a learning rate of 1e-12 the validation MAP@R never improves after epoch 1:
     patience 2 stops at the end of epoch 3, although epoch 1 was a phase of its own."""
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                *TINY,
-                "--epochs",
-                "6",
-                "--out",
-                str(out),
-                "--optimizer",
-                "sgd",
-                "--learning-rate",
-                "1e-12",
-                "--val-split",
-                "0.2",
-                "--patience",
-                "2",
-                "--freeze-backbone-epochs",
-                "1",
-                "--weights",
-                trunk_weights,
-            ]
-        )
-        == 0
-    )
+    assert main([*TINY, "--epochs", "6", "--out", str(out), "--optimizer", "sgd",
+                 "--learning-rate", "1e-12", "--val-split", "0.2", "--patience", "2",
+                 "--freeze-backbone-epochs", "1", "--weights", trunk_weights]) == 0  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     values = metrics["history"]["val_map_at_r"]
     assert len(values) == 3 and len(set(values)) == 1
@@ -257,27 +204,9 @@ def test_interrupted_run_resumes_with_the_same_schedule_augmentation_and_patienc
     from clusterloss.app.cli.main import build_parser
     from clusterloss.app.runs import train
 
-    argv = [
-        *TINY,
-        "--epochs",
-        "4",
-        "--val-split",
-        "0.2",
-        "--optimizer",
-        "sgd",
-        "--lr-schedule",
-        "step",
-        "--warmup-epochs",
-        "1",
-        "--augment",
-        "crop-flip-color",
-        "--freeze-backbone-epochs",
-        "1",
-        "--weights",
-        trunk_weights,
-        "--patience",
-        "3",
-    ]
+    argv = [*TINY, "--epochs", "4", "--val-split", "0.2", "--optimizer", "sgd",
+            "--lr-schedule", "step", "--warmup-epochs", "1", "--augment", "crop-flip-color",
+            "--freeze-backbone-epochs", "1", "--weights", trunk_weights, "--patience", "3"]  # fmt: skip
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     assert main([*argv, "--out", str(whole)]) == 0
     args = build_parser().parse_args([*argv, "--out", str(resumed)])

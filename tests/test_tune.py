@@ -114,23 +114,8 @@ def test_pruning_stops_a_poor_trial_early():
     assert trial.study.trials[-1].intermediate_values == {3: pytest.approx(0.75)}
 
 
-TUNE = [
-    "tune",
-    "--loss",
-    "center",
-    "--trials",
-    "3",
-    "--epochs",
-    "1",
-    "--folds",
-    "2",
-    "--train-limit",
-    "400",
-    "--embedding-dim",
-    "4",
-    "--verbose",
-    "0",
-]
+TUNE = ["tune", "--loss", "center", "--trials", "3", "--epochs", "1", "--folds", "2", "--train-limit",
+        "400", "--embedding-dim", "4", "--verbose", "0"]  # fmt: skip
 KILLER = textwrap.dedent("""
     import os, signal, sys, keras
     import clusterloss.app.tune as tune
@@ -160,14 +145,8 @@ def test_killed_tuning_resumes_and_train_replays_the_best(tmp_path, capsys):
         "KERAS_BACKEND": BACKEND,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLER, *TUNE, "--out", out],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    killed = subprocess.run([sys.executable, "-c", KILLER, *TUNE, "--out", out], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert killed.returncode == -9, killed.stderr[-2000:]
     storage = f"sqlite:///{tmp_path / 'tune' / 'study.db'}"
     states = [t.state.name for t in optuna.load_study(study_name="center", storage=storage).trials]

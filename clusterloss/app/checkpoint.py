@@ -69,27 +69,15 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         state: a loaded `state.json` to continue from (`TrainingCheckpoint.read`).
     """
 
-    def __init__(
-        self,
-        directory: str | Path,
-        config: dict[str, Any],
-        monitor: str | None = None,
-        mode: str = "max",
-        state: dict[str, Any] | None = None,
-    ):
+    def __init__(self, directory: str | Path, config: dict[str, Any], monitor: str | None = None,
+                 mode: str = "max", state: dict[str, Any] | None = None):  # fmt: skip
         super().__init__()
         self.directory = Path(directory)
         self.monitor, self.mode = monitor, mode
         self.state = state or {
-            "config": config,
-            "epoch": 0,
-            "history": {},
-            "weights": None,
-            "monitor": monitor,
-            "best": None,
-            "best_epoch": None,
-            "best_weights": None,
-        }
+            "config": config, "epoch": 0, "history": {}, "weights": None,
+            "monitor": monitor, "best": None, "best_epoch": None, "best_weights": None,
+        }  # fmt: skip
         self._before = float(self.state.get("train_seconds", 0.0))  # the parts before a resume
         self._began = time.perf_counter()
 

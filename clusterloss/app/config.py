@@ -104,14 +104,8 @@ def verbosity(text: str):
     return text if text == "auto" else int(text)
 
 
-def arg(
-    help: str,
-    parse: Callable | None = None,
-    *,
-    flag: str | None = None,
-    choices: tuple | None = None,
-    metavar: str | None = None,
-) -> dict[str, Any]:
+def arg(help: str, parse: Callable | None = None, *, flag: str | None = None,
+        choices: tuple | None = None, metavar: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Field metadata: how the command line sets this field."""
     return {"help": help, "parse": parse, "flag": flag, "choices": choices, "metavar": metavar}
 

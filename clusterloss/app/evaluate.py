@@ -114,15 +114,9 @@ def _neighbor_grid(
         found, scores = drop_self_matches(rows, found, scores)
     neighbors = r_images[found.reshape(-1)]  # an array or ImageFiles: read these only
     plot_neighbors(
-        path,
-        q_images[rows],
-        q_labels[rows],
-        neighbors.reshape(*found.shape, *neighbors.shape[1:]),
-        r_labels[found],
-        scores,
-        class_names,
-        title,
-    )
+        path, q_images[rows], q_labels[rows], neighbors.reshape(*found.shape, *neighbors.shape[1:]),
+        r_labels[found], scores, class_names, title,
+    )  # fmt: skip
 
 
 def evaluate_run(
@@ -231,32 +225,15 @@ def evaluate_run(
         save_roc_plot(temporary, curves, title=f"Verification ROC ({METRIC}): {title}")
     names = data.all_class_names
     _neighbor_grid(
-        run_dir / "neighbors.png",
-        data.x_test,
-        y_test,
-        test_emb,
-        data.x_train,
-        y_train,
-        train_emb,
-        names,
-        "test queries: nearest training images (cosine)",
-        False,
-        seed,
-    )
+        run_dir / "neighbors.png", data.x_test, y_test, test_emb, data.x_train, y_train,
+        train_emb, names, "test queries: nearest training images (cosine)", False, seed,
+    )  # fmt: skip
     if unseen:
         _neighbor_grid(
-            run_dir / "neighbors_unseen.png",
-            data.x_unknown,
-            y_unknown,
-            unknown_emb,
-            data.x_unknown,
-            y_unknown,
-            unknown_emb,
-            names,
-            "unseen classes: nearest other unseen images (cosine)",
-            True,
-            seed,
-        )
+            run_dir / "neighbors_unseen.png", data.x_unknown, y_unknown, unknown_emb,
+            data.x_unknown, y_unknown, unknown_emb, names,
+            "unseen classes: nearest other unseen images (cosine)", True, seed,
+        )  # fmt: skip
     step()
 
     found["evaluate_seconds"] = round(time.perf_counter() - start, 3)

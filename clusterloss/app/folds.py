@@ -67,18 +67,11 @@ def hold_out_classes(data: Dataset, val_classes: Sequence[int], known: Sequence[
     x_test, y_test = part(data.x_test, data.y_test, kept)
     x_unknown, y_unknown = part(data.x_test, data.y_test, held)
     return Dataset(
-        name=data.name,
-        x_train=x_train,
-        y_train=y_train,
-        x_test=x_test,
-        y_test=y_test,
-        class_names=[data.class_names[c] for c in kept],
-        x_val=x_val,
-        y_val=y_val,
-        x_unknown=x_unknown,
-        y_unknown=y_unknown,
+        name=data.name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+        class_names=[data.class_names[c] for c in kept], x_val=x_val, y_val=y_val,
+        x_unknown=x_unknown, y_unknown=y_unknown,
         unknown_class_names=[data.class_names[c] for c in held],
-    )
+    )  # fmt: skip
 
 
 def _ids(ids: Sequence[int]) -> str:

@@ -103,16 +103,8 @@ def probe_data(model, data: Dataset, calibrate: str | None) -> tuple[Any, list[s
     return data.x_test, [data.class_names[i] for i in data.y_test], "the run's test split"
 
 
-def calibrate_gallery(
-    gallery: Gallery,
-    model,
-    data: Dataset,
-    calibrate: str | None,
-    *,
-    far: float | None,
-    tar: float | None,
-    verbose: Any = 0,
-) -> str:
+def calibrate_gallery(gallery: Gallery, model, data: Dataset, calibrate: str | None, *,
+                      far: float | None, tar: float | None, verbose: Any = 0) -> str:  # fmt: skip
     """Calibrate `gallery` on the probes (see `probe_data`); the lines to print (the table
     and the chosen rule, or why there is no threshold)."""
     x, names, described = probe_data(model, data, calibrate)
@@ -211,19 +203,10 @@ def open_run_gallery(run_dir: str | Path, model_sha256: str | None = None, **opt
     return gallery
 
 
-def build_gallery(
-    run_dir: str | Path,
-    model,
-    data: Dataset,
-    source: str | None = None,
-    *,
-    metric: str = "cosine",
-    kind: str = "flat",
-    far: float | None = DEFAULT_FAR,
-    tar: float | None = None,
-    calibrate: str | None = None,
-    verbose: Any = 0,
-) -> tuple[Gallery, str]:
+def build_gallery(run_dir: str | Path, model, data: Dataset, source: str | None = None, *,
+                  metric: str = "cosine", kind: str = "flat", far: float | None = DEFAULT_FAR,
+                  tar: float | None = None, calibrate: str | None = None,
+                  verbose: Any = 0) -> tuple[Gallery, str]:  # fmt: skip
     """Embed the gallery and calibrate it into a new database, then make it the run's
     current one (see the module docstring); `(gallery, lines to print)`."""
     run_dir = Path(run_dir)

@@ -113,19 +113,10 @@ class Option:
         return self.check(int(number) if self.type is int and number.is_integer() else number)
 
 
-def option(
-    source: Callable,
-    parameter: str,
-    key: str | None = None,
-    help: str = "",
-    *,
-    default: Any = _FROM_SOURCE,
-    reason: str = "",
-    type: type | None = None,
-    choices: tuple[str, ...] = (),
-    low: float | None = None,
-    space: tuple = (),
-) -> Option:
+def option(source: Callable, parameter: str, key: str | None = None, help: str = "", *,
+           default: Any = _FROM_SOURCE, reason: str = "", type: type | None = None,
+           choices: tuple[str, ...] = (), low: float | None = None,
+           space: tuple = ()) -> Option:  # fmt: skip
     """An `Option` mirroring `source`'s `parameter`: its default (unless `default` is given,
     which needs a `reason`) and its type (that of the default, unless `type`)."""
     declared = inspect.signature(source).parameters[parameter].default
@@ -139,16 +130,10 @@ def option(
             f"{source.__name__}({parameter}={declared!r}) needs a reason."
         )
     return Option(
-        key=key or parameter,
-        type=type or builtins_type(declared),
-        default=default,
-        help=help,
-        source=(source, parameter),
-        reason=reason,
-        choices=choices,
-        low=low,
+        key=key or parameter, type=type or builtins_type(declared), default=default,
+        help=help, source=(source, parameter), reason=reason, choices=choices, low=low,
         space=space,
-    )
+    )  # fmt: skip
 
 
 def builtins_type(value: Any) -> type:

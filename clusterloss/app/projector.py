@@ -42,16 +42,10 @@ def export_projector(
         rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_POINTS, replace=False))
     write_text(directory / "tensors.tsv", "".join("\t".join(f"{v:.6g}" for v in embeddings[i]) + "\n" for i in rows))
     header = "label\tclass" + ("\tfile" if paths is not None else "") + "\n"
-    write_text(
-        directory / "metadata.tsv",
-        header
-        + "".join(
-            f"{int(labels[i])}\t{_tsv_cell(class_names[int(labels[i])])}"
-            + (f"\t{_tsv_cell(paths[i])}" if paths is not None else "")
-            + "\n"
-            for i in rows
-        ),
-    )
+    write_text(directory / "metadata.tsv", header + "".join(
+        f"{int(labels[i])}\t{_tsv_cell(class_names[int(labels[i])])}"
+        + (f"\t{_tsv_cell(paths[i])}" if paths is not None else "") + "\n"
+        for i in rows))  # fmt: skip
     sprite = ""
     if images is not None and len(images[:1].shape) == 4:
         cell = _write_sprite(directory / "sprite.png", images, rows)

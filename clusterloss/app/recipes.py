@@ -82,15 +82,9 @@ SAMPLE_RATE = option(
 )
 
 
-SCALE_RULE = option(
-    CosineHead,
-    "scale_rule",
-    help="fixed: the scale s given; adacos: AdaCos's "
-    "scale, adapted every batch (Zhang et al. 2019); adacos-fixed: sqrt(2) "
-    "log(classes - 1)",
-    choices=CosineHead.scale_rules,
-    space=("fixed", "adacos"),
-)
+SCALE_RULE = option(CosineHead, "scale_rule", help="fixed: the scale s given; adacos: AdaCos's "
+                    "scale, adapted every batch (Zhang et al. 2019); adacos-fixed: sqrt(2) "
+                    "log(classes - 1)", choices=CosineHead.scale_rules, space=("fixed", "adacos"))  # fmt: skip
 
 
 def _head_options(cls, margin_help: str | None, margin_space: tuple = ()) -> tuple[Option, ...]:
@@ -181,74 +175,65 @@ RECIPES: dict[str, Recipe] = {
     "center": Recipe(
         _center,
         (
-            option(
-                CenterLoss,
-                "weight",
-                "center_weight",
-                "lambda, the center loss weight",
-                default=0.1,
-                reason="0.1 trains the command line's small networks in a "
-                "few epochs (README, docs/results.md); the class keeps the paper's MNIST "
-                "0.01.",
-                space=(1e-3, 1.0, "log"),
-            ),
+            option(CenterLoss, "weight", "center_weight", "lambda, the center loss weight",
+                   default=0.1, reason="0.1 trains the command line's small networks in a "
+                   "few epochs (README, docs/results.md); the class keeps the paper's MNIST "
+                   "0.01.", space=(1e-3, 1.0, "log")),
             option(CenterLoss, "alpha", "center_alpha", "Eq. 4 center step", space=(0.05, 1.0)),
-            option(CenterLoss, "update", "center_update", "how centers move", choices=("paper", "gradient")),
-            option(
-                center_optimizer, "centers", "center_lr", "SGD learning rate of the centers (center_update=gradient)"
-            ),
+            option(CenterLoss, "update", "center_update", "how centers move",
+                   choices=("paper", "gradient")),
+            option(center_optimizer, "centers", "center_lr",
+                   "SGD learning rate of the centers (center_update=gradient)"),
         ),
         "crossentropy + center loss (Wen et al. 2016)",
     ),
     "focal": Recipe(
-        lambda n, v: Parts(
-            L.SparseCategoricalFocalCrossentropy(gamma=v["focal_gamma"], alpha=v["focal_alpha"], from_logits=True)
-        ),
+        lambda n, v: Parts(L.SparseCategoricalFocalCrossentropy(
+            gamma=v["focal_gamma"], alpha=v["focal_alpha"], from_logits=True)),
         (
-            option(L.SparseCategoricalFocalCrossentropy, "gamma", "focal_gamma", "focusing gamma", space=(0.0, 5.0)),
+            option(L.SparseCategoricalFocalCrossentropy, "gamma", "focal_gamma", "focusing gamma",
+                   space=(0.0, 5.0)),
             option(L.SparseCategoricalFocalCrossentropy, "alpha", "focal_alpha", "class weight alpha"),
         ),
         "sparse focal crossentropy (Lin et al. 2017)",
     ),
     "label-smoothing": Recipe(
         lambda n, v: Parts(L.SparseLabelSmoothingCrossentropy(v["label_smoothing"], from_logits=True)),
-        (
-            option(
-                L.SparseLabelSmoothingCrossentropy, "label_smoothing", help="smoothing toward uniform", space=(0.0, 0.4)
-            ),
-        ),
+        (option(L.SparseLabelSmoothingCrossentropy, "label_smoothing", help="smoothing toward uniform",
+                space=(0.0, 0.4)),),
         "crossentropy with label smoothing toward uniform",
     ),
-    "arcface": _head_recipe(ArcFace, "ArcFace head", "additive angular margin (radians)", (0.05, 0.8)),
+    "arcface": _head_recipe(ArcFace, "ArcFace head", "additive angular margin (radians)",
+                            (0.05, 0.8)),
     "cosface": _head_recipe(CosFace, "CosFace head", "additive cosine margin", (0.05, 0.6)),
-    "sphereface": _head_recipe(SphereFace, "A-Softmax head", "multiplicative angular margin m", (1, 4)),
+    "sphereface": _head_recipe(SphereFace, "A-Softmax head", "multiplicative angular margin m",
+                               (1, 4)),
     "normface": _head_recipe(NormFace, "normalised softmax"),
     "subcenter-arcface": Recipe(
         lambda n, v: Parts(_crossentropy(), head=SubCenterArcFace(n, **v)),
-        _head_options(SubCenterArcFace, "additive angular margin (radians)", (0.05, 0.8))
-        + (option(SubCenterArcFace, "sub_centers", help="sub-centers per class (K)", low=1),),
+        _head_options(SubCenterArcFace, "additive angular margin (radians)", (0.05, 0.8)) + (
+            option(SubCenterArcFace, "sub_centers", help="sub-centers per class (K)", low=1),
+        ),
         "sub-center ArcFace head (Deng et al. 2020), robust to label noise",
     ),
     "lsoftmax": Recipe(
         lambda n, v: Parts(_crossentropy(), head=LargeMarginSoftmax(n, **v)),
         (
-            option(LargeMarginSoftmax, "margin", help="multiplicative angular margin m (an integer)", low=1),
+            option(LargeMarginSoftmax, "margin", help="multiplicative angular margin m (an "
+                   "integer)", low=1),
             option(LargeMarginSoftmax, "scale", help="scale of the logits"),
-            option(
-                LargeMarginSoftmax,
-                "base",
-                help="lambda annealing: lambda starts at base and decays as base (1 + gamma t)^-power",
-                default=1000.0,
-                reason="without annealing m=4 trains poorly on the command line's small "
-                "networks (digits 1-NN 0.51-0.78 against 0.93-0.94 annealed); the class "
-                "keeps PML's lambda = 0.",
-            ),
+            option(LargeMarginSoftmax, "base", help="lambda annealing: lambda starts at base "
+                   "and decays as base (1 + gamma t)^-power", default=1000.0,
+                   reason="without annealing m=4 trains poorly on the command line's small "
+                   "networks (digits 1-NN 0.51-0.78 against 0.93-0.94 annealed); the class "
+                   "keeps PML's lambda = 0."),
             SAMPLE_RATE,
         ),
         "L-Softmax head (Liu et al. 2016), annealed",
     ),
     "proxy-anchor": Recipe(
-        lambda n, v: Parts(L.ProxyAnchorLoss(margin=v["margin"], alpha=v["alpha"]), head=ProxyAnchorHead(n)),
+        lambda n, v: Parts(L.ProxyAnchorLoss(margin=v["margin"], alpha=v["alpha"]),
+                           head=ProxyAnchorHead(n)),
         (
             option(L.ProxyAnchorLoss, "margin", help="margin delta", space=(0.0, 0.5)),
             option(L.ProxyAnchorLoss, "alpha", help="scaling alpha", space=(4.0, 64.0, "log")),
@@ -257,49 +242,28 @@ RECIPES: dict[str, Recipe] = {
     ),
     "proxy-nca": Recipe(
         lambda n, v: Parts(L.ProxyNCALoss(softmax_scale=v["softmax_scale"]), head=ProxyNCAHead(n)),
-        (
-            option(
-                L.ProxyNCALoss,
-                "softmax_scale",
-                help="scale of the negative squared distances",
-                space=(0.5, 32.0, "log"),
-            ),
-        ),
+        (option(L.ProxyNCALoss, "softmax_scale", help="scale of the negative squared distances",
+                space=(0.5, 32.0, "log")),),
         "ProxyNCA (Movshovitz-Attias et al. 2017) on learned proxies",
     ),
     "triplet": _pair_recipe(
         _triplet,
         (
-            option(
-                L.TripletMarginLoss,
-                "margin",
-                help="triplet margin",
-                default=0.2,
-                reason=TRIPLET_MARGIN,
-                space=(0.01, 1.0, "log"),
-            ),
-            option(
-                miners.TripletMarginMiner,
-                "type_of_triplets",
-                help="which triplets the miner keeps",
-                default="semihard",
-                reason="FaceNet's semi-hard mining (the miner keeps PML's 'all').",
-                choices=("all", "hard", "semihard", "easy"),
-                space=("all", "hard", "semihard"),
-            ),
+            option(L.TripletMarginLoss, "margin", help="triplet margin", default=0.2,
+                   reason=TRIPLET_MARGIN, space=(0.01, 1.0, "log")),
+            option(miners.TripletMarginMiner, "type_of_triplets", help="which triplets the miner keeps",
+                   default="semihard", reason="FaceNet's semi-hard mining (the miner keeps PML's 'all').",
+                   choices=("all", "hard", "semihard", "easy"), space=("all", "hard", "semihard")),
         ),
         "triplet margin loss, FaceNet semi-hard mining",
     ),
-    "contrastive": _loss_recipe(
-        L.ContrastiveLoss,
-        {"pos_margin": "positive pairs' margin", "neg_margin": "negative pairs' margin"},
-        "contrastive loss",
-        **_pair_spaces(pos_margin=(0.0, 0.5), neg_margin=(0.2, 2.0)),
-    ),
+    "contrastive": _loss_recipe(L.ContrastiveLoss, {"pos_margin": "positive pairs' margin",
+                                "neg_margin": "negative pairs' margin"}, "contrastive loss",
+                                **_pair_spaces(pos_margin=(0.0, 0.5), neg_margin=(0.2, 2.0))),
     "multi-similarity": _pair_recipe(
         lambda v: L.MultiSimilarityLoss(
-            alpha=v["alpha"], beta=v["beta"], base=v["base"], miner=miners.MultiSimilarityMiner(epsilon=v["epsilon"])
-        ),
+            alpha=v["alpha"], beta=v["beta"], base=v["base"],
+            miner=miners.MultiSimilarityMiner(epsilon=v["epsilon"])),
         (
             option(L.MultiSimilarityLoss, "alpha", help="positive scale", space=(0.5, 16.0, "log")),
             option(L.MultiSimilarityLoss, "beta", help="negative scale", space=(10.0, 80.0, "log")),
@@ -308,77 +272,50 @@ RECIPES: dict[str, Recipe] = {
         ),
         "multi-similarity loss and miner",
     ),
-    "supcon": _loss_recipe(
-        L.SupConLoss,
-        {"temperature": "softmax temperature"},
-        "supervised contrastive loss",
-        **_pair_spaces(temperature=(0.02, 1.0, "log")),
-    ),
-    "ntxent": _loss_recipe(
-        L.NTXentLoss,
-        {"temperature": "softmax temperature"},
-        "NT-Xent with same-class positives",
-        **_pair_spaces(temperature=(0.02, 1.0, "log")),
-    ),
-    "circle": _loss_recipe(
-        L.CircleLoss,
-        {"gamma": "scale gamma", "m": "relaxation margin m"},
-        "circle loss (Sun et al. 2020) on cosine similarities",
-        **_pair_spaces(gamma=(8.0, 256.0, "log"), m=(0.05, 0.5)),
-    ),
-    "lifted": _loss_recipe(
-        L.LiftedStructureLoss,
-        {"neg_margin": "negative pairs' margin", "pos_margin": "positive pairs' margin"},
-        "lifted structure loss (Oh Song et al. 2016)",
-    ),
+    "supcon": _loss_recipe(L.SupConLoss, {"temperature": "softmax temperature"},
+                           "supervised contrastive loss",
+                           **_pair_spaces(temperature=(0.02, 1.0, "log"))),
+    "ntxent": _loss_recipe(L.NTXentLoss, {"temperature": "softmax temperature"},
+                           "NT-Xent with same-class positives",
+                           **_pair_spaces(temperature=(0.02, 1.0, "log"))),
+    "circle": _loss_recipe(L.CircleLoss, {"gamma": "scale gamma", "m": "relaxation margin m"},
+                           "circle loss (Sun et al. 2020) on cosine similarities",
+                           **_pair_spaces(gamma=(8.0, 256.0, "log"), m=(0.05, 0.5))),
+    "lifted": _loss_recipe(L.LiftedStructureLoss, {"neg_margin": "negative pairs' margin",
+                           "pos_margin": "positive pairs' margin"},
+                           "lifted structure loss (Oh Song et al. 2016)"),
     "generalized-lifted": _loss_recipe(
         L.GeneralizedLiftedStructureLoss,
         {"neg_margin": "negative pairs' margin", "pos_margin": "positive pairs' margin"},
-        "generalized lifted structure loss (Hermans et al. 2017)",
-    ),
+        "generalized lifted structure loss (Hermans et al. 2017)"),
     "margin": _pair_recipe(
-        lambda v: L.MarginLoss(margin=v["margin"], beta=v["beta"], nu=v["nu"], miner=_distance_weighted()),
+        lambda v: L.MarginLoss(margin=v["margin"], beta=v["beta"], nu=v["nu"],
+                               miner=_distance_weighted()),
         _margin_options(L.MarginLoss),
         "margin loss with distance-weighted sampling (Wu et al. 2017), fixed beta",
     ),
     "margin-learned": Recipe(
-        lambda n, v: Parts(
-            None,
-            loss_layers=(
-                L.MarginLossLayer(
-                    margin=v["margin"], beta=v["beta"], nu=v["nu"], miner=_distance_weighted(), name="margin_loss"
-                ),
-            ),
+        lambda n, v: Parts(None, loss_layers=(L.MarginLossLayer(
+            margin=v["margin"], beta=v["beta"], nu=v["nu"], miner=_distance_weighted(),
+            name="margin_loss"),)),
+        _margin_options(L.MarginLossLayer) + (
+            M_PER_CLASS,
         ),
-        _margin_options(L.MarginLossLayer) + (M_PER_CLASS,),
         "margin loss with a learned global beta (a loss layer of the model)",
-        classifier=False,
-        pairs=True,
+        classifier=False, pairs=True,
     ),
-    "nca": _loss_recipe(
-        L.NCALoss,
-        {"softmax_scale": "scale of the negative squared distances"},
-        "neighbourhood components analysis (Goldberger et al. 2005)",
-        **_pair_spaces(softmax_scale=(0.5, 32.0, "log")),
-    ),
-    "tuplet": _loss_recipe(
-        L.TupletMarginLoss,
-        {"margin": "angular margin, degrees (PML's unit)", "scale": "scale of the cosines"},
-        "tuplet margin loss (Yu and Tao 2019)",
-    ),
-    "angular": _loss_recipe(
-        L.AngularLoss,
-        {"alpha": "angle alpha, degrees"},
-        "angular loss (Wang et al. 2017) on unit-normalised embeddings",
-        unit_norm=True,
-    ),
-    "fastap": _loss_recipe(
-        L.FastAPLoss,
-        {"num_bins": "histogram bins of the distances"},
-        "FastAP, a differentiable average precision (Cakir et al. 2019)",
-        num_bins={"low": 1},
-    ),
-}
+    "nca": _loss_recipe(L.NCALoss, {"softmax_scale": "scale of the negative squared distances"},
+                        "neighbourhood components analysis (Goldberger et al. 2005)",
+                        **_pair_spaces(softmax_scale=(0.5, 32.0, "log"))),
+    "tuplet": _loss_recipe(L.TupletMarginLoss, {"margin": "angular margin, degrees (PML's unit)",
+                           "scale": "scale of the cosines"}, "tuplet margin loss (Yu and Tao 2019)"),
+    "angular": _loss_recipe(L.AngularLoss, {"alpha": "angle alpha, degrees"},
+                            "angular loss (Wang et al. 2017) on unit-normalised embeddings",
+                            unit_norm=True),
+    "fastap": _loss_recipe(L.FastAPLoss, {"num_bins": "histogram bins of the distances"},
+                           "FastAP, a differentiable average precision (Cakir et al. 2019)",
+                           num_bins={"low": 1}),
+}  # fmt: skip
 
 
 def get_recipe(name: str) -> Recipe:

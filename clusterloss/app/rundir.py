@@ -36,17 +36,9 @@ LOGS = "logs"
 FILES = "files.json"  # the files and split of a run's own data (clusterloss.app.results)
 # Everything `train`, `evaluate` and `index build` write (what --overwrite deletes).
 RUN_FILES = (
-    "model.keras",
-    "metrics.json",
-    "embeddings.npz",
-    "features.png",
-    "history.png",
-    "roc.png",
-    "neighbors.png",
-    "neighbors_unseen.png",
-    "report.html",
-    FILES,
-)
+    "model.keras", "metrics.json", "embeddings.npz", "features.png", "history.png", "roc.png",
+    "neighbors.png", "neighbors_unseen.png", "report.html", FILES,
+)  # fmt: skip
 RUN_FOLDERS = (INDEX, LOGS, CHECKPOINT, "export")
 TEMPORARY = re.compile(r"\.tmp-(\d+)-")  # the name `atomic_path` gives a temporary
 

@@ -403,14 +403,8 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
                 checkpoint.restore(model)
             if phase.end <= start:
                 continue
-            model.fit(
-                devices.batches(batches),
-                initial_epoch=first,
-                epochs=phase.end,
-                callbacks=own + callbacks,
-                verbose=config.verbose,
-                shuffle=False,
-            )
+            model.fit(devices.batches(batches), initial_epoch=first, epochs=phase.end, callbacks=own + callbacks,
+                      verbose=config.verbose, shuffle=False)  # fmt: skip
             divergence.check(config)
             if patience.stopped:
                 break
@@ -421,16 +415,9 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     return _write_run(config, run_dir, model, data, checkpoint, train_seconds, devices, patience.stopped)
 
 
-def _write_run(
-    config: TrainConfig,
-    run_dir: RunDir,
-    model: ClusterModel,
-    data: Dataset,
-    checkpoint: TrainingCheckpoint,
-    train_seconds: float,
-    devices: Devices,
-    stopped: int | None,
-) -> dict[str, Any]:
+def _write_run(config: TrainConfig, run_dir: RunDir, model: ClusterModel, data: Dataset,
+               checkpoint: TrainingCheckpoint, train_seconds: float,
+               devices: Devices, stopped: int | None) -> dict[str, Any]:  # fmt: skip
     out = run_dir.path
     with atomic_path(out / "model.keras") as temporary:
         model.save(temporary)
@@ -465,15 +452,9 @@ def _write_run(
     save_embeddings(out, emb)
     write_metrics(out, metrics)
     if config.tensorboard:
-        export_projector(
-            out / LOGS / "projector",
-            emb["test"],
-            data.y_test,
-            data.all_class_names,
-            images=data.x_test,
-            paths=getattr(data.x_test, "paths", None),
-            seed=config.seed,
-        )
+        export_projector(out / LOGS / "projector", emb["test"], data.y_test, data.all_class_names,
+                         images=data.x_test, paths=getattr(data.x_test, "paths", None),
+                         seed=config.seed)  # fmt: skip
     shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     if config.evaluate:  # retrieval, verification, open set, roc.png, report.html
         metrics = evaluate_run(out, model, data, metrics, embeddings=emb, verbose=config.verbose)

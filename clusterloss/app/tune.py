@@ -133,16 +133,8 @@ def trial_config(
 ) -> TrainConfig:
     """The run of one (trial, fold): `base` with the loss, its option values, the fold's
     classes held out for validation, no final evaluation."""
-    return dataclasses.replace(
-        base,
-        loss=loss,
-        options=dict(values),
-        val_classes=list(fold),
-        val_split=None,
-        evaluate=False,
-        verbose=0,
-        out=str(out),
-    )
+    return dataclasses.replace(base, loss=loss, options=dict(values), val_classes=list(fold),
+                               val_split=None, evaluate=False, verbose=0, out=str(out))  # fmt: skip
 
 
 def _objective(
@@ -209,16 +201,9 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
 
 
-def tune(
-    base: TrainConfig,
-    losses: Sequence[str],
-    out: str | Path,
-    trials: int = 20,
-    timeout: float | None = None,
-    metric: str = MONITOR,
-    folds: int = DEFAULT_FOLDS,
-    space: Mapping[str, tuple] = {},
-) -> dict[str, Any]:
+def tune(base: TrainConfig, losses: Sequence[str], out: str | Path, trials: int = 20,
+         timeout: float | None = None, metric: str = MONITOR, folds: int = DEFAULT_FOLDS,
+         space: Mapping[str, tuple] = {}) -> dict[str, Any]:  # fmt: skip
     """Tune each loss in `losses` for `trials` finished trials (or until `timeout` seconds
     per loss have passed: no trial starts later), resuming what `out` holds; write and return
     `tune.json`'s contents.
@@ -316,19 +301,13 @@ def summarize(
     }
     for loss in losses:
         study = optuna.load_study(study_name=loss, storage=_storage(out))
-        rows = [
-            {
-                "number": t.number,
-                "state": t.state.name,
-                "value": t.value,
-                "params": t.params,
-                "fold_scores": t.user_attrs.get("fold_scores"),
-                "last_reported": t.intermediate_values.get(max(t.intermediate_values, default=-1)),
-                "diverged": t.user_attrs.get("diverged"),
-                "seconds": t.duration.total_seconds() if t.duration else None,
-            }
-            for t in study.get_trials(deepcopy=False)
-        ]
+        rows = [{
+            "number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+            "fold_scores": t.user_attrs.get("fold_scores"),
+            "last_reported": t.intermediate_values.get(max(t.intermediate_values, default=-1)),
+            "diverged": t.user_attrs.get("diverged"),
+            "seconds": t.duration.total_seconds() if t.duration else None,
+        } for t in study.get_trials(deepcopy=False)]  # fmt: skip
         entry: dict[str, Any] = {"trials": rows, "finished": len(finished(study))}
         complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
         if complete:

@@ -111,16 +111,8 @@ class Batches(ReadAhead):
         prefetch: batches read ahead; None: 2 for `ImageFiles`, 0 for arrays.
     """
 
-    def __init__(
-        self,
-        x: Any,
-        y=None,
-        batch_size: int = 32,
-        shuffle: bool = False,
-        seed: int = 0,
-        epoch: int = 0,
-        prefetch: int | None = None,
-    ):
+    def __init__(self, x: Any, y=None, batch_size: int = 32, shuffle: bool = False,
+                 seed: int = 0, epoch: int = 0, prefetch: int | None = None):  # fmt: skip
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
         if y is not None and len(y) != len(x):

@@ -115,18 +115,8 @@ def _load_builtin(name: str, seed: int):
         import keras
 
         (x_tr, y_tr), (x_te, y_te) = keras.datasets.fashion_mnist.load_data()
-        names = [
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ]
+        names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
         scale = lambda a: (a.astype("float32") / 255.0)[..., None]  # noqa: E731
         return scale(x_tr), y_tr, scale(x_te), y_te, names
     from sklearn.datasets import fetch_olivetti_faces

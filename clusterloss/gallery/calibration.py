@@ -250,18 +250,11 @@ def calibrate(
         )
     rates = _rates(scores, t)
     return Calibration(
-        threshold=_out(t, metric),
-        metric=metric,
-        far=rates["far"],
-        tar=rates["tar"],
-        precision=rates["precision"],
-        recall=rates["recall"],
+        threshold=_out(t, metric), metric=metric, far=rates["far"], tar=rates["tar"],
+        precision=rates["precision"], recall=rates["recall"],
         target={"tar": float(tar)} if tar is not None else {"far": float(far)},
-        num_strangers=n,
-        num_mated=len(scores.mated),
-        note=note,
-        table=table,
-    )
+        num_strangers=n, num_mated=len(scores.mated), note=note, table=table,
+    )  # fmt: skip
 
 
 def _out(similarity: float, metric: str) -> float:

@@ -75,18 +75,9 @@ class Gallery:
         timeout: seconds a writer waits for another process's write.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike | None = None,
-        *,
-        dim: int | None = None,
-        metric: str = "cosine",
-        kind: str | None = None,
-        model_sha256: str | None = None,
-        backend: str = "auto",
-        ef_search: int | None = None,
-        timeout: float = 30.0,
-    ):
+    def __init__(self, path: str | os.PathLike | None = None, *, dim: int | None = None,
+                 metric: str = "cosine", kind: str | None = None, model_sha256: str | None = None,
+                 backend: str = "auto", ef_search: int | None = None, timeout: float = 30.0):  # fmt: skip
         self.path = None if path is None else os.fspath(path)
         if self.path is not None and not os.path.exists(self.path) and dim is None:
             raise FileNotFoundError(f"{self.path}: no such gallery (pass `dim` to create one)")
@@ -272,21 +263,15 @@ class Gallery:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "path": self.path,
-                "size": len(self),
-                "num_classes": len(self._class_names),
-                "dim": self.dim,
-                "metric": self.metric,
-                "kind": self.kind,
-                "exact": self._index.is_exact,
-                "index_backend": self._index.backend,
-                "generation": self._generation,
-                "model_sha256": self.model_sha256,
+                "path": self.path, "size": len(self), "num_classes": len(self._class_names),
+                "dim": self.dim, "metric": self.metric, "kind": self.kind,
+                "exact": self._index.is_exact, "index_backend": self._index.backend,
+                "generation": self._generation, "model_sha256": self.model_sha256,
                 "threshold": self.threshold,
                 "calibration": None if self._calibration is None else self._calibration.summary(),
                 "calibration_note": None if self._calibration is None else self._calibration.note,
                 "calibration_error": self._calibration_error,
-            }
+            }  # fmt: skip
 
     def search(self, queries, k: int = 5) -> list[dict[str, Any]]:
         """Per query: `prediction` (the nearest item's class, or "unknown" when its score
@@ -304,27 +289,14 @@ class Gallery:
             answers = []
             for score_row, row in zip(scores, rows):
                 neighbors = [
-                    {
-                        "rank": rank + 1,
-                        "id": int(ids[j]),
-                        "class": self._class_names[int(labels[j])],
-                        "score": float(s),
-                        "path": paths.get(int(ids[j])),
-                    }
-                    for rank, (s, j) in enumerate(zip(score_row, row))
-                    if j >= 0
-                ]
+                    {"rank": rank + 1, "id": int(ids[j]), "class": self._class_names[int(labels[j])],
+                     "score": float(s), "path": paths.get(int(ids[j]))}
+                    for rank, (s, j) in enumerate(zip(score_row, row)) if j >= 0
+                ]  # fmt: skip
                 best = neighbors[0]["score"]
                 known = self._calibration is None or self._calibration.accepts(best)
-                answers.append(
-                    {
-                        "prediction": neighbors[0]["class"] if known else UNKNOWN,
-                        "known": known,
-                        "score": best,
-                        "threshold": self.threshold,
-                        "neighbors": neighbors,
-                    }
-                )
+                answers.append({"prediction": neighbors[0]["class"] if known else UNKNOWN, "known": known,
+                                "score": best, "threshold": self.threshold, "neighbors": neighbors})  # fmt: skip
             return answers
 
     # ------------------------------------------------------------------ changing
@@ -372,15 +344,8 @@ class Gallery:
 
     # ------------------------------------------------------------------ calibration
 
-    def calibrate(
-        self,
-        embeddings,
-        classes: Sequence[str],
-        *,
-        far: float | None = cal.DEFAULT_FAR,
-        tar: float | None = None,
-        paths: Sequence[str | None] | None = None,
-    ) -> cal.Calibration:
+    def calibrate(self, embeddings, classes: Sequence[str], *, far: float | None = cal.DEFAULT_FAR,
+                  tar: float | None = None, paths: Sequence[str | None] | None = None) -> cal.Calibration:  # fmt: skip
         """Choose the open-set threshold on held-out probes (embeddings with their class
         names, not in the gallery) at `far` (or `tar`), keep the probes, and return the
         `Calibration` (a `CalibrationError` when no threshold is usable; the gallery then

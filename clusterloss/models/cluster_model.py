@@ -339,15 +339,8 @@ class ClusterModel(keras.Model):
             x = np.concatenate([x, np.zeros((padded - rows, *x.shape[1:]), x.dtype)])
         return np.asarray(self._quick_call(x))[:rows]
 
-    def export(
-        self,
-        filepath,
-        format: str = "tf_saved_model",
-        verbose: Any = None,
-        input_signature: Any = None,
-        preprocessing: Any = None,
-        **kwargs,
-    ) -> None:
+    def export(self, filepath, format: str = "tf_saved_model", verbose: Any = None,
+               input_signature: Any = None, preprocessing: Any = None, **kwargs) -> None:  # fmt: skip
         """`keras.Model.export` of the **embeddings**: the backbone alone, not the head's
         logits, on every backend that can export `format` (also after `load_model`; see
         `clusterloss.models.export`). Formats and arguments as Keras's (`"tf_saved_model"`,

@@ -235,33 +235,19 @@ def _describe(serving: keras.Model, prep: Preprocessing, format: str, metric: st
     image = len(shape) == 4
     channels = shape[-1] if image else None
     return {
-        "format": format,
-        "file": ARTIFACT[format] or ".",
-        "input_name": serving.input.name,
-        "input_shape": shape,
-        "dtype": prep.dtype,
-        "scale": prep.scale,
-        "image_size": shape[1:3] if image else None,
-        "channels": channels,
+        "format": format, "file": ARTIFACT[format] or ".", "input_name": serving.input.name,
+        "input_shape": shape, "dtype": prep.dtype, "scale": prep.scale,
+        "image_size": shape[1:3] if image else None, "channels": channels,
         "color": {1: "L", 3: "RGB"}.get(channels) if image else None,
         "resize": "bilinear" if image else None,
-        "embedding_dim": int(serving.output.shape[-1]),
-        "metric": metric,
-        "keras": keras.__version__,
-        "backend": keras.backend.backend(),
-    }
+        "embedding_dim": int(serving.output.shape[-1]), "metric": metric,
+        "keras": keras.__version__, "backend": keras.backend.backend(),
+    }  # fmt: skip
 
 
-def export_embeddings(
-    model: keras.Layer,
-    path: str | os.PathLike,
-    format: str = "saved_model",
-    preprocessing: Preprocessing | float | None = None,
-    *,
-    metric: str = "cosine",
-    overwrite: bool = False,
-    check: bool = True,
-) -> Path:
+def export_embeddings(model: keras.Layer, path: str | os.PathLike, format: str = "saved_model",
+                      preprocessing: Preprocessing | float | None = None, *, metric: str = "cosine",
+                      overwrite: bool = False, check: bool = True) -> Path:  # fmt: skip
     """Write the embedding model of `model` (a `ClusterModel` or a backbone) with its input
     preprocessing inside (`serving_model`) to the folder `path`, with Keras's `Model.export`.
 

@@ -113,17 +113,9 @@ def run_build(args: argparse.Namespace) -> int:
     from clusterloss.app.gallery import CURRENT, build_gallery
 
     with locked_run(args.run_dir) as (run_dir, model, data, _):
-        gallery, lines = build_gallery(
-            run_dir,
-            model,
-            data,
-            args.data,
-            metric=args.metric,
-            kind=args.approximate or "flat",
-            calibrate=args.calibrate,
-            verbose=args.verbose,
-            **target(args),
-        )
+        gallery, lines = build_gallery(run_dir, model, data, args.data, metric=args.metric,
+                                       kind=args.approximate or "flat", calibrate=args.calibrate,
+                                       verbose=args.verbose, **target(args))  # fmt: skip
     print(f"wrote {run_dir / CURRENT.parent}: {_size(gallery)}\n{lines}")
     gallery.close()
     return 0

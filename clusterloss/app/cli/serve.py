@@ -102,16 +102,9 @@ def run(args: argparse.Namespace) -> int:
         raise RunError(f"cannot listen on {args.host}:{args.port} ({error})") from None
     from clusterloss.app.serve import SERVICE_ENV, gallery_summary, open_service
 
-    options = {
-        "run_dir": os.fspath(args.run_dir),
-        "token": token,
-        "max_batch": args.max_batch,
-        "max_queue": args.max_queue,
-        "max_bytes": args.max_bytes,
-        "show_paths": local,
-        "kind": args.approximate,
-        "ef_search": args.ef_search,
-    }
+    options = {"run_dir": os.fspath(args.run_dir), "token": token, "max_batch": args.max_batch,
+               "max_queue": args.max_queue, "max_bytes": args.max_bytes, "show_paths": local,
+               "kind": args.approximate, "ef_search": args.ef_search}  # fmt: skip
     with listener:
         host, port = listener.getsockname()[:2]
         shown = f"[{host}]" if family == socket.AF_INET6 else host

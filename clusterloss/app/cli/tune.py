@@ -23,14 +23,8 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
         "settings and their `clusterloss train` command), trials.png, params.png, tune.html; "
         "`clusterloss compare --tuned DIR` then tests each loss at its best settings.",
     )
-    parser.add_argument(
-        "--loss",
-        nargs="+",
-        required=True,
-        choices=sorted(RECIPES),
-        metavar="LOSS",
-        help="one or several losses to tune",
-    )
+    parser.add_argument("--loss", nargs="+", required=True, choices=sorted(RECIPES), metavar="LOSS",
+                        help="one or several losses to tune")  # fmt: skip
     parser.add_argument(
         "--trials", type=positive_int, default=20, help="finished (complete or pruned) trials per loss (default 20)"
     )
@@ -77,16 +71,8 @@ def run(args: argparse.Namespace) -> int:
         fail(args, f"--space: {error}")
     base = config_from_args(args, args.loss[0], args.seed, "")
     try:
-        result = tune(
-            base,
-            args.loss,
-            args.out,
-            trials=args.trials,
-            timeout=args.timeout,
-            metric=args.metric,
-            folds=args.folds,
-            space=space,
-        )
+        result = tune(base, args.loss, args.out, trials=args.trials, timeout=args.timeout,
+                      metric=args.metric, folds=args.folds, space=space)  # fmt: skip
     except ValueError as error:
         fail(args, str(error))
     for loss, entry in result["losses"].items():

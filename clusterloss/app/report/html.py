@@ -17,83 +17,38 @@ from clusterloss.app.summaries import run_title, shown
 
 # (title, note, keys) of the metric tables; keys ending in "*" match by prefix.
 GROUPS = (
-    (
-        "Classification (known classes, test set)",
-        "Softmax-head accuracy (if the model has a head), 1-NN accuracy (Euclidean) against the "
-        "training embeddings, and the intra/inter-class distance ratio (smaller is tighter).",
-        ("test_accuracy", "knn_accuracy", "intra_inter_ratio"),
-    ),
-    (
-        "Retrieval (test queries, training images as gallery)",
-        "Cosine similarity. R-precision and MAP@R use each query's R same-class gallery images; "
-        "NMI/AMI compare a k-means clustering of the test embeddings with the labels.",
-        (
-            "precision_at_1",
-            "r_precision",
-            "map_at_r",
-            "mean_average_precision",
-            "mean_reciprocal_rank",
-            "recall_at_*",
-            "nmi",
-            "ami",
-        ),
-    ),
-    (
-        "Retrieval among classes never seen in training",
-        "Each unseen-class image queries all the other unseen-class images (leave-one-out): "
-        "the class-disjoint numbers.",
-        ("unseen_*",),
-    ),
-    (
-        "Verification (pairs: same class or not?)",
-        "Every pair of images of the set named by verification_set (unseen classes where the "
-        "data set has them); known_* is the same on the test set of the known classes. "
-        "TAR at a FAR needs at least 1/FAR impostor pairs (else n/a).",
-        (
-            "verification_set",
-            "roc_auc",
-            "eer",
-            "eer_threshold",
-            "tar_at_far_*",
-            "threshold_at_far_*",
-            "num_genuine_pairs",
-            "num_impostor_pairs",
-            "known_*",
-        ),
-    ),
-    (
-        "Open set (known test queries vs unseen-class queries)",
-        "Score: cosine similarity of a query to its nearest training image. AUROC of rejecting "
-        "the unseen queries; the rates use the threshold that accepts 95% of the known queries.",
-        ("open_set_*", "closed_set_accuracy", "num_known"),
-    ),
-    (
-        "Validation during training",
-        "Retrieval among the validation images (leave-one-out), logged by RetrievalEvaluation; "
-        "the model kept is the one of best_epoch.",
-        ("best_epoch", "best_val_*", "stopped_epoch", "num_val"),
-    ),
-    (
-        "Run",
-        "",
-        (
-            "dataset",
-            "loss",
-            "embedding_dim",
-            "epochs",
-            "seed",
-            "metric",
-            "backend",
-            "num_classes",
-            "num_train",
-            "num_test",
-            "num_unknown",
-            "num_unknown_classes",
-            "train_seconds",
-            "evaluate_seconds",
-        ),
-    ),
-)
+    ("Classification (known classes, test set)",
+     "Softmax-head accuracy (if the model has a head), 1-NN accuracy (Euclidean) against the "
+     "training embeddings, and the intra/inter-class distance ratio (smaller is tighter).",
+     ("test_accuracy", "knn_accuracy", "intra_inter_ratio")),
+    ("Retrieval (test queries, training images as gallery)",
+     "Cosine similarity. R-precision and MAP@R use each query's R same-class gallery images; "
+     "NMI/AMI compare a k-means clustering of the test embeddings with the labels.",
+     ("precision_at_1", "r_precision", "map_at_r", "mean_average_precision",
+      "mean_reciprocal_rank", "recall_at_*", "nmi", "ami")),
+    ("Retrieval among classes never seen in training",
+     "Each unseen-class image queries all the other unseen-class images (leave-one-out): "
+     "the class-disjoint numbers.",
+     ("unseen_*",)),
+    ("Verification (pairs: same class or not?)",
+     "Every pair of images of the set named by verification_set (unseen classes where the "
+     "data set has them); known_* is the same on the test set of the known classes. "
+     "TAR at a FAR needs at least 1/FAR impostor pairs (else n/a).",
+     ("verification_set", "roc_auc", "eer", "eer_threshold", "tar_at_far_*",
+      "threshold_at_far_*", "num_genuine_pairs", "num_impostor_pairs", "known_*")),
+    ("Open set (known test queries vs unseen-class queries)",
+     "Score: cosine similarity of a query to its nearest training image. AUROC of rejecting "
+     "the unseen queries; the rates use the threshold that accepts 95% of the known queries.",
+     ("open_set_*", "closed_set_accuracy", "num_known")),
+    ("Validation during training",
+     "Retrieval among the validation images (leave-one-out), logged by RetrievalEvaluation; "
+     "the model kept is the one of best_epoch.",
+     ("best_epoch", "best_val_*", "stopped_epoch", "num_val")),
+    ("Run",
+     "",
+     ("dataset", "loss", "embedding_dim", "epochs", "seed", "metric", "backend", "num_classes", "num_train", "num_test", "num_unknown",
+      "num_unknown_classes", "train_seconds", "evaluate_seconds")),
+)  # fmt: skip
 
 # (file, caption) of the figures, in page order; features and ROC side by side.
 FIGURES = (

@@ -202,15 +202,8 @@ def plot_neighbors(
     ax.imshow(canvas, interpolation="nearest")
     ax.set_axis_off()
     for x, y, label, is_query in texts:
-        ax.text(
-            x,
-            y,
-            label,
-            ha="center",
-            va="bottom" if is_query is None else "top",
-            fontsize=7,
-            fontweight="bold" if is_query else "normal",
-        )
+        ax.text(x, y, label, ha="center", va="bottom" if is_query is None else "top",
+                fontsize=7, fontweight="bold" if is_query else "normal")  # fmt: skip
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 0.1 / (height * px / 110 + title_h))
     save_figure(fig, path)

@@ -16,17 +16,9 @@ UPLOADS = Path(INDEX) / "uploads"  # images enrolled over HTTP, kept for their t
 SERVICE_ENV = "CLUSTERLOSS_SERVICE"  # open_service's options (JSON) for each worker process
 
 
-def open_service(
-    run_dir: str | Path,
-    *,
-    token: str | None = None,
-    max_batch: int = 32,
-    max_queue: int = 256,
-    max_bytes: int = 10 * 2**20,
-    show_paths: bool = True,
-    kind: str | None = None,
-    ef_search: int | None = None,
-):
+def open_service(run_dir: str | Path, *, token: str | None = None, max_batch: int = 32, max_queue: int = 256,
+                 max_bytes: int = 10 * 2**20, show_paths: bool = True, kind: str | None = None,
+                 ef_search: int | None = None):  # fmt: skip
     """`(app, summary)`: the service of RUN_DIR's gallery and model, and a line about it;
     `kind` / `ef_search`: search the gallery with another index (e.g. "hnsw", built once and
     kept beside the database)."""

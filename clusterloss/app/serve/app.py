@@ -226,18 +226,11 @@ def create_app(gallery: Any, batcher: Batcher, input_shape: tuple[int, ...], set
             found.pop("path", None)
         counts = dict(batcher.counts)
         service = {
-            "input_shape": list(input_shape),
-            "max_batch": batcher.max_batch,
-            "max_queue": batcher.max_queue,
-            "max_bytes": settings.max_bytes,
-            "max_k": MAX_K,
-            "token_required": settings.token is not None,
-            "waiting": batcher.waiting,
-            "current": settings.is_current(),
-            "pid": os.getpid(),
-            **counts,
+            "input_shape": list(input_shape), "max_batch": batcher.max_batch, "max_queue": batcher.max_queue,
+            "max_bytes": settings.max_bytes, "max_k": MAX_K, "token_required": settings.token is not None,
+            "waiting": batcher.waiting, "current": settings.is_current(), "pid": os.getpid(), **counts,
             "mean_batch": counts["images"] / counts["batches"] if counts["batches"] else None,
-        }
+        }  # fmt: skip
         return JSONResponse({"gallery": found, "service": service})
 
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
