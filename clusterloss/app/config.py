@@ -69,7 +69,7 @@ def fraction(text: str) -> float:
 def rate(text: str) -> float:
     """A rate in (0, 1] (a FAR or TAR target)."""
     value = _number(text, float, float("-inf"))
-    if not 0.0 < value <= 1.0:  # also NaN
+    if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1]; got {text}")
     return value
 
