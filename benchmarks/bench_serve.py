@@ -50,9 +50,9 @@ from synthetic import make_image_folder  # noqa: E402
 from clusterloss.app.cli.main import main as cli  # noqa: E402
 from clusterloss.app.gallery import CURRENT, input_format, model_hash, open_run_gallery  # noqa: E402
 from clusterloss.app.results import run_model  # noqa: E402
-from clusterloss.app.serve.embedder import Embedder  # noqa: E402
 from clusterloss.data.images import decode_image  # noqa: E402
 from clusterloss.gallery import Gallery  # noqa: E402
+from clusterloss.models.embedder import Embedder  # noqa: E402
 
 BOUNDARY = "bench-boundary"
 
@@ -271,22 +271,8 @@ def part_latency(root: Path, args) -> list[str]:
             for clients in args.clients:
                 found = load(server.port, images, clients, max(args.requests, 20 * clients), raw=raw)
                 how = "POST /search, image/png body" if raw else "POST /search, multipart upload"
-                rows.append(
-                    f"| {how} | {clients} | {found['requests']} | {found['rps']:,.0f} | {found['p50']:.2f} | "
-                    f"{found['p99']:.2f} | {found['rps'] / base['batched_rps']:.2f}x | {found['failures']} |"
-                )
-                print(rows[-1], flush=True)
-        for clients in args.clients:
-            found = load_wrk(server.port, images[0], clients, args.wrk_seconds, root)
-            if found is None:
-                print("wrk is not installed (apt-get install wrk): no wrk rows", flush=True)
-                break
-            rows.append(
-                f"| POST /search, image/png body, wrk | {clients} | {found['requests']} | {found['rps']:,.0f} | "
-                f"{found['p50']:.2f} | {found['p99']:.2f} | {found['rps'] / base['batched_rps']:.2f}x | "
-                f"{found['failures']} |"
-            )
-            print(rows[-1], flush=True)
+                rows.append(row(how, clients, found, base))
+        rows += wrk_rows(server.port, "POST /search, image/png body, wrk", images[0], base, args, root)
         for workers in args.workers:
             rows += served_by_workers(run, images, workers, base, args, root)
         stats = server.get("/stats")[1]["service"]
@@ -300,30 +286,43 @@ def part_latency(root: Path, args) -> list[str]:
     return rows
 
 
+def row(how: str, clients: int, found: dict[str, float], base: dict[str, float]) -> str:
+    """One table row (printed too): requests/s, latency and the ratio to the in-process rate."""
+    line = (
+        f"| {how} | {clients} | {found['requests']} | {found['rps']:,.0f} | {found['p50']:.2f} | "
+        f"{found['p99']:.2f} | {found['rps'] / base['batched_rps']:.2f}x | {found['failures']} |"
+    )
+    print(line, flush=True)
+    return line
+
+
+def wrk_rows(port: int, how: str, image: bytes, base: dict[str, float], args, root: Path) -> list[str]:
+    """A wrk load at each client count (no rows without wrk)."""
+    rows = []
+    for clients in args.clients:
+        found = load_wrk(port, image, clients, args.wrk_seconds, root)
+        if found is None:
+            print("wrk is not installed (apt-get install wrk): no wrk rows", flush=True)
+            break
+        rows.append(row(how, clients, found, base))
+    return rows
+
+
 def served_by_workers(
     run: Path, images: list[bytes], workers: int, base: dict[str, float], args, root: Path
 ) -> list[str]:
     """The wrk rows against `serve --workers N` (once every worker answers)."""
-    rows = []
     server = Server(run, "--workers", str(workers))
     try:
         pids, deadline = set(), time.monotonic() + 300
         while len(pids) < workers and time.monotonic() < deadline:
             pids.add(server.get("/stats")[1]["service"]["pid"])
         load(server.port, images, 4, 100)
-        for clients in args.clients:
-            found = load_wrk(server.port, images[0], clients, args.wrk_seconds, root)
-            if found is None:
-                break
-            rows.append(
-                f"| POST /search, image/png body, wrk, --workers {workers} | {clients} | {found['requests']} | "
-                f"{found['rps']:,.0f} | {found['p50']:.2f} | {found['p99']:.2f} | "
-                f"{found['rps'] / base['batched_rps']:.2f}x | {found['failures']} |"
-            )
-            print(rows[-1], flush=True)
+        return wrk_rows(
+            server.port, f"POST /search, image/png body, wrk, --workers {workers}", images[0], base, args, root
+        )
     finally:
         server.stop()
-    return rows
 
 
 PROBE = r"""

@@ -13,19 +13,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=(keras==3.15.1 namex==0.1.0 optree==0.20.0 pytorch-metric-learning==2.9.0)
 
-if [ "${1:-}" = "--fetch-wheels" ]; then
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
-  ls -la .whl
-  exit
-fi
-
-if ! python3 -c "import keras" 2>/dev/null; then
-  [ -d .whl ] || { echo "no Keras here and no .whl folder: run bash benchmarks/gpu.sh --fetch-wheels first" >&2; exit 2; }
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 2
-  export PYTHONPATH=/tmp/site
-fi
+IMPORTS="import keras"
+SCRIPT="benchmarks/gpu.sh"
+source benchmarks/_wheels.sh
 OUT_DIR="${OUT:-gpu-results}"
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1

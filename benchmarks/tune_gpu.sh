@@ -26,19 +26,9 @@ cd "$(dirname "$0")/.."
 WHEELS=(keras==3.15.1 namex==0.1.0 optree==0.20.0 optuna==5.1.0 sqlalchemy==2.1.9 alembic==1.20.1
         mako==1.4.3 colorlog==6.12.0)
 
-if [ "${1:-}" = "--fetch-wheels" ]; then
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
-  ls -la .whl
-  exit
-fi
-
-if ! python3 -c "import keras, optuna" 2>/dev/null; then
-  [ -d .whl ] || { echo "no Keras/Optuna here and no .whl folder: run bash benchmarks/tune_gpu.sh --fetch-wheels first" >&2; exit 2; }
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 2
-  export PYTHONPATH=/tmp/site
-fi
+IMPORTS="import keras, optuna"
+SCRIPT="benchmarks/tune_gpu.sh"
+source benchmarks/_wheels.sh
 DATA="$(cd "${DATA:-../shared/data}" && pwd)" || exit 2
 KERAS_HOME="$(mktemp -d)"  # writable (Keras writes keras.json there); the data read-only, linked
 ln -s "$DATA/keras/datasets" "$KERAS_HOME/datasets"
