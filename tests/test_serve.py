@@ -30,7 +30,7 @@ pytest.importorskip("starlette", reason="the serve extra is not installed: pip i
 uvicorn = pytest.importorskip("uvicorn")
 
 from clusterloss.app.serve.batcher import Batcher, Busy  # noqa: E402
-from clusterloss.app.serve.embedder import Embedder  # noqa: E402
+from clusterloss.models.embedder import Embedder  # noqa: E402
 
 TOKEN = "test-token"
 MAX_BYTES = 256 * 1024

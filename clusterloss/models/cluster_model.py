@@ -20,6 +20,7 @@ from clusterloss.layers.class_head import ClassHead, SoftmaxHead
 from clusterloss.layers.labels import check_num_classes, guard_labels, nan_unless
 from clusterloss.losses.base import reduce_per_sample
 from clusterloss.models import inputs
+from clusterloss.models.embedder import Embedder
 from clusterloss.optimizers import RowSparse
 
 QUICK_ROWS = 32  # `embed` of at most this many array rows: a compiled call, not predict
@@ -330,14 +331,8 @@ class ClusterModel(keras.Model):
 
     def _quick_embed(self, x: np.ndarray) -> np.ndarray:
         if getattr(self, "_quick_call", None) is None:
-            self._quick_call = _native.inference_call(self.backbone, live=True)
-        if np.issubdtype(x.dtype, np.floating):
-            x = x.astype(keras.backend.floatx(), copy=False)
-        rows = len(x)
-        padded = 1 << (rows - 1).bit_length()  # JAX compiles once per shape: powers of two
-        if padded > rows:
-            x = np.concatenate([x, np.zeros((padded - rows, *x.shape[1:]), x.dtype)])
-        return np.asarray(self._quick_call(x))[:rows]
+            self._quick_call = Embedder(self.backbone, QUICK_ROWS, live=True)
+        return self._quick_call(x)
 
     def export(self, filepath, format: str = "tf_saved_model", verbose: Any = None,
                input_signature: Any = None, preprocessing: Any = None, **kwargs) -> None:  # fmt: skip

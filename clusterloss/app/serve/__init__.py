@@ -26,7 +26,7 @@ def open_service(run_dir: str | Path, *, token: str | None = None, max_batch: in
     from clusterloss.app.results import run_model
     from clusterloss.app.serve.app import Settings, create_app
     from clusterloss.app.serve.batcher import Batcher
-    from clusterloss.app.serve.embedder import Embedder
+    from clusterloss.models.embedder import Embedder
 
     run_dir = Path(run_dir)
     model = run_model(run_dir)
