@@ -91,6 +91,44 @@ def test_image_files_are_read_in_parallel_in_row_order(tmp_path):
         files[np.arange(24)]
 
 
+def test_jpeg_decoders_give_the_same_pixels(tmp_path, monkeypatch):
+    """JPEGs are decoded by simplejpeg where it is installed, else by Pillow: the same pixels
+    (within one 8-bit level; equal with today's libjpeg-turbo builds) at the file's size and
+    at 1/2, 1/4 and 1/8 scale, colour (4:2:0, 4:4:4 progressive) and grayscale, for files
+    and for the search service's bytes; CMYK JPEGs and PNGs are Pillow's either way."""
+    pytest.importorskip("simplejpeg")
+    import clusterloss.data.images as images
+
+    rng = np.random.default_rng(0)
+    noise = np.kron(rng.integers(0, 256, (18, 24, 3), np.uint8), np.ones((4, 4, 1), np.uint8))  # 72x96
+    files = {}
+    for name, image, options in (
+        ("420.jpg", Image.fromarray(noise), {"quality": 90}),
+        ("444.jpg", Image.fromarray(noise), {"quality": 90, "subsampling": 0, "progressive": True}),
+        ("gray.jpg", Image.fromarray(noise[..., 1]), {"quality": 90}),
+        ("cmyk.jpg", Image.fromarray(noise).convert("CMYK"), {"quality": 90}),
+        ("rgb.png", Image.fromarray(noise), {}),
+    ):
+        image.save(tmp_path / name, **options)
+        files[name] = str(tmp_path / name)
+    cases = [(name, size, channels) for name in files for size in ((72, 96), (30, 40), (17, 20), (9, 12))
+             for channels in (1, 3)]  # fmt: skip
+    fast = {case: images.read_image(files[case[0]], case[1], case[2]) for case in cases}
+    modes = [images.check_image(path) for path in files.values()]  # the start-up check
+    for name, size, channels in cases:
+        data = Path(files[name]).read_bytes()
+        used = images._jpeg_pixels(data, size, channels, None) is not None
+        assert used == (name in ("420.jpg", "444.jpg") and channels == 3 or name == "gray.jpg"), name
+        assert np.array_equal(images.decode_image(data, size, channels), fast[name, size, channels])
+    monkeypatch.setattr(images, "simplejpeg", None)
+    assert [images.check_image(path) for path in files.values()] == modes == ["RGB", "RGB", "L", "CMYK", "RGB"]
+    for (name, size, channels), pixels in fast.items():
+        pillow = images.read_image(files[name], size, channels)
+        assert pixels.shape == pillow.shape == (*size, channels) and pixels.dtype == np.float32
+        tolerance = 1.001 / 255 if name.endswith(".jpg") else 0
+        assert np.abs(pixels - pillow).max() <= tolerance, (name, size, channels)
+
+
 def test_batches_read_ahead_are_those_of_their_epoch(folder):
     """With files read ahead (across the end of an epoch too), batch i of epoch e holds the
     rows of permutation (seed, e), whatever was read before it, in whatever order; an
