@@ -8,7 +8,9 @@ round after round, with
 - `tf.data`: `keras.utils.image_dataset_from_directory(folder, image_size=(size, size),
   batch_size=B, shuffle=True).prefetch(AUTOTUNE)` (float32 batches, values 0-255);
 - `clusterloss`: `Batches(ImageFiles(paths, (size, size)), labels, B, shuffle=True)` (float32
-  batches, values 0-1): the same output size and dtype, the same files and batch size.
+  batches, values 0-1): the same output size and dtype, the same files and batch size;
+  JPEGs decoded by simplejpeg, or by Pillow alone with `--pillow` (an install without
+  simplejpeg).
 
 The two run interleaved in one process (their order alternating from round to round), so
 other processes on the machine slow both alike; the table gives each one's median
@@ -16,10 +18,14 @@ images/s over `--rounds` and the ratio, and the CPU time each spends per image (
 process's, all its threads: less sensitive to the machine's load than images/s). Each
 clusterloss round is a new `Batches` whose read-ahead into the next epoch (unused here)
 is finished and counted inside the round. `--scan` also times the start-up check of the
-folder (`scan_image_folder(check=True)`: every image read once) per 10,000 images.
+folder (`scan_image_folder(check=True)`: every image read once) per 10,000 images;
+`--steps` the CPU time of each step of reading one file, on one thread, over the first
+600 files (best of 5 passes).
 
     python benchmarks/bench_loader.py --images 3000 --size 224 --batch-size 64 --rounds 4
     python benchmarks/bench_loader.py --images 3000 --size 224 --file-size 448 --rounds 4
+    python benchmarks/bench_loader.py --images 3000 --size 224 --rounds 4 --pillow
+    python benchmarks/bench_loader.py --images 600 --size 224 --rounds 1 --steps
 """
 
 from __future__ import annotations
@@ -67,6 +73,44 @@ def write_folder(root: Path, n: int, size: int, classes: int = 10) -> None:
         Image.fromarray(rgb).save(folder / f"{i:06d}.jpg", quality=90)
 
 
+def cpu_ms(read, count: int, passes: int = 5) -> float:
+    """CPU ms per call of `read(i)` for i in range(count), best of `passes`."""
+    best = float("inf")
+    for _ in range(passes):
+        began = time.process_time()
+        for i in range(count):
+            read(i)
+        best = min(best, (time.process_time() - began) / count * 1e3)
+    return best
+
+
+def steps(paths: list[str], size: tuple[int, int], decoder) -> None:
+    """Print the CPU ms per image of each step of `read_image`, on one thread: the file
+    read, simplejpeg's header and decode (`decoder`, the module), the float32 conversion,
+    the whole, and the whole with Pillow alone."""
+    import numpy as np
+
+    from clusterloss.data import images
+
+    paths = paths[:600]
+    out = np.empty((*size, 3), np.float32)
+    images.simplejpeg = decoder
+    data = [images._read(p) for p in paths]
+    decoded = [images._jpeg_pixels(d, size, 3, None) for d in data]
+    assert all(d is not None and d.shape[:2] == size for d in decoded), "decoded at another size"
+    rows = {
+        "file read": cpu_ms(lambda i: images._read(paths[i]), len(paths)),
+        "header + decode (simplejpeg)": cpu_ms(lambda i: images._jpeg_pixels(data[i], size, 3, None), len(paths)),
+        "float32 conversion": cpu_ms(lambda i: images._to_float(decoded[i], 255.0, size, 3, out), len(paths)),
+        "read_image (all of it)": cpu_ms(lambda i: images.read_image(paths[i], size, 3, out), len(paths)),
+    }
+    images.simplejpeg = None
+    rows["read_image, Pillow alone"] = cpu_ms(lambda i: images.read_image(paths[i], size, 3, out), len(paths))
+    images.simplejpeg = decoder
+    for name, ms in rows.items():
+        print(f"  {name:30s} {ms:.3f} CPU ms per image (one thread)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=3000)
@@ -75,14 +119,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--scan", action="store_true", help="also time the start-up check")
+    parser.add_argument("--pillow", action="store_true", help="decode with Pillow alone (no simplejpeg)")
+    parser.add_argument("--steps", action="store_true", help="also time each step of reading a file")
     args = parser.parse_args()
 
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from clusterloss.data import Batches, ImageFiles
+    from clusterloss.data import Batches, ImageFiles, images
     from clusterloss.data.folder import scan_image_folder
+
+    decoder = images.simplejpeg
+    if args.pillow:
+        images.simplejpeg = None
 
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary) / "images"
@@ -119,7 +169,8 @@ def main() -> None:
         side = args.file_size or args.size
         print(
             f"{args.images} JPEGs of {side}x{side} read at {args.size}x{args.size}, batches of "
-            f"{args.batch_size}, {os.cpu_count()} cores, median of {args.rounds} interleaved rounds"
+            f"{args.batch_size}, {os.cpu_count()} cores, median of {args.rounds} interleaved rounds, "
+            f"JPEGs decoded by {'simplejpeg' if images.simplejpeg else 'Pillow'}"
         )
         for name, values in rates.items():
             print(
@@ -128,10 +179,16 @@ def main() -> None:
             )
         print(f"  ratio clusterloss / tf.data: {median['clusterloss'] / median['tf.data']:.2f}x")
         if args.scan:
-            began = time.perf_counter()
+            began, cpu_began = time.perf_counter(), time.process_time()
             scan_image_folder(folder, check=True)
             seconds = (time.perf_counter() - began) * 10_000 / args.images
-            print(f"  start-up check (every image read once): {seconds:.1f} s per 10,000 images")
+            cpu_seconds = (time.process_time() - cpu_began) * 10_000 / args.images
+            print(
+                f"  start-up check (every image read once): {seconds:.1f} s per 10,000 images "
+                f"({cpu_seconds:.1f} s of CPU)"
+            )
+        if args.steps:
+            steps(paths, size, decoder)
 
 
 if __name__ == "__main__":
