@@ -115,7 +115,7 @@ def _jpeg_pixels(data: bytes, size: tuple[int, int], channels: int, max_pixels: 
             min_width=-(-width // scale),
             strict=True,
         )
-    except ValueError:
+    except (ValueError, KeyError):  # KeyError: a colour space or subsampling it has no name for
         return None
 
 
