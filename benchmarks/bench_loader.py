@@ -97,7 +97,7 @@ def steps(paths: list[str], size: tuple[int, int], decoder) -> None:
     images.simplejpeg = decoder
     data = [images._read(p) for p in paths]
     decoded = [images._jpeg_pixels(d, size, 3, None) for d in data]
-    assert all(d is not None and d.shape[:2] == size for d in decoded), "decoded at another size"
+    assert all(d is not None and d.shape[:2] == size for d in decoded), "--steps needs simplejpeg, files of --size"
     rows = {
         "file read": cpu_ms(lambda i: images._read(paths[i]), len(paths)),
         "header + decode (simplejpeg)": cpu_ms(lambda i: images._jpeg_pixels(data[i], size, 3, None), len(paths)),
