@@ -358,9 +358,10 @@ class TrainConfig:
 @dataclass(frozen=True)
 class ResolvedConfig(TrainConfig):
     """A `TrainConfig` checked and complete: every option of the loss's recipe (defaults
-    filled), the learning rate and weight decay set, own data as `recorded_data`. Made by `resolve_config` (or `dataclasses.replace` of
-    one, which resolves the new values); what `train`, the checkpoint, `metrics.json`'s
-    `"config"` and the report take; never resolved again.
+    filled), the learning rate and weight decay set, own data as `recorded_data`. Made by
+    `resolve_config` (or `dataclasses.replace` of one, which resolves the new values); what
+    `train`, the checkpoint, `metrics.json`'s `"config"` and the report take; never resolved
+    again.
 
     Derive other settings from the `TrainConfig`, not from this: its filled values (the
     learning rate of the data set, the weight decay of the optimizer) stay in a copy."""

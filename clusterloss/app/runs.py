@@ -26,21 +26,18 @@ from clusterloss.app.checkpoint import TrainingCheckpoint
 from clusterloss.app.config import CLI_FIELDS, PRESENTATION, ResolvedConfig, TrainConfig, resolve_config
 from clusterloss.app.devices import Devices, plan
 from clusterloss.app.errors import RunError
-from clusterloss.app.evaluate import evaluate_run
+from clusterloss.app.evaluate import evaluate_run, write_embedding_files
 from clusterloss.app.projector import export_projector
 from clusterloss.app.recipes import Recipe, build_model
-from clusterloss.app.report.plots import history_marks, plot_features, plot_history
 from clusterloss.app.results import (
     check_data,
     check_split,
     read_metrics,
     record_data,
-    save_embeddings,
     summarize,
     write_metrics,
 )
 from clusterloss.app.rundir import CHECKPOINT, LOGS, RunDir, atomic_path
-from clusterloss.app.summaries import run_title
 from clusterloss.app.tensorboard import EpochScalars
 from clusterloss.app.training import (
     LearningRateLog,
@@ -428,11 +425,8 @@ def _write_run(config: ResolvedConfig, run_dir: RunDir, model: ClusterModel, dat
     if state["best_epoch"] is not None:
         metrics["best_epoch"] = state["best_epoch"]
         metrics["best_" + MONITOR] = state["best"]
-    title = run_title(metrics)
-    plot_features(emb["test"], data.y_test, out / "features.png", emb["centers"], data.class_names, title)
-    plot_history(state["history"], out / "history.png", title, **history_marks(metrics))
-    save_embeddings(out, emb)
-    write_metrics(out, metrics)
+    write_embedding_files(out, data, emb, metrics)
+    write_metrics(out, metrics)  # before the evaluation: a run killed during it is finished by `evaluate`
     if config.tensorboard:
         export_projector(out / LOGS / "projector", emb["test"], data.y_test, data.all_class_names,
                          images=data.x_test, paths=getattr(data.x_test, "paths", None),
