@@ -128,3 +128,14 @@ def test_the_evaluation_pieces_make_evaluate_runs_metrics(counted, tmp_path):
     # the keys of an earlier evaluation that no longer apply go; the rest stay
     again = merge_metrics(pieces, {**merged, "unseen_map_at_r": 0.5}, {"map_at_r": 0.25}, report=False)
     assert again["map_at_r"] == 0.25 and "unseen_map_at_r" not in again and again["loss"] == "softmax"
+
+
+def test_a_refused_setting_leaves_the_run_it_would_overwrite(tmp_path, capsys):
+    """The loss's ranges are checked by building its parts, in `train`: before `--overwrite`
+    deletes anything."""
+    (tmp_path / "metrics.json").write_text("{}\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--loss", "arcface", "--margin", "3", "--overwrite", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "--loss arcface: `margin` is in radians" in err
+    assert (tmp_path / "metrics.json").read_text() == "{}\n"

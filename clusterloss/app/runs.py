@@ -253,9 +253,8 @@ def train(
     elif not overwrite and _unevaluated(run_dir):
         raise RunError(_UNEVALUATED.format(run_dir.path) + "; or pass --overwrite to replace it")
     with run_dir.lock():
-        run_dir.prepare(overwrite=overwrite, resume=resume)
         with precision(config.mixed_precision):
-            return _train(config, run_dir, resume, list(callbacks))
+            return _train(config, run_dir, overwrite, resume, list(callbacks))
 
 
 def _check_controls(config: ResolvedConfig, data: Dataset) -> None:
@@ -339,7 +338,7 @@ class _Divergence(keras.callbacks.Callback):
             )
 
 
-def _train(config: ResolvedConfig, run_dir: RunDir, resume: bool, callbacks: list) -> dict[str, Any]:
+def _train(config: ResolvedConfig, run_dir: RunDir, overwrite: bool, resume: bool, callbacks: list) -> dict[str, Any]:
     state = TrainingCheckpoint.read(run_dir / CHECKPOINT) if resume else None
     keras.utils.set_random_seed(config.seed)
     sample_rate = config.options.get("sample_rate", 1.0)
@@ -351,6 +350,7 @@ def _train(config: ResolvedConfig, run_dir: RunDir, resume: bool, callbacks: lis
     )
     unfrozen = config.epochs - config.freeze_backbone_epochs  # the BatchNormalization settles in them
     settle_batch_norm(_trunk(model), len(_training_data(config, data, recipe, 0)) * unfrozen)
+    run_dir.prepare(overwrite=overwrite, resume=resume)  # after the checks: a refused run leaves the old one
     if resume:
         check_split(run_dir.path, config, data)
     else:
