@@ -106,7 +106,7 @@ def test_the_evaluation_pieces_make_evaluate_runs_metrics(counted, tmp_path):
                  "150", "--epochs", "1", "--embedding-dim", "4", "--verbose", "0", "--no-evaluate",
                  "--out", str(out)]) == 0  # fmt: skip
     assert counted == {"resolve": 1, "make": 1}
-    model, data, trained = load_run(out)
+    _, data, trained = load_run(out)
     embeddings = load_embeddings(out)
     found, curves = compute_metrics(data, embeddings, seed=trained["seed"])
     evaluated = evaluate_run(out, report=False)  # recomputes the embeddings from the model
