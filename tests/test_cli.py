@@ -136,7 +136,7 @@ def test_library_rejects_unknown_names():
     ):
         load_dataset("mnist")
     with pytest.raises(ValueError, match=r"`loss` must be one of \[.*'softmax'.*\]; got 'hinge'"):
-        build_model("hinge", None, 10)
+        build_model("hinge", None, 10, {})
     with pytest.raises(ValueError, match=r"`known_classes` must be at least 2 distinct ids in \[0, 10\)"):
         load_dataset("digits", known_classes=[0, 12])
     with pytest.raises(ValueError, match=r"`test_split` applies to a folder or an .npz file"):

@@ -7,19 +7,18 @@ Each (setting, seed) is one ordinary `train()` run; the table aggregates their m
 
 from __future__ import annotations
 
-import copy
 import csv
+import dataclasses
 import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clusterloss.app.config import TrainConfig
+from clusterloss.app.config import ResolvedConfig, TrainConfig, recorded_data, resolve_config
 from clusterloss.app.errors import RunError
 from clusterloss.app.evaluate import evaluate_run
 from clusterloss.app.recipes import get_recipe
@@ -28,7 +27,6 @@ from clusterloss.app.results import load_embeddings
 from clusterloss.app.rundir import write_text
 from clusterloss.app.runs import train
 from clusterloss.app.summaries import shown
-from clusterloss.data import DATASETS
 
 # The table's columns: `summaries.shown("compare")`, those the runs have. `unseen_*`: retrieval
 # among classes never seen in training (class-disjoint); the verification keys are on the
@@ -71,7 +69,6 @@ def parse_setting(spec: str) -> Setting:
             listed = ", ".join(known) or "none"
             raise ValueError(f"unknown option {key!r} for loss {loss} in {spec!r} (its options: {listed}).")
         options.append((key, known[key].parse(value.strip())))
-    recipe.resolve(loss, dict(options))
     return Setting(loss, tuple(options))
 
 
@@ -81,7 +78,7 @@ def tuned_settings(directory: str | Path, data: str, known_classes: list[int] | 
     from clusterloss.app.tune import tuned_options  # Optuna is needed only here
 
     found, config = tuned_options(directory)
-    data = data if data in DATASETS else os.path.abspath(data)
+    data = recorded_data(data)
     for key, now in (("data", data), ("known_classes", known_classes)):
         if config[key] != now:
             flag = "--" + key.replace("_", "-")
@@ -90,6 +87,14 @@ def tuned_settings(directory: str | Path, data: str, known_classes: list[int] | 
                 f"on the data it was tuned for (pass {flag} {config[key]})"
             )
     return [Setting(loss, tuple(options.items())) for loss, options in found]
+
+
+def _run_config(base: TrainConfig, setting: Setting, seed: int, out: Path) -> ResolvedConfig:
+    """The settings of the run of `setting` with `seed`, resolved."""
+    run_dir = out / "runs" / f"{setting.slug}-s{seed}"
+    return resolve_config(
+        dataclasses.replace(base, loss=setting.loss, seed=seed, options=dict(setting.options), out=str(run_dir))
+    )
 
 
 def run_comparison(
@@ -107,22 +112,19 @@ def run_comparison(
     resume, or to re-tabulate); one trained with `--no-evaluate` is evaluated then, unless
     `base.evaluate` is off. Without it, an existing run is refused unless `overwrite`."""
     out = Path(out)
+    # every run's settings resolved once, before any is trained: a mistake stops nothing midway
+    runs = [(setting, _run_config(base, setting, seed, out)) for setting in settings for seed in seeds]
     results: dict[str, list[dict[str, Any]]] = {}
-    for setting in settings:
-        for seed in seeds:
-            config = copy.deepcopy(base)
-            config.loss, config.seed = setting.loss, seed
-            config.options = dict(setting.options)
-            config.out = str(out / "runs" / f"{setting.slug}-s{seed}")
-            done = Path(config.out, "metrics.json")
-            if reuse and done.is_file():
-                metrics = json.loads(done.read_text())
-                if base.evaluate and "precision_at_1" not in metrics:
-                    metrics = evaluate_run(config.out, verbose=base.verbose)
-                results.setdefault(setting.label, []).append(metrics)
-                continue
-            print(f"[compare] {setting.label}, seed {seed} -> {config.out}", flush=True)
-            results.setdefault(setting.label, []).append(train(config, overwrite=overwrite))
+    for setting, config in runs:
+        done = Path(config.out, "metrics.json")
+        if reuse and done.is_file():
+            metrics = json.loads(done.read_text())
+            if base.evaluate and "precision_at_1" not in metrics:
+                metrics = evaluate_run(config.out, verbose=base.verbose)
+            results.setdefault(setting.label, []).append(metrics)
+            continue
+        print(f"[compare] {setting.label}, seed {config.seed} -> {config.out}", flush=True)
+        results.setdefault(setting.label, []).append(train(config, overwrite=overwrite))
     rows = summarize(results)
     out.mkdir(parents=True, exist_ok=True)
     write_tables(rows, out, base, seeds)

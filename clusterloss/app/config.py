@@ -1,6 +1,8 @@
-"""`TrainConfig`: every setting that decides a run, stored in `metrics.json` under
-`"config"`. Each field's metadata (help, parser, flag) is what the command line's flags are
-made from, so a default is written once, here."""
+"""`TrainConfig`: every setting that decides a run, as given; `resolve_config` checks it and
+fills what it leaves to a default, once, into a `ResolvedConfig` (stored in `metrics.json`
+under `"config"`), which `train` and everything after it take. Each field's metadata (help,
+parser, flag) is what the command line's flags are made from, so a default is written once,
+here."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from clusterloss.app.devices import DISTRIBUTE
+from clusterloss.app.errors import RunError
 from clusterloss.app.folds import hold_out_classes
+from clusterloss.app.recipes import get_recipe
 from clusterloss.app.training import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, default_weight_decay
 from clusterloss.data import DATASETS, Dataset, load_dataset
 from clusterloss.data.datasets import DEFAULT_KNOWN, DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT
@@ -104,15 +108,23 @@ def verbosity(text: str):
     return text if text == "auto" else int(text)
 
 
+def recorded_data(data: str) -> str:
+    """`data` as a run records it: a built-in name as it is, own data as an absolute path
+    (the run can be re-read from elsewhere)."""
+    return data if data in DATASETS else os.path.abspath(data)
+
+
 def arg(help: str, parse: Callable | None = None, *, flag: str | None = None,
         choices: tuple | None = None, metavar: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Field metadata: how the command line sets this field."""
     return {"help": help, "parse": parse, "flag": flag, "choices": choices, "metavar": metavar}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a run (`clusterloss train` flags of the same names)."""
+    """Everything that decides a run (`clusterloss train` flags of the same names), as given:
+    `options`, `learning_rate` and `weight_decay` may leave values to their defaults.
+    Frozen: a changed setting is a new config (`dataclasses.replace`)."""
 
     data: str = field(
         default="digits",
@@ -289,14 +301,6 @@ class TrainConfig:
     def is_builtin(self) -> bool:
         return self.data in DATASETS
 
-    def resolved_learning_rate(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return LEARNING_RATES.get(self.data, DEFAULT_LEARNING_RATE)
-
-    def resolved_weight_decay(self) -> float:
-        return default_weight_decay(self.optimizer) if self.weight_decay is None else self.weight_decay
-
     def load_data(self) -> Dataset:
         """The data set and split of this run (the same every time for the same config)."""
         kind = self.backbone if self.backbone != "auto" else "cnn"
@@ -330,6 +334,55 @@ class TrainConfig:
     def backbone_kind(self, data: Dataset) -> str:
         return resolve_kind(self.backbone, data.input_shape)
 
+    @property
+    def uses_application(self) -> bool:
+        return self.backbone in APPLICATIONS
+
+    def check(self) -> None:
+        """RunError for settings that contradict each other, whatever the data and loss."""
+        frozen, epochs = self.freeze_backbone_epochs, self.epochs
+        if frozen and frozen >= epochs:
+            raise RunError(f"--freeze-backbone-epochs ({frozen}) must be less than --epochs ({epochs})")
+        if frozen and self.weights is None:
+            raise RunError(
+                f"--freeze-backbone-epochs {frozen} would freeze a randomly initialised trunk "
+                "(--weights none): pass --weights imagenet or a weights file, or drop "
+                "--freeze-backbone-epochs"
+            )
+        if self.weights == "imagenet" and not self.uses_application:
+            raise RunError("--weights imagenet needs a keras.applications --backbone (" + ", ".join(APPLICATIONS) + ")")
+        if self.warmup_epochs >= epochs:
+            raise RunError(f"--warmup-epochs must be < --epochs ({epochs}); got {self.warmup_epochs}.")
+
+
+@dataclass(frozen=True)
+class ResolvedConfig(TrainConfig):
+    """A `TrainConfig` checked and complete: every option of the loss's recipe (defaults
+    filled), the learning rate and weight decay set, own data as `recorded_data`. Made by
+    `resolve_config` (or `dataclasses.replace` of one, which resolves the new values); what
+    `train`, the checkpoint, `metrics.json`'s `"config"` and the report take; never resolved
+    again.
+
+    Derive other settings from the `TrainConfig`, not from this: its filled values (the
+    learning rate of the data set, the weight decay of the optimizer) stay in a copy."""
+
+    def __post_init__(self) -> None:
+        self.check()
+        try:
+            options = get_recipe(self.loss).resolve(self.loss, self.options)
+        except ValueError as error:
+            raise RunError(str(error)) from None
+        filled = {
+            "options": options,
+            "learning_rate": LEARNING_RATES.get(self.data, DEFAULT_LEARNING_RATE)
+            if self.learning_rate is None
+            else self.learning_rate,
+            "weight_decay": default_weight_decay(self.optimizer) if self.weight_decay is None else self.weight_decay,
+            "data": recorded_data(self.data),
+        }
+        for name, value in filled.items():
+            object.__setattr__(self, name, value)  # frozen: set once, while being made
+
     def resolved(self, data: Dataset) -> dict[str, Any]:
         """The values the run used where a field left them to a default (`metrics.json`
         "resolved"; the report and the plots' titles show them)."""
@@ -348,12 +401,16 @@ class TrainConfig:
                 if self.test_split is None
                 else self.test_split
             ),
-            "learning_rate": self.resolved_learning_rate(),
+            "learning_rate": self.learning_rate,
         }
 
-    @property
-    def uses_application(self) -> bool:
-        return self.backbone in APPLICATIONS
+
+def resolve_config(config: TrainConfig) -> ResolvedConfig:
+    """`config` checked and completed, once (a `ResolvedConfig` is returned as it is);
+    RunError, worded with the command line's flags, for a bad or inconsistent value."""
+    if isinstance(config, ResolvedConfig):
+        return config
+    return ResolvedConfig(**{f.name: getattr(config, f.name) for f in fields(TrainConfig)})
 
 
 # Fields that do not change what a run computes: a resumed run may differ in them.

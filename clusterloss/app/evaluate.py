@@ -29,8 +29,8 @@ library functions (`clusterloss.evaluation.keys`), with the prefixes above.
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ import numpy as np
 from clusterloss.app.results import clean, load_run, save_embeddings, summarize, write_metrics
 from clusterloss.app.rundir import atomic_path
 from clusterloss.app.summaries import run_title
+from clusterloss.data import Dataset
 from clusterloss.evaluation.open_set import open_set_metrics
 from clusterloss.evaluation.retrieval import retrieval_metrics
 from clusterloss.evaluation.verification import (
@@ -119,6 +120,107 @@ def _neighbor_grid(
     )  # fmt: skip
 
 
+def write_embedding_files(
+    run_dir: Path, data: Dataset, embeddings: dict[str, np.ndarray], metrics: dict[str, Any]
+) -> None:
+    """`embeddings.npz`, `features.png` and `history.png` (when `metrics` has a history)."""
+    from clusterloss.app.report.plots import history_marks, plot_features, plot_history
+
+    title = run_title(metrics)
+    test, centers = embeddings["test"], embeddings["centers"]
+    plot_features(test, data.y_test, run_dir / "features.png", centers, data.class_names, title)
+    if metrics.get("history"):
+        plot_history(metrics["history"], run_dir / "history.png", title, **history_marks(metrics))
+    save_embeddings(run_dir, embeddings)
+
+
+def compute_metrics(
+    data: Dataset, embeddings: dict[str, np.ndarray], seed: int = 0, step: Callable[[], Any] = lambda: None
+) -> tuple[dict[str, Any], dict[str, tuple]]:
+    """Every metric of the module docstring from the run's `data` and `embeddings` (keys of
+    `embeddings.npz`); writes nothing.
+
+    Returns:
+        The metrics (NaN where a value cannot be computed) and the verification ROC curves
+        for `write_figures` (label -> `(scores, is_genuine)`). `step` is called after each
+        of the 4 parts (retrieval, unseen classes, verification, open set).
+    """
+    train_emb, test_emb = embeddings["train"], embeddings["test"]
+    unknown_emb = embeddings["unknown"] if len(data.y_unknown) else None
+    y_train, y_test, y_unknown = data.y_train, data.y_test, data.y_unknown
+
+    # retrieval: test queries against the training gallery
+    found: dict[str, Any] = {"metric": METRIC}
+    found.update(_retrieval(test_emb, y_test, train_emb, y_train, seed=seed))
+    step()
+
+    # retrieval among the unseen classes (leave-one-out)
+    unseen = _has_pairs(y_unknown)
+    if unseen:
+        found.update(_retrieval(unknown_emb, y_unknown, prefix="unseen_", seed=seed))
+    step()
+
+    # verification: unseen classes when there are, else the test set
+    curves = {}
+    test_scores = verification_scores(test_emb, y_test, metric=METRIC, seed=seed)
+    if unseen:
+        scores = verification_scores(unknown_emb, y_unknown, metric=METRIC, seed=seed)
+        found["verification_set"] = "unseen"
+        found.update(_verification(*scores))
+        found.update(_verification(*test_scores, prefix="known_"))
+        curves[f"unseen classes ({len(np.unique(y_unknown))})"] = scores
+        curves[f"known classes, test set ({data.num_classes})"] = test_scores
+    else:
+        found["verification_set"] = "test"
+        found.update(_verification(*test_scores))
+        curves[f"test set ({data.num_classes} classes)"] = test_scores
+    step()
+
+    # open set: known test queries vs unseen-class queries, against the training gallery
+    if unknown_emb is not None:
+        found.update(
+            open_set_metrics(train_emb, y_train, test_emb, y_test, unknown_emb, metric=METRIC, keep_known=KEEP_KNOWN)
+        )
+        found["num_unknown_classes"] = int(len(np.unique(y_unknown)))
+    step()
+    return found, curves
+
+
+def write_figures(
+    run_dir: Path, data: Dataset, embeddings: dict[str, np.ndarray], curves: dict[str, tuple], title: str, seed: int = 0
+) -> None:
+    """`roc.png` (the `curves` of `compute_metrics`) and the nearest-neighbour grids
+    `neighbors.png` and, among unseen classes, `neighbors_unseen.png`."""
+    with atomic_path(run_dir / "roc.png") as temporary:
+        save_roc_plot(temporary, curves, title=f"Verification ROC ({METRIC}): {title}")
+    names, train_emb, test_emb = data.all_class_names, embeddings["train"], embeddings["test"]
+    _neighbor_grid(
+        run_dir / "neighbors.png", data.x_test, data.y_test, test_emb, data.x_train, data.y_train,
+        train_emb, names, "test queries: nearest training images (cosine)", False, seed,
+    )  # fmt: skip
+    if _has_pairs(data.y_unknown):
+        unknown_emb = embeddings["unknown"]
+        _neighbor_grid(
+            run_dir / "neighbors_unseen.png", data.x_unknown, data.y_unknown, unknown_emb,
+            data.x_unknown, data.y_unknown, unknown_emb, names,
+            "unseen classes: nearest other unseen images (cosine)", True, seed,
+        )  # fmt: skip
+
+
+def merge_metrics(run_dir: Path, metrics: dict[str, Any], found: dict[str, Any], report: bool = True) -> dict[str, Any]:
+    """`metrics` (the run's metrics.json contents) with the evaluation `found`, written to
+    `metrics.json` (and `report.html`); returns what metrics.json now holds. The keys of an
+    earlier evaluation that no longer apply (unseen-class numbers of another split) go."""
+    merged = {k: v for k, v in metrics.items() if not k.startswith(_CONDITIONAL)}
+    merged.update({key: clean(value) for key, value in found.items()})
+    write_metrics(run_dir, merged)
+    if report:
+        from clusterloss.app.report.html import write_report
+
+        write_report(run_dir, merged)
+    return merged
+
+
 def evaluate_run(
     run_dir: str | Path,
     model=None,
@@ -129,8 +231,9 @@ def evaluate_run(
     report: bool = True,
     verbose: Any = 0,
 ) -> dict[str, Any]:
-    """Compute every metric of a run, merge them into `RUN_DIR/metrics.json`, write
-    `roc.png`, `neighbors.png` (`neighbors_unseen.png` with unseen classes) and `report.html`.
+    """Compute every metric of a run (`compute_metrics`), write `roc.png`, `neighbors.png`
+    (`neighbors_unseen.png` with unseen classes: `write_figures`), merge the metrics into
+    `RUN_DIR/metrics.json` and write `report.html` (`merge_metrics`).
 
     Args:
         run_dir: a directory written by `clusterloss.app.runs.train`.
@@ -156,97 +259,18 @@ def evaluate_run(
         metrics = loaded_metrics if metrics is None else metrics
     metrics = dict(metrics)
     seed = int(metrics.get("seed", 0))
-    title = run_title(metrics)
     bar = _progress(verbose)
     step = lambda: bar.add(1) if bar is not None else None  # noqa: E731
     start = time.perf_counter()
-
-    # 1. embeddings (recomputed from the model unless train() just did)
-    if embeddings is None:
-        from clusterloss.app.report.plots import history_marks, plot_features, plot_history
-
+    if embeddings is None:  # recomputed from the model unless train() just did
         stats, embeddings = summarize(model, data)
         metrics.update(stats)
-        save_embeddings(run_dir, embeddings)
-        plot_features(
-            embeddings["test"], data.y_test, run_dir / "features.png", embeddings["centers"], data.class_names, title
-        )
-        if metrics.get("history"):
-            plot_history(metrics["history"], run_dir / "history.png", title, **history_marks(metrics))
-    train_emb, test_emb = embeddings["train"], embeddings["test"]
-    unknown_emb = embeddings["unknown"] if len(data.y_unknown) else None
-    y_train, y_test, y_unknown = data.y_train, data.y_test, data.y_unknown
+        write_embedding_files(run_dir, data, embeddings, metrics)
     step()
-
-    # 2. retrieval: test queries against the training gallery
-    found: dict[str, Any] = {"metric": METRIC}
-    found.update(_retrieval(test_emb, y_test, train_emb, y_train, seed=seed))
+    found, curves = compute_metrics(data, embeddings, seed, step)
+    write_figures(run_dir, data, embeddings, curves, run_title(metrics), seed)
     step()
-
-    # 3. retrieval among the unseen classes (leave-one-out)
-    unseen = unknown_emb is not None and _has_pairs(y_unknown)
-    if unseen:
-        found.update(_retrieval(unknown_emb, y_unknown, prefix="unseen_", seed=seed))
-    step()
-
-    # 4. verification: unseen classes when there are, else the test set
-    curves = {}
-    test_scores = verification_scores(test_emb, y_test, metric=METRIC, seed=seed)
-    if unseen:
-        scores = verification_scores(unknown_emb, y_unknown, metric=METRIC, seed=seed)
-        found["verification_set"] = "unseen"
-        found.update(_verification(*scores))
-        found.update(_verification(*test_scores, prefix="known_"))
-        curves[f"unseen classes ({len(np.unique(y_unknown))})"] = scores
-        curves[f"known classes, test set ({data.num_classes})"] = test_scores
-    else:
-        found["verification_set"] = "test"
-        found.update(_verification(*test_scores))
-        curves[f"test set ({data.num_classes} classes)"] = test_scores
-    step()
-
-    # 5. open set: known test queries vs unseen-class queries, against the training gallery
-    if unknown_emb is not None and len(unknown_emb):
-        open_set = open_set_metrics(
-            train_emb,
-            y_train,
-            test_emb,
-            y_test,
-            unknown_emb,
-            metric=METRIC,
-            keep_known=KEEP_KNOWN,
-        )
-        found.update(open_set)
-        found["num_unknown_classes"] = int(len(np.unique(y_unknown)))
-    step()
-
-    # 6. plots: ROC and nearest-neighbour grids
-    with atomic_path(run_dir / "roc.png") as temporary:
-        save_roc_plot(temporary, curves, title=f"Verification ROC ({METRIC}): {title}")
-    names = data.all_class_names
-    _neighbor_grid(
-        run_dir / "neighbors.png", data.x_test, y_test, test_emb, data.x_train, y_train,
-        train_emb, names, "test queries: nearest training images (cosine)", False, seed,
-    )  # fmt: skip
-    if unseen:
-        _neighbor_grid(
-            run_dir / "neighbors_unseen.png", data.x_unknown, y_unknown, unknown_emb,
-            data.x_unknown, y_unknown, unknown_emb, names,
-            "unseen classes: nearest other unseen images (cosine)", True, seed,
-        )  # fmt: skip
-    step()
-
     found["evaluate_seconds"] = round(time.perf_counter() - start, 3)
-    # Merge: keep what metrics.json and `metrics` hold, except the keys of this evaluation
-    # that no longer apply (e.g. unseen-class numbers of an earlier, different split).
-    path = run_dir / "metrics.json"
-    metrics = {**(json.loads(path.read_text()) if path.is_file() else {}), **metrics}
-    metrics = {k: v for k, v in metrics.items() if not k.startswith(_CONDITIONAL)}
-    metrics.update({key: clean(value) for key, value in found.items()})
-    write_metrics(run_dir, metrics)
-    if report:
-        from clusterloss.app.report.html import write_report
-
-        write_report(run_dir, metrics)
+    metrics = merge_metrics(run_dir, metrics, found, report)
     step()
     return metrics

@@ -325,12 +325,17 @@ def get_recipe(name: str) -> Recipe:
 
 
 def build_model(
-    name: str, backbone: keras.Model, num_classes: int, values: Mapping[str, Any] | None = None
+    name: str, backbone: keras.Model, num_classes: int, values: Mapping[str, Any]
 ) -> tuple[ClusterModel, keras.losses.Loss, Recipe]:
-    """A `ClusterModel` and the loss to compile it with, for the loss `name` and its option
-    `values` (checked; missing ones take the recipe's defaults)."""
+    """A `ClusterModel` and the loss to compile it with, for the loss `name` and its resolved
+    option `values` (`Recipe.resolve`, which `resolve_config` runs: every option, checked)."""
     recipe = get_recipe(name)
-    values = recipe.resolve(name, values or {})
+    keys = [o.key for o in recipe.options]
+    if sorted(values) != sorted(keys):
+        raise ValueError(
+            f"`values` must hold every option of loss {name}, resolved (Recipe.resolve): "
+            f"{', '.join(keys) or 'none'}; got {sorted(values)}."
+        )
     parts = recipe.make(num_classes, values)
     if recipe.unit_norm:
         backbone = keras.Sequential([backbone, keras.layers.UnitNormalization()], name=f"{backbone.name}_unit")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 import shutil
 import sys
@@ -24,24 +23,21 @@ import keras
 import numpy as np
 
 from clusterloss.app.checkpoint import TrainingCheckpoint
-from clusterloss.app.config import CLI_FIELDS, PRESENTATION, TrainConfig
+from clusterloss.app.config import CLI_FIELDS, PRESENTATION, ResolvedConfig, TrainConfig, resolve_config
 from clusterloss.app.devices import Devices, plan
 from clusterloss.app.errors import RunError
-from clusterloss.app.evaluate import evaluate_run
+from clusterloss.app.evaluate import evaluate_run, write_embedding_files
 from clusterloss.app.projector import export_projector
-from clusterloss.app.recipes import Recipe, build_model, get_recipe
-from clusterloss.app.report.plots import history_marks, plot_features, plot_history
+from clusterloss.app.recipes import Recipe, build_model
 from clusterloss.app.results import (
     check_data,
     check_split,
     read_metrics,
     record_data,
-    save_embeddings,
     summarize,
     write_metrics,
 )
 from clusterloss.app.rundir import CHECKPOINT, LOGS, RunDir, atomic_path
-from clusterloss.app.summaries import run_title
 from clusterloss.app.tensorboard import EpochScalars
 from clusterloss.app.training import (
     LearningRateLog,
@@ -83,7 +79,7 @@ class Phase:
     frozen: bool
 
 
-def _phases(config: TrainConfig) -> list[Phase]:
+def _phases(config: ResolvedConfig) -> list[Phase]:
     frozen = min(config.freeze_backbone_epochs, config.epochs)
     phases = [Phase(0, frozen, True), Phase(frozen, config.epochs, False)]
     return [p for p in phases if p.end > p.begin]
@@ -106,7 +102,7 @@ def _trunk(model: ClusterModel) -> keras.layers.Layer:
     raise ValueError("the backbone has no layer named 'trunk' (make it with make_backbone).")
 
 
-def _optimizer(config: TrainConfig, model: ClusterModel, base: keras.optimizers.Optimizer):
+def _optimizer(config: ResolvedConfig, model: ClusterModel, base: keras.optimizers.Optimizer):
     """`base` for the model, or with trainable centers `center_optimizer(base, ...)`."""
     layer = model.center_loss
     if layer is not None and layer.update == "gradient":
@@ -115,7 +111,7 @@ def _optimizer(config: TrainConfig, model: ClusterModel, base: keras.optimizers.
 
 
 def _configure(
-    model: ClusterModel, loss, config: TrainConfig, phase: Phase, steps_per_epoch: int
+    model: ClusterModel, loss, config: ResolvedConfig, phase: Phase, steps_per_epoch: int
 ) -> keras.optimizers.Optimizer:
     """Freeze or unfreeze the trunk and compile with a new optimizer, built (so that a
     checkpoint's optimizer state can be loaded into it); returns the optimizer that holds
@@ -133,14 +129,14 @@ def _configure(
     return base
 
 
-def _sampler_shape(config: TrainConfig, data: Dataset) -> tuple[int, int]:
+def _sampler_shape(config: ResolvedConfig, data: Dataset) -> tuple[int, int]:
     """`(m, classes)` of the M-per-class batches: as many classes per batch as fit (at most
     all of them), each with `batch_size // classes` samples."""
     classes = max(2, min(config.batch_size // config.options["m_per_class"], data.num_classes))
     return config.batch_size // classes, classes
 
 
-def _training_data(config: TrainConfig, data: Dataset, recipe: Recipe, epoch: int):
+def _training_data(config: ResolvedConfig, data: Dataset, recipe: Recipe, epoch: int):
     """Batches for `fit` from `epoch` on: shuffled rows, or M-per-class batches for losses
     that need pairs; both drawn from (seed, epoch), so a resumed run sees the same ones.
     Image files are read on all cores, inside each batch (`ImageFiles`) and ahead of it
@@ -151,7 +147,7 @@ def _training_data(config: TrainConfig, data: Dataset, recipe: Recipe, epoch: in
     return MPerClassSampler(data.x_train, data.y_train, m=m, batch_size=m * classes, seed=config.seed, epoch=epoch)
 
 
-def _check_pair_batches(config: TrainConfig, data: Dataset) -> None:
+def _check_pair_batches(config: ResolvedConfig, data: Dataset) -> None:
     """RunError unless every class has the training samples an M-per-class batch takes."""
     m, classes = _sampler_shape(config, data)
     counts = np.bincount(data.y_train, minlength=data.num_classes)
@@ -183,7 +179,7 @@ def _identical(x: Any) -> bool:
     return all(np.array_equal(x[i], x[0]) for i in range(1, len(x)))
 
 
-def _check_evaluable(config: TrainConfig, data: Dataset) -> None:
+def _check_evaluable(config: ResolvedConfig, data: Dataset) -> None:
     """RunError, before anything is trained or written, when the run could not be
     evaluated: a test split without 2 classes and 2 samples of one class (no verification
     pairs, no retrieval), or training samples that are all the same."""
@@ -213,7 +209,7 @@ def _unevaluated(run_dir: RunDir) -> bool:
     return bool(metrics.get("config", {}).get("evaluate")) and "evaluate_seconds" not in metrics
 
 
-def _check_resume(config: TrainConfig, state: dict[str, Any] | None, run_dir: RunDir) -> None:
+def _check_resume(config: ResolvedConfig, state: dict[str, Any] | None, run_dir: RunDir) -> None:
     if state is None and _unevaluated(run_dir):
         raise RunError(_UNEVALUATED.format(run_dir.path))
     if state is None:
@@ -241,45 +237,28 @@ def train(
     """Train, evaluate and write the run directory; returns the contents of `metrics.json`.
 
     Args:
-        config: the run's settings (`config.options`: the recipe's option values; missing
-            ones take the recipe's defaults).
+        config: the run's settings; resolved here (`resolve_config`) unless they are a
+            `ResolvedConfig` already.
         overwrite: replace a run already in `config.run_dir()` (else a `RunError`).
         resume: continue the run stopped in `config.run_dir()` (same settings).
         callbacks: more Keras callbacks for `fit` (after the run's own).
     """
+    config = resolve_config(config)
     run_dir = RunDir(config.run_dir())
-    config = dataclasses.replace(config, options=dict(config.options))
-    if not config.is_builtin:
-        config.data = os.path.abspath(config.data)  # the run can be re-read from elsewhere
-    try:
-        config.options = get_recipe(config.loss).resolve(config.loss, config.options)
-    except ValueError as error:
-        raise RunError(str(error)) from None
-    config.learning_rate = config.resolved_learning_rate()
-    if config.freeze_backbone_epochs and config.weights is None:
-        raise RunError(
-            f"--freeze-backbone-epochs {config.freeze_backbone_epochs} would freeze a "
-            "randomly initialised trunk (--weights none): pass --weights imagenet or "
-            "a weights file, or drop --freeze-backbone-epochs"
-        )
     if config.backbone in APPLICATIONS and config.weights is None:
         print(RANDOM_TRUNK.format(config.backbone), file=sys.stderr)
-    config.weight_decay = config.resolved_weight_decay()
     if resume:  # checked before taking the lock: a mistake leaves a stopped run as it is
         _check_resume(config, TrainingCheckpoint.read(run_dir / CHECKPOINT), run_dir)
         check_data(run_dir.path, config)
     elif not overwrite and _unevaluated(run_dir):
         raise RunError(_UNEVALUATED.format(run_dir.path) + "; or pass --overwrite to replace it")
     with run_dir.lock():
-        run_dir.prepare(overwrite=overwrite, resume=resume)
         with precision(config.mixed_precision):
-            return _train(config, run_dir, resume, list(callbacks))
+            return _train(config, run_dir, overwrite, resume, list(callbacks))
 
 
-def _check_controls(config: TrainConfig, data: Dataset) -> None:
+def _check_controls(config: ResolvedConfig, data: Dataset) -> None:
     """ValueError for training controls this data cannot take."""
-    if config.warmup_epochs >= config.epochs:
-        raise ValueError(f"`warmup_epochs` must be < `epochs` ({config.epochs}); got {config.warmup_epochs}.")
     if config.augment != "none" and len(data.input_shape) != 3:
         raise ValueError(
             f"`augment` {config.augment} needs images; {data.name} holds feature "
@@ -291,14 +270,10 @@ def _check_controls(config: TrainConfig, data: Dataset) -> None:
         )
 
 
-def _build(config: TrainConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
+def _build(config: ResolvedConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
     try:
         data = config.load_data()
         _check_evaluable(config, data)
-        if config.freeze_backbone_epochs >= config.epochs:
-            raise ValueError(
-                f"`freeze_backbone_epochs` must be < `epochs` ({config.epochs}); got {config.freeze_backbone_epochs}."
-            )
         _check_controls(config, data)
         backbone = make_backbone(
             data.input_shape,
@@ -312,7 +287,10 @@ def _build(config: TrainConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
             backbone = wrap_backbone(
                 backbone, config.augment, config.seed, float32_output=config.mixed_precision != "none"
             )
-        model, loss, recipe = build_model(config.loss, backbone, data.num_classes, config.options)
+        try:  # the loss's parts, built once: their classes check the options' ranges
+            model, loss, recipe = build_model(config.loss, backbone, data.num_classes, config.options)
+        except ValueError as error:
+            raise RunError(f"--loss {config.loss}: {error}") from None
         if isinstance(model.head, ClassHead):
             model.head.check_batch_size(config.batch_size)
         if recipe.pairs:
@@ -349,7 +327,7 @@ class _Divergence(keras.callbacks.Callback):
             self.found = (self.epoch + 1, batch + 1, float(loss))
             self.model.stop_training = True
 
-    def check(self, config: TrainConfig) -> None:
+    def check(self, config: ResolvedConfig) -> None:
         """RunError when training diverged (after `fit` stopped on it)."""
         if self.found:
             epoch, batch, loss = self.found
@@ -360,7 +338,7 @@ class _Divergence(keras.callbacks.Callback):
             )
 
 
-def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) -> dict[str, Any]:
+def _train(config: ResolvedConfig, run_dir: RunDir, overwrite: bool, resume: bool, callbacks: list) -> dict[str, Any]:
     state = TrainingCheckpoint.read(run_dir / CHECKPOINT) if resume else None
     keras.utils.set_random_seed(config.seed)
     sample_rate = config.options.get("sample_rate", 1.0)
@@ -372,6 +350,7 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     )
     unfrozen = config.epochs - config.freeze_backbone_epochs  # the BatchNormalization settles in them
     settle_batch_norm(_trunk(model), len(_training_data(config, data, recipe, 0)) * unfrozen)
+    run_dir.prepare(overwrite=overwrite, resume=resume)  # after the checks: a refused run leaves the old one
     if resume:
         check_split(run_dir.path, config, data)
     else:
@@ -415,7 +394,7 @@ def _train(config: TrainConfig, run_dir: RunDir, resume: bool, callbacks: list) 
     return _write_run(config, run_dir, model, data, checkpoint, train_seconds, devices, patience.stopped)
 
 
-def _write_run(config: TrainConfig, run_dir: RunDir, model: ClusterModel, data: Dataset,
+def _write_run(config: ResolvedConfig, run_dir: RunDir, model: ClusterModel, data: Dataset,
                checkpoint: TrainingCheckpoint, train_seconds: float,
                devices: Devices, stopped: int | None) -> dict[str, Any]:  # fmt: skip
     out = run_dir.path
@@ -446,11 +425,8 @@ def _write_run(config: TrainConfig, run_dir: RunDir, model: ClusterModel, data: 
     if state["best_epoch"] is not None:
         metrics["best_epoch"] = state["best_epoch"]
         metrics["best_" + MONITOR] = state["best"]
-    title = run_title(metrics)
-    plot_features(emb["test"], data.y_test, out / "features.png", emb["centers"], data.class_names, title)
-    plot_history(state["history"], out / "history.png", title, **history_marks(metrics))
-    save_embeddings(out, emb)
-    write_metrics(out, metrics)
+    write_embedding_files(out, data, emb, metrics)
+    write_metrics(out, metrics)  # before the evaluation: a run killed during it is finished by `evaluate`
     if config.tensorboard:
         export_projector(out / LOGS / "projector", emb["test"], data.y_test, data.all_class_names,
                          images=data.x_test, paths=getattr(data.x_test, "paths", None),

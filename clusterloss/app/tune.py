@@ -18,7 +18,6 @@ import dataclasses
 import html
 import json
 import math
-import os
 import shlex
 import time
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,7 @@ import keras
 import numpy as np
 import optuna
 
-from clusterloss.app.config import CLI_FIELDS, PRESENTATION, TrainConfig
+from clusterloss.app.config import CLI_FIELDS, PRESENTATION, TrainConfig, recorded_data
 from clusterloss.app.errors import RunError
 from clusterloss.app.folds import DEFAULT_FOLDS, VALIDATION_METRICS, class_folds
 from clusterloss.app.options import Option
@@ -218,8 +217,8 @@ def tune(base: TrainConfig, losses: Sequence[str], out: str | Path, trials: int 
     if trials < 1:
         raise ValueError(f"`trials` must be >= 1; got {trials}.")
     losses = list(dict.fromkeys(losses))
-    if not base.is_builtin:
-        base = dataclasses.replace(base, data=os.path.abspath(base.data))  # as `train` records it
+    base.check()  # each trial's settings are resolved by its `train`
+    base = dataclasses.replace(base, data=recorded_data(base.data))
     spaces = search_space(losses, space)
     data = base.load_data()  # the training classes, once, to split them into folds
     class_folds_ = class_folds(base.training_classes(data), folds, base.seed)

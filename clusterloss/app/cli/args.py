@@ -83,8 +83,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def recipe_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The loss options given on the command line, parsed by the chosen loss's options and
-    checked by building its parts once; a flag the loss does not take is an error."""
+    """The loss options given on the command line, parsed by the chosen loss's options (the
+    rest, and the ranges its classes check, are left to `resolve_config` and the build of
+    the run); a flag the loss does not take is an error."""
     recipe = get_recipe(args.loss)
     mine = {o.key: o for o in recipe.options}
     given = {
@@ -100,27 +101,12 @@ def recipe_values(args: argparse.Namespace) -> dict[str, Any]:
             values[key] = mine[key].parse(text)
         except ValueError as error:
             fail(args, f"{flag}: {error}")
-    try:
-        recipe.make(2, recipe.resolve(args.loss, values))  # the classes check their ranges
-    except ValueError as error:
-        fail(args, f"--loss {args.loss}: {error}")
     return values
 
 
 def config_from_args(
     args: argparse.Namespace, loss: str, seed: int, out: str, options: dict[str, Any] | None = None
 ) -> TrainConfig:
+    """The settings the flags give, as given (`resolve_config` checks and completes them)."""
     values = {f.name: getattr(args, f.name) for f in CLI_FIELDS if hasattr(args, f.name)}
-    values.update(loss=loss, seed=seed, out=out, options=options or {})
-    if values["freeze_backbone_epochs"] >= values["epochs"] and values["freeze_backbone_epochs"]:
-        fail(
-            args,
-            f"--freeze-backbone-epochs ({values['freeze_backbone_epochs']}) must be "
-            f"less than --epochs ({values['epochs']})",
-        )
-    if values["weights"] == "imagenet" and values["backbone"] in ("auto", "mlp", "cnn"):
-        fail(
-            args,
-            "--weights imagenet needs a keras.applications --backbone (resnet50, efficientnetv2b0, mobilenetv3small)",
-        )
-    return TrainConfig(**values)
+    return TrainConfig(**{**values, "loss": loss, "seed": seed, "out": out, "options": options or {}})

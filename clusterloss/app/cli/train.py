@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from clusterloss.app.cli.args import (
@@ -38,6 +39,7 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clusterloss.app.config import resolve_config
     from clusterloss.app.devices import initialize
     from clusterloss.app.runs import train
 
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     process = initialize()  # several processes: before anything computes
     config = config_from_args(args, args.loss, args.seed, args.out, recipe_values(args))
     if process:  # every process trains and evaluates the same run; process 0 writes --out
-        config.out = f"{config.run_dir()}.process-{process}"
+        config = dataclasses.replace(config, out=f"{config.run_dir()}.process-{process}")
+    config = resolve_config(config)
     metrics = train(config, overwrite=args.overwrite, resume=args.resume)
     out = config.run_dir()
     print(json.dumps(summary(metrics, "train"), indent=2))
