@@ -250,8 +250,10 @@ def train(
     if resume:  # checked before taking the lock: a mistake leaves a stopped run as it is
         _check_resume(config, TrainingCheckpoint.read(run_dir / CHECKPOINT), run_dir)
         check_data(run_dir.path, config)
-    elif not overwrite and _unevaluated(run_dir):
-        raise RunError(_UNEVALUATED.format(run_dir.path) + "; or pass --overwrite to replace it")
+    elif not overwrite:
+        if _unevaluated(run_dir):
+            raise RunError(_UNEVALUATED.format(run_dir.path) + "; or pass --overwrite to replace it")
+        run_dir.prepare()  # a run already there is refused before the data loads
     with run_dir.lock():
         with precision(config.mixed_precision):
             return _train(config, run_dir, overwrite, resume, list(callbacks))
