@@ -233,6 +233,11 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, capsys):
     state = _killed(RESUMED, tmp_path / "resumed")
     err = fails(capsys, *RESUMED, "--out", resumed, "--seed", "1", "--resume")
     assert "--resume continues" in err and "seed 0 (now 1)" in err
+    # As an older version wrote it: without settings added since (they resume at their defaults)
+    path = tmp_path / "resumed" / "checkpoint" / "state.json"
+    older = json.loads(path.read_text())
+    del older["config"]["patience"], older["config"]["options"]["center_lr"]
+    path.write_text(json.dumps(older))
     _resumed_equals_whole(tmp_path, capsys, RESUMED, state)
     err = fails(capsys, *RESUMED, "--out", resumed, "--resume")
     assert "holds no checkpoint to resume" in err

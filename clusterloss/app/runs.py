@@ -209,6 +209,17 @@ def _unevaluated(run_dir: RunDir) -> bool:
     return bool(metrics.get("config", {}).get("evaluate")) and "evaluate_seconds" not in metrics
 
 
+def _started_with(saved: dict[str, Any]) -> dict[str, Any]:
+    """The settings a checkpoint holds, with those added to clusterloss since it was written
+    (fields, loss options) at their defaults: a run stopped by an older version resumes if
+    it used nothing else. As saved where they no longer resolve."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        return dataclasses.asdict(resolve_config(TrainConfig(**{k: v for k, v in saved.items() if k in names})))
+    except (TypeError, ValueError):
+        return saved
+
+
 def _check_resume(config: ResolvedConfig, state: dict[str, Any] | None, run_dir: RunDir) -> None:
     if state is None and _unevaluated(run_dir):
         raise RunError(_UNEVALUATED.format(run_dir.path))
@@ -217,7 +228,7 @@ def _check_resume(config: ResolvedConfig, state: dict[str, Any] | None, run_dir:
             f"{run_dir.path} holds no checkpoint to resume (nothing was stopped there, "
             "or it finished); train without --resume"
         )
-    saved, now = state["config"], dataclasses.asdict(config)
+    saved, now = _started_with(state["config"]), dataclasses.asdict(config)
     changed = [k for k in now if k not in PRESENTATION and saved.get(k) != now[k]]
     if changed:
         diffs = ", ".join(f"{k} {saved.get(k)!r} (now {now[k]!r})" for k in changed[:3])
