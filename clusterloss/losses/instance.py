@@ -18,9 +18,9 @@ def label_ranks(labels):
     `torch.unique(labels, return_inverse=True)` gives. One sort, O(B log B)."""
     order = ops.argsort(labels)
     ordered = ops.take(labels, order)
-    new = ops.cast(ops.not_equal(ordered[1:], ordered[:-1]), "int32")
+    new = ops.cast(ordered[1:] != ordered[:-1], "int32")
     ranks = ops.cumsum(ops.concatenate([ops.zeros((1,), "int32"), new]))
-    return ops.take(ranks, ops.argsort(order))
+    return ops.take(ranks, ops.argsort(order))  # back in batch order (a scatter: 4 ms on torch)
 
 
 def _check(gamma):
