@@ -130,9 +130,11 @@ def _best_time(step, repeats: int) -> float:
 
 def _loss_fn(loss, name, y):
     """`embeddings -> scalar loss`; the memory is filled once so every step sees a full one,
-    and a proxy loss runs on its head's output (the head built on the first call)."""
+    and a proxy loss runs on its head's output (the head built on the first call). The
+    labels are a backend tensor, made once (as `fit` passes them, and as PML's are)."""
     from keras import ops
 
+    y = ops.convert_to_tensor(y)
     if name.startswith("xbm"):
         return lambda t: ops.mean(loss(t, y, training=False))
     if name in HEADS:

@@ -9,7 +9,7 @@ from conftest import grad, to_np
 from keras import ops
 
 from clusterloss.distances import Distance, get_distance, l2_normalize, safe_sqrt
-from clusterloss.tuples.pairs import label_masks, masked_logsumexp, per_anchor_mean
+from clusterloss.tuples.pairs import Pairs, label_masks, masked_logsumexp, per_anchor_mean
 
 RNG = np.random.default_rng(0)
 
@@ -139,6 +139,39 @@ def test_label_masks_exclude_the_diagonal_or_the_masked_references():
     same = labels[:, None] == refs[None, :]
     np.testing.assert_array_equal(pos, same & allowed)
     np.testing.assert_array_equal(neg, ~same & allowed)
+
+
+def test_pair_weights_are_the_label_masks_as_floats():
+    labels = ops.convert_to_tensor(np.array([0, 1, 0, 2, 1], "int32"))
+    x = ops.convert_to_tensor(RNG.normal(size=(5, 3)).astype("float32"))
+    refs = ops.convert_to_tensor(np.array([2, 0, 0, 1], "int32"))
+    for pairs in (
+        Pairs(labels, x),  # within the batch: from one comparison, `same - I` and `1 - same`
+        Pairs(labels, x, ref_mask=np.array([True, False, True, True, True])),
+        Pairs(labels, x, refs, x[:4]),
+    ):
+        pos, neg = (to_np(w) for w in pairs.weights)
+        assert pos.dtype == neg.dtype == np.float32
+        np.testing.assert_array_equal(pos, to_np(pairs.pos).astype("float32"))
+        np.testing.assert_array_equal(neg, to_np(pairs.neg).astype("float32"))
+
+
+@pytest.mark.parametrize("n,dim", [(40, 96), (8, 4)])
+def test_euclidean_gradient_is_one_over_twice_the_distance_and_zero_at_zero(n, dim):
+    # 40 x 40 x 96 > DIRECT_MAX_ELEMENTS: the matrix-product path; 8 x 8 x 4: direct
+    # differences, where a duplicated row is at distance exactly 0 (a zero gradient there)
+    x = RNG.normal(size=(n, dim))
+    if n == 8:
+        x[1] = x[0]
+    w = RNG.uniform(size=(n, n))
+    wide = "float32" if keras.backend.backend() == "jax" else "float64"
+    d = get_distance("euclidean", normalize=False)
+    (g,) = grad(lambda t: ops.sum(d.pairwise(t) * ops.convert_to_tensor(w, wide)), x.astype(wide))
+    diff = x[:, None, :] - x[None, :, :]
+    dist = np.sqrt((diff**2).sum(-1))
+    coef = np.where(dist > 0, (w + w.T) / np.where(dist > 0, dist, 1.0), 0.0)
+    tol = 1e-4 if wide == "float32" else 1e-7
+    np.testing.assert_allclose(g, (coef[:, :, None] * diff).sum(1), rtol=tol, atol=tol)
 
 
 def test_masked_logsumexp_matches_numpy_and_is_zero_on_empty_rows():

@@ -27,8 +27,8 @@ from keras import ops
 from clusterloss import _native
 from clusterloss._registry import register
 from clusterloss._validation import check_embeddings, check_range
-from clusterloss.distances import l2_normalize, safe_sqrt
-from clusterloss.layers.class_head import ClassHead, class_scores
+from clusterloss.distances import l2_normalize, matmul_t, safe_sqrt
+from clusterloss.layers.class_head import ClassHead
 
 
 def _inverse_norms(w):
@@ -48,7 +48,9 @@ def _cosine_to_rows(x, w):
         d/dx = (g / ||w||) w,    d/dw_j = sum_b (g_bj / ||w_j||) x_b - (sum_b g_bj cos_bj) w_j / ||w_j||^2.
     """
     inverse = _inverse_norms(w)
-    cos = class_scores(x, w) * inverse
+    # plain matrix products (the gradient is this function's own): on torch an einsum, or a
+    # product with its own custom gradient, costs 20-40 us more per call
+    cos = matmul_t(x, w) * inverse
 
     def grad(*args, upstream=None):  # (upstream) on JAX/TF, (*args, upstream=) on torch
         g = args[0] if upstream is None else upstream
@@ -56,8 +58,8 @@ def _cosine_to_rows(x, w):
         # sum over the batch as a matrix-vector product: as a reduction, XLA fused it into
         # the (classes, dim) subtraction below and recomputed it for each element of it
         radial = ops.einsum("b,bc->c", ops.ones_like(g[:, 0]), g * cos) * inverse * inverse
-        dx = ops.einsum("bc,cd->bd", scaled, w)
-        dw = _native.subtract_scaled_rows(ops.einsum("bc,bd->cd", scaled, x), radial, w)
+        dx = matmul_t(scaled, ops.transpose(w))
+        dw = _native.subtract_scaled_rows(matmul_t(ops.transpose(scaled), ops.transpose(x)), radial, w)
         return dx, dw
 
     return cos, grad

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -201,11 +202,16 @@ def reduce_per_sample(values, sample_weight=None, reduction="sum_over_batch_size
         return total
     if reduction == "mean_with_sample_weight" and sample_weight is not None:
         divisor = ops.sum(ops.broadcast_to(weights, ops.shape(values)))
+    elif all(isinstance(n, int) for n in values.shape):  # known: one division, not six ops
+        divisor = max(math.prod(values.shape), 1)  # an empty `values` sums to 0
     else:
         divisor = ops.cast(ops.prod(ops.convert_to_tensor(ops.shape(values), "int32")), values.dtype)
-    mean = ops.where(
-        divisor == 0, ops.zeros_like(total), total / ops.where(divisor == 0, ops.ones_like(divisor), divisor)
-    )
+    if isinstance(divisor, int):
+        mean = total / divisor
+    else:
+        mean = ops.where(
+            divisor == 0, ops.zeros_like(total), total / ops.where(divisor == 0, ops.ones_like(divisor), divisor)
+        )
     replicas = replicas_in_sync()
     return mean if replicas == 1 else mean * ops.cast(1.0 / replicas, mean.dtype)
 

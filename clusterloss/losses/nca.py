@@ -6,19 +6,19 @@ from typing import Any
 
 from keras import ops
 
+from clusterloss import _native
 from clusterloss._registry import register
 from clusterloss._validation import check_range, upcast
 from clusterloss.distances import get_distance
 from clusterloss.losses.base import MetricLoss, validated
 from clusterloss.tuples.pairs import (
     batch_share,
-    farness,
     get_miner,
     masked_logsumexp,
     miner_sample_weights,
     nan_unless_finite,
     pair_batch,
-    proxy_batch,
+    proxy_labels,
 )
 
 # The range of each distance between L2-normalised embeddings: `softmax_scale * range` bounds
@@ -28,22 +28,20 @@ _NORMALISED_RANGE = {"euclidean": 2.0, "squared_euclidean": 4.0, "cosine": 2.0, 
 _SAFE_GAP = 80.0
 
 
-def nca_terms(logits, pos, every, gap_bound: float | None = None):
-    """`-log sum_{pos} softmax_{every}(logits)` per row: `logsumexp` over `every` minus
-    `logsumexp` over `pos` (a row without `pos` is the caller's to drop). With `gap_bound`
-    under 80 (every logit lies in `[-gap_bound, gap_bound]`), one `exp` with no shift: every
-    term is then a normal float (>= 1e-35) and no sum can overflow, so `log sum_pos` loses
-    nothing; otherwise two shifted log-sum-exps, which keep a row whose positives are ~1e-38
-    of the whole finite."""
+def nca_terms(logits, pos, neg, gap_bound: float | None = None):
+    """`-log sum_{pos} softmax_{pos or neg}(logits)` per row: `logsumexp` over `pos` and `neg`
+    minus `logsumexp` over `pos` (0/1 float masks, disjoint; a row without `pos` is the
+    caller's to drop). With `gap_bound` under 80 (every logit lies in
+    `[-gap_bound, gap_bound]`), one `exp` with no shift: every term is then a normal float
+    (>= 1e-35) and no sum can overflow, so `log sum_pos` loses nothing; otherwise two
+    shifted log-sum-exps, which keep a row whose positives are ~1e-38 of the whole finite."""
     if gap_bound is None or gap_bound >= _SAFE_GAP:
-        return masked_logsumexp(logits, every, axis=1) - masked_logsumexp(logits, pos, axis=1)
-    logits = upcast(logits)
-    e = ops.exp(logits) * ops.cast(every, logits.dtype)
-    total = ops.sum(e, axis=1)
-    on_pos = ops.sum(e * ops.cast(pos, e.dtype), axis=1)
-    has_pos = on_pos > 0
-    one = ops.ones_like(total)
-    return ops.where(has_pos, ops.log(ops.where(has_pos, total, one)) - ops.log(ops.where(has_pos, on_pos, one)), 0.0)
+        return masked_logsumexp(logits, pos + neg, axis=1) - masked_logsumexp(logits, pos, axis=1)
+    e = ops.exp(upcast(logits))
+    on_pos = ops.sum(e * pos, axis=1)
+    total = on_pos + ops.sum(e * neg, axis=1)
+    empty = ops.cast(on_pos <= 0, e.dtype)  # no positive: a finite value, for the caller to drop
+    return ops.log(total + empty) - ops.log(on_pos + empty)
 
 
 def _gap_bound(distance, softmax_scale: float) -> float | None:
@@ -87,11 +85,14 @@ def nca_loss(
     distance = get_distance(distance)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
-    logits = -softmax_scale * farness(pairs.matrix(distance), distance)
-    has_pos = ops.any(pairs.pos, axis=1)
-    losses = nca_terms(logits, pairs.pos, ops.logical_or(pairs.pos, pairs.neg), _gap_bound(distance, softmax_scale))
-    losses = ops.where(has_pos, losses * miner_sample_weights(miner, pairs), 0.0)
-    return pairs.guard(batch_share(losses, ops.sum(ops.cast(has_pos, losses.dtype))))
+    mat = pairs.matrix(distance)
+    logits = mat * (softmax_scale if distance.larger_is_closer else -softmax_scale)
+    pos, neg = pairs.weights
+    has_pos = ops.cast(ops.sum(pos, axis=1) > 0, logits.dtype)
+    losses = nca_terms(logits, pos, neg, _gap_bound(distance, softmax_scale)) * has_pos
+    if miner is not None:
+        losses = losses * miner_sample_weights(miner, pairs)
+    return pairs.guard(batch_share(losses, ops.sum(has_pos)))
 
 
 @register
@@ -123,11 +124,11 @@ def proxy_nca_loss(y_true, y_pred, softmax_scale: float = 1.0):
     sample. PML drops a sample whose softmax underflows to 0 (float32, a scale over ~20);
     here it keeps its large, finite loss. No miner, no other distance. NaN/inf gives NaN.
     """
-    cos, pos = proxy_batch(y_true, y_pred)
+    cos, labels = proxy_labels(y_true, y_pred)
     # -scale * (2 - 2 cos) up to the constant -2 scale, which the softmax cancels: a
     # cross-entropy over the classes (the one positive per row is the label's proxy).
     log_p = ops.log_softmax((2.0 * softmax_scale) * cos, axis=1)
-    return nan_unless_finite(-ops.sum(log_p * ops.cast(pos, log_p.dtype), axis=1), cos)
+    return nan_unless_finite(-_native.target_entries(log_p, labels), cos)
 
 
 @register

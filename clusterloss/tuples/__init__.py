@@ -18,6 +18,7 @@ from clusterloss.tuples.pairs import (
     per_anchor_mean,
     prepare,
     proxy_batch,
+    proxy_labels,
     safe_divide,
 )
 from clusterloss.tuples.triplets import (
@@ -52,6 +53,7 @@ __all__ = [
     "per_anchor_mean",
     "prepare",
     "proxy_batch",
+    "proxy_labels",
     "safe_divide",
     "select_triplets",
     "window_counts",

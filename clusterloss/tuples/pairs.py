@@ -126,7 +126,8 @@ class Pairs:
     Attributes: `labels` `(batch,)`, `embeddings` `(batch, dim)`, `ref_labels` `(num_refs,)`
     (the batch's labels without references), `ref_embeddings` (`None` without references),
     `ref_mask` (as given), `pos`, `neg` (bool `(batch, num_refs)`, built on first use: a
-    loss that needs no label masks pays nothing for them), `has_refs`.
+    loss that needs no label masks pays nothing for them), `weights` (the same as floats),
+    `has_refs`.
     """
 
     def __init__(self, labels, embeddings, ref_labels=None, ref_embeddings=None, ref_mask=None):
@@ -136,12 +137,28 @@ class Pairs:
         self.ref_labels = ref_labels if self.has_refs else labels
         self.ref_embeddings = ref_embeddings
         self._masks = None
+        self._weights = None
         self._matrices: dict[tuple, tuple] = {}  # key -> (matrix, finite flag)
 
     def _label_masks(self):
         if self._masks is None:
             self._masks = label_masks(self.labels, self.ref_labels if self.has_refs else None, self.ref_mask)
         return self._masks
+
+    @property
+    def weights(self):
+        """`(pos, neg)` as 0/1 floats in the embeddings' dtype (built on first use). Within
+        the batch (no references, no `ref_mask`), from one label comparison: `same - I` and
+        `1 - same`; on one torch thread a bool operation or cast of a 512 x 512 mask costs
+        4 multiplies, and the bool masks take five of them."""
+        if self._weights is None:
+            dtype = self.embeddings.dtype
+            if self.has_refs or self.ref_mask is not None or self._masks is not None:
+                self._weights = (ops.cast(self.pos, dtype), ops.cast(self.neg, dtype))
+            else:
+                same = ops.cast(ops.equal(self.labels[:, None], self.labels[None, :]), dtype)
+                self._weights = (same - ops.eye(ops.shape(self.labels)[0], dtype=dtype), 1.0 - same)
+        return self._weights
 
     @property
     def pos(self):
@@ -192,15 +209,21 @@ def farness(mat, distance: Distance):
     return -mat if distance.larger_is_closer else mat
 
 
-def proxy_batch(y_true, y_pred):
-    """`(cos, pos)` for a proxy loss: `y_pred` `(batch, num_classes)`, the cosines to one
-    proxy per class, upcast; `pos[i, j]`: sample i is of class j. Shapes and labels checked."""
+def proxy_labels(y_true, y_pred):
+    """`(cos, labels)` for a proxy loss: `y_pred` `(batch, num_classes)`, the cosines to one
+    proxy per class, upcast; `labels` `(batch,)`. Shapes and labels checked."""
     check_embeddings(y_pred, "y_pred", allow_empty=False)
-    num_classes = y_pred.shape[-1]
-    labels = check_labels(y_true, num_classes=num_classes, name="y_true")
+    labels = check_labels(y_true, num_classes=y_pred.shape[-1], name="y_true")
     check_same_batch(labels, y_pred, ("y_true", "y_pred"))
-    pos = ops.equal(labels[:, None], ops.arange(num_classes, dtype=labels.dtype)[None, :])
-    return upcast(y_pred), pos
+    return upcast(y_pred), labels
+
+
+def proxy_batch(y_true, y_pred):
+    """`(cos, pos)` for a proxy loss: `cos` as `proxy_labels` gives it; `pos[i, j]`: sample i
+    is of class j."""
+    cos, labels = proxy_labels(y_true, y_pred)
+    pos = ops.equal(labels[:, None], ops.arange(cos.shape[-1], dtype=labels.dtype)[None, :])
+    return cos, pos
 
 
 def safe_divide(num, den):
@@ -299,7 +322,7 @@ def mined_pairs(miner, pairs: Pairs):
     keeping one copy per triplet). Never builds a `(B, B, B)` tensor for the built-in miners."""
     dtype = pairs.embeddings.dtype
     if miner is None:
-        return ops.cast(pairs.pos, dtype), ops.cast(pairs.neg, dtype)
+        return pairs.weights
     selected = miner.select(pairs)
     if miner.kind == "pair":
         pos_w, neg_w = selected
