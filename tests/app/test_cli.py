@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BACKEND
+from helpers import BACKEND, fails
 
 from clusterloss.app.cli.main import main
 from clusterloss.app.compare import parse_setting
 from clusterloss.app.recipes import build_model
 from clusterloss.data import load_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -52,17 +52,6 @@ def test_train_tiny_digits_run_end_to_end(tmp_path):
     assert metrics["embedding_dim"] == 2 and metrics["config"]["options"]["center_weight"] == 0.1
     assert 0.3 < metrics["test_accuracy"] <= 1.0  # 3 epochs on digits is far above chance (0.1)
     assert set(metrics["history"]) >= {"loss", "classification_loss", "center_loss", "accuracy"}
-
-
-def fails(capsys, *argv: str) -> str:
-    """`main(argv)` exits with status 2 and one line on stderr, no traceback; the line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.mark.parametrize(

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BACKEND
+from helpers import BACKEND
 
 from clusterloss.app import devices
 from clusterloss.app.cli.main import main
 from clusterloss.app.errors import RunError
 from clusterloss.data import Batches
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # 200 training rows: batches of 64, 64, 64 and 8, each split evenly over 2 or 4 devices.
 RUN = ["train", "--epochs", "2", "--embedding-dim", "4", "--verbose", "0", "--no-evaluate"]
 TINY = [*RUN, "--train-limit", "200", "--test-limit", "100"]

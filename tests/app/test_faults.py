@@ -13,10 +13,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
+from helpers import BACKEND, ExplodeWeights, fails
 from PIL import Image
 from synthetic import make_image_folder
-from test_runs import ExplodeWeights, fails
 
 import clusterloss as cl
 from clusterloss.app import runs

@@ -21,7 +21,7 @@ from clusterloss.app.runs import _optimizer, _training_data
 from clusterloss.data import load_dataset
 from clusterloss.models import make_backbone
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = [(name, o) for name, r in RECIPES.items() for o in r.options]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import fails
 from synthetic import make_image_folder
 
 from clusterloss.app.cli.main import main
@@ -18,15 +19,6 @@ from clusterloss.app.cli.main import main
 def run_main(capsys, *args) -> str:
     assert main(list(args)) == 0, capsys.readouterr().err
     return capsys.readouterr().out
-
-
-def fails(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as stopped:
-        main(list(args))
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def search(capsys, run, files) -> list[dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
+from helpers import BACKEND, ExplodeWeights, fails
 from synthetic import make_image_folder
 
 from clusterloss.app.cli.args import config_from_args
@@ -26,19 +26,9 @@ from clusterloss.app.errors import RunError
 from clusterloss.app.rundir import RunDir, atomic_path
 from clusterloss.app.runs import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--epochs", "1", "--train-limit", "200", "--test-limit", "100", "--embedding-dim", "4",
         "--verbose", "0", "--no-evaluate"]  # fmt: skip
-
-
-def fails(capsys, *argv: str) -> str:
-    """The one line of a command that exits with status 2 (earlier output dropped)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
-    return err
 
 
 def test_refuse_then_overwrite_clears_every_derived_file(tmp_path, capsys):
@@ -263,15 +253,6 @@ def test_killed_folder_run_resumes_to_the_same_result(tmp_path, capsys):
     changed.write_bytes(original)
     os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     _resumed_equals_whole(tmp_path, capsys, argv, state)
-
-
-class ExplodeWeights(keras.callbacks.Callback):
-    """Makes the weights NaN after the second batch, as a diverging optimizer would."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch == 1:
-            for weight in self.model.trainable_weights:
-                weight.assign(np.full(weight.shape, np.nan, weight.dtype))
 
 
 def test_diverged_training_stops_with_a_hint(tmp_path):

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
+from helpers import BACKEND
 from synthetic import make_image_folder
 
 pytest.importorskip("starlette", reason="the serve extra is not installed: pip install 'clusterloss[serve]'")

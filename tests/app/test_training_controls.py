@@ -11,7 +11,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, to_np
+from helpers import BACKEND, to_np
 
 from clusterloss import TrainingOnly, WarmupSchedule
 from clusterloss.app.cli.main import main

@@ -16,7 +16,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from conftest import BACKEND  # noqa: E402
+from helpers import BACKEND  # noqa: E402
 
 from clusterloss.app.cli.main import main  # noqa: E402
 from clusterloss.app.config import TrainConfig  # noqa: E402
@@ -25,7 +25,7 @@ from clusterloss.app.recipes import RECIPES  # noqa: E402
 from clusterloss.app.runs import train  # noqa: E402
 from clusterloss.app.tune import Pruning, fold_score, parse_space, search_space, trial_config  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPACES = [(name, o) for name, r in RECIPES.items() for o in r.options if o.space]
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
+from helpers import BACKEND
 
 import clusterloss as cl
 from clusterloss.evaluation import retrieval_metrics, verification_metrics

@@ -8,7 +8,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, grad, to_np
+from helpers import BACKEND, grad, to_np
 
 from clusterloss.layers import ArcFace, CosFace, NormFace, SphereFace
 from clusterloss.models import ClusterModel

@@ -11,7 +11,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, to_np
+from helpers import BACKEND, to_np
 
 import clusterloss as cl
 

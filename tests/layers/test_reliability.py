@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, to_np
+from helpers import BACKEND, to_np
 
 import clusterloss as cl
 

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import grad, to_np
+from helpers import grad, to_np
 
 import clusterloss as cl
 

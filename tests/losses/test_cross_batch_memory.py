@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import torch
-from conftest import grad, to_np
+from helpers import grad, to_np
 from keras import ops
 from pytorch_metric_learning import losses as pl
 from pytorch_metric_learning import miners as pm

@@ -11,7 +11,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import BACKEND
+from helpers import BACKEND
 
 # A triplet miner, a pair miner, a loss without miner (each subprocess compiles every case).
 CASES = """{

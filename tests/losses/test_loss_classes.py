@@ -9,7 +9,7 @@ import inspect
 import keras
 import numpy as np
 import pytest
-from conftest import to_np
+from helpers import to_np
 
 import clusterloss as cl
 from clusterloss.losses.base import CALL_INPUTS, reduce_per_sample

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import torch
-from conftest import BACKEND, grad, knn_accuracy, to_np
+from helpers import BACKEND, grad, knn_accuracy, to_np
 from keras import ops
 from pytorch_metric_learning import distances as pd
 from pytorch_metric_learning import losses as pl

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import torch
-from conftest import BACKEND, grad, to_np
+from helpers import BACKEND, grad, to_np
 from pytorch_metric_learning import distances as pd
 from pytorch_metric_learning import losses as pl
 from pytorch_metric_learning import miners as pm

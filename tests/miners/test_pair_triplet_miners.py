@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import torch
-from conftest import BACKEND, to_np
+from helpers import BACKEND, to_np
 from pytorch_metric_learning import distances as pml_distances
 from pytorch_metric_learning import miners as pml_miners
 

@@ -8,7 +8,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
+from helpers import BACKEND
 from synthetic import make_image_folder
 
 from clusterloss.app import runs

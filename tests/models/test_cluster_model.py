@@ -8,11 +8,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, to_np
+from helpers import BACKEND, to_np
 
 import clusterloss as cl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def digits(n=512):

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BACKEND
+from helpers import BACKEND
 
 from clusterloss.sampling import MPerClassSampler
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 EQ4 = """
 def eq4(c, f, labels, alpha=0.5):  # Eq. 4 of Wen et al., one class at a time

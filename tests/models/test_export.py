@@ -12,7 +12,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
+from helpers import BACKEND
 
 import clusterloss as cl
 from clusterloss.app.cli.main import main

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import to_np
+from helpers import to_np
 
 from clusterloss.layers import SphereFace
 from clusterloss.models import ClusterModel
