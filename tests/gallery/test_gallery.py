@@ -1,6 +1,6 @@
 """`clusterloss.Gallery` (SQLite source of truth, derived index, enrolment) and its open-set
 calibration, against NumPy loops written here; crashes and concurrent writers in
-subprocesses. No model runs here (the CLI paths are in test_recognition.py)."""
+subprocesses. No model runs here (the CLI paths are in app/test_recognition.py)."""
 
 from __future__ import annotations
 

@@ -461,7 +461,7 @@ def test_heads_losses_and_regularizers_never_copy_device_tensors_to_the_host(mon
     x, _ = _data(batch=12, scale=1.0)
     xt = torch.tensor(x.astype("float32"), requires_grad=True)
     y = np.arange(12) % 6
-    # Partial FC's draws (clusterloss._native.uniform): test_partial_fc.py's host-copy test.
+    # Partial FC's draws (clusterloss._native.uniform): layers/test_partial_fc.py's host-copy test.
     heads = [
         cl.LargeMarginSoftmax(6, kernel_regularizer=cl.RegularFaceRegularizer()),
         cl.SubCenterArcFace(6, sub_centers=2),

@@ -1,5 +1,5 @@
 """ArcFace, CosFace, SphereFace and NormFace heads: formulas, pytorch-metric-learning, numerics,
-errors, training in a ClusterModel and saving (sharding: test_distributed.py)."""
+errors, training in a ClusterModel and saving (sharding: models/test_distributed.py)."""
 
 from __future__ import annotations
 

@@ -51,19 +51,7 @@ def _inputs(kind, x=X):
 
 
 # ---------------------------------------------------------------------------------------------
-# Rows "NaN or inf embeddings", "NaN reference embeddings".
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
-@pytest.mark.parametrize("name", list(LOSSES))
-def test_nan_or_inf_embeddings_give_a_nan_loss(name, bad):
-    make, kind = LOSSES[name]
-    x = X.copy()
-    x[5, 2] = bad
-    loss = make()
-    per_sample = to_np(loss.call(Y, _inputs(kind, x)))
-    assert np.all(np.isnan(per_sample)), per_sample
-    assert np.isnan(float(to_np(loss(Y, _inputs(kind, x)))))
+# Row "NaN reference embeddings" (row "NaN or inf embeddings": test_contract.py).
 
 
 @pytest.mark.parametrize("name", PAIR_LOSSES)
@@ -215,7 +203,7 @@ def test_integer_ids_keep_their_exact_value_through_the_loss_classes(offset):
 
 
 # ---------------------------------------------------------------------------------------------
-# Rows "float64 inputs", "float16/bfloat16 inputs" (the latter: test_pair_losses.py).
+# Rows "float64 inputs", "float16/bfloat16 inputs" (the latter: losses/test_pair_losses.py).
 
 FLOAT64_CASES = [
     (
