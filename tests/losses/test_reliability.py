@@ -51,7 +51,8 @@ def _inputs(kind, x=X):
 
 
 # ---------------------------------------------------------------------------------------------
-# Row "NaN reference embeddings" (row "NaN or inf embeddings": test_contract.py).
+# Row "NaN reference embeddings" (rows "NaN or inf embeddings" and "... given to a miner":
+# the contracts, losses/test_contract.py and miners/test_contract.py).
 
 
 @pytest.mark.parametrize("name", PAIR_LOSSES)
@@ -61,15 +62,6 @@ def test_nan_reference_embeddings_give_a_nan_loss(name):
     ref[3, 0] = np.nan
     assert np.isnan(float(to_np(loss(Y, X, ref_embeddings=ref, ref_labels=Y))))
     assert np.isfinite(float(to_np(loss(Y, X, ref_embeddings=X[::-1], ref_labels=Y[::-1]))))
-
-
-@pytest.mark.parametrize("make", MINERS)
-def test_nan_embeddings_give_nan_masks_not_an_empty_selection(make):
-    x = X.copy()
-    x[0, 0] = np.nan
-    mined = make()(x, Y)
-    for mask in mined if isinstance(mined, tuple) else (mined,):
-        assert np.all(np.isnan(to_np(mask)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +122,8 @@ def test_distances_that_overflow_give_a_nan_loss_not_zero(loss):
 
 
 # ---------------------------------------------------------------------------------------------
-# Rows "empty batch", "reference arguments", "batch larger than the memory".
+# Rows "empty batch" (a miner's: miners/test_contract.py), "reference arguments", "batch larger
+# than the memory".
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
@@ -139,12 +132,6 @@ def test_an_empty_batch_is_a_clear_error(name):
     empty = _inputs(kind, np.zeros((0, 8), "float32"))
     with pytest.raises(ValueError, match="at least one"):
         make()(np.zeros(0, "int32"), empty)
-
-
-@pytest.mark.parametrize("make", MINERS)
-def test_an_empty_batch_is_a_clear_error_for_a_miner(make):
-    with pytest.raises(ValueError, match="`embeddings` must hold at least one row"):
-        make()(np.zeros((0, 8), "float32"), np.zeros(0, "int32"))
 
 
 def test_reference_arguments_are_checked():
