@@ -4,8 +4,8 @@ checks, and one that has no entry in `TABLE` fails `test_every_registered_loss_h
 (so a new loss cannot skip the contract). The checks: value and gradient equal to
 pytorch-metric-learning 2.9.0's (where PML has a counterpart taking the same inputs; else the
 entry names the test that holds its reference), NaN or inf in gives NaN out, float16/bfloat16
-inputs give a finite float32 loss close to the float32 one, and one training step of a compiled
-model lowers the loss and the saved `.keras` model loads with no `custom_objects` and the same
+inputs give a finite float32 loss close to the float32 one, and five compiled training steps on one
+batch lower the loss and the saved `.keras` model loads with no `custom_objects` and the same
 loss. The losses' own options, miners and edge cases are in the other files of this folder."""
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def _model(kind: str) -> keras.Model:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_a_training_step_lowers_the_loss_and_the_saved_model_loads_with_no_custom_objects(name, tmp_path):
+def test_training_lowers_the_loss_and_the_saved_model_loads_with_no_custom_objects(name, tmp_path):
     entry = TABLE[name]
     rng = np.random.default_rng(2)
     x = rng.normal(size=(16, 3, 8) if entry.inputs == "triplets" else (16, 8)).astype("float32")
@@ -216,8 +216,9 @@ def test_a_training_step_lowers_the_loss_and_the_saved_model_loads_with_no_custo
     keras.utils.set_random_seed(0)
     model = _model(entry.inputs)
     model.compile(keras.optimizers.Adam(1e-2), loss=entry.example())
-    before = float(model.train_on_batch(x, y))  # compiled; the loss at the weights before the step
-    after = float(to_np(model.loss(y, model(x))))
+    # Compiled steps on the one batch (a miner's selection may change at a step: a few steps).
+    history = model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0).history
+    before, after = history["loss"][0], float(to_np(model.loss(y, model(x))))  # [0]: the first weights
     assert 0 < after < before, (before, after)
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
