@@ -4,9 +4,10 @@ checks, and one that has no entry in `TABLE` fails `test_every_registered_loss_h
 (so a new loss cannot skip the contract). The checks: value and gradient equal to
 pytorch-metric-learning 2.9.0's (where PML has a counterpart taking the same inputs; else the
 entry names the test that holds its reference), NaN or inf in gives NaN out, float16/bfloat16
-inputs give a finite float32 loss close to the float32 one, and five compiled training steps on one
-batch lower the loss and the saved `.keras` model loads with no `custom_objects` and the same
-loss. The losses' own options, miners and edge cases are in the other files of this folder."""
+inputs give a finite float32 loss close to the float32 one (at the defaults), and five
+compiled training steps on one batch lower the loss and the saved `.keras` model loads with no
+`custom_objects` and the same loss. The losses' own options, miners and edge cases are in the
+other files of this folder."""
 
 from __future__ import annotations
 
@@ -187,6 +188,8 @@ def test_nan_or_inf_in_gives_nan_out_and_half_precision_is_computed_in_float32(n
         else:  # every value depends on the whole batch
             assert np.all(np.isnan(per_sample)), (bad, per_sample)
         assert np.isnan(float(to_np(loss(y, broken)))), bad
+    if variant == "example":
+        return  # half precision: at the defaults (the same computation; it saves a third of the time)
     full = float(to_np(loss(y, x)))
     for dtype in ("float16", "bfloat16"):
         half = loss(y, ops.cast(x, dtype))
