@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import grad, to_np
+from helpers import grad, to_np
 from keras import ops
 
 from clusterloss.distances import Distance, get_distance, l2_normalize, safe_sqrt

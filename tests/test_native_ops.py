@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from conftest import grad, to_np
+from helpers import grad, to_np
 from keras import ops
 
 from clusterloss import _native
