@@ -47,7 +47,7 @@ from clusterloss.app.training import (
     precision,
     wrap_backbone,
 )
-from clusterloss.data import Batches, Dataset, ImageFiles
+from clusterloss.data import Batches, DataError, Dataset, ImageFiles
 from clusterloss.evaluation import RetrievalEvaluation
 from clusterloss.layers import ClassHead
 from clusterloss.models import ClusterModel, make_backbone
@@ -303,7 +303,7 @@ def _build(config: ResolvedConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
         try:  # the loss's parts, built once: their classes check the options' ranges
             model, loss, recipe = build_model(config.loss, backbone, data.num_classes, config.options)
         except ValueError as error:
-            raise RunError(f"--loss {config.loss}: {error}") from None
+            raise SettingError(f"--loss {config.loss}: {error}") from None
         if isinstance(model.head, ClassHead):
             model.head.check_batch_size(config.batch_size)
         if recipe.pairs:
@@ -315,9 +315,13 @@ def _build(config: ResolvedConfig) -> tuple[ClusterModel, Any, Recipe, Dataset]:
                 )
             _check_pair_batches(config, data)
         model.build((None, *data.input_shape))
-    except ValueError as error:  # bad settings for this data, or bad data (DataError)
-        raise RunError(_as_flags(str(error))) from None
+    except ValueError as error:  # bad data (DataError), or settings that do not fit it
+        raise (RunError if isinstance(error, DataError) else SettingError)(_as_flags(str(error))) from None
     return model, loss, recipe, data
+
+
+class SettingError(RunError):
+    """The loss's options do not fit this data (e.g. AdaCos's scale for 2 classes)."""
 
 
 class DivergedError(RunError):

@@ -35,7 +35,7 @@ from clusterloss.app.options import Option
 from clusterloss.app.recipes import get_recipe
 from clusterloss.app.report.plots import _pyplot, save_figure
 from clusterloss.app.rundir import RunDir, write_text
-from clusterloss.app.runs import MONITOR, DivergedError, train
+from clusterloss.app.runs import MONITOR, DivergedError, SettingError, train
 
 STUDY = "study.db"
 RESULT = "tune.json"
@@ -147,8 +147,8 @@ def _objective(
             callback = Pruning(trial, metric, i * base.epochs, scores)
             try:
                 metrics = train(config, overwrite=True, callbacks=[callback])
-            except DivergedError as error:  # a setting that does not train scores nothing
-                trial.set_user_attr("diverged", str(error))
+            except (DivergedError, SettingError) as error:  # a setting that does not train scores nothing
+                trial.set_user_attr("diverged" if isinstance(error, DivergedError) else "refused", str(error))
                 scores.append(0.0)
                 continue
             scores.append(fold_score(metrics, metric))

@@ -202,3 +202,17 @@ def test_compare_takes_the_tuned_settings(tmp_path):
         tuned_settings(tmp_path, "digits", None)
     with pytest.raises(RunError, match="holds no tune.json"):
         tuned_settings(tmp_path / "nothing", "digits", None)
+
+
+def test_a_setting_the_fold_refuses_scores_nothing_and_tuning_goes_on(tmp_path):
+    """AdaCos's scale needs 3 classes: a fold training on 2 refuses it. The trial scores 0
+    with the reason kept (was: the whole tuning stopped with the error)."""
+    from clusterloss.app.tune import _objective
+
+    base = TrainConfig(data="digits", known_classes=[0, 1, 2, 3], epochs=1, embedding_dim=4, train_limit=200,
+                       verbose=0)  # fmt: skip
+    space = search_space(["arcface"], {"scale_rule": ("adacos",)})["arcface"]
+    study = optuna.create_study(direction="maximize")
+    study.optimize(_objective(base, "arcface", space, [[0, 1], [2, 3]], "val_map_at_r", tmp_path), n_trials=2)
+    assert [t.value for t in study.trials] == [0.0, 0.0]
+    assert "needs num_classes >= 3" in study.trials[0].user_attrs["refused"]
