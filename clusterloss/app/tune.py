@@ -200,11 +200,16 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
 
 
+def _seconds(study: optuna.Study) -> float:
+    """The seconds the finished trials of `study` took (those of earlier runs included)."""
+    return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in finished(study))
+
+
 def tune(base: TrainConfig, losses: Sequence[str], out: str | Path, trials: int = 20,
          timeout: float | None = None, metric: str = MONITOR, folds: int = DEFAULT_FOLDS,
          space: Mapping[str, tuple] = {}) -> dict[str, Any]:  # fmt: skip
-    """Tune each loss in `losses` for `trials` finished trials (or until `timeout` seconds
-    per loss have passed: no trial starts later), resuming what `out` holds; write and return
+    """Tune each loss in `losses` for `trials` finished trials (or until its finished trials
+    have taken `timeout` seconds, those of a stopped run included: no trial starts later), resuming what `out` holds; write and return
     `tune.json`'s contents.
 
     `base` sets everything else (data, training classes, epochs, seed: that of the folds,
@@ -241,7 +246,7 @@ def tune(base: TrainConfig, losses: Sequence[str], out: str | Path, trials: int 
                 seed=base.seed + len(study.trials), n_startup_trials=max(2, min(10, trials // 3))
             )
             objective = _objective(base, loss, spaces[loss], class_folds_, metric, out)
-            began = time.monotonic()
+            began = time.monotonic() - _seconds(study)  # a resumed tuning has the time left
             done = len(finished(study))
             print(
                 f"[tune] {loss}: {done} of {trials} trials done"

@@ -169,6 +169,9 @@ def test_killed_tuning_resumes_and_train_replays_the_best(tmp_path, capsys):
 
     assert main([*TUNE, "--out", out]) == 0  # done: nothing more is trained
     assert len(optuna.load_study(study_name="center", storage=storage).trials) == 4
+    # more trials, but the time the finished ones took already exceeds --timeout: none starts
+    assert main([*TUNE, "--out", out, "--trials", "9", "--timeout", "1"]) == 0
+    assert len(optuna.load_study(study_name="center", storage=storage).trials) == 4
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main([*TUNE, "--out", out, "--embedding-dim", "8"])

@@ -33,7 +33,7 @@ def add_parser(subparsers) -> list[argparse.ArgumentParser]:
         type=positive_float,
         default=None,
         metavar="SECONDS",
-        help="no new trial of a loss starts after this long (per loss)",
+        help="no new trial of a loss starts once its finished trials took this long (per loss; a resumed tuning counts the earlier ones)",
     )
     parser.add_argument(
         "--metric",
