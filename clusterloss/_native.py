@@ -27,10 +27,10 @@ TensorFlow, JAX or PyTorch, and only inside the function that needs it:
   loop of its own that breaks fusion, while a mask `labels[:, None] == arange(classes)` and
   `where` fuse into the neighbouring elementwise passes.
 
-- `l2_normalize`, `matmul_t`, `cross_entropy_rows`, `label_ranks`: the primitives of
-  InstanceLoss, ProxyNCALoss, the distances and the cosine heads (the overflow-safe
-  `x / ||x||`, `x @ y.T`, `-log softmax(z)[y]` per row, and the index
-  `torch.unique(labels, return_inverse=True)` gives). Eager PyTorch pays ~5-15 us of Keras
+- `l2_normalize`, `matmul_t`, `cross_entropy_rows`, `label_ranks`, `nan_unless_finite`:
+  the primitives of InstanceLoss, ProxyNCALoss, the distances, the cosine heads and the
+  losses' NaN guard (the overflow-safe `x / ||x||`, `x @ y.T`, `-log softmax(z)[y]` per row,
+  the index `torch.unique(labels, return_inverse=True)` gives, and `values` or NaN). Eager PyTorch pays ~5-15 us of Keras
   dispatch (and an operand conversion) per `keras.ops` call, which at a small or medium
   batch is most of these losses' time: here each is a few native torch calls
   (`F.cross_entropy(reduction="none")`, a fused log-softmax + NLL forward and backward; a
@@ -607,3 +607,30 @@ def matmul_t_ops(x, y):
     if keras.backend.standardize_dtype(x.dtype) == "float64":
         return ops.einsum("id,jd->ij", x, y)
     return ops.matmul(x, ops.transpose(y))
+
+
+def nan_unless_finite(values, *tensors):
+    """`values` where every entry of every tensor is finite, else NaN everywhere (no host
+    sync: a select on the device). PyTorch: native `isfinite`, `all` and `where` (Keras's
+    `isfinite` and `all` convert and cast their operands: ~150 us a loss call)."""
+    if keras.backend.backend() != "torch" or not tensors:
+        return nan_unless_finite_ops(values, *tensors)
+    import torch
+
+    if not all(isinstance(t, torch.Tensor) for t in (values, *tensors)):
+        return nan_unless_finite_ops(values, *tensors)
+    ok = torch.isfinite(tensors[0]).all()
+    for t in tensors[1:]:
+        ok = ok & torch.isfinite(t).all()
+    return torch.where(ok, values, float("nan"))
+
+
+def nan_unless_finite_ops(values, *tensors):
+    """`nan_unless_finite` in `keras.ops`."""
+    ok = None
+    for t in tensors:
+        finite = ops.all(ops.isfinite(t))
+        ok = finite if ok is None else ops.logical_and(ok, finite)
+    if ok is None:
+        return values
+    return ops.where(ok, values, float("nan"))

@@ -243,3 +243,21 @@ def test_matmul_t_keeps_float64():
             gx, gy = grad(lambda a, b, fn=fn: ops.sum(fn(a, b) * ops.convert_to_tensor(x @ y.T)), x, y)
             np.testing.assert_allclose(gx, (x @ y.T) @ y, rtol=1e-5 if dtype == "float32" else 1e-13)
             np.testing.assert_allclose(gy, (x @ y.T).T @ x, rtol=1e-5 if dtype == "float32" else 1e-13)
+
+
+def test_nan_unless_finite_paths_keep_values_and_gradients_or_give_nan():
+    rng = np.random.default_rng(7)
+    for dtype in _float_dtypes():
+        values, t = rng.normal(size=(2, 4)).astype(dtype)
+        other = rng.normal(size=(3, 2)).astype(dtype)
+        for fn in _both_paths(_native.nan_unless_finite, _native.nan_unless_finite_ops):
+            got = fn(*map(ops.convert_to_tensor, (values, t, other)))
+            assert keras.backend.standardize_dtype(got.dtype) == dtype
+            np.testing.assert_array_equal(to_np(got), values)
+            (g,) = grad(lambda v, fn=fn: ops.sum(fn(v, ops.convert_to_tensor(t)) * ops.convert_to_tensor(t)), values)
+            np.testing.assert_array_equal(g, t)
+            for bad in (np.nan, np.inf, -np.inf):
+                broken = other.copy()
+                broken[2, 1] = bad
+                got = fn(*map(ops.convert_to_tensor, (values, t, broken)))
+                assert np.isnan(to_np(got)).all()
