@@ -512,21 +512,51 @@ def _torch_float(x):
 
 
 def l2_normalize(x, axis: int = -1, return_norm: bool = False):
-    """`x / ||x||` along `axis` (and `||x||` with `return_norm=True`), finite everywhere; see
-    `clusterloss.distances.l2_normalize`. PyTorch: the same computation in native calls
-    (the row over its largest entry, whose norm is then >= 1, so `clamp_min(1)` only
-    touches zero rows)."""
+    """`x / ||x||` along `axis` (and `||x||` with `return_norm=True`), finite for finite `x`; see
+    `clusterloss.distances.l2_normalize`. PyTorch, rows of a matrix: the same computation
+    in native calls with its gradient written out (one autograd node instead of eight)."""
     if keras.backend.backend() != "torch":
         return l2_normalize_ops(x, axis, return_norm)
+    x = _torch_float(x)
+    if axis not in (-1, x.ndim - 1) or x.ndim != 2:
+        return l2_normalize_ops(x, axis, return_norm)
+    unit, norm = _torch_unit_rows().apply(x)
+    return (unit, norm) if return_norm else unit
+
+
+@functools.cache
+def _torch_unit_rows():
     import torch
 
-    x = _torch_float(x)
-    peak = x.detach().abs().amax(dim=axis, keepdim=True)
-    peak = peak.masked_fill(peak == 0, 1.0)
-    scaled = x / peak
-    length = torch.linalg.vector_norm(scaled, dim=axis, keepdim=True)
-    unit = scaled / length.clamp_min(1.0)
-    return (unit, (peak * length).squeeze(axis)) if return_norm else unit
+    class UnitRows(torch.autograd.Function):
+        """`(x / ||x||, ||x||)` per row of a matrix: the row over its largest entry (its norm
+        `L` is then >= 1, so `clamp_min(1)` only touches zero rows), and the gradient written
+        out in one node: `(g - u (u . g)) / (peak L) + g_norm u` (`g` for a zero row)."""
+
+        @staticmethod
+        def forward(ctx, x):
+            ctx.set_materialize_grads(False)  # an unused norm sends None, not zeros
+            peak = x.abs().amax(dim=1, keepdim=True)
+            peak = peak.masked_fill_(peak == 0, 1.0)
+            scaled = x / peak
+            length = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
+            denominator = peak * length.clamp_min(1.0)
+            unit = scaled.div_(length.clamp_min(1.0))
+            ctx.save_for_backward(unit, denominator)
+            return unit, (peak * length).squeeze(1)
+
+        @staticmethod
+        def backward(ctx, g, g_norm):
+            unit, denominator = ctx.saved_tensors
+            grad = None
+            if g is not None:
+                radial = (unit * g).sum(dim=1, keepdim=True)
+                grad = torch.addcmul(g, unit, radial, value=-1).div_(denominator)
+            if g_norm is not None:
+                grad = unit * g_norm[:, None] if grad is None else grad.addcmul_(unit, g_norm[:, None])
+            return grad
+
+    return UnitRows
 
 
 def l2_normalize_ops(x, axis: int = -1, return_norm: bool = False):
