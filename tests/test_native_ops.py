@@ -221,7 +221,8 @@ def test_cross_entropy_rows_paths_match_numpy_with_gradients_and_nan():
 def test_label_ranks_paths_give_the_inverse_of_unique():
     labels = np.array([7, 3, 7, 0, 3, 9, 3, 2**40 if BACKEND != "jax" else 2**30], "int64")
     want = np.unique(labels, return_inverse=True)[1]
-    for fn in _both_paths(_native.label_ranks, _native.label_ranks_ops):
+    paths = _both_paths(_native.label_ranks, _native.label_ranks_ops)
+    for fn in paths + [_native.label_ranks_by_sort] if BACKEND == "torch" else paths:
         for dtype in ("int32", "int64") if BACKEND != "jax" else ("int32",):
             if dtype == "int32":
                 got = fn(ops.convert_to_tensor(np.unique(labels, return_inverse=True)[1].astype("int32") * 5))
