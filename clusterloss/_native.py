@@ -30,12 +30,12 @@ TensorFlow, JAX or PyTorch, and only inside the function that needs it:
 - `l2_normalize`, `matmul_t`, `cross_entropy_rows`, `label_ranks`, `nan_unless_finite`:
   the primitives of InstanceLoss, ProxyNCALoss, the distances, the cosine heads and the
   losses' NaN guard (the overflow-safe `x / ||x||`, `x @ y.T`, `-log softmax(z)[y]` per row,
-  the index `torch.unique(labels, return_inverse=True)` gives, and `values` or NaN). Eager PyTorch pays ~5-15 us of Keras
-  dispatch (and an operand conversion) per `keras.ops` call, which at a small or medium
-  batch is most of these losses' time: here each is a few native torch calls
-  (`F.cross_entropy(reduction="none")`, a fused log-softmax + NLL forward and backward;
-  the normalisation as one autograd node; the ranks by `torch.unique` on the CPU, by a sort
-  and a scatter on a GPU, where `unique` waits for the device). The portable `keras.ops`
+  the index `torch.unique(labels, return_inverse=True)` gives, and `values` or NaN).
+  Eager PyTorch pays ~5-15 us of Keras dispatch (and an operand conversion) per `keras.ops`
+  call, which at a small or medium batch is most of these losses' time: here each is a few
+  native torch calls (`F.cross_entropy(reduction="none")`, a fused log-softmax + NLL forward
+  and backward; the normalisation as one autograd node; the ranks by `torch.unique` on the
+  CPU, by a sort and a scatter on a GPU, where `unique` waits for the device). The portable `keras.ops`
   versions (`*_ops`, what JAX and TensorFlow compile) give the same values and gradients.
 
 - `scatter_rows`: write some rows of a variable in place (`variable[rows] = values`). Keras's
