@@ -15,9 +15,10 @@ TensorFlow, JAX or PyTorch, and only inside the function that needs it:
 - `nonzero_rows`: the rows of a gradient with a non-zero (or NaN) entry. PyTorch: `any` of
   the float tensor (no `(rows, dim)` temporary); XLA: `sum(|g|) != 0`, a fused reduction,
   where XLA's `any` of a float array took 0.39 s for 1,000,000 x 512 (0.14 s now).
-- `row_norms`: the L2 norm of each row in one pass, in the input's dtype. Keras 3.15's
-  `ops.norm` computes float64 in float32 on torch and on JAX with x64 enabled (so elsewhere it
-  is `sqrt(sum(x^2))`); on torch an einsum `cd,cd->c` is a batched matrix product (9x slower).
+- `inverse_row_norms`: `1 / ||x_i||` per row (0 for a zero row) in the input's dtype. Keras
+  3.15's `ops.norm` computes float64 in float32 on torch and on JAX with x64 enabled (so
+  elsewhere it is `sqrt(sum(x^2))`); on torch an einsum `cd,cd->c` is a batched matrix
+  product (9x slower), and the guard is one native `where`.
 - `subtract_scaled_rows`: `a - s[:, None] * rows` for a temporary `a`, in place on PyTorch
   (eager PyTorch would allocate and write two more `(num_classes, dim)` arrays; XLA fuses it).
 - `target_entries`, `with_target_entries`: read and replace one entry per row (each
@@ -25,6 +26,17 @@ TensorFlow, JAX or PyTorch, and only inside the function that needs it:
   gather and a scatter (each a copy at most); under XLA (JAX, TensorFlow) a scatter is a
   loop of its own that breaks fusion, while a mask `labels[:, None] == arange(classes)` and
   `where` fuse into the neighbouring elementwise passes.
+
+- `l2_normalize`, `matmul_t`, `cross_entropy_rows`, `label_ranks`, `nan_unless_finite`:
+  the primitives of InstanceLoss, ProxyNCALoss, the distances, the cosine heads and the
+  losses' NaN guard (the overflow-safe `x / ||x||`, `x @ y.T`, `-log softmax(z)[y]` per row,
+  the index `torch.unique(labels, return_inverse=True)` gives, and `values` or NaN).
+  Eager PyTorch pays ~5-15 us of Keras dispatch (and an operand conversion) per `keras.ops`
+  call, which at a small or medium batch is most of these losses' time: here each is a few
+  native torch calls (`F.cross_entropy(reduction="none")`, a fused log-softmax + NLL forward
+  and backward; the normalisation as one autograd node; the ranks by `torch.unique` on the
+  CPU, by a sort and a scatter on a GPU, where `unique` waits for the device). The portable `keras.ops`
+  versions (`*_ops`, what JAX and TensorFlow compile) give the same values and gradients.
 
 - `scatter_rows`: write some rows of a variable in place (`variable[rows] = values`). Keras's
   `ops.scatter_update` returns a new full-size tensor on TensorFlow and PyTorch, so a
@@ -367,14 +379,18 @@ def nonzero_rows(values):
     return ops.sum(ops.abs(values), axis=axes) != 0
 
 
-def row_norms(x):
-    """`||x_i||` for each row of a `(rows, dim)` matrix, in `x`'s dtype."""
+def inverse_row_norms(x):
+    """`1 / ||x_i||` for each row of a `(rows, dim)` matrix, 0 for a zero row (NaN stays
+    NaN), in `x`'s dtype; not differentiable at a zero row (for hand-written gradients)."""
     if keras.backend.backend() == "torch":
         import torch
 
-        return torch.linalg.vector_norm(x, dim=1)
+        norms = torch.linalg.vector_norm(x, dim=1)
+        return torch.where(norms == 0, 0.0, norms.reciprocal())
     # Not `ops.norm`: Keras 3.15's JAX `norm` computes float64 in float32 (with x64 enabled).
-    return ops.sqrt(ops.sum(ops.square(x), axis=1))
+    norms = ops.sqrt(ops.sum(ops.square(x), axis=1))
+    zero = norms == 0
+    return ops.where(zero, 0.0, 1.0 / ops.where(zero, 1.0, norms))
 
 
 def subtract_scaled_rows(a, scale, rows):
@@ -482,3 +498,180 @@ def tflite_interpreter():
     import tensorflow as tf
 
     return tf.lite.Interpreter
+
+
+def _torch_float(x):
+    """`x` as a torch float tensor: float16/bfloat16 and integers upcast as `upcast` does."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        x = ops.convert_to_tensor(x)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return x.float()
+    return x if x.is_floating_point() else ops.cast(x, keras.backend.floatx())
+
+
+def l2_normalize(x, axis: int = -1, return_norm: bool = False):
+    """`x / ||x||` along `axis` (and `||x||` with `return_norm=True`), finite for finite `x`; see
+    `clusterloss.distances.l2_normalize`. PyTorch, rows of a matrix: the same computation
+    in native calls with its gradient written out (one autograd node instead of eight)."""
+    if keras.backend.backend() != "torch":
+        return l2_normalize_ops(x, axis, return_norm)
+    x = _torch_float(x)
+    if axis not in (-1, x.ndim - 1) or x.ndim != 2:
+        return l2_normalize_ops(x, axis, return_norm)
+    unit, norm = _torch_unit_rows().apply(x)
+    return (unit, norm) if return_norm else unit
+
+
+@functools.cache
+def _torch_unit_rows():
+    import torch
+
+    class UnitRows(torch.autograd.Function):
+        """`(x / ||x||, ||x||)` per row of a matrix: the row over its largest entry (its norm
+        `L` is then >= 1, so `clamp_min(1)` only touches zero rows), and the gradient written
+        out in one node: `(g - u (u . g)) / (peak L) + g_norm u` (`g` for a zero row)."""
+
+        @staticmethod
+        def forward(ctx, x):
+            ctx.set_materialize_grads(False)  # an unused norm sends None, not zeros
+            peak = x.abs().amax(dim=1, keepdim=True)
+            peak = peak.masked_fill_(peak == 0, 1.0)
+            scaled = x / peak
+            length = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
+            denominator = peak * length.clamp_min(1.0)
+            unit = scaled.div_(length.clamp_min(1.0))
+            ctx.save_for_backward(unit, denominator)
+            return unit, (peak * length).squeeze(1)
+
+        @staticmethod
+        def backward(ctx, g, g_norm):
+            unit, denominator = ctx.saved_tensors
+            grad = None
+            if g is not None:
+                radial = (unit * g).sum(dim=1, keepdim=True)
+                grad = torch.addcmul(g, unit, radial, value=-1).div_(denominator)
+            if g_norm is not None:
+                grad = unit * g_norm[:, None] if grad is None else grad.addcmul_(unit, g_norm[:, None])
+            return grad
+
+    return UnitRows
+
+
+def l2_normalize_ops(x, axis: int = -1, return_norm: bool = False):
+    """`l2_normalize` in `keras.ops`: `x` over its largest absolute entry (held constant for
+    the gradient, which is exact because `x / ||x||` does not depend on that factor), so the
+    sum of squares cannot overflow even for bfloat16 values near 1e38 upcast to float32. A
+    row with a NaN or inf gives a NaN row and a NaN norm."""
+    from clusterloss._validation import upcast  # it imports this module
+
+    x = upcast(x)  # below, Python operators where they do: on torch they skip Keras's dispatch
+    peak = ops.stop_gradient(ops.max(abs(x), axis=axis, keepdims=True))
+    peak = ops.where(peak == 0, 1.0, peak)  # comparisons with 0, not > 0: NaN stays NaN
+    scaled = x / peak
+    squares = ops.sum(scaled * scaled, axis=axis, keepdims=True)
+    zero = squares == 0
+    length = ops.sqrt(ops.where(zero, 1.0, squares))
+    if not return_norm:
+        return scaled / length
+    norm = ops.where(zero, ops.zeros_like(length), peak * length)
+    return scaled / length, ops.squeeze(norm, axis=axis)
+
+
+def cross_entropy_rows(logits, labels):
+    """`-log softmax(logits[i])[labels[i]]` for each row of a `(batch, classes)` matrix, shape
+    `(batch,)`; `labels` integer, in `[0, classes)` (checked by the caller). PyTorch:
+    `F.cross_entropy(reduction="none")`, one fused op forward and backward."""
+    if keras.backend.backend() != "torch":
+        return cross_entropy_rows_ops(logits, labels)
+    import torch
+
+    return torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
+
+
+def cross_entropy_rows_ops(logits, labels):
+    """`cross_entropy_rows` in `keras.ops`."""
+    return -target_entries(ops.log_softmax(logits, axis=1), labels)
+
+
+def label_ranks(labels):
+    """For each label, the number of distinct labels in the batch that are smaller (the index
+    `torch.unique(labels, return_inverse=True)` gives), int32 `(batch,)`: one sort, O(B log B).
+    PyTorch: `torch.unique` on the CPU (30 us less at batch 512); on a GPU, where `unique`
+    waits for the device, `label_ranks_by_sort`."""
+    if keras.backend.backend() != "torch":
+        return label_ranks_ops(labels)
+    import torch
+
+    if labels.device.type == "cpu":
+        return torch.unique(labels, sorted=True, return_inverse=True)[1].to(torch.int32)
+    return label_ranks_by_sort(labels)
+
+
+def label_ranks_by_sort(labels):
+    """`label_ranks` of a torch tensor without a host sync: the rank of each sorted label,
+    put back in batch order by a scatter."""
+    import torch
+
+    ordered, order = torch.sort(labels)
+    new = torch.zeros_like(ordered, dtype=torch.int32)
+    new[1:] = ordered[1:] != ordered[:-1]
+    return torch.empty_like(new).scatter_(0, order, new.cumsum(0, dtype=torch.int32))
+
+
+def label_ranks_ops(labels):
+    """`label_ranks` in `keras.ops` (the inverse permutation by a second argsort: XLA's
+    scatter breaks fusion)."""
+    order = ops.argsort(labels)
+    ordered = ops.take(labels, order)
+    new = ops.cast(ordered[1:] != ordered[:-1], "int32")
+    ranks = ops.cumsum(ops.concatenate([ops.zeros((1,), "int32"), new]))
+    return ops.take(ranks, ops.argsort(order))
+
+
+def matmul_t(x, y):
+    """`x @ y.T` in the inputs' dtype. PyTorch, for two float32 or two float64 tensors: one
+    `torch.matmul` (Keras's converts both operands and computes float64 in float32)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype == y.dtype:
+            if x.dtype in (torch.float32, torch.float64):
+                return torch.matmul(x, y.mT)
+    return matmul_t_ops(x, y)
+
+
+def matmul_t_ops(x, y):
+    """`matmul_t` in `keras.ops` (float64 by `einsum`: torch's `ops.matmul` computes it in
+    float32)."""
+    if keras.backend.standardize_dtype(x.dtype) == "float64":
+        return ops.einsum("id,jd->ij", x, y)
+    return ops.matmul(x, ops.transpose(y))
+
+
+def nan_unless_finite(values, *tensors):
+    """`values` where every entry of every tensor is finite, else NaN everywhere (no host
+    sync: a select on the device). PyTorch: native `isfinite`, `all` and `where` (Keras's
+    `isfinite` and `all` convert and cast their operands: ~150 us a loss call)."""
+    if keras.backend.backend() != "torch" or not tensors:
+        return nan_unless_finite_ops(values, *tensors)
+    import torch
+
+    if not all(isinstance(t, torch.Tensor) for t in (values, *tensors)):
+        return nan_unless_finite_ops(values, *tensors)
+    ok = torch.isfinite(tensors[0]).all()
+    for t in tensors[1:]:
+        ok = ok & torch.isfinite(t).all()
+    return torch.where(ok, values, float("nan"))
+
+
+def nan_unless_finite_ops(values, *tensors):
+    """`nan_unless_finite` in `keras.ops`."""
+    ok = None
+    for t in tensors:
+        finite = ops.all(ops.isfinite(t))
+        ok = finite if ok is None else ops.logical_and(ok, finite)
+    if ok is None:
+        return values
+    return ops.where(ok, values, float("nan"))

@@ -49,10 +49,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
 import numpy as np
 from keras import ops
 
+from clusterloss import _native
 from clusterloss._registry import register
 from clusterloss._validation import check_choice, check_embeddings, compute_dtype, upcast
 
@@ -61,24 +61,15 @@ _SIMILARITIES = ("cosine", "dot")
 
 
 def l2_normalize(x, axis: int = -1, return_norm: bool = False):
-    """`x / ||x||` along `axis` (and `||x||` with `return_norm=True`), finite everywhere.
+    """`x / ||x||` along `axis` (and `||x||` with `return_norm=True`), finite for finite `x`.
 
     `x` is first divided by its largest absolute entry (held constant for the gradient, which
     is exact because `x / ||x||` does not depend on that factor), so the sum of squares cannot
     overflow even for bfloat16 values near 1e38 upcast to float32. A zero vector gives a zero
-    direction and a zero norm, with finite gradients.
+    direction and a zero norm, with finite gradients; a vector with a NaN or inf, a NaN
+    direction and a NaN norm. `_native.l2_normalize`: native calls on PyTorch.
     """
-    x = upcast(x)  # below, Python operators where they do: on torch they skip Keras's dispatch
-    peak = ops.stop_gradient(ops.max(abs(x), axis=axis, keepdims=True))
-    peak = ops.where(peak > 0, peak, 1.0)
-    scaled = x / peak
-    squares = ops.sum(scaled * scaled, axis=axis, keepdims=True)
-    nonzero = squares > 0
-    length = ops.sqrt(ops.where(nonzero, squares, 1.0))
-    if not return_norm:
-        return scaled / length
-    norm = ops.where(nonzero, peak * length, ops.zeros_like(length))
-    return scaled / length, ops.squeeze(norm, axis=axis)
+    return _native.l2_normalize(x, axis, return_norm)
 
 
 def safe_sqrt(d):
@@ -95,10 +86,8 @@ DIRECT_MAX_ELEMENTS = 2**17
 
 def matmul_t(x, y):
     """`x @ y.T`, in float64 for float64 inputs (torch's `keras.ops.matmul` computes float64
-    in float32; `einsum` does not)."""
-    if keras.backend.standardize_dtype(x.dtype) == "float64":
-        return ops.einsum("id,jd->ij", x, y)
-    return ops.matmul(x, ops.transpose(y))
+    in float32; `einsum` does not). (`_native.matmul_t`: one native call on PyTorch.)"""
+    return _native.matmul_t(x, y)
 
 
 def _clamp_at_zero(d):

@@ -31,13 +31,6 @@ from clusterloss.distances import l2_normalize, matmul_t, safe_sqrt
 from clusterloss.layers.class_head import ClassHead
 
 
-def _inverse_norms(w):
-    """`1 / ||w_j||` per row, 0 for a zero row."""
-    norms = _native.row_norms(w)
-    nonzero = norms > 0
-    return ops.where(nonzero, 1.0 / ops.where(nonzero, norms, ops.ones_like(norms)), 0.0)
-
-
 @ops.custom_gradient
 def _cosine_to_rows(x, w):
     """`cos[b, j] = x_b . w_j / ||w_j||` for unit rows `x` `(batch, dim)` and raw rows `w`
@@ -47,7 +40,7 @@ def _cosine_to_rows(x, w):
 
         d/dx = (g / ||w||) w,    d/dw_j = sum_b (g_bj / ||w_j||) x_b - (sum_b g_bj cos_bj) w_j / ||w_j||^2.
     """
-    inverse = _inverse_norms(w)
+    inverse = _native.inverse_row_norms(w)
     # plain matrix products (the gradient is this function's own): on torch an einsum, or a
     # product with its own custom gradient, costs 20-40 us more per call
     cos = matmul_t(x, w) * inverse

@@ -127,8 +127,7 @@ def proxy_nca_loss(y_true, y_pred, softmax_scale: float = 1.0):
     cos, labels = proxy_labels(y_true, y_pred)
     # -scale * (2 - 2 cos) up to the constant -2 scale, which the softmax cancels: a
     # cross-entropy over the classes (the one positive per row is the label's proxy).
-    log_p = ops.log_softmax((2.0 * softmax_scale) * cos, axis=1)
-    return nan_unless_finite(-_native.target_entries(log_p, labels), cos)
+    return nan_unless_finite(_native.cross_entropy_rows((2.0 * softmax_scale) * cos, labels), cos)
 
 
 @register

@@ -46,6 +46,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from clusterloss import _native
 from clusterloss._validation import (
     check_embeddings,
     check_labels,
@@ -110,14 +111,9 @@ def label_masks(labels, ref_labels=None, ref_mask=None):
 
 
 def nan_unless_finite(values, *tensors):
-    """`values` where every entry of every tensor is finite, else NaN everywhere."""
-    ok = None
-    for t in tensors:
-        finite = ops.all(ops.isfinite(t))
-        ok = finite if ok is None else ops.logical_and(ok, finite)
-    if ok is None:
-        return values
-    return ops.where(ok, values, float("nan"))
+    """`values` where every entry of every tensor is finite, else NaN everywhere
+    (`_native.nan_unless_finite`: native calls on PyTorch)."""
+    return _native.nan_unless_finite(values, *tensors)
 
 
 class Pairs:
