@@ -13,6 +13,7 @@ from clusterloss.distances import get_distance
 from clusterloss.losses.base import MetricLoss, validated
 from clusterloss.tuples.pairs import (
     batch_share,
+    farness,
     get_miner,
     masked_logsumexp,
     miner_sample_weights,
@@ -85,8 +86,7 @@ def nca_loss(
     distance = get_distance(distance)
     miner = get_miner(miner)
     pairs = pair_batch(y_true, y_pred, ref_embeddings, ref_labels, ref_mask)
-    mat = pairs.matrix(distance)
-    logits = mat * (softmax_scale if distance.larger_is_closer else -softmax_scale)
+    logits = -softmax_scale * farness(pairs.matrix(distance), distance)
     pos, neg = pairs.weights
     has_pos = ops.cast(ops.sum(pos, axis=1) > 0, logits.dtype)
     losses = nca_terms(logits, pos, neg, _gap_bound(distance, softmax_scale)) * has_pos
