@@ -216,7 +216,7 @@ def _started_with(saved: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
         return dataclasses.asdict(resolve_config(TrainConfig(**{k: v for k, v in saved.items() if k in names})))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RunError):  # RunError: what `resolve_config` refuses today
         return saved
 
 

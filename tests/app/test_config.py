@@ -139,3 +139,18 @@ def test_a_refused_setting_leaves_the_run_it_would_overwrite(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exited.value.code == 2 and "--loss arcface: `margin` is in radians" in err
     assert (tmp_path / "metrics.json").read_text() == "{}\n"
+
+
+def test_a_checkpoint_that_no_longer_resolves_is_compared_as_saved():
+    """`--resume` compares an older checkpoint's settings with today's defaults filled in;
+    settings that today's checks refuse (here warm-up as long as training) are compared as
+    saved, so the resume names what differs instead of failing in the check."""
+    from clusterloss.app.runs import _started_with
+
+    older = {k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k != "patience"}
+    filled = _started_with(older)
+    assert filled["patience"] == TrainConfig().patience and filled["options"] == recipes.get_recipe(
+        TrainConfig().loss
+    ).resolve(TrainConfig().loss, {})
+    refused = {**older, "warmup_epochs": older["epochs"]}
+    assert _started_with(refused) is refused
