@@ -209,8 +209,8 @@ def tune(base: TrainConfig, losses: Sequence[str], out: str | Path, trials: int 
          timeout: float | None = None, metric: str = MONITOR, folds: int = DEFAULT_FOLDS,
          space: Mapping[str, tuple] = {}) -> dict[str, Any]:  # fmt: skip
     """Tune each loss in `losses` for `trials` finished trials (or until its finished trials
-    have taken `timeout` seconds, those of a stopped run included: no trial starts later), resuming what `out` holds; write and return
-    `tune.json`'s contents.
+    have taken `timeout` seconds, those of a stopped run included: no trial starts later),
+    resuming what `out` holds; write and return `tune.json`'s contents.
 
     `base` sets everything else (data, training classes, epochs, seed: that of the folds,
     the sampler and every run); its `known_classes` are the training classes, split into
